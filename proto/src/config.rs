@@ -1,0 +1,325 @@
+//! Configuration, validated at construction.
+//!
+//! [`Config::default()`] carries the defaults of `behaviour.md`. Changing a
+//! value goes through [`ConfigBuilder`], whose [`build`](ConfigBuilder::build)
+//! rejects an inconsistent configuration with a typed [`ConfigError`] instead of
+//! letting it surprise a later punch.
+
+use core::time::Duration;
+
+/// Whether a responder admits an unsolicited `PunchIntroduce` naming a peer that
+/// has not announced a reflex (requirement R4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum UnannouncedPeerPolicy {
+    /// Drop it: no keep-alive is sent to an address nobody vouched for. The default.
+    #[default]
+    Drop,
+    /// Admit it, still subject to the responder budgets (R5). For meshes whose
+    /// peers predate reflex announcements.
+    Admit,
+}
+
+/// Validated configuration of the traversal machines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    reflex_probe_timeout: Duration,
+    sweep_deadline: Duration,
+    fire_lead: Duration,
+    fire_lead_margin: Duration,
+    punch_deadline: Duration,
+    budget_window: Duration,
+    coordinator_requests_per_window: u32,
+    responder_trains_per_introducer: u32,
+    responder_concurrent_trains: u32,
+    budget_table_capacity: u32,
+    unannounced_peer_policy: UnannouncedPeerPolicy,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            reflex_probe_timeout: Duration::from_secs(3),
+            sweep_deadline: Duration::from_secs(5),
+            fire_lead: Duration::from_millis(500),
+            fire_lead_margin: Duration::from_millis(20),
+            punch_deadline: Duration::from_secs(5),
+            budget_window: Duration::from_secs(10),
+            coordinator_requests_per_window: 4,
+            responder_trains_per_introducer: 4,
+            responder_concurrent_trains: 8,
+            budget_table_capacity: 4096,
+            unannounced_peer_policy: UnannouncedPeerPolicy::Drop,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A duration that must be positive is zero.
+    #[error("{0} must be greater than zero")]
+    ZeroDuration(&'static str),
+    /// A count that must be positive is zero.
+    #[error("{0} must be greater than zero")]
+    ZeroCount(&'static str),
+    /// The default fire lead is not shorter than the punch deadline: the train
+    /// would start after the punch had already failed.
+    #[error("fire lead {lead:?} must be shorter than the punch deadline {deadline:?}")]
+    LeadNotBeforeDeadline {
+        /// The configured lead.
+        lead: Duration,
+        /// The configured deadline.
+        deadline: Duration,
+    },
+    /// The adaptive-lead margin exceeds the default lead.
+    #[error("fire lead margin {margin:?} exceeds the fire lead {lead:?}")]
+    MarginExceedsLead {
+        /// The configured margin.
+        margin: Duration,
+        /// The configured lead.
+        lead: Duration,
+    },
+    /// The probe timeout is longer than the sweep deadline, so no probe could
+    /// ever time out inside a sweep.
+    #[error("reflex probe timeout {probe:?} exceeds the sweep deadline {sweep:?}")]
+    ProbeTimeoutExceedsSweep {
+        /// The configured probe timeout.
+        probe: Duration,
+        /// The configured sweep deadline.
+        sweep: Duration,
+    },
+    /// A duration beyond the supported maximum (one day): timers that long are
+    /// a configuration mistake, and the bound keeps all arithmetic in range.
+    #[error("{0} exceeds the maximum of one day")]
+    TooLong(&'static str),
+}
+
+/// Longest duration any knob accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+impl Config {
+    /// Starts from the defaults.
+    #[must_use]
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder(Config::default())
+    }
+
+    /// How long a reflex probe waits for its answer. Default 3 s.
+    #[must_use]
+    pub fn reflex_probe_timeout(&self) -> Duration {
+        self.reflex_probe_timeout
+    }
+    /// How long a classification sweep may take. Default 5 s.
+    #[must_use]
+    pub fn sweep_deadline(&self) -> Duration {
+        self.sweep_deadline
+    }
+    /// Coordinator fire lead when no RTT is known (R9). Default 500 ms.
+    #[must_use]
+    pub fn fire_lead(&self) -> Duration {
+        self.fire_lead
+    }
+    /// Safety margin added to half the larger RTT by the adaptive lead (R9).
+    /// Default 20 ms.
+    #[must_use]
+    pub fn fire_lead_margin(&self) -> Duration {
+        self.fire_lead_margin
+    }
+    /// How long a punch may take from request to confirmation. Default 5 s.
+    #[must_use]
+    pub fn punch_deadline(&self) -> Duration {
+        self.punch_deadline
+    }
+    /// Length of the budget window (R5). Default 10 s.
+    #[must_use]
+    pub fn budget_window(&self) -> Duration {
+        self.budget_window
+    }
+    /// `PunchRequest`s a coordinator mediates per requester per window. Default 4.
+    #[must_use]
+    pub fn coordinator_requests_per_window(&self) -> u32 {
+        self.coordinator_requests_per_window
+    }
+    /// Unsolicited keep-alive trains a responder runs per introducing peer per
+    /// window. Default 4.
+    #[must_use]
+    pub fn responder_trains_per_introducer(&self) -> u32 {
+        self.responder_trains_per_introducer
+    }
+    /// Concurrent unsolicited trains a responder runs, all peers. Default 8.
+    #[must_use]
+    pub fn responder_concurrent_trains(&self) -> u32 {
+        self.responder_concurrent_trains
+    }
+    /// Most ids a budget table tracks at once (R5 bounded memory). Default 4096.
+    #[must_use]
+    pub fn budget_table_capacity(&self) -> u32 {
+        self.budget_table_capacity
+    }
+    /// R4 policy for introduces naming a peer with no announced reflex.
+    #[must_use]
+    pub fn unannounced_peer_policy(&self) -> UnannouncedPeerPolicy {
+        self.unannounced_peer_policy
+    }
+}
+
+/// Builds a [`Config`]; every setter is checked by [`build`](Self::build).
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct ConfigBuilder(Config);
+
+macro_rules! setters {
+    ($($(#[$m:meta])* $name:ident: $ty:ty;)*) => {
+        impl ConfigBuilder {
+            $(
+                $(#[$m])*
+                pub fn $name(mut self, v: $ty) -> Self {
+                    self.0.$name = v;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+setters! {
+    /// Sets [`Config::reflex_probe_timeout`].
+    reflex_probe_timeout: Duration;
+    /// Sets [`Config::sweep_deadline`].
+    sweep_deadline: Duration;
+    /// Sets [`Config::fire_lead`].
+    fire_lead: Duration;
+    /// Sets [`Config::fire_lead_margin`].
+    fire_lead_margin: Duration;
+    /// Sets [`Config::punch_deadline`].
+    punch_deadline: Duration;
+    /// Sets [`Config::budget_window`].
+    budget_window: Duration;
+    /// Sets [`Config::coordinator_requests_per_window`].
+    coordinator_requests_per_window: u32;
+    /// Sets [`Config::responder_trains_per_introducer`].
+    responder_trains_per_introducer: u32;
+    /// Sets [`Config::responder_concurrent_trains`].
+    responder_concurrent_trains: u32;
+    /// Sets [`Config::budget_table_capacity`].
+    budget_table_capacity: u32;
+    /// Sets [`Config::unannounced_peer_policy`].
+    unannounced_peer_policy: UnannouncedPeerPolicy;
+}
+
+impl ConfigBuilder {
+    /// Validates and returns the configuration.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        let c = self.0;
+        for (name, d) in [
+            ("reflex_probe_timeout", c.reflex_probe_timeout),
+            ("sweep_deadline", c.sweep_deadline),
+            ("fire_lead", c.fire_lead),
+            ("punch_deadline", c.punch_deadline),
+            ("budget_window", c.budget_window),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
+            }
+            if d > MAX_DURATION {
+                return Err(ConfigError::TooLong(name));
+            }
+        }
+        for (name, n) in [
+            (
+                "coordinator_requests_per_window",
+                c.coordinator_requests_per_window,
+            ),
+            (
+                "responder_trains_per_introducer",
+                c.responder_trains_per_introducer,
+            ),
+            ("responder_concurrent_trains", c.responder_concurrent_trains),
+            ("budget_table_capacity", c.budget_table_capacity),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::ZeroCount(name));
+            }
+        }
+        if c.fire_lead >= c.punch_deadline {
+            return Err(ConfigError::LeadNotBeforeDeadline {
+                lead: c.fire_lead,
+                deadline: c.punch_deadline,
+            });
+        }
+        if c.fire_lead_margin > c.fire_lead {
+            return Err(ConfigError::MarginExceedsLead {
+                margin: c.fire_lead_margin,
+                lead: c.fire_lead,
+            });
+        }
+        if c.reflex_probe_timeout > c.sweep_deadline {
+            return Err(ConfigError::ProbeTimeoutExceedsSweep {
+                probe: c.reflex_probe_timeout,
+                sweep: c.sweep_deadline,
+            });
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_behaviour_md() {
+        let c = Config::default();
+        assert_eq!(c.reflex_probe_timeout(), Duration::from_secs(3));
+        assert_eq!(c.sweep_deadline(), Duration::from_secs(5));
+        assert_eq!(c.fire_lead(), Duration::from_millis(500));
+        assert_eq!(c.punch_deadline(), Duration::from_secs(5));
+        assert_eq!(c.budget_window(), Duration::from_secs(10));
+        assert_eq!(c.coordinator_requests_per_window(), 4);
+        assert_eq!(c.responder_trains_per_introducer(), 4);
+        assert_eq!(c.responder_concurrent_trains(), 8);
+        assert_eq!(c.unannounced_peer_policy(), UnannouncedPeerPolicy::Drop);
+        assert_eq!(Config::builder().build(), Ok(c));
+    }
+
+    #[test]
+    fn invalid_configurations_are_typed_errors() {
+        assert_eq!(
+            Config::builder().punch_deadline(Duration::ZERO).build(),
+            Err(ConfigError::ZeroDuration("punch_deadline"))
+        );
+        assert_eq!(
+            Config::builder().fire_lead(Duration::from_secs(6)).build(),
+            Err(ConfigError::LeadNotBeforeDeadline {
+                lead: Duration::from_secs(6),
+                deadline: Duration::from_secs(5)
+            })
+        );
+        assert_eq!(
+            Config::builder().coordinator_requests_per_window(0).build(),
+            Err(ConfigError::ZeroCount("coordinator_requests_per_window"))
+        );
+        assert_eq!(
+            Config::builder().responder_concurrent_trains(0).build(),
+            Err(ConfigError::ZeroCount("responder_concurrent_trains"))
+        );
+        assert_eq!(
+            Config::builder().budget_window(Duration::MAX).build(),
+            Err(ConfigError::TooLong("budget_window"))
+        );
+        assert!(matches!(
+            Config::builder()
+                .reflex_probe_timeout(Duration::from_secs(9))
+                .build(),
+            Err(ConfigError::ProbeTimeoutExceedsSweep { .. })
+        ));
+        assert!(matches!(
+            Config::builder()
+                .fire_lead_margin(Duration::from_secs(1))
+                .build(),
+            Err(ConfigError::MarginExceedsLead { .. })
+        ));
+    }
+}
