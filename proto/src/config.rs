@@ -101,7 +101,6 @@ pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl Config {
     /// Starts from the defaults.
-    #[must_use]
     pub fn builder() -> ConfigBuilder {
         ConfigBuilder(Config::default())
     }

@@ -18,7 +18,7 @@
 //! |---|---|
 //! | [`wire`] | byte-exact codecs for every message, and the keep-alive predicate |
 //! | [`schedule`] | the keep-alive train schedule (R3) |
-//! | [`classify`] | [`NatClass`], the [`pair_action`] matrix, two-probe [`classify()`](classify::classify) (C3) |
+//! | [`mod@classify`] | [`NatClass`], the [`pair_action`] matrix, two-probe [`classify()`](classify::classify) (C3) |
 //! | [`config`] | [`Config`] with the documented defaults, validated at construction |
 //! | [`time`] | [`Instant`], the crate's saturating monotonic time |
 //!

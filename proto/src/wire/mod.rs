@@ -4,14 +4,14 @@
 //!
 //! | message | file | type |
 //! |---|---|---|
-//! | address block (`ADDR`, 19 bytes) | [`addr`](self::addr) | [`encode_addr`], [`decode_addr`] |
-//! | reflex request / response | [`reflex`](self::reflex) | [`ReflexRequest`], [`ReflexResponse`] |
-//! | `PunchRequest` (v1 28 B, v2 32 B) | [`rendezvous`](self::rendezvous) | [`PunchRequest`] |
-//! | `PunchIntroduce` (36 B) | [`rendezvous`](self::rendezvous) | [`PunchIntroduce`] |
-//! | `PunchAck` (21 B) | [`rendezvous`](self::rendezvous) | [`PunchAck`] |
-//! | `PunchReject` (14 B, v2) | [`rendezvous`](self::rendezvous) | [`PunchReject`], [`RejectReason`] |
-//! | any rendezvous message by kind byte | [`rendezvous`](self::rendezvous) | [`RendezvousMessage`] |
-//! | keep-alive (14 B, raw UDP) | [`keepalive`](self::keepalive) | [`Keepalive`], [`is_keepalive`] |
+//! | address block (`ADDR`, 19 bytes) | [`addr`] | [`encode_addr`], [`decode_addr`] |
+//! | reflex request / response | [`reflex`] | [`ReflexRequest`], [`ReflexResponse`] |
+//! | `PunchRequest` (v1 28 B, v2 32 B) | [`rendezvous`] | [`PunchRequest`] |
+//! | `PunchIntroduce` (36 B) | [`rendezvous`] | [`PunchIntroduce`] |
+//! | `PunchAck` (21 B) | [`rendezvous`] | [`PunchAck`] |
+//! | `PunchReject` (14 B, v2) | [`rendezvous`] | [`PunchReject`], [`RejectReason`] |
+//! | any rendezvous message by kind byte | [`rendezvous`] | [`RendezvousMessage`] |
+//! | keep-alive (14 B, raw UDP) | [`keepalive`] | [`Keepalive`], [`is_keepalive`] |
 //!
 //! # Contract
 //!
