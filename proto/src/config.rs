@@ -33,6 +33,8 @@ pub struct Config {
     responder_trains_per_introducer: u32,
     responder_concurrent_trains: u32,
     budget_table_capacity: u32,
+    max_pending_punches: u32,
+    max_known_peers: u32,
     unannounced_peer_policy: UnannouncedPeerPolicy,
 }
 
@@ -49,6 +51,8 @@ impl Default for Config {
             responder_trains_per_introducer: 4,
             responder_concurrent_trains: 8,
             budget_table_capacity: 4096,
+            max_pending_punches: 1024,
+            max_known_peers: 131_072,
             unannounced_peer_policy: UnannouncedPeerPolicy::Drop,
         }
     }
@@ -157,6 +161,17 @@ impl Config {
     pub fn budget_table_capacity(&self) -> u32 {
         self.budget_table_capacity
     }
+    /// Most punches (both roles) pending at once. Default 1024.
+    #[must_use]
+    pub fn max_pending_punches(&self) -> u32 {
+        self.max_pending_punches
+    }
+    /// Most peers the agent keeps session, announcement and RTT state for.
+    /// Default 131 072.
+    #[must_use]
+    pub fn max_known_peers(&self) -> u32 {
+        self.max_known_peers
+    }
     /// R4 policy for introduces naming a peer with no announced reflex.
     #[must_use]
     pub fn unannounced_peer_policy(&self) -> UnannouncedPeerPolicy {
@@ -204,6 +219,10 @@ setters! {
     responder_concurrent_trains: u32;
     /// Sets [`Config::budget_table_capacity`].
     budget_table_capacity: u32;
+    /// Sets [`Config::max_pending_punches`].
+    max_pending_punches: u32;
+    /// Sets [`Config::max_known_peers`].
+    max_known_peers: u32;
     /// Sets [`Config::unannounced_peer_policy`].
     unannounced_peer_policy: UnannouncedPeerPolicy;
 }
@@ -237,6 +256,8 @@ impl ConfigBuilder {
             ),
             ("responder_concurrent_trains", c.responder_concurrent_trains),
             ("budget_table_capacity", c.budget_table_capacity),
+            ("max_pending_punches", c.max_pending_punches),
+            ("max_known_peers", c.max_known_peers),
         ] {
             if n == 0 {
                 return Err(ConfigError::ZeroCount(name));

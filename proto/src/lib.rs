@@ -64,20 +64,31 @@
     )
 )]
 
-// The state machines keep their tables in `alloc` collections.
-#[allow(unused_extern_crates)]
 extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
+pub mod agent;
 pub mod classify;
 pub mod config;
+pub mod error;
+pub mod rendezvous;
+pub mod rng;
 pub mod schedule;
+pub mod stats;
+pub mod table;
 pub mod time;
 pub mod wire;
 
+pub use agent::io::{Channel, DatagramVerdict, Event, PathMethod, Payload, Role, Transmit};
+pub use agent::peers::Announcement;
+pub use agent::{Agent, DirectoryFull};
 pub use classify::{Classification, NatClass, Observation, PairAction, classify, pair_action};
 pub use config::{Config, ConfigBuilder, ConfigError, UnannouncedPeerPolicy};
+pub use error::{PunchStage, TraversalError};
+pub use rendezvous::CoordinatorCandidate;
+pub use rng::Rng;
 pub use schedule::{KeepaliveTrain, keepalive_send_offsets};
+pub use stats::Stats;
 pub use time::Instant;
 pub use wire::{DecodeError, EncodeError, NodeId};

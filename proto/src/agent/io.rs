@@ -1,0 +1,181 @@
+//! What goes in and out of the agent: control channels, transmits, events.
+
+use alloc::collections::VecDeque;
+use core::net::SocketAddr;
+use core::time::Duration;
+
+use crate::error::TraversalError;
+use crate::stats::Stats;
+use crate::wire::NodeId;
+
+/// Which natrix sub-protocol a control message belongs to.
+///
+/// Control messages travel on the embedder's authenticated sessions. The
+/// embedder frames each with its channel (for example a sub-protocol id byte in
+/// its own header) and hands the channel back with the payload; the reflex
+/// messages carry no kind byte of their own, so the channel is what tells them
+/// apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Channel {
+    /// Rendezvous messages (`PunchRequest`, `PunchIntroduce`, `PunchAck`, `PunchReject`).
+    Rendezvous,
+    /// Reflex request (empty payload).
+    ReflexRequest,
+    /// Reflex response (one address block).
+    ReflexResponse,
+}
+
+/// An encoded message held inline: no allocation per transmit.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Payload {
+    bytes: [u8; Payload::CAPACITY],
+    len: u8,
+}
+
+impl Payload {
+    /// The largest natrix message (a `PunchIntroduce`).
+    pub const CAPACITY: usize = 36;
+
+    /// Copies `bytes` (at most [`CAPACITY`](Self::CAPACITY); longer input is cut,
+    /// which no natrix message needs).
+    #[must_use]
+    pub fn new(bytes: &[u8]) -> Self {
+        let mut p = Payload {
+            bytes: [0; Self::CAPACITY],
+            len: 0,
+        };
+        let n = bytes.len().min(Self::CAPACITY);
+        if let (Some(dst), Some(src)) = (p.bytes.get_mut(..n), bytes.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        p.len = n as u8;
+        p
+    }
+
+    /// The encoded bytes.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..usize::from(self.len)).unwrap_or(&[])
+    }
+}
+
+impl core::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Payload({:02x?})", self.as_bytes())
+    }
+}
+
+/// Something the agent wants sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transmit {
+    /// A control message to an authenticated peer, on its session.
+    Control {
+        /// The peer.
+        to: NodeId,
+        /// The sub-protocol.
+        channel: Channel,
+        /// The encoded message.
+        payload: Payload,
+    },
+    /// A raw UDP datagram. It must leave from the socket bound at `local`:
+    /// the NAT mapping a punch opens belongs to that socket.
+    Datagram {
+        /// The local socket to send from.
+        local: SocketAddr,
+        /// The destination.
+        to: SocketAddr,
+        /// The datagram.
+        payload: Payload,
+    },
+}
+
+/// Which side of a punch this node played.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// This node asked for the punch (`request_punch`).
+    Requester,
+    /// Another node asked; a coordinator introduced it to us.
+    Responder,
+}
+
+/// How a direct path was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PathMethod {
+    /// A keep-alive from the peer arrived: the hole is open.
+    Punched,
+    /// The pair matrix says no punch is needed: the peer's announced reflex is
+    /// reachable directly.
+    Direct,
+}
+
+/// Something that happened, for the application.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A punch found a direct path.
+    PunchSucceeded {
+        /// The other end.
+        peer: NodeId,
+        /// The punch id (0 on the responder side, which never learns it).
+        punch_id: u32,
+        /// Which side we were.
+        role: Role,
+        /// The peer's address on the direct path (peer-reflexive: where its
+        /// keep-alive actually came from, R8).
+        path: SocketAddr,
+        /// How it was found.
+        method: PathMethod,
+        /// Time from the start of the punch to this event.
+        elapsed: Duration,
+    },
+    /// A punch ended without a direct path: use the relay.
+    PunchFailed {
+        /// The other end.
+        peer: NodeId,
+        /// The punch id (0 on the responder side).
+        punch_id: u32,
+        /// Which side we were.
+        role: Role,
+        /// Why.
+        error: TraversalError,
+        /// Time from the start of the punch to this event.
+        elapsed: Duration,
+    },
+}
+
+/// What [`Agent::handle_datagram`](crate::Agent::handle_datagram) did with a datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[must_use]
+pub enum DatagramVerdict {
+    /// A natrix keep-alive: consumed (accepted or dropped) by the agent.
+    Consumed,
+    /// Not natrix's: hand it to the application untouched.
+    NotOurs,
+}
+
+/// The queues the machines write into, and the counters they maintain.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    pub(crate) transmits: VecDeque<Transmit>,
+    pub(crate) events: VecDeque<Event>,
+    pub(crate) stats: Stats,
+}
+
+impl Outbox {
+    pub(crate) fn control(&mut self, to: NodeId, channel: Channel, bytes: &[u8]) {
+        self.transmits.push_back(Transmit::Control {
+            to,
+            channel,
+            payload: Payload::new(bytes),
+        });
+    }
+
+    pub(crate) fn datagram(&mut self, local: SocketAddr, to: SocketAddr, bytes: &[u8]) {
+        self.transmits.push_back(Transmit::Datagram {
+            local,
+            to,
+            payload: Payload::new(bytes),
+        });
+    }
+}

@@ -1,0 +1,438 @@
+//! The [`Agent`]: one node that can play every role at once, behind one
+//! `handle_*` / `poll_*` surface. Drivers run exactly this.
+//!
+//! # Run loop
+//!
+//! After **any** `handle_*` call or command, drain everything before sleeping,
+//! in this order:
+//!
+//! 1. [`poll_transmit`](Agent::poll_transmit) until `None` — send each control
+//!    message on its peer's session and each datagram from its `local` socket;
+//! 2. [`poll_event`](Agent::poll_event) until `None` — deliver to the application;
+//! 3. [`poll_timeout`](Agent::poll_timeout) — sleep until that instant (or until
+//!    input arrives), then call [`handle_timeout`](Agent::handle_timeout).
+//!
+//! `poll_timeout` is exact: no hidden offsets. Calling `handle_timeout` early
+//! or twice is harmless.
+//!
+//! ```
+//! use natrix_proto::{Agent, Config, Instant, NodeId, Transmit};
+//!
+//! let mut agent = Agent::new(NodeId(1), "192.0.2.1:4000".parse().unwrap(), Config::default(), 7);
+//! let now = Instant::from_millis(0);
+//! agent.handle_timeout(now);
+//! while let Some(t) = agent.poll_transmit() {
+//!     match t {
+//!         Transmit::Control { to, channel, payload } => { /* session send */ }
+//!         Transmit::Datagram { local, to, payload } => { /* socket send */ }
+//!     }
+//! }
+//! while let Some(_event) = agent.poll_event() { /* application */ }
+//! let _sleep_until = agent.poll_timeout();
+//! ```
+
+pub mod io;
+pub mod peers;
+
+use core::net::SocketAddr;
+use core::num::NonZeroU32;
+use core::time::Duration;
+
+use crate::classify::{NatClass, PairAction, pair_action};
+use crate::config::Config;
+use crate::error::TraversalError;
+use crate::rendezvous::endpoint::Ctx;
+use crate::rendezvous::{Coordinator, CoordinatorCandidate, Endpoint, select_coordinator};
+use crate::rng::Rng;
+use crate::stats::{Stats, bump};
+use crate::time::Instant;
+use crate::wire::{
+    DecodeError, Keepalive, NodeId, ReflexRequest, ReflexResponse, RendezvousMessage, is_keepalive,
+};
+
+use io::{Channel, DatagramVerdict, Event, Outbox, PathMethod, Role, Transmit};
+use peers::{Announcement, Peers};
+
+/// The peer directory is full (`Config::max_known_peers`); the information was
+/// not stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("peer directory is full")]
+pub struct DirectoryFull;
+
+/// One natrix node: coordinator, requester and responder at once.
+#[derive(Debug)]
+pub struct Agent {
+    id: NodeId,
+    bind: SocketAddr,
+    config: Config,
+    rng: Rng,
+    peers: Peers,
+    coordinator: Coordinator,
+    endpoint: Endpoint,
+    out: Outbox,
+    /// The published (class, reflex) of this node.
+    local: Option<Announcement>,
+}
+
+impl Agent {
+    /// A node with id `id` whose UDP socket is bound at `bind`, seeded with
+    /// `seed` (the only source of randomness).
+    #[must_use]
+    pub fn new(id: NodeId, bind: SocketAddr, config: Config, seed: u64) -> Self {
+        Agent {
+            id,
+            bind,
+            rng: Rng::new(seed),
+            peers: Peers::new(config.max_known_peers() as usize),
+            coordinator: Coordinator::new(&config),
+            endpoint: Endpoint::new(&config),
+            out: Outbox::default(),
+            local: None,
+            config,
+        }
+    }
+
+    // ----- getters -----
+
+    /// This node's id.
+    #[must_use]
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The local socket address the agent sends from.
+    #[must_use]
+    pub fn bind_addr(&self) -> SocketAddr {
+        self.bind
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The counters.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        self.out.stats
+    }
+
+    /// This node's class: the published classification, else `Unknown`.
+    #[must_use]
+    pub fn nat_class(&self) -> NatClass {
+        self.local.map_or(NatClass::Unknown, |a| a.class)
+    }
+
+    /// This node's public address: the published reflex, else the bind address
+    /// when it is a specific IP.
+    #[must_use]
+    pub fn local_reflex(&self) -> Option<SocketAddr> {
+        self.local
+            .map(|a| a.reflex)
+            .or_else(|| (!self.bind.ip().is_unspecified()).then_some(self.bind))
+    }
+
+    /// Punches pending, both roles.
+    #[must_use]
+    pub fn pending_punches(&self) -> usize {
+        self.endpoint.pending()
+    }
+
+    /// Entries in the coordinator's and responder's budget tables (R5: bounded
+    /// by `Config::budget_table_capacity` each).
+    #[must_use]
+    pub fn budget_entries(&self) -> (usize, usize) {
+        (
+            self.coordinator.budget_entries(),
+            self.endpoint.budget_entries(),
+        )
+    }
+
+    /// Peers in the directory (bounded by `Config::max_known_peers`).
+    #[must_use]
+    pub fn known_peers(&self) -> usize {
+        self.peers.len()
+    }
+
+    // ----- inputs -----
+
+    fn ctx(&mut self) -> (Ctx<'_>, &mut Endpoint) {
+        (
+            Ctx {
+                id: self.id,
+                bind: self.bind,
+                config: &self.config,
+                peers: &self.peers,
+                out: &mut self.out,
+            },
+            &mut self.endpoint,
+        )
+    }
+
+    /// A control message from the authenticated peer `from`, whose session's
+    /// source address is `session_addr`. `wall_ms` is the current Unix time in
+    /// milliseconds. A payload that does not decode changes nothing and is
+    /// reported back (and counted).
+    pub fn handle_control(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        from: NodeId,
+        session_addr: SocketAddr,
+        channel: Channel,
+        payload: &[u8],
+    ) -> Result<(), DecodeError> {
+        let result = self.dispatch_control(now, wall_ms, from, session_addr, channel, payload);
+        if result.is_err() {
+            bump(&mut self.out.stats.malformed_messages);
+        }
+        result
+    }
+
+    fn dispatch_control(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        from: NodeId,
+        session_addr: SocketAddr,
+        channel: Channel,
+        payload: &[u8],
+    ) -> Result<(), DecodeError> {
+        match channel {
+            Channel::Rendezvous => {
+                let msg = RendezvousMessage::decode(payload)?;
+                let id = self.id;
+                match msg {
+                    RendezvousMessage::Request(req) => self.coordinator.handle_request(
+                        &self.config,
+                        now,
+                        wall_ms,
+                        from,
+                        session_addr,
+                        req,
+                        &self.peers,
+                        &mut self.out,
+                    ),
+                    RendezvousMessage::Ack(ack) if ack.to_peer == id => {
+                        let (mut cx, ep) = self.ctx();
+                        ep.handle_ack(&mut cx, from, ack);
+                    }
+                    RendezvousMessage::Ack(ack) => {
+                        self.coordinator
+                            .handle_ack(now, from, ack, &self.peers, &mut self.out);
+                    }
+                    RendezvousMessage::Introduce(intro) => {
+                        let (mut cx, ep) = self.ctx();
+                        ep.handle_introduce(&mut cx, now, wall_ms, from, intro);
+                    }
+                    RendezvousMessage::Reject(rej) => {
+                        let (mut cx, ep) = self.ctx();
+                        ep.handle_reject(&mut cx, now, from, rej);
+                    }
+                }
+            }
+            Channel::ReflexRequest => {
+                ReflexRequest::decode(payload)?;
+                // C5: echo the authenticated session address, never a packet source.
+                let resp = ReflexResponse {
+                    observed: session_addr,
+                };
+                self.out
+                    .control(from, Channel::ReflexResponse, &resp.to_bytes());
+            }
+            Channel::ReflexResponse => {
+                ReflexResponse::decode(payload)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A datagram that arrived on the socket bound at `local` from `src`.
+    /// Keep-alives are consumed; anything else is [`DatagramVerdict::NotOurs`]
+    /// and belongs to the application, untouched.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        src: SocketAddr,
+        datagram: &[u8],
+    ) -> DatagramVerdict {
+        let _ = local;
+        if !is_keepalive(datagram) {
+            return DatagramVerdict::NotOurs;
+        }
+        match Keepalive::decode(datagram) {
+            Ok(k) if k.sender != self.id => {
+                let (mut cx, ep) = self.ctx();
+                ep.handle_keepalive(&mut cx, now, src, k);
+            }
+            _ => bump(&mut self.out.stats.keepalives_dropped),
+        }
+        DatagramVerdict::Consumed
+    }
+
+    /// Time passed: send due keep-alives, end punches whose deadline passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let (mut cx, ep) = self.ctx();
+        ep.handle_timeout(&mut cx, now);
+    }
+
+    /// An authenticated session to `peer` is up; `addr` is its source address
+    /// as seen here.
+    pub fn handle_session_up(
+        &mut self,
+        peer: NodeId,
+        addr: SocketAddr,
+    ) -> Result<(), DirectoryFull> {
+        self.peers
+            .update(peer, |p| p.session = Some(addr))
+            .map_err(|_| DirectoryFull)
+    }
+
+    /// The session to `peer` is down. Punches waiting for an introduce from it
+    /// end at once with [`TraversalError::NoSessionWithCoordinator`].
+    pub fn handle_session_down(&mut self, now: Instant, peer: NodeId) {
+        let _ = self.peers.update(peer, |p| {
+            p.session = None;
+            p.rtt = None;
+        });
+        let (mut cx, ep) = self.ctx();
+        ep.coordinator_down(&mut cx, now, peer);
+    }
+
+    /// `peer` announced its (reflex, class) — through the mesh, authenticated
+    /// by the embedder.
+    pub fn handle_peer_announcement(
+        &mut self,
+        peer: NodeId,
+        reflex: SocketAddr,
+        class: NatClass,
+    ) -> Result<(), DirectoryFull> {
+        self.peers
+            .update(peer, |p| p.announced = Some(Announcement { reflex, class }))
+            .map_err(|_| DirectoryFull)
+    }
+
+    /// An RTT estimate to `peer` (feeds the adaptive fire lead, R9).
+    pub fn handle_rtt(&mut self, peer: NodeId, rtt: Duration) -> Result<(), DirectoryFull> {
+        self.peers
+            .update(peer, |p| p.rtt = Some(rtt))
+            .map_err(|_| DirectoryFull)
+    }
+
+    /// Publishes this node's own (class, reflex) — from a classification sweep
+    /// or the embedder's own discovery.
+    pub fn set_local_classification(&mut self, class: NatClass, reflex: SocketAddr) {
+        self.local = Some(Announcement { reflex, class });
+    }
+
+    // ----- commands -----
+
+    /// Starts a punch to `target` through `coordinator`.
+    ///
+    /// `Ok(punch_id)` means exactly one terminal event
+    /// ([`Event::PunchSucceeded`] or [`Event::PunchFailed`]) with that punch id
+    /// follows, no later than the punch deadline. `Err` means nothing was
+    /// started and no event follows.
+    ///
+    /// The pair matrix decides first (local class × the target's announced
+    /// class): `SkipPunch` is `Err(Skipped)`; `Direct` with a known announced
+    /// reflex succeeds at once with [`PathMethod::Direct`]; otherwise a
+    /// rendezvous starts. A pending punch to the same target is superseded.
+    pub fn request_punch(
+        &mut self,
+        now: Instant,
+        target: NodeId,
+        coordinator: NodeId,
+    ) -> Result<u32, TraversalError> {
+        if target == self.id || coordinator == target || coordinator == self.id {
+            return Err(TraversalError::InvalidTarget(target));
+        }
+        let announced = self.peers.announced(target);
+        let local = self.nat_class();
+        let remote = announced.map_or(NatClass::Unknown, |a| a.class);
+        let punch_id = self.mint_punch_id();
+        match (pair_action(local, remote), announced) {
+            (PairAction::SkipPunch, _) => {
+                bump(&mut self.out.stats.punches_skipped);
+                bump(&mut self.out.stats.relay_fallbacks);
+                return Err(TraversalError::Skipped { local, remote });
+            }
+            (PairAction::Direct, Some(a)) => {
+                bump(&mut self.out.stats.direct_paths);
+                self.out.events.push_back(Event::PunchSucceeded {
+                    peer: target,
+                    punch_id: punch_id.get(),
+                    role: Role::Requester,
+                    path: a.reflex,
+                    method: PathMethod::Direct,
+                    elapsed: Duration::ZERO,
+                });
+                return Ok(punch_id.get());
+            }
+            _ => {}
+        }
+        if self.peers.session(coordinator).is_none() {
+            return Err(TraversalError::NoSessionWithCoordinator(coordinator));
+        }
+        let self_reflex = self.local_reflex().ok_or(TraversalError::NoLocalReflex)?;
+        let (mut cx, ep) = self.ctx();
+        ep.start_request(&mut cx, now, target, coordinator, punch_id, self_reflex)?;
+        Ok(punch_id.get())
+    }
+
+    /// Cancels the pending punch to `target` (for example because the future
+    /// waiting for it was dropped). Its terminal event is
+    /// [`TraversalError::Cancelled`]. Returns whether one was pending.
+    pub fn cancel_punch(&mut self, now: Instant, target: NodeId) -> bool {
+        let (mut cx, ep) = self.ctx();
+        ep.abort(&mut cx, now, target, TraversalError::Cancelled)
+    }
+
+    /// Chooses a coordinator for a punch to `target` among `candidates` (peers
+    /// with sessions to both ends) with the agent's seeded RNG; see
+    /// [`crate::rendezvous::select_coordinator`]. No
+    /// candidate is [`TraversalError::NoRelay`] (counted in `no_relay_skips`).
+    pub fn select_coordinator(
+        &mut self,
+        target: NodeId,
+        candidates: &[CoordinatorCandidate],
+    ) -> Result<NodeId, TraversalError> {
+        let result = select_coordinator(candidates, [self.id, target], &mut self.rng);
+        if result.is_err() {
+            bump(&mut self.out.stats.no_relay_skips);
+            bump(&mut self.out.stats.relay_fallbacks);
+        }
+        result
+    }
+
+    fn mint_punch_id(&mut self) -> NonZeroU32 {
+        loop {
+            if let Some(id) = NonZeroU32::new(self.rng.next_u32()) {
+                return id;
+            }
+        }
+    }
+
+    // ----- outputs -----
+
+    /// The next thing to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.transmits.pop_front()
+    }
+
+    /// The next event for the application.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.out.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next needed; `None`
+    /// when nothing is scheduled.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.endpoint.poll_timeout()
+    }
+}

@@ -1,0 +1,73 @@
+//! The one error type for traversal outcomes.
+
+use core::time::Duration;
+
+use crate::classify::NatClass;
+use crate::wire::{NodeId, RejectReason};
+
+/// Where a punch was when its deadline passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PunchStage {
+    /// Waiting for the coordinator's `PunchIntroduce`.
+    Introduce,
+    /// The keep-alive train ran, but no valid keep-alive arrived from the peer.
+    Keepalive,
+}
+
+impl core::fmt::Display for PunchStage {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            PunchStage::Introduce => "waiting for the introduce",
+            PunchStage::Keepalive => "waiting for the peer's keep-alive",
+        })
+    }
+}
+
+/// Why a punch did not produce a direct path. Every variant means "use the
+/// relay": NAT traversal is an optimisation, never a connectivity failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TraversalError {
+    /// The coordinator refused to mediate (R1, R5).
+    #[error("coordinator rejected the punch: {0}")]
+    Rejected(RejectReason),
+    /// No coordinator candidate is connected to both ends (R5).
+    #[error("no coordinator is connected to both ends")]
+    NoRelay,
+    /// The punch deadline passed.
+    #[error("punch deadline of {deadline:?} passed while {stage}")]
+    DeadlinePassed {
+        /// What the punch was waiting for.
+        stage: PunchStage,
+        /// The deadline that passed.
+        deadline: Duration,
+    },
+    /// The pair matrix says a punch between these classes cannot work.
+    #[error("pair matrix skips {local} x {remote}")]
+    Skipped {
+        /// The local class.
+        local: NatClass,
+        /// The remote peer's announced class.
+        remote: NatClass,
+    },
+    /// A newer `request_punch` to the same peer replaced this one.
+    #[error("superseded by a newer request to the same peer")]
+    Superseded,
+    /// The application cancelled the punch.
+    #[error("cancelled")]
+    Cancelled,
+    /// The agent has no session with the coordinator it was asked to use.
+    #[error("no session with coordinator {0}")]
+    NoSessionWithCoordinator(NodeId),
+    /// The target is this node, or the coordinator is the target.
+    #[error("invalid punch target {0}")]
+    InvalidTarget(NodeId),
+    /// No public address is known for this node (no classification, no
+    /// override, and a wildcard bind address).
+    #[error("no local reflex address is known")]
+    NoLocalReflex,
+    /// Too many punches are pending at once.
+    #[error("too many pending punches")]
+    TooManyPunches,
+}

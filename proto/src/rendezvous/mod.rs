@@ -1,0 +1,15 @@
+//! The rendezvous roles, composed by the [`Agent`](crate::Agent).
+//!
+//! | file | role | requirements |
+//! |---|---|---|
+//! | [`coordinator`] | R: mediates requests, forwards acks | R1, R5 (coordinator budget), R7, R9 |
+//! | [`endpoint`] | A and B: request, introduce, train, confirm, ack | R2, R3, R4, R5 (responder budgets), R6, R7, R8, R10 |
+//! | [`select`] | choosing a coordinator | R5 ("no relay") |
+
+pub mod coordinator;
+pub mod endpoint;
+pub mod select;
+
+pub use coordinator::{Coordinator, adaptive_fire_lead, reflex_matches_session};
+pub use endpoint::{Endpoint, keepalive_token};
+pub use select::{CoordinatorCandidate, select_coordinator};

@@ -1,0 +1,83 @@
+//! Counters maintained by the machines (`behaviour.md`, "Statistics").
+
+/// Monotonic counters. Every requester punch that started a rendezvous is
+/// counted once in `punches_attempted` and, when it ends, in exactly one of
+/// `punches_succeeded`, `punch_timeouts`, `punch_rejections` or
+/// `punches_cancelled`; the ones not yet ended are in flight.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Requester punches that sent a `PunchRequest`.
+    pub punches_attempted: u64,
+    /// Requester punches confirmed by a keep-alive.
+    pub punches_succeeded: u64,
+    /// Punches (requester side) that ended without a direct path and fell back
+    /// to the relay: timeouts, rejections, skips, no-relay outcomes.
+    pub relay_fallbacks: u64,
+    /// Requester punches whose deadline passed.
+    pub punch_timeouts: u64,
+    /// Requester punches the coordinator rejected.
+    pub punch_rejections: u64,
+    /// Requester punches cancelled or superseded (or whose coordinator session
+    /// went down) before they ended.
+    pub punches_cancelled: u64,
+    /// Requests the pair matrix skipped (no rendezvous started).
+    pub punches_skipped: u64,
+    /// Coordinator selections that found no candidate.
+    pub no_relay_skips: u64,
+    /// Requests the pair matrix answered with a direct path (no punch needed).
+    pub direct_paths: u64,
+    /// Path upgrades attempted (S4; driver-maintained).
+    pub upgrades_attempted: u64,
+    /// Path upgrades that succeeded (S4; driver-maintained).
+    pub upgrades_succeeded: u64,
+
+    /// Coordinator: requests mediated (two introduces sent).
+    pub requests_mediated: u64,
+    /// Coordinator: requests rejected, all reasons.
+    pub requests_rejected: u64,
+    /// Coordinator: acks forwarded.
+    pub acks_forwarded: u64,
+    /// Coordinator: acks dropped (R7).
+    pub acks_dropped: u64,
+
+    /// Responder: trains started for unsolicited introduces.
+    pub responder_trains: u64,
+    /// Responder: punches confirmed by a keep-alive.
+    pub responder_successes: u64,
+    /// Introduces dropped by R4 (reflex disagrees with the peer's announcement,
+    /// or no announcement under the `Drop` policy).
+    pub introduces_dropped_reflection: u64,
+    /// Introduces dropped by a responder budget (R5).
+    pub introduces_dropped_budget: u64,
+    /// Introduces dropped for another reason (duplicate, self, unexpected).
+    pub introduces_dropped_other: u64,
+
+    /// Keep-alives sent.
+    pub keepalives_sent: u64,
+    /// Keep-alives that confirmed a punch.
+    pub keepalives_accepted: u64,
+    /// Keep-alives dropped (no punch for the sender, wrong token or address).
+    pub keepalives_dropped: u64,
+    /// Acks accepted by their final recipient.
+    pub acks_accepted: u64,
+    /// Rejects ignored as stale (R6).
+    pub stale_rejects_ignored: u64,
+    /// Control payloads that failed to decode.
+    pub malformed_messages: u64,
+}
+
+impl Stats {
+    /// `punches_attempted - punches_succeeded`, saturating. Counts in-flight
+    /// punches too, so it may decrease when one of them succeeds.
+    #[must_use]
+    pub fn punches_failed(&self) -> u64 {
+        self.punches_attempted
+            .saturating_sub(self.punches_succeeded)
+    }
+}
+
+/// Adds one, saturating.
+pub(crate) fn bump(c: &mut u64) {
+    *c = c.saturating_add(1);
+}
