@@ -36,6 +36,11 @@ pub struct Config {
     max_pending_punches: u32,
     max_known_peers: u32,
     unannounced_peer_policy: UnannouncedPeerPolicy,
+    reclassify_interval: Duration,
+    reflex_change_cooldown: Duration,
+    sweep_targets: u32,
+    max_pending_probes: u32,
+    auto_reclassify: bool,
 }
 
 impl Default for Config {
@@ -54,6 +59,11 @@ impl Default for Config {
             max_pending_punches: 1024,
             max_known_peers: 131_072,
             unannounced_peer_policy: UnannouncedPeerPolicy::Drop,
+            reclassify_interval: Duration::from_secs(60),
+            reflex_change_cooldown: Duration::from_secs(30),
+            sweep_targets: 4,
+            max_pending_probes: 64,
+            auto_reclassify: true,
         }
     }
 }
@@ -94,11 +104,18 @@ pub enum ConfigError {
         /// The configured sweep deadline.
         sweep: Duration,
     },
+    /// A sweep needs at least two destinations to classify anything (C4), and
+    /// probes at most [`MAX_SWEEP_TARGETS`].
+    #[error("sweep_targets is {0}; it must be between 2 and 16")]
+    SweepTargets(u32),
     /// A duration beyond the supported maximum (one day): timers that long are
     /// a configuration mistake, and the bound keeps all arithmetic in range.
     #[error("{0} exceeds the maximum of one day")]
     TooLong(&'static str),
 }
+
+/// Most destinations one sweep probes.
+pub const MAX_SWEEP_TARGETS: u32 = 16;
 
 /// Longest duration any knob accepts.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -172,6 +189,35 @@ impl Config {
     pub fn max_known_peers(&self) -> u32 {
         self.max_known_peers
     }
+    /// Period of the classification sweep (C7). Default 60 s.
+    #[must_use]
+    pub fn reclassify_interval(&self) -> Duration {
+        self.reclassify_interval
+    }
+    /// Least time between two sweeps triggered by a probe that saw the reflex
+    /// change (C7). Default 30 s.
+    #[must_use]
+    pub fn reflex_change_cooldown(&self) -> Duration {
+        self.reflex_change_cooldown
+    }
+    /// Most distinct destinations a sweep probes (at least 2 are needed, C4).
+    /// Default 4.
+    #[must_use]
+    pub fn sweep_targets(&self) -> u32 {
+        self.sweep_targets
+    }
+    /// Whether the agent sweeps on its own (C7: at start, periodically, and when
+    /// a probe shows the reflex changed). Explicit `reclassify` works either
+    /// way. Default on.
+    #[must_use]
+    pub fn auto_reclassify(&self) -> bool {
+        self.auto_reclassify
+    }
+    /// Most standalone reflex probes pending at once. Default 64.
+    #[must_use]
+    pub fn max_pending_probes(&self) -> u32 {
+        self.max_pending_probes
+    }
     /// R4 policy for introduces naming a peer with no announced reflex.
     #[must_use]
     pub fn unannounced_peer_policy(&self) -> UnannouncedPeerPolicy {
@@ -225,6 +271,16 @@ setters! {
     max_known_peers: u32;
     /// Sets [`Config::unannounced_peer_policy`].
     unannounced_peer_policy: UnannouncedPeerPolicy;
+    /// Sets [`Config::reclassify_interval`].
+    reclassify_interval: Duration;
+    /// Sets [`Config::reflex_change_cooldown`].
+    reflex_change_cooldown: Duration;
+    /// Sets [`Config::sweep_targets`].
+    sweep_targets: u32;
+    /// Sets [`Config::max_pending_probes`].
+    max_pending_probes: u32;
+    /// Sets [`Config::auto_reclassify`].
+    auto_reclassify: bool;
 }
 
 impl ConfigBuilder {
@@ -237,6 +293,7 @@ impl ConfigBuilder {
             ("fire_lead", c.fire_lead),
             ("punch_deadline", c.punch_deadline),
             ("budget_window", c.budget_window),
+            ("reclassify_interval", c.reclassify_interval),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
@@ -258,10 +315,17 @@ impl ConfigBuilder {
             ("budget_table_capacity", c.budget_table_capacity),
             ("max_pending_punches", c.max_pending_punches),
             ("max_known_peers", c.max_known_peers),
+            ("max_pending_probes", c.max_pending_probes),
         ] {
             if n == 0 {
                 return Err(ConfigError::ZeroCount(name));
             }
+        }
+        if !(2..=MAX_SWEEP_TARGETS).contains(&c.sweep_targets) {
+            return Err(ConfigError::SweepTargets(c.sweep_targets));
+        }
+        if c.reflex_change_cooldown > MAX_DURATION {
+            return Err(ConfigError::TooLong("reflex_change_cooldown"));
         }
         if c.fire_lead >= c.punch_deadline {
             return Err(ConfigError::LeadNotBeforeDeadline {

@@ -63,6 +63,8 @@ pub struct Stats {
     pub acks_accepted: u64,
     /// Rejects ignored as stale (R6).
     pub stale_rejects_ignored: u64,
+    /// Reflex responses nobody was waiting for (dropped).
+    pub reflex_answers_unsolicited: u64,
     /// Control payloads that failed to decode.
     pub malformed_messages: u64,
 }

@@ -6,7 +6,7 @@ mod harness;
 
 use std::net::{IpAddr, SocketAddr};
 
-use harness::{Net, Packet, addr_of, ms, trio};
+use harness::{Net, Packet, addr_of, ms, quiet, trio};
 use natrix_proto::wire::{
     Keepalive, NodeId, PunchAck, PunchIntroduce, PunchReject, PunchRequest, RejectReason,
     RendezvousMessage,
@@ -65,7 +65,7 @@ fn encode(m: RendezvousMessage) -> Vec<u8> {
 
 #[test]
 fn happy_path_both_ends_confirm_and_trains_stop() {
-    let (mut net, a, b, r) = trio(Config::default(), CONE);
+    let (mut net, a, b, r) = trio(quiet(), CONE);
     let id = net.punch(a, b, r).unwrap();
     net.run_for(ms(6_000));
 
@@ -113,7 +113,7 @@ fn happy_path_both_ends_confirm_and_trains_stop() {
 
 #[test]
 fn direct_pair_needs_no_punch_and_symmetric_pair_is_skipped() {
-    let (mut net, a, b, r) = trio(Config::default(), NatClass::Open);
+    let (mut net, a, b, r) = trio(quiet(), NatClass::Open);
     let id = net.punch(a, b, r).unwrap();
     net.drain_all();
     assert!(matches!(
@@ -122,7 +122,7 @@ fn direct_pair_needs_no_punch_and_symmetric_pair_is_skipped() {
     ));
     assert!(net.sent.is_empty());
 
-    let (mut net, a, b, r) = trio(Config::default(), NatClass::Symmetric);
+    let (mut net, a, b, r) = trio(quiet(), NatClass::Symmetric);
     assert_eq!(
         net.punch(a, b, r),
         Err(TraversalError::Skipped {
@@ -135,7 +135,7 @@ fn direct_pair_needs_no_punch_and_symmetric_pair_is_skipped() {
 
 #[test]
 fn invalid_requests_are_typed_errors() {
-    let (mut net, a, b, _r) = trio(Config::default(), CONE);
+    let (mut net, a, b, _r) = trio(quiet(), CONE);
     let now = net.now;
     assert_eq!(
         net.agent(a).request_punch(now, a, b),
@@ -149,12 +149,7 @@ fn invalid_requests_are_typed_errors() {
         net.agent(a).request_punch(now, b, NodeId(99)),
         Err(TraversalError::NoSessionWithCoordinator(NodeId(99)))
     );
-    let mut lonely = Agent::new(
-        NodeId(5),
-        "0.0.0.0:1".parse().unwrap(),
-        Config::default(),
-        1,
-    );
+    let mut lonely = Agent::new(NodeId(5), "0.0.0.0:1".parse().unwrap(), quiet(), 1);
     lonely
         .handle_session_up(NodeId(6), addr_of(NodeId(6)))
         .unwrap();
@@ -166,7 +161,7 @@ fn invalid_requests_are_typed_errors() {
 
 #[test]
 fn no_relay_when_no_coordinator_candidate() {
-    let (mut net, a, b, r) = trio(Config::default(), CONE);
+    let (mut net, a, b, r) = trio(quiet(), CONE);
     assert_eq!(
         net.agent(a).select_coordinator(b, &[]),
         Err(TraversalError::NoRelay)
@@ -200,7 +195,7 @@ fn no_relay_when_no_coordinator_candidate() {
 
 #[test]
 fn r1_reject_self_reflex_ip_mismatch() {
-    let (mut net, a, b, r) = trio(Config::default(), CONE);
+    let (mut net, a, b, r) = trio(quiet(), CONE);
     // A claims a victim's address as its own reflex.
     net.agent(a).set_local_classification(CONE, victim());
     let id = net.punch(a, b, r).unwrap();
@@ -226,7 +221,7 @@ fn r1_reject_self_reflex_ip_mismatch() {
 
 #[test]
 fn r1_ipv4_mapped_reflex_matches_ipv4_session() {
-    let (mut net, a, b, r) = trio(Config::default(), CONE);
+    let (mut net, a, b, r) = trio(quiet(), CONE);
     let a_addr = addr_of(a);
     let IpAddr::V4(v4) = a_addr.ip() else {
         unreachable!()
@@ -252,7 +247,7 @@ fn r1_ipv4_mapped_reflex_matches_ipv4_session() {
 
 #[test]
 fn r2_wrong_sender_keepalive_does_not_consume_pending_punch() {
-    let (mut net, a, b, r) = trio(Config::default(), CONE);
+    let (mut net, a, b, r) = trio(quiet(), CONE);
     // Drop B's real keep-alives so only the injected ones reach A.
     net.filter = Some(Box::new(
         move |p| matches!(p, Packet::Datagram { dst, .. } if *dst == addr_of(a)),
@@ -293,7 +288,7 @@ fn r2_wrong_sender_keepalive_does_not_consume_pending_punch() {
 /// A coordinator whose introduce to A carries `fire_at_ms(wall)` (a malicious
 /// or broken R). Returns at virtual time 10 ms, when R has the request.
 fn run_with_fire_time(fire_at_ms: impl Fn(u64) -> u64) -> (Net, NodeId, u32) {
-    let (mut net, a, b, r) = trio(Config::default(), CONE);
+    let (mut net, a, b, r) = trio(quiet(), CONE);
     let intro = PunchIntroduce {
         peer: b,
         peer_reflex: addr_of(b),
@@ -316,7 +311,7 @@ fn r3_far_future_and_max_fire_time_never_park_beyond_deadline() {
     for fire in [|_| u64::MAX, |w| w + 3_600_000] as [fn(u64) -> u64; 2] {
         let (mut net, a, id) = run_with_fire_time(fire);
         net.run_for(ms(11));
-        let deadline = Instant::ZERO + Config::default().punch_deadline();
+        let deadline = Instant::ZERO + quiet().punch_deadline();
         assert!(net.agent(a).poll_timeout().is_some_and(|t| t <= deadline));
         net.run_for(ms(10_000));
         assert!(net.sent.iter().all(|s| s.at <= deadline + ms(250)));
@@ -329,7 +324,7 @@ fn r3_far_future_and_max_fire_time_never_park_beyond_deadline() {
                 deadline: ms(5_000)
             }]
         );
-        assert_eq!(net.nodes[&a].events[0].0, deadline);
+        assert_eq!(net.punch_event_times(a)[0], deadline);
         assert_eq!(net.agent(a).pending_punches(), 0);
     }
 }
@@ -354,7 +349,7 @@ fn r3_past_fire_time_fires_at_once() {
 
 #[test]
 fn r4_unsolicited_introduce_with_victim_reflex_sends_nothing() {
-    let (mut net, a, b, m) = trio(Config::default(), CONE);
+    let (mut net, a, b, m) = trio(quiet(), CONE);
     // M (an authenticated peer of B) names A but points at a victim.
     let intro = PunchIntroduce {
         peer: a,
@@ -413,7 +408,7 @@ fn r4_unannounced_peer_policy_admit_runs_a_train() {
 
 #[test]
 fn r5_coordinator_budget_rejects_then_recovers_after_window() {
-    let (mut net, a, b, r) = trio(Config::default(), CONE);
+    let (mut net, a, b, r) = trio(quiet(), CONE);
     let req = |id: u32| {
         encode(RendezvousMessage::Request(PunchRequest {
             target: b,
@@ -439,7 +434,7 @@ fn r5_coordinator_budget_rejects_then_recovers_after_window() {
 
 #[test]
 fn r5_rate_limit_reaches_requester_as_typed_error() {
-    let (mut net, a, b, r) = trio(Config::default(), CONE);
+    let (mut net, a, b, r) = trio(quiet(), CONE);
     for _ in 0..4 {
         net.punch(a, b, r).unwrap();
         net.run_for(ms(100));
@@ -464,7 +459,7 @@ fn r5_rate_limit_reaches_requester_as_typed_error() {
 #[test]
 fn r5_every_rejection_reason_is_typed_and_immediate() {
     // No session with the target.
-    let (mut net, a, b, r) = trio(Config::default(), CONE);
+    let (mut net, a, b, r) = trio(quiet(), CONE);
     net.agent(r).handle_session_down(Instant::ZERO, b);
     net.punch(a, b, r).unwrap();
     net.run_for(ms(25));
@@ -476,9 +471,9 @@ fn r5_every_rejection_reason_is_typed_and_immediate() {
     // No reflex known for the target.
     let mut net = Net::new();
     let (a, b, r) = (
-        net.add(1, Config::default(), 1),
-        net.add(2, Config::default(), 2),
-        net.add(3, Config::default(), 3),
+        net.add(1, quiet(), 1),
+        net.add(2, quiet(), 2),
+        net.add(3, quiet(), 3),
     );
     net.connect_all(&[a, b, r]);
     net.agent(a).set_local_classification(CONE, addr_of(a));
@@ -493,7 +488,7 @@ fn r5_every_rejection_reason_is_typed_and_immediate() {
     );
 
     // An unspecified reason byte is still a reject.
-    let (mut net, a, b, r) = trio(Config::default(), CONE);
+    let (mut net, a, b, r) = trio(quiet(), CONE);
     net.filter = Some(Box::new(|p| kind_of(p) == Some(0x01)));
     let id = net.punch(a, b, r).unwrap();
     let rej = PunchReject {
@@ -516,7 +511,7 @@ fn r5_every_rejection_reason_is_typed_and_immediate() {
 
 #[test]
 fn r5_responder_budgets_per_introducer_and_global() {
-    let (mut net, _a, b, m) = trio(Config::default(), CONE);
+    let (mut net, _a, b, m) = trio(quiet(), CONE);
     // 20 announced peers, each introduced to B by M.
     for p in 100..120u64 {
         let id = NodeId(p);
@@ -541,10 +536,8 @@ fn r5_responder_budgets_per_introducer_and_global() {
 
     // Several introducers: the global ceiling of 8 concurrent trains holds.
     let mut net2 = Net::new();
-    let b = net2.add(2, Config::default(), 2);
-    let introducers: Vec<_> = (10..15)
-        .map(|i| net2.add(i, Config::default(), i))
-        .collect();
+    let b = net2.add(2, quiet(), 2);
+    let introducers: Vec<_> = (10..15).map(|i| net2.add(i, quiet(), i)).collect();
     let mut all = introducers.clone();
     all.push(b);
     net2.connect_all(&all);
@@ -577,7 +570,7 @@ fn r5_responder_budgets_per_introducer_and_global() {
 
 #[test]
 fn r5_budget_memory_is_bounded_for_100k_requesters() {
-    let cfg = Config::default();
+    let cfg = quiet();
     let cap = cfg.budget_table_capacity() as usize;
     let mut r = Agent::new(NodeId(1), addr_of(NodeId(1)), cfg, 5);
     for i in 0..100_000u64 {
@@ -609,7 +602,7 @@ fn r5_budget_memory_is_bounded_for_100k_requesters() {
 
 #[test]
 fn r6_stale_reject_is_ignored() {
-    let (mut net, a, b, r) = trio(Config::default(), CONE);
+    let (mut net, a, b, r) = trio(quiet(), CONE);
     net.filter = Some(Box::new(|p| kind_of(p) == Some(0x01)));
     let old = net.punch(a, b, r).unwrap();
     let new = net.punch(a, b, r).unwrap();
@@ -652,7 +645,7 @@ fn r6_stale_reject_is_ignored() {
 
 #[test]
 fn r7_ack_forwarded_only_from_authenticated_sender_for_mediated_pair() {
-    let (mut net, a, b, r) = trio(Config::default(), CONE);
+    let (mut net, a, b, r) = trio(quiet(), CONE);
     let ack = |from, to| {
         encode(RendezvousMessage::Ack(PunchAck {
             from_peer: from,
@@ -689,7 +682,7 @@ fn r7_ack_forwarded_only_from_authenticated_sender_for_mediated_pair() {
 /// A alone, training toward B at `addr_of(b)` after a solicited introduce.
 fn training_requester() -> (Agent, NodeId, u32, u64) {
     let (a, b, r) = (NodeId(1), NodeId(2), NodeId(3));
-    let mut ag = Agent::new(a, addr_of(a), Config::default(), 1);
+    let mut ag = Agent::new(a, addr_of(a), quiet(), 1);
     ag.handle_session_up(r, addr_of(r)).unwrap();
     ag.set_local_classification(CONE, addr_of(a));
     let id = ag.request_punch(Instant::ZERO, b, r).unwrap();
@@ -709,6 +702,7 @@ fn training_requester() -> (Agent, NodeId, u32, u64) {
     )
     .unwrap();
     while ag.poll_transmit().is_some() {}
+    while ag.poll_event().is_some() {}
     (ag, b, id, fire)
 }
 
@@ -811,16 +805,16 @@ fn introduced_lead(net: &mut Net, a: NodeId, b: NodeId, r: NodeId) -> u64 {
 #[test]
 fn r9_adaptive_fire_lead_from_rtt_estimates() {
     // RTTs 20 ms (A) and 120 ms (B): half the larger plus the 20 ms margin.
-    let (mut net, a, b, r) = trio(Config::default(), CONE);
+    let (mut net, a, b, r) = trio(quiet(), CONE);
     net.agent(r).handle_rtt(b, ms(120)).unwrap();
     assert_eq!(introduced_lead(&mut net, a, b, r), 80);
     // Unknown RTT: the default 500 ms.
-    let (mut net, a, b, r) = trio(Config::default(), CONE);
+    let (mut net, a, b, r) = trio(quiet(), CONE);
     net.agent(r).handle_session_down(Instant::ZERO, b);
     net.agent(r).handle_session_up(b, addr_of(b)).unwrap();
     assert_eq!(introduced_lead(&mut net, a, b, r), 500);
     // Never more than the default, however slow the links.
-    let (mut net, a, b, r) = trio(Config::default(), CONE);
+    let (mut net, a, b, r) = trio(quiet(), CONE);
     net.agent(r).handle_rtt(b, ms(5_000)).unwrap();
     assert_eq!(introduced_lead(&mut net, a, b, r), 500);
 }
@@ -831,7 +825,7 @@ fn r9_adaptive_fire_lead_from_rtt_estimates() {
 fn r10_train_runs_to_deadline_without_ack_and_stops_when_both_done() {
     // Acks lost: both confirm, but neither knows the other did, so the trains
     // run to the deadline (and then end silently: success was already reported).
-    let (mut net, a, b, r) = trio(Config::default(), CONE);
+    let (mut net, a, b, r) = trio(quiet(), CONE);
     net.filter = Some(Box::new(|p| kind_of(p) == Some(0x03)));
     net.punch(a, b, r).unwrap();
     net.run_for(ms(10_000));
@@ -847,7 +841,7 @@ fn r10_train_runs_to_deadline_without_ack_and_stops_when_both_done() {
 
 #[test]
 fn introduce_timeout_fails_at_the_deadline() {
-    let (mut net, a, b, r) = trio(Config::default(), CONE);
+    let (mut net, a, b, r) = trio(quiet(), CONE);
     net.filter = Some(Box::new(|p| kind_of(p) == Some(0x02)));
     let id = net.punch(a, b, r).unwrap();
     net.run_for(ms(10_000));
@@ -859,13 +853,13 @@ fn introduce_timeout_fails_at_the_deadline() {
             deadline: ms(5_000)
         }]
     );
-    assert_eq!(net.nodes[&a].events[0].0, Instant::from_millis(5_000));
+    assert_eq!(net.punch_event_times(a)[0], Instant::from_millis(5_000));
     assert_eq!(net.agent(a).stats().punch_timeouts, 1);
 }
 
 #[test]
 fn keepalive_timeout_when_datagrams_are_lost() {
-    let (mut net, a, b, r) = trio(Config::default(), CONE);
+    let (mut net, a, b, r) = trio(quiet(), CONE);
     net.filter = Some(Box::new(|p| matches!(p, Packet::Datagram { .. })));
     let id = net.punch(a, b, r).unwrap();
     net.run_for(ms(10_000));
@@ -887,7 +881,7 @@ fn keepalive_timeout_when_datagrams_are_lost() {
 
 #[test]
 fn coordinator_session_down_fails_waiting_punch_at_once() {
-    let (mut net, a, b, r) = trio(Config::default(), CONE);
+    let (mut net, a, b, r) = trio(quiet(), CONE);
     net.filter = Some(Box::new(|_| true));
     let id = net.punch(a, b, r).unwrap();
     net.agent(a).handle_session_down(Instant::ZERO, r);
@@ -901,7 +895,7 @@ fn coordinator_session_down_fails_waiting_punch_at_once() {
 
 #[test]
 fn cancel_ends_the_punch_with_one_event() {
-    let (mut net, a, b, r) = trio(Config::default(), CONE);
+    let (mut net, a, b, r) = trio(quiet(), CONE);
     let id = net.punch(a, b, r).unwrap();
     net.run_for(ms(25));
     let now = net.now;
@@ -918,7 +912,7 @@ fn cancel_ends_the_punch_with_one_event() {
 
 #[test]
 fn v1_request_is_mediated_and_v1_keepalives_confirm() {
-    let (mut net, a, b, r) = trio(Config::default(), CONE);
+    let (mut net, a, b, r) = trio(quiet(), CONE);
     let v1 = PunchRequest {
         target: b,
         punch_id: None,
@@ -950,7 +944,7 @@ fn v1_request_is_mediated_and_v1_keepalives_confirm() {
 fn transcript(seed_shift: u64) -> String {
     let mut net = Net::new();
     let ids: Vec<_> = (1..=4)
-        .map(|i| net.add(i, Config::default(), i + seed_shift))
+        .map(|i| net.add(i, quiet(), i + seed_shift))
         .collect();
     net.set_latency(ids[0], ids[2], ms(35));
     net.connect_all(&ids);

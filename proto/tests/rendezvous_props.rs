@@ -7,8 +7,8 @@ mod harness;
 use std::cell::Cell;
 use std::rc::Rc;
 
-use harness::{Net, Packet, ms};
-use natrix_proto::{Config, Event, Instant, NatClass, NodeId};
+use harness::{Net, Packet, ms, quiet};
+use natrix_proto::{Event, Instant, NatClass, NodeId};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -40,7 +40,7 @@ proptest! {
         loss_seed in any::<u64>(),
         ops in proptest::collection::vec(op(), 1..40),
     ) {
-        let config = Config::default();
+        let config = quiet();
         let deadline = config.punch_deadline();
         let mut net = Net::new();
         let ids: Vec<NodeId> = (1..=5).map(|i| net.add(i, config.clone(), i * 7)).collect();

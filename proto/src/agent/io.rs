@@ -4,6 +4,8 @@ use alloc::collections::VecDeque;
 use core::net::SocketAddr;
 use core::time::Duration;
 
+use crate::classify::NatClass;
+use crate::discovery::{ProbeError, SweepOutcome};
 use crate::error::TraversalError;
 use crate::stats::Stats;
 use crate::wire::NodeId;
@@ -141,6 +143,29 @@ pub enum Event {
         error: TraversalError,
         /// Time from the start of the punch to this event.
         elapsed: Duration,
+    },
+    /// This node's (class, reflex) changed: announce it to peers.
+    ClassificationChanged {
+        /// The class now in force.
+        class: NatClass,
+        /// The public address that goes with it.
+        reflex: SocketAddr,
+    },
+    /// A classification sweep ended (whether or not it changed anything).
+    SweepFinished {
+        /// The sweep's generation.
+        generation: u64,
+        /// How it ended.
+        outcome: SweepOutcome,
+    },
+    /// A standalone reflex probe ended.
+    ReflexProbed {
+        /// The id `probe_reflex` returned.
+        probe_id: u64,
+        /// The probed peer.
+        peer: NodeId,
+        /// The address the peer saw us at, or why there is none.
+        result: Result<SocketAddr, ProbeError>,
     },
 }
 

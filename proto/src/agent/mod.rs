@@ -34,12 +34,13 @@
 pub mod io;
 pub mod peers;
 
-use core::net::SocketAddr;
+use core::net::{IpAddr, SocketAddr};
 use core::num::NonZeroU32;
 use core::time::Duration;
 
 use crate::classify::{NatClass, PairAction, pair_action};
 use crate::config::Config;
+use crate::discovery::{Discovery, DiscoveryCtx, ProbeError, ReclassifyOutcome};
 use crate::error::TraversalError;
 use crate::rendezvous::endpoint::Ctx;
 use crate::rendezvous::{Coordinator, CoordinatorCandidate, Endpoint, select_coordinator};
@@ -69,9 +70,8 @@ pub struct Agent {
     peers: Peers,
     coordinator: Coordinator,
     endpoint: Endpoint,
+    discovery: Discovery,
     out: Outbox,
-    /// The published (class, reflex) of this node.
-    local: Option<Announcement>,
 }
 
 impl Agent {
@@ -86,8 +86,8 @@ impl Agent {
             peers: Peers::new(config.max_known_peers() as usize),
             coordinator: Coordinator::new(&config),
             endpoint: Endpoint::new(&config),
+            discovery: Discovery::new(&config),
             out: Outbox::default(),
-            local: None,
             config,
         }
     }
@@ -118,19 +118,33 @@ impl Agent {
         self.out.stats
     }
 
-    /// This node's class: the published classification, else `Unknown`.
+    /// This node's (class, reflex) in force, to announce to peers: the reflex
+    /// override as Open (C6), else the last committed classification; `None`
+    /// before the first one.
     #[must_use]
-    pub fn nat_class(&self) -> NatClass {
-        self.local.map_or(NatClass::Unknown, |a| a.class)
+    pub fn classification(&self) -> Option<Announcement> {
+        self.discovery.effective()
     }
 
-    /// This node's public address: the published reflex, else the bind address
-    /// when it is a specific IP.
+    /// This node's class: the classification in force, else `Unknown`.
+    #[must_use]
+    pub fn nat_class(&self) -> NatClass {
+        self.classification().map_or(NatClass::Unknown, |a| a.class)
+    }
+
+    /// This node's public address: the classification's reflex, else the bind
+    /// address when it is a specific IP.
     #[must_use]
     pub fn local_reflex(&self) -> Option<SocketAddr> {
-        self.local
+        self.classification()
             .map(|a| a.reflex)
             .or_else(|| (!self.bind.ip().is_unspecified()).then_some(self.bind))
+    }
+
+    /// The generation of the running classification sweep, if one runs.
+    #[must_use]
+    pub fn running_sweep(&self) -> Option<u64> {
+        self.discovery.running_sweep()
     }
 
     /// Punches pending, both roles.
@@ -156,6 +170,19 @@ impl Agent {
     }
 
     // ----- inputs -----
+
+    fn dctx(&mut self) -> (DiscoveryCtx<'_>, &mut Discovery) {
+        (
+            DiscoveryCtx {
+                bind: self.bind,
+                config: &self.config,
+                peers: &self.peers,
+                rng: &mut self.rng,
+                out: &mut self.out,
+            },
+            &mut self.discovery,
+        )
+    }
 
     fn ctx(&mut self) -> (Ctx<'_>, &mut Endpoint) {
         (
@@ -242,7 +269,9 @@ impl Agent {
                     .control(from, Channel::ReflexResponse, &resp.to_bytes());
             }
             Channel::ReflexResponse => {
-                ReflexResponse::decode(payload)?;
+                let resp = ReflexResponse::decode(payload)?;
+                let (mut cx, d) = self.dctx();
+                d.handle_answer(&mut cx, now, from, resp.observed);
             }
         }
         Ok(())
@@ -272,10 +301,13 @@ impl Agent {
         DatagramVerdict::Consumed
     }
 
-    /// Time passed: send due keep-alives, end punches whose deadline passed.
+    /// Time passed: send due keep-alives, end punches whose deadline passed,
+    /// expire probes, finish and start sweeps.
     pub fn handle_timeout(&mut self, now: Instant) {
         let (mut cx, ep) = self.ctx();
         ep.handle_timeout(&mut cx, now);
+        let (mut cx, d) = self.dctx();
+        d.handle_timeout(&mut cx, now);
     }
 
     /// An authenticated session to `peer` is up; `addr` is its source address
@@ -287,7 +319,9 @@ impl Agent {
     ) -> Result<(), DirectoryFull> {
         self.peers
             .update(peer, |p| p.session = Some(addr))
-            .map_err(|_| DirectoryFull)
+            .map_err(|_| DirectoryFull)?;
+        self.discovery.session_up(&self.config);
+        Ok(())
     }
 
     /// The session to `peer` is down. Punches waiting for an introduce from it
@@ -299,6 +333,8 @@ impl Agent {
         });
         let (mut cx, ep) = self.ctx();
         ep.coordinator_down(&mut cx, now, peer);
+        let (mut cx, d) = self.dctx();
+        d.session_down(&mut cx, now, peer);
     }
 
     /// `peer` announced its (reflex, class) — through the mesh, authenticated
@@ -321,10 +357,18 @@ impl Agent {
             .map_err(|_| DirectoryFull)
     }
 
-    /// Publishes this node's own (class, reflex) — from a classification sweep
-    /// or the embedder's own discovery.
+    /// Publishes this node's own (class, reflex) found by the embedder's own
+    /// means (the agent's sweeps publish theirs the same way). Emits
+    /// [`Event::ClassificationChanged`] when it changes what is in force.
     pub fn set_local_classification(&mut self, class: NatClass, reflex: SocketAddr) {
-        self.local = Some(Announcement { reflex, class });
+        self.discovery
+            .set_published(&mut self.out, Announcement { reflex, class });
+    }
+
+    /// C3: the host's own interface addresses, from the driver. With a
+    /// wildcard bind, a reflex reads as Open only when its IP is one of these.
+    pub fn set_interface_addrs(&mut self, addrs: &[IpAddr]) {
+        self.discovery.set_interfaces(addrs);
     }
 
     // ----- commands -----
@@ -382,6 +426,35 @@ impl Agent {
         Ok(punch_id.get())
     }
 
+    /// C1: starts a classification sweep, or says why not (one is already
+    /// running, an override suppresses sweeps, too few destinations).
+    pub fn reclassify(&mut self, now: Instant) -> ReclassifyOutcome {
+        let (mut cx, d) = self.dctx();
+        d.reclassify(&mut cx, now)
+    }
+
+    /// Probes `peer` once for the address it sees us at; the answer arrives as
+    /// [`Event::ReflexProbed`] with the returned probe id.
+    pub fn probe_reflex(&mut self, now: Instant, peer: NodeId) -> Result<u64, ProbeError> {
+        let (mut cx, d) = self.dctx();
+        d.probe(&mut cx, now, peer)
+    }
+
+    /// Cancels a standalone probe; only its own answer is lost. Returns whether
+    /// it was pending.
+    pub fn cancel_probe(&mut self, probe_id: u64) -> bool {
+        self.discovery.cancel_probe(probe_id)
+    }
+
+    /// C6: installs (`Some`) or removes (`None`) a reflex override — the
+    /// operator's or an installed port mapping's public address. While it is
+    /// installed the node is Open at that address and sweeps are suppressed;
+    /// a sweep running when it arrives is discarded.
+    pub fn set_reflex_override(&mut self, reflex: Option<SocketAddr>) {
+        let (mut cx, d) = self.dctx();
+        d.set_override(&mut cx, reflex);
+    }
+
     /// Cancels the pending punch to `target` (for example because the future
     /// waiting for it was dropped). Its terminal event is
     /// [`TraversalError::Cancelled`]. Returns whether one was pending.
@@ -433,6 +506,9 @@ impl Agent {
     /// when nothing is scheduled.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.endpoint.poll_timeout()
+        match (self.endpoint.poll_timeout(), self.discovery.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }

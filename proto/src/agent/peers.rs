@@ -49,6 +49,13 @@ impl Peers {
         }
     }
 
+    /// Every peer with a session up, and the session's source address.
+    pub(crate) fn sessions(&self) -> impl Iterator<Item = (NodeId, SocketAddr)> + '_ {
+        self.map
+            .iter()
+            .filter_map(|(id, p)| p.session.map(|a| (*id, a)))
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.map.len()
     }

@@ -63,6 +63,9 @@ pub struct Net {
     pub sent: Vec<Sent>,
     /// Every control message sent: (time, from, to, channel, bytes).
     pub controls: Vec<(Instant, NodeId, NodeId, Channel, Vec<u8>)>,
+    /// `(from, to) → addr`: the session source address `to` sees for `from`
+    /// (default: `from`'s own address). Stands in for a NAT's mapping.
+    pub seen_as: BTreeMap<(NodeId, NodeId), SocketAddr>,
     steps: usize,
 }
 
@@ -86,6 +89,7 @@ impl Net {
             transcript: String::new(),
             sent: Vec::new(),
             controls: Vec::new(),
+            seen_as: BTreeMap::new(),
             steps: 0,
         }
     }
@@ -96,17 +100,36 @@ impl Net {
 
     /// Adds node `id` at `addr_of(id)` with `config` and `seed`.
     pub fn add(&mut self, id: u64, config: Config, seed: u64) -> NodeId {
+        self.add_at(id, addr_of(NodeId(id)), addr_of(NodeId(id)), config, seed)
+    }
+
+    /// Adds node `id` reachable at `addr`, its socket bound at `bind`.
+    pub fn add_at(
+        &mut self,
+        id: u64,
+        addr: SocketAddr,
+        bind: SocketAddr,
+        config: Config,
+        seed: u64,
+    ) -> NodeId {
         let id = NodeId(id);
-        let addr = addr_of(id);
         self.nodes.insert(
             id,
             Node {
-                agent: Agent::new(id, addr, config, seed),
+                agent: Agent::new(id, bind, config, seed),
                 addr,
                 events: Vec::new(),
             },
         );
         id
+    }
+
+    /// The session source address `to` sees for `from`.
+    pub fn session_addr(&self, from: NodeId, to: NodeId) -> SocketAddr {
+        self.seen_as
+            .get(&(from, to))
+            .copied()
+            .unwrap_or_else(|| self.nodes[&from].addr)
     }
 
     pub fn agent(&mut self, id: NodeId) -> &mut Agent {
@@ -124,8 +147,29 @@ impl Net {
         self.agent(a).request_punch(now, target, coordinator)
     }
 
+    /// The punch events (success and failure) node `id` emitted.
     pub fn events(&self, id: NodeId) -> Vec<Event> {
-        self.nodes[&id].events.iter().map(|(_, e)| *e).collect()
+        self.nodes[&id]
+            .events
+            .iter()
+            .map(|(_, e)| *e)
+            .filter(|e| matches!(e, Event::PunchSucceeded { .. } | Event::PunchFailed { .. }))
+            .collect()
+    }
+
+    /// When node `id` emitted each of its punch events.
+    pub fn punch_event_times(&self, id: NodeId) -> Vec<Instant> {
+        self.nodes[&id]
+            .events
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::PunchSucceeded { .. } | Event::PunchFailed { .. }))
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    /// Every event node `id` emitted, with its time.
+    pub fn all_events(&self, id: NodeId) -> Vec<(Instant, Event)> {
+        self.nodes[&id].events.clone()
     }
 
     /// Sets the one-way latency in both directions between `a` and `b`.
@@ -150,7 +194,7 @@ impl Net {
         for &a in ids {
             for &b in ids {
                 if a != b {
-                    let addr = self.nodes[&b].addr;
+                    let addr = self.session_addr(b, a);
                     let rtt = self.latency(a, b) * 2;
                     let ag = self.agent(a);
                     ag.handle_session_up(b, addr).unwrap();
@@ -294,7 +338,7 @@ impl Net {
                 channel,
                 bytes,
             } => {
-                let session_addr = addr_of(from);
+                let session_addr = self.session_addr(from, to);
                 if let Some(node) = self.nodes.get_mut(&to) {
                     let _ =
                         node.agent
@@ -367,6 +411,15 @@ impl Net {
     pub fn sent_to_ip(&self, ip: std::net::IpAddr) -> usize {
         self.sent.iter().filter(|s| s.dst.ip() == ip).count()
     }
+}
+
+/// The default configuration without automatic classification sweeps, for
+/// scenarios that set each node's class by hand.
+pub fn quiet() -> Config {
+    Config::builder()
+        .auto_reclassify(false)
+        .build()
+        .expect("valid")
 }
 
 /// Three nodes A=1, B=2, R=3, all connected and announced as `class`.
