@@ -16,30 +16,52 @@
 //!
 //! | module | contents |
 //! |---|---|
+//! | [`agent`] | the [`Agent`]: one node, every role, one `handle_*` / `poll_*` surface (start here) |
+//! | [`rendezvous`] | the coordinator and endpoint roles, coordinator selection |
+//! | [`discovery`] | reflex probes, the classification sweep, the reflex override |
 //! | [`wire`] | byte-exact codecs for every message, and the keep-alive predicate |
 //! | [`schedule`] | the keep-alive train schedule (R3) |
 //! | [`mod@classify`] | [`NatClass`], the [`pair_action`] matrix, two-probe [`classify()`](classify::classify) (C3) |
 //! | [`config`] | [`Config`] with the documented defaults, validated at construction |
-//! | [`time`] | [`Instant`], the crate's saturating monotonic time |
+//! | [`time`], [`rng`] | [`Instant`] (saturating monotonic time) and the seeded [`Rng`] |
+//! | [`table`], [`stats`], [`error`] | bounded budget tables, counters, [`TraversalError`] |
+//!
+//! ## Run loop
+//!
+//! After any `handle_*` call or command, drain [`Agent::poll_transmit`], then
+//! [`Agent::poll_event`], then read [`Agent::poll_timeout`] and sleep until
+//! then (or until input arrives). See the [`agent`] module for the full
+//! contract and a compiled example.
 //!
 //! ## Policy
 //!
 //! * Nothing that arrives from the network panics, allocates without bound, or
-//!   parks work without a deadline. Decoders return typed [`DecodeError`]s.
-//! * All time arithmetic saturates.
+//!   parks work without a deadline. Decoders return typed [`DecodeError`]s;
+//!   every table is bounded by a [`Config`] limit.
+//! * All time arithmetic saturates. The crate never reads a clock or an OS
+//!   random source (a clippy `disallowed-methods` list guards it): the same
+//!   seed and inputs give byte-identical outputs.
 //! * The crate is `#![no_std]` with `alloc`; the default `std` feature only adds
 //!   `std::error::Error` impls.
+//! * Out of scope here: sockets, timers, sessions and their cryptography,
+//!   relaying, port mapping (drivers and later crates).
 //!
 //! ## Requirements
 //!
-//! Requirement ids (R1–R10, C1–C8, P1–P7, S1–S4) come from the behaviour
-//! contract; each is pinned by a test named after it. `docs/security.md` in the
-//! repository lists every id, its status and its test. Pinned in this crate so far:
+//! Requirement ids come from the behaviour contract; each is pinned by a test
+//! named after it (`docs/security.md` in the repository has the full table):
 //!
-//! | id | where | test |
+//! | id | code | tests |
 //! |---|---|---|
-//! | R3 | [`schedule::keepalive_send_offsets`] | `r3_*` in `schedule.rs`, `r3_offsets_never_panic_and_are_bounded` (property) |
-//! | C3 | [`classify::classify`] | `c3_wildcard_bind_port_preserving_nat_is_cone` |
+//! | R1 | [`rendezvous::coordinator`] | `r1_*` in `tests/rendezvous.rs` |
+//! | R2, R8 | [`rendezvous::endpoint`] (`handle_keepalive`) | `r2_*`, `r8_*` |
+//! | R3 | [`schedule::keepalive_send_offsets`] | `r3_*` in `schedule.rs` and `tests/rendezvous.rs`, property `r3_offsets_never_panic_and_are_bounded` |
+//! | R4, R5 (responder) | [`rendezvous::endpoint`] (`handle_introduce`) | `r4_*`, `r5_responder_*` |
+//! | R5 (coordinator) | [`rendezvous::coordinator`], [`table`] | `r5_*` |
+//! | R6, R7 | [`rendezvous::endpoint`], [`rendezvous::coordinator`] | `r6_*`, `r7_*` |
+//! | R9 | [`rendezvous::adaptive_fire_lead`] | `r9_*` |
+//! | R10 | [`rendezvous::endpoint`] (`Train::done`) | `r10_*`, `happy_path_*` |
+//! | C1–C7 | [`discovery`], [`mod@classify`] | `c1_*` … `c7_*` in `tests/discovery.rs`, property `c2_*` |
 //!
 //! ## Example
 //!

@@ -2,13 +2,13 @@
 //!
 //! | requirement | where |
 //! |---|---|
-//! | C1 single-flight sweep, generation-stamped waiters | [`Discovery::reclassify`], [`prober`] |
+//! | C1 single-flight sweep, generation-stamped waiters | `Discovery::reclassify`, [`prober`] |
 //! | C2 no flapping, never a class without its reflex | [`decide_sweep`] |
 //! | C3 wildcard bind needs an interface address for Open | [`crate::classify::classify`], fed by [`Discovery::set_interfaces`] |
-//! | C4 distinct destination IPs | [`pick_targets`], [`decide_sweep`] |
+//! | C4 distinct destination IPs | `pick_targets`, [`decide_sweep`] |
 //! | C5 echo of the authenticated session address | the agent's reflex responder ([`crate::Agent::handle_control`]) |
-//! | C6 override short-circuits sweeps, discards a running one | [`Discovery::set_override`] |
-//! | C7 triggers: start, period, request, reflex change — never a handshake failure | [`Discovery::handle_timeout`], [`Discovery::handle_answer`] |
+//! | C6 override short-circuits sweeps, discards a running one | `Discovery::set_override` ([`crate::Agent::set_reflex_override`]) |
+//! | C7 triggers: start, period, request, reflex change — never a handshake failure | `Discovery::handle_timeout`, `Discovery::handle_answer` |
 
 pub mod prober;
 
