@@ -437,15 +437,7 @@ impl Discovery {
     /// The session to `peer` went down: its in-flight probe can never be answered.
     pub(crate) fn session_down(&mut self, cx: &mut DiscoveryCtx<'_>, now: Instant, peer: NodeId) {
         if let Some(f) = self.prober.answer(peer) {
-            for sub in f.subscribers {
-                if let Subscriber::Standalone(probe_id) = sub {
-                    cx.out.events.push_back(Event::ReflexProbed {
-                        probe_id,
-                        peer,
-                        result: Err(ProbeError::SessionDown),
-                    });
-                }
-            }
+            fail_standalone(cx.out, peer, f, ProbeError::SessionDown);
         }
         self.finish_if_resolved(cx, now);
     }
@@ -477,12 +469,14 @@ impl Discovery {
         } else {
             decide_sweep(cx.bind, &self.interfaces, &s.observations, deadline_missed)
         };
-        if let (SweepOutcome::Committed(c), Some(reflex)) = (outcome, outcome_reflex(&outcome)) {
+        if let SweepOutcome::Committed(Classification {
+            class,
+            reflex: Some(reflex),
+            ..
+        }) = outcome
+        {
             let before = self.effective();
-            self.published = Some(Announcement {
-                reflex,
-                class: c.class,
-            });
+            self.published = Some(Announcement { reflex, class });
             self.publish_if_changed(cx.out, before);
         }
         cx.out.events.push_back(Event::SweepFinished {
@@ -508,15 +502,7 @@ impl Discovery {
             self.finish(cx, now, missed);
         }
         for (peer, f) in self.prober.expire(now) {
-            for sub in f.subscribers {
-                if let Subscriber::Standalone(probe_id) = sub {
-                    cx.out.events.push_back(Event::ReflexProbed {
-                        probe_id,
-                        peer,
-                        result: Err(ProbeError::Timeout),
-                    });
-                }
-            }
+            fail_standalone(cx.out, peer, f, ProbeError::Timeout);
         }
         self.finish_if_resolved(cx, now);
         if self.sweep.is_none() && self.next_sweep_at.is_some_and(|t| t <= now) {
@@ -541,9 +527,16 @@ impl Discovery {
     }
 }
 
-fn outcome_reflex(o: &SweepOutcome) -> Option<SocketAddr> {
-    match o {
-        SweepOutcome::Committed(c) => c.reflex,
-        _ => None,
+/// Ends every standalone probe waiting on `f` with `error`. A sweep waiting on
+/// it just loses that observation.
+fn fail_standalone(out: &mut Outbox, peer: NodeId, f: prober::InFlight, error: ProbeError) {
+    for sub in f.subscribers {
+        if let Subscriber::Standalone(probe_id) = sub {
+            out.events.push_back(Event::ReflexProbed {
+                probe_id,
+                peer,
+                result: Err(error),
+            });
+        }
     }
 }
