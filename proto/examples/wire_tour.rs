@@ -27,7 +27,11 @@ fn hex(s: &str) -> Result<Vec<u8>, String> {
 }
 
 fn show(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn check(name: &str, wire: &[u8], reencoded: &[u8]) -> Result<(), String> {
