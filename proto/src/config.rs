@@ -49,7 +49,7 @@ impl Default for Config {
             reflex_probe_timeout: Duration::from_secs(3),
             sweep_deadline: Duration::from_secs(5),
             fire_lead: Duration::from_millis(500),
-            fire_lead_margin: Duration::from_millis(20),
+            fire_lead_margin: Duration::from_millis(10),
             punch_deadline: Duration::from_secs(5),
             budget_window: Duration::from_secs(10),
             coordinator_requests_per_window: 4,
@@ -142,7 +142,7 @@ impl Config {
         self.fire_lead
     }
     /// Safety margin added to half the larger RTT by the adaptive lead (R9).
-    /// Default 20 ms.
+    /// Default 10 ms.
     #[must_use]
     pub fn fire_lead_margin(&self) -> Duration {
         self.fire_lead_margin
