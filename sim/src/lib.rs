@@ -1,0 +1,29 @@
+//! # natrix-sim — a deterministic network and NAT simulator
+//!
+//! Runs natrix [`Agent`](natrix_proto::Agent)s on simulated hosts behind
+//! simulated NATs, in virtual time, with every random choice drawn from one
+//! seed. The same seed gives a byte-identical [`World::transcript`].
+//!
+//! * [`nat`] — the RFC 4787 NAT model: mapping, filtering, port allocation,
+//!   hairpinning, binding lifetime; nestable.
+//! * [`world`] — realms, hosts, lossy links, the reliable control channel,
+//!   the bounded run loop, the transcript.
+//! * [`preset`] — named NAT presets (open, full cone, restricted cone,
+//!   port-restricted cone, symmetric, symmetric with sequential ports, double NAT).
+//! * [`scenario`] — the standard two-peer topology (coordinator, reflex
+//!   server, A and B behind presets) and a punch run with its outcome.
+//!
+//! ```
+//! use natrix_sim::preset::Preset;
+//! use natrix_sim::scenario::{Outcome, PairScenario};
+//!
+//! let r = PairScenario::new(Preset::FullCone, Preset::Symmetric).run(7);
+//! assert_eq!(r.outcome, Outcome::Punched);
+//! ```
+
+pub mod nat;
+pub mod preset;
+pub mod scenario;
+pub mod world;
+
+pub use world::{HostId, LinkConfig, NatId, Realm, World};

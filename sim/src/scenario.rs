@@ -1,0 +1,302 @@
+//! The standard two-peer scenario: a coordinator R and a reflex server S on
+//! the Internet, peers A and B behind presets, sessions A–R, A–S, B–R, B–S.
+//! Both peers classify themselves through their NATs (a real sweep against R
+//! and S), announce, and then A asks R for a punch to B.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use natrix_proto::wire::NodeId;
+use natrix_proto::{Config, Event, NatClass, PathMethod, TraversalError};
+
+use crate::preset::{Placed, Preset, place};
+use crate::world::{HostId, LinkConfig, Realm, World};
+
+/// How a pair ended up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The pair matrix said Direct and a direct exchange really worked.
+    Direct,
+    /// A punch confirmed a path, and the path really carries datagrams.
+    Punched,
+    /// The pair matrix skipped the punch: relay.
+    Skipped,
+    /// The punch (or the Direct verdict) did not give a working path: relay.
+    FailedThenRelay,
+}
+
+impl Outcome {
+    /// A short name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Direct => "direct",
+            Outcome::Punched => "punched",
+            Outcome::Skipped => "skipped",
+            Outcome::FailedThenRelay => "relay",
+        }
+    }
+}
+
+/// One pair run's parameters.
+#[derive(Clone, Debug)]
+pub struct PairScenario {
+    /// A's NAT.
+    pub a: Preset,
+    /// B's NAT.
+    pub b: Preset,
+    /// Datagram impairments.
+    pub link: LinkConfig,
+    /// One-way access latency of A, B and the servers.
+    pub latency: [Duration; 3],
+    /// The peers' configuration.
+    pub config: Config,
+    /// Record a transcript.
+    pub record: bool,
+}
+
+/// What one run produced.
+#[derive(Debug)]
+pub struct PairResult {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// The classes A and B classified themselves as.
+    pub classes: (NatClass, NatClass),
+    /// Time from `request_punch` to A's success event.
+    pub time_to_direct: Option<Duration>,
+    /// Keep-alives A and B sent for this punch.
+    pub keepalives: u64,
+    /// A's failure, if any.
+    pub error: Option<TraversalError>,
+    /// Number of terminal events A emitted for the punch (must be 1 unless skipped).
+    pub terminal_events: usize,
+    /// The world, for inspection.
+    pub world: World,
+}
+
+/// Node ids and host slots of the standard topology.
+pub const R_ID: NodeId = NodeId(1);
+/// The reflex server.
+pub const S_ID: NodeId = NodeId(2);
+/// Peer A.
+pub const A_ID: NodeId = NodeId(10);
+/// Peer B.
+pub const B_ID: NodeId = NodeId(11);
+
+/// The standard topology, built and classified.
+#[derive(Debug)]
+pub struct Topology {
+    /// The world.
+    pub world: World,
+    /// Coordinator.
+    pub r: HostId,
+    /// Reflex server.
+    pub s: HostId,
+    /// Peer A.
+    pub a: Placed,
+    /// Peer B.
+    pub b: Placed,
+}
+
+fn server_config() -> Config {
+    Config::builder()
+        .auto_reclassify(false)
+        .coordinator_requests_per_window(1_000)
+        .build()
+        .expect("valid server config")
+}
+
+/// Builds R, S, A (slot 1) and B (slot 2), opens the sessions and lets both
+/// peers classify (one second of virtual time).
+#[must_use]
+pub fn topology(
+    seed: u64,
+    a: Preset,
+    b: Preset,
+    link: LinkConfig,
+    latency: [Duration; 3],
+    config: &Config,
+) -> Topology {
+    let mut world = World::new(seed);
+    world.link = link;
+    let server = |last: u8| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, last)), 3478);
+    let r = world.add_host(
+        "R",
+        R_ID,
+        Realm::Internet,
+        server(10),
+        latency[2],
+        server_config(),
+        seed ^ 1,
+    );
+    let s = world.add_host(
+        "S",
+        S_ID,
+        Realm::Internet,
+        server(20),
+        latency[2],
+        server_config(),
+        seed ^ 2,
+    );
+    for h in [r, s] {
+        let addr = world.host(h).addr;
+        world
+            .agent(h)
+            .set_local_classification(NatClass::Open, addr);
+    }
+    let pa = place(
+        &mut world,
+        a,
+        1,
+        "A",
+        A_ID,
+        latency[0],
+        config.clone(),
+        seed ^ 3,
+    );
+    let pb = place(
+        &mut world,
+        b,
+        2,
+        "B",
+        B_ID,
+        latency[1],
+        config.clone(),
+        seed ^ 4,
+    );
+    for peer in [pa.host, pb.host] {
+        world.connect(peer, r);
+        world.connect(peer, s);
+    }
+    world.run_for(Duration::from_secs(1));
+    Topology {
+        world,
+        r,
+        s,
+        a: pa,
+        b: pb,
+    }
+}
+
+impl PairScenario {
+    /// A pair with default link (no loss), 10 ms access latencies and the
+    /// default configuration.
+    #[must_use]
+    pub fn new(a: Preset, b: Preset) -> Self {
+        PairScenario {
+            a,
+            b,
+            link: LinkConfig::default(),
+            latency: [Duration::from_millis(10); 3],
+            config: Config::default(),
+            record: false,
+        }
+    }
+
+    /// Runs the scenario with `seed`.
+    #[must_use]
+    pub fn run(&self, seed: u64) -> PairResult {
+        let Topology {
+            mut world, r, a, b, ..
+        } = topology(seed, self.a, self.b, self.link, self.latency, &self.config);
+        if self.record {
+            world.record();
+        }
+        let (a, b) = (a.host, b.host);
+        let classes = (world.agent(a).nat_class(), world.agent(b).nat_class());
+        let sent_before = world.host(a).datagrams_sent + world.host(b).datagrams_sent;
+        let t0 = world.now();
+        let started = world.agent(a).request_punch(t0, B_ID, R_ID);
+        let mut result = PairResult {
+            outcome: Outcome::Skipped,
+            classes,
+            time_to_direct: None,
+            keepalives: 0,
+            error: None,
+            terminal_events: 0,
+            world: World::new(0),
+        };
+        let punch_id = match started {
+            Ok(id) => id,
+            Err(e) => {
+                result.error = Some(e);
+                result.outcome = if matches!(e, TraversalError::Skipped { .. }) {
+                    Outcome::Skipped
+                } else {
+                    Outcome::FailedThenRelay
+                };
+                result.world = world;
+                return result;
+            }
+        };
+        let _ = r;
+        world.run_for(self.config.punch_deadline() + Duration::from_millis(500));
+        result.keepalives =
+            world.host(a).datagrams_sent + world.host(b).datagrams_sent - sent_before;
+        let terminal: Vec<Event> = world
+            .host(a)
+            .events
+            .iter()
+            .filter(|(t, _)| *t >= t0)
+            .map(|(_, e)| *e)
+            .filter(|e| {
+                matches!(e, Event::PunchSucceeded { punch_id: p, .. } | Event::PunchFailed { punch_id: p, .. } if *p == punch_id)
+            })
+            .collect();
+        result.terminal_events = terminal.len();
+        match terminal.first() {
+            Some(Event::PunchSucceeded {
+                path,
+                method,
+                elapsed,
+                ..
+            }) => {
+                result.time_to_direct = Some(*elapsed);
+                // B's view of the path: its own success event, or (for a
+                // Direct verdict) A's announced reflex.
+                let b_path = world
+                    .host(b)
+                    .events
+                    .iter()
+                    .rev()
+                    .find_map(|(_, e)| match e {
+                        Event::PunchSucceeded { peer, path, .. } if *peer == A_ID => Some(*path),
+                        _ => None,
+                    })
+                    .or_else(|| world.agent(a).classification().map(|c| c.reflex));
+                let works = b_path.is_some_and(|bp| verify_path(&mut world, a, *path, b, bp));
+                result.outcome = match (works, method) {
+                    (true, PathMethod::Direct) => Outcome::Direct,
+                    (true, _) => Outcome::Punched,
+                    (false, _) => Outcome::FailedThenRelay,
+                };
+            }
+            Some(Event::PunchFailed { error, .. }) => {
+                result.error = Some(*error);
+                result.outcome = Outcome::FailedThenRelay;
+            }
+            _ => result.outcome = Outcome::FailedThenRelay,
+        }
+        result.world = world;
+        result
+    }
+}
+
+/// Whether application datagrams really cross between `a` (sending to
+/// `a_to`) and `b` (sending to `b_to`): each side sends twice, one RTT apart
+/// (the second send passes filters the first one's counterpart opened).
+pub fn verify_path(
+    world: &mut World,
+    a: HostId,
+    a_to: SocketAddr,
+    b: HostId,
+    b_to: SocketAddr,
+) -> bool {
+    let before = (world.host(a).app_inbox.len(), world.host(b).app_inbox.len());
+    for _ in 0..2 {
+        world.send_datagram(a, a_to, b"natrix-sim path check");
+        world.send_datagram(b, b_to, b"natrix-sim path check");
+        world.run_for(Duration::from_millis(300));
+    }
+    world.host(a).app_inbox.len() > before.0 && world.host(b).app_inbox.len() > before.1
+}
