@@ -283,8 +283,9 @@ impl PairScenario {
 }
 
 /// Whether application datagrams really cross between `a` (sending to
-/// `a_to`) and `b` (sending to `b_to`): each side sends twice, one RTT apart
-/// (the second send passes filters the first one's counterpart opened).
+/// `a_to`) and `b` (sending to `b_to`): each side sends eight times, 100 ms
+/// apart (later sends pass filters the counterpart's sends opened, and a lossy
+/// link gets several chances).
 pub fn verify_path(
     world: &mut World,
     a: HostId,
@@ -293,10 +294,10 @@ pub fn verify_path(
     b_to: SocketAddr,
 ) -> bool {
     let before = (world.host(a).app_inbox.len(), world.host(b).app_inbox.len());
-    for _ in 0..2 {
+    for _ in 0..8 {
         world.send_datagram(a, a_to, b"natrix-sim path check");
         world.send_datagram(b, b_to, b"natrix-sim path check");
-        world.run_for(Duration::from_millis(300));
+        world.run_for(Duration::from_millis(100));
     }
     world.host(a).app_inbox.len() > before.0 && world.host(b).app_inbox.len() > before.1
 }

@@ -19,7 +19,8 @@
 //!   of the session's source address is the NAT mapping — and changes when the
 //!   mapping does.
 //! * **Announcements**: when a host's agent publishes a (class, reflex), every
-//!   other host learns it at once (the mesh's gossip is not modelled).
+//!   other host learns it at once, and a host added later learns every
+//!   announcement already made (the mesh's gossip is not modelled).
 //!
 //! The run loop jumps to the earliest of the next packet and the next agent
 //! timeout; it is bounded by a step budget and panics (fails loudly) beyond it.
@@ -262,6 +263,12 @@ impl World {
     ) -> HostId {
         let mut agent = Agent::new(id, addr, config, seed);
         agent.set_interface_addrs(&[addr.ip()]);
+        // A newcomer learns what everyone already announced.
+        for h in &self.hosts {
+            if let Some(a) = h.agent.classification() {
+                let _ = agent.handle_peer_announcement(h.id, a.reflex, a.class);
+            }
+        }
         self.hosts.push(Host {
             name: name.to_owned(),
             id,
