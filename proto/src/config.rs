@@ -126,6 +126,11 @@ impl Config {
         ConfigBuilder(Config::default())
     }
 
+    /// Starts from this configuration, to change some of it.
+    pub fn to_builder(&self) -> ConfigBuilder {
+        ConfigBuilder(self.clone())
+    }
+
     /// How long a reflex probe waits for its answer. Default 3 s.
     #[must_use]
     pub fn reflex_probe_timeout(&self) -> Duration {

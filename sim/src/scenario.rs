@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use natrix_proto::wire::NodeId;
-use natrix_proto::{Config, Event, NatClass, PathMethod, TraversalError};
+use natrix_proto::{Channel, Config, Event, NatClass, PathMethod, TraversalError};
 
 use crate::preset::{Placed, Preset, place};
 use crate::world::{HostId, LinkConfig, Realm, World};
@@ -53,6 +53,9 @@ pub struct PairScenario {
     pub config: Config,
     /// Record a transcript.
     pub record: bool,
+    /// Drop every `PunchAck` on the control channel: the trains then run to
+    /// the deadline, as the original protocol's did (for comparing R10).
+    pub drop_acks: bool,
 }
 
 /// What one run produced.
@@ -98,8 +101,12 @@ pub struct Topology {
     pub b: Placed,
 }
 
-fn server_config() -> Config {
-    Config::builder()
+/// The servers run the scenario's configuration (so a coordinator's fire
+/// lead follows it), without sweeps of their own and with a generous
+/// per-requester budget.
+fn server_config(config: &Config) -> Config {
+    config
+        .to_builder()
         .auto_reclassify(false)
         .coordinator_requests_per_window(1_000)
         .build()
@@ -126,7 +133,7 @@ pub fn topology(
         Realm::Internet,
         server(10),
         latency[2],
-        server_config(),
+        server_config(config),
         seed ^ 1,
     );
     let s = world.add_host(
@@ -135,7 +142,7 @@ pub fn topology(
         Realm::Internet,
         server(20),
         latency[2],
-        server_config(),
+        server_config(config),
         seed ^ 2,
     );
     for h in [r, s] {
@@ -190,6 +197,7 @@ impl PairScenario {
             latency: [Duration::from_millis(10); 3],
             config: Config::default(),
             record: false,
+            drop_acks: false,
         }
     }
 
@@ -201,6 +209,11 @@ impl PairScenario {
         } = topology(seed, self.a, self.b, self.link, self.latency, &self.config);
         if self.record {
             world.record();
+        }
+        if self.drop_acks {
+            world.control_filter = Some(Box::new(|_, _, channel, bytes| {
+                channel == Channel::Rendezvous && bytes.first() == Some(&0x03)
+            }));
         }
         let (a, b) = (a.host, b.host);
         let classes = (world.agent(a).nat_class(), world.agent(b).nat_class());

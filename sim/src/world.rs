@@ -156,7 +156,6 @@ pub enum Drop {
 }
 
 /// The simulated world.
-#[derive(Debug)]
 pub struct World {
     now: Instant,
     rng: Rng,
@@ -180,6 +179,24 @@ pub struct World {
     pub drops: BTreeMap<Drop, u64>,
     /// Per-datagram loss decisions in order (true = lost), for determinism tests.
     pub loss_pattern: Vec<bool>,
+    /// Fault injection on the control channel: return true to drop a control
+    /// message (from, to, channel, bytes). The channel itself never loses one.
+    pub control_filter: Option<ControlFilter>,
+}
+
+/// See [`World::control_filter`].
+pub type ControlFilter = Box<dyn FnMut(HostId, HostId, Channel, &[u8]) -> bool>;
+
+impl std::fmt::Debug for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("World")
+            .field("now", &self.now)
+            .field("hosts", &self.hosts.len())
+            .field("nats", &self.nats.len())
+            .field("queued", &self.queue.len())
+            .field("steps", &self.steps)
+            .finish_non_exhaustive()
+    }
 }
 
 impl World {
@@ -201,6 +218,7 @@ impl World {
             sent_to_ip: BTreeMap::new(),
             drops: BTreeMap::new(),
             loss_pattern: Vec::new(),
+            control_filter: None,
         }
     }
 
@@ -562,6 +580,12 @@ impl World {
                     "session {} rebound to {seen}",
                     self.hosts[client.0].name
                 );
+            }
+        }
+        if let Some(f) = self.control_filter.as_mut() {
+            if f(from, to, channel, bytes) {
+                log!(self, "control message dropped by the fault filter");
+                return;
             }
         }
         let at = self.now + self.hosts[from.0].latency + self.hosts[to.0].latency;

@@ -1,0 +1,116 @@
+//! Performance numbers from the simulator (issue #7, items 5–7):
+//!
+//! 5. time from `request_punch` to a direct path across RTTs, against the
+//!    theoretical minimum, with the adaptive lead (R9) and with the original
+//!    protocol's fixed 500 ms lead, side by side in the same run;
+//! 6. keep-alive packets per successful punch with R10, against trains that
+//!    run to the deadline (acks withheld, as in the original protocol);
+//! 7. simulator speed: the full pair matrix, and 10,000 simulated punches.
+//!
+//! `cargo run --release -p natrix-sim --example perf`
+
+use std::time::{Duration, Instant as WallClock};
+
+use natrix_proto::Config;
+use natrix_sim::LinkConfig;
+use natrix_sim::preset::Preset;
+use natrix_sim::scenario::{Outcome, PairScenario};
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1_000.0
+}
+
+fn main() {
+    let adaptive = Config::default();
+    // The original protocol: always a 500 ms lead. A margin equal to the lead
+    // makes R9 choose min(500, rtt/2 + 500) = 500.
+    let fixed = Config::builder()
+        .fire_lead_margin(Duration::from_millis(500))
+        .build()
+        .expect("valid");
+
+    println!("5. Time to a direct path (restricted cone x port-restricted cone)");
+    println!("   every host has one-way access latency RTT/4, so every RTT is the column value");
+    println!(
+        "   {:>7} {:>9} {:>12} {:>10} {:>10} {:>10}",
+        "RTT", "minimum", "1.2x+10ms", "adaptive", "fixed-500", "target"
+    );
+    for rtt in [10u64, 20, 50, 100, 200, 300] {
+        let one_way = Duration::from_micros(rtt * 1_000 / 4);
+        // Request to R, introduce to the farther end, one keep-alive across:
+        // each is one host-to-host crossing of RTT/2.
+        let minimum = Duration::from_micros(rtt * 1_000 / 2 * 3);
+        let target = minimum.mul_f64(1.2) + Duration::from_millis(10);
+        let mut times = Vec::new();
+        for config in [&adaptive, &fixed] {
+            let mut s = PairScenario::new(Preset::RestrictedCone, Preset::PortRestrictedCone);
+            s.latency = [one_way; 3];
+            s.config = config.clone();
+            let r = s.run(1);
+            assert_eq!(r.outcome, Outcome::Punched);
+            times.push(r.time_to_direct.expect("punched"));
+        }
+        println!(
+            "   {:>5}ms {:>7.1}ms {:>10.1}ms {:>8.1}ms {:>8.1}ms {:>10}",
+            rtt,
+            ms(minimum),
+            ms(target),
+            ms(times[0]),
+            ms(times[1]),
+            if times[0] <= target { "met" } else { "MISSED" }
+        );
+    }
+
+    println!();
+    println!("6. Keep-alive packets per successful punch (both sides, 10 ms links)");
+    for (a, b) in [
+        (Preset::FullCone, Preset::FullCone),
+        (Preset::PortRestrictedCone, Preset::PortRestrictedCone),
+        (Preset::RestrictedCone, Preset::Symmetric),
+    ] {
+        let mut counts = Vec::new();
+        for drop_acks in [false, true] {
+            let mut s = PairScenario::new(a, b);
+            s.drop_acks = drop_acks;
+            let r = s.run(1);
+            assert_eq!(r.outcome, Outcome::Punched);
+            counts.push(r.keepalives);
+        }
+        println!(
+            "   {:<16} x {:<16} with R10: {:>3}   train to the deadline: {:>3}",
+            a.name(),
+            b.name(),
+            counts[0],
+            counts[1]
+        );
+    }
+
+    println!();
+    println!("7. Simulator speed");
+    let t = WallClock::now();
+    let mut cells = 0;
+    for a in Preset::ALL {
+        for b in Preset::ALL {
+            let _ = PairScenario::new(a, b).run(1);
+            cells += 1;
+        }
+    }
+    println!("   full pair matrix ({cells} cells): {:.1?}", t.elapsed());
+    let t = WallClock::now();
+    let mut s = PairScenario::new(Preset::PortRestrictedCone, Preset::RestrictedCone);
+    s.link = LinkConfig {
+        loss: 0.1,
+        duplicate: 0.01,
+        jitter: Duration::from_millis(5),
+    };
+    let mut punched = 0;
+    for seed in 0..10_000 {
+        if s.run(seed).outcome == Outcome::Punched {
+            punched += 1;
+        }
+    }
+    println!(
+        "   10,000 simulated punches (10% loss, each with its own topology and classification): {:.1?} ({punched} punched)",
+        t.elapsed()
+    );
+}
