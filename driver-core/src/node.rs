@@ -1,0 +1,715 @@
+//! The node: one UDP socket, one agent, one task that feeds the agent and
+//! drains it; and the handle the application holds.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::{Duration, Instant as StdInstant};
+
+use futures_lite::Stream;
+use futures_lite::future::poll_fn;
+use natrix_proto::wire::NodeId;
+use natrix_proto::{
+    Agent, Announcement, Config, CoordinatorCandidate, DatagramVerdict, Event, NatClass,
+    PathMethod, ReclassifyOutcome, Role, Stats, SweepOutcome, Transmit, TraversalError,
+};
+
+use crate::clock::Clock;
+use crate::control::{ControlInput, ControlPlane};
+use crate::runtime::{BoxFuture, Runtime, UdpSocket};
+
+/// Decides whether to drop an outgoing datagram (destination, bytes): a test
+/// hook standing in for a filtering middlebox.
+pub type DatagramFilter = Arc<dyn Fn(SocketAddr, &[u8]) -> bool + Send + Sync>;
+
+/// How to start a node.
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// This node's id.
+    pub id: NodeId,
+    /// Where to bind the UDP socket (IPv4 or IPv6; port 0 for any).
+    pub bind: SocketAddr,
+    /// The agent's configuration.
+    pub agent: Config,
+    /// The agent's seed (its only source of randomness).
+    pub seed: u64,
+    /// Drops matching outgoing datagrams (tests only).
+    pub datagram_filter: Option<DatagramFilter>,
+}
+
+impl fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("id", &self.id)
+            .field("bind", &self.bind)
+            .field("agent", &self.agent)
+            .field("seed", &self.seed)
+            .field("datagram_filter", &self.datagram_filter.is_some())
+            .finish()
+    }
+}
+
+impl NodeConfig {
+    /// A node `id` bound at `bind`, default agent configuration, seed from the id.
+    #[must_use]
+    pub fn new(id: NodeId, bind: SocketAddr) -> Self {
+        NodeConfig {
+            id,
+            bind,
+            agent: Config::default(),
+            seed: id.0 ^ 0x6e61_7472_6978,
+            datagram_filter: None,
+        }
+    }
+}
+
+/// A punch that found a direct path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PunchOutcome {
+    /// The peer.
+    pub peer: NodeId,
+    /// The punch id.
+    pub punch_id: u32,
+    /// The peer's address on the direct path.
+    pub path: SocketAddr,
+    /// Punched, or direct by the pair matrix.
+    pub method: PathMethod,
+    /// Time from the request to the path.
+    pub elapsed: Duration,
+}
+
+/// What `reclassify` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reclassified {
+    /// A sweep ran (this request's or one already running) and ended so.
+    Swept(SweepOutcome),
+    /// A reflex override is installed: sweeps are suppressed (C6).
+    Suppressed,
+}
+
+/// Something the node reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeEvent {
+    /// An event of the agent.
+    Agent(Event),
+    /// A socket operation failed; the node goes on.
+    SocketError {
+        /// Which operation.
+        op: &'static str,
+        /// The error kind.
+        kind: io::ErrorKind,
+    },
+}
+
+/// Errors of the node handle.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Binding or using the socket failed.
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+    /// The node was shut down.
+    #[error("the node is shut down")]
+    Closed,
+}
+
+enum Command {
+    Punch {
+        req: u64,
+        target: NodeId,
+        coordinator: NodeId,
+        reply: async_channel::Sender<Result<PunchOutcome, TraversalError>>,
+    },
+    CancelPunch {
+        req: u64,
+        target: NodeId,
+    },
+    Reclassify {
+        reply: async_channel::Sender<Reclassified>,
+    },
+    SelectCoordinator {
+        target: NodeId,
+        candidates: Vec<CoordinatorCandidate>,
+        reply: async_channel::Sender<Result<NodeId, TraversalError>>,
+    },
+    Override(Option<SocketAddr>),
+    Classify(NatClass, SocketAddr),
+    RefreshInterfaces,
+    Shutdown,
+}
+
+#[derive(Default)]
+struct Shared {
+    classification: Option<Announcement>,
+    stats: Stats,
+    subscribers: Vec<async_channel::Sender<NodeEvent>>,
+}
+
+type SharedRef = Arc<Mutex<Shared>>;
+
+fn lock(s: &SharedRef) -> std::sync::MutexGuard<'_, Shared> {
+    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Capacity of each event subscription and of the application inbox; beyond
+/// it the oldest consumers lose new items (UDP semantics), the node never blocks.
+pub const QUEUE_CAPACITY: usize = 1024;
+
+/// A running natrix node. Dropping it stops its task; [`shutdown`](Self::shutdown)
+/// does so and waits.
+pub struct Node<R: Runtime> {
+    id: NodeId,
+    local_addr: SocketAddr,
+    socket: Arc<R::Socket>,
+    commands: async_channel::Sender<Command>,
+    shared: SharedRef,
+    task: Mutex<Option<R::Task>>,
+    app_rx: async_channel::Receiver<(Vec<u8>, SocketAddr)>,
+    next_req: AtomicU64,
+}
+
+impl<R: Runtime> fmt::Debug for Node<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The host's interface addresses (for C3), from the OS.
+#[must_use]
+pub fn interface_addrs() -> Vec<IpAddr> {
+    if_addrs::get_if_addrs()
+        .map(|ifs| ifs.into_iter().map(|i| i.ip()).collect())
+        .unwrap_or_default()
+}
+
+impl<R: Runtime> Node<R> {
+    /// Binds the socket and starts the node's task on `rt`.
+    pub fn spawn<C: ControlPlane>(
+        rt: R,
+        config: NodeConfig,
+        control: C,
+    ) -> Result<Self, NodeError> {
+        let socket = Arc::new(rt.bind(config.bind)?);
+        let local_addr = socket.local_addr()?;
+        let mut agent = Agent::new(config.id, local_addr, config.agent.clone(), config.seed);
+        agent.set_interface_addrs(&interface_addrs());
+        let (commands, command_rx) = async_channel::unbounded();
+        let (app_tx, app_rx) = async_channel::bounded(QUEUE_CAPACITY);
+        let shared: SharedRef = Arc::default();
+        let task = Task {
+            rt: rt.clone(),
+            clock: Clock::start(),
+            agent,
+            socket: socket.clone(),
+            control,
+            control_open: true,
+            commands: Box::pin(command_rx),
+            shared: shared.clone(),
+            app_tx,
+            filter: config.datagram_filter,
+            punches: BTreeMap::new(),
+            current: BTreeMap::new(),
+            sweeps: Vec::new(),
+        };
+        let handle = rt.spawn(Box::pin(task.run()));
+        Ok(Node {
+            id: config.id,
+            local_addr,
+            socket,
+            commands,
+            shared,
+            task: Mutex::new(Some(handle)),
+            app_rx,
+            next_req: AtomicU64::new(1),
+        })
+    }
+
+    /// This node's id.
+    #[must_use]
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The socket's bound address.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Asks for a direct path to `target` through `coordinator`. Dropping the
+    /// future before it completes cancels the punch.
+    pub async fn request_punch(
+        &self,
+        target: NodeId,
+        coordinator: NodeId,
+    ) -> Result<PunchOutcome, TraversalError> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (reply, rx) = async_channel::bounded(1);
+        if self
+            .commands
+            .send(Command::Punch {
+                req,
+                target,
+                coordinator,
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return Err(TraversalError::Cancelled);
+        }
+        let mut guard = CancelOnDrop {
+            commands: &self.commands,
+            req,
+            target,
+            armed: true,
+        };
+        let result = rx.recv().await.unwrap_or(Err(TraversalError::Cancelled));
+        guard.armed = false;
+        result
+    }
+
+    /// Runs a classification sweep (or waits for the running one) and returns
+    /// how it ended.
+    pub async fn reclassify(&self) -> Result<Reclassified, NodeError> {
+        let (reply, rx) = async_channel::bounded(1);
+        self.commands
+            .send(Command::Reclassify { reply })
+            .await
+            .map_err(|_| NodeError::Closed)?;
+        rx.recv().await.map_err(|_| NodeError::Closed)
+    }
+
+    /// Picks a coordinator for a punch to `target` among `candidates`.
+    pub async fn select_coordinator(
+        &self,
+        target: NodeId,
+        candidates: Vec<CoordinatorCandidate>,
+    ) -> Result<NodeId, TraversalError> {
+        let (reply, rx) = async_channel::bounded(1);
+        let cmd = Command::SelectCoordinator {
+            target,
+            candidates,
+            reply,
+        };
+        if self.commands.send(cmd).await.is_err() {
+            return Err(TraversalError::Cancelled);
+        }
+        rx.recv().await.unwrap_or(Err(TraversalError::Cancelled))
+    }
+
+    /// This node's (class, reflex) in force.
+    #[must_use]
+    pub fn classification(&self) -> Option<Announcement> {
+        lock(&self.shared).classification
+    }
+
+    /// This node's class.
+    #[must_use]
+    pub fn nat_class(&self) -> NatClass {
+        self.classification().map_or(NatClass::Unknown, |a| a.class)
+    }
+
+    /// The agent's counters.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        lock(&self.shared).stats
+    }
+
+    /// A new subscription to the node's events (each subscriber gets every
+    /// event from now on; a subscriber more than [`QUEUE_CAPACITY`] behind
+    /// misses events rather than stalling the node).
+    #[must_use]
+    pub fn events(&self) -> EventStream {
+        let (tx, rx) = async_channel::bounded(QUEUE_CAPACITY);
+        lock(&self.shared).subscribers.push(tx);
+        EventStream { rx: Box::pin(rx) }
+    }
+
+    /// Installs or removes the reflex override (C6).
+    pub fn set_reflex_override(&self, reflex: Option<SocketAddr>) {
+        let _ = self.commands.try_send(Command::Override(reflex));
+    }
+
+    /// Publishes a (class, reflex) found by other means.
+    pub fn set_local_classification(&self, class: NatClass, reflex: SocketAddr) {
+        let _ = self.commands.try_send(Command::Classify(class, reflex));
+    }
+
+    /// Re-reads the host's interface addresses.
+    pub fn refresh_interfaces(&self) {
+        let _ = self.commands.try_send(Command::RefreshInterfaces);
+    }
+
+    /// Sends an application datagram from the node's socket.
+    pub async fn send_to(&self, bytes: &[u8], to: SocketAddr) -> Result<usize, NodeError> {
+        Ok(poll_fn(|cx| self.socket.poll_send_to(cx, bytes, to)).await?)
+    }
+
+    /// The next datagram on the socket that is not natrix's, untouched.
+    pub async fn recv_from(&self) -> Result<(Vec<u8>, SocketAddr), NodeError> {
+        self.app_rx.recv().await.map_err(|_| NodeError::Closed)
+    }
+
+    /// Stops the node: pending punches end with `Cancelled`, pending
+    /// reclassifications with `Closed`, the task ends and its socket and timer
+    /// are dropped. Waits for all of it.
+    pub async fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown).await;
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            task.await;
+        }
+    }
+}
+
+/// Sends a cancel for a punch whose future was dropped before it completed.
+struct CancelOnDrop<'a> {
+    commands: &'a async_channel::Sender<Command>,
+    req: u64,
+    target: NodeId,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.commands.try_send(Command::CancelPunch {
+                req: self.req,
+                target: self.target,
+            });
+        }
+    }
+}
+
+/// A stream of [`NodeEvent`]s.
+#[derive(Debug)]
+pub struct EventStream {
+    rx: Pin<Box<async_channel::Receiver<NodeEvent>>>,
+}
+
+impl EventStream {
+    /// The next event; `None` once the node is gone.
+    pub async fn next(&mut self) -> Option<NodeEvent> {
+        self.rx.recv().await.ok()
+    }
+}
+
+impl Stream for EventStream {
+    type Item = NodeEvent;
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<NodeEvent>> {
+        self.rx.as_mut().poll_next(cx)
+    }
+}
+
+// ------------------------------------------------------------------ the task
+
+enum Input {
+    Command(Option<Command>),
+    Control(Option<ControlInput>),
+    Datagram(usize, SocketAddr),
+    SocketError(io::Error),
+    Timer,
+}
+
+struct Task<R: Runtime, C> {
+    rt: R,
+    clock: Clock,
+    agent: Agent,
+    socket: Arc<R::Socket>,
+    control: C,
+    control_open: bool,
+    commands: Pin<Box<async_channel::Receiver<Command>>>,
+    shared: SharedRef,
+    app_tx: async_channel::Sender<(Vec<u8>, SocketAddr)>,
+    filter: Option<DatagramFilter>,
+    /// Pending punch id → (request number, reply).
+    punches: BTreeMap<
+        u32,
+        (
+            u64,
+            async_channel::Sender<Result<PunchOutcome, TraversalError>>,
+        ),
+    >,
+    /// Target → its current punch id.
+    current: BTreeMap<NodeId, u32>,
+    /// Reclassify waiters: (sweep generation, reply).
+    sweeps: Vec<(u64, async_channel::Sender<Reclassified>)>,
+}
+
+impl<R: Runtime, C: ControlPlane> Task<R, C> {
+    async fn run(mut self) {
+        let mut buf = vec![0u8; 65_536];
+        let mut timer: Option<(StdInstant, BoxFuture)> = None;
+        loop {
+            self.drain().await;
+            let deadline = self.agent.poll_timeout().map(|t| self.clock.to_std(t));
+            if timer.as_ref().map(|(d, _)| *d) != deadline {
+                timer = deadline.map(|d| (d, self.rt.sleep_until(d)));
+            }
+            let input = {
+                let (commands, control, control_open, socket) = (
+                    &mut self.commands,
+                    &mut self.control,
+                    &mut self.control_open,
+                    &self.socket,
+                );
+                let buf = &mut buf;
+                let timer = &mut timer;
+                poll_fn(move |cx| {
+                    if let Poll::Ready(c) = commands.as_mut().poll_next(cx) {
+                        return Poll::Ready(Input::Command(c));
+                    }
+                    if *control_open {
+                        if let Poll::Ready(c) = control.poll_recv(cx) {
+                            return Poll::Ready(Input::Control(c));
+                        }
+                    }
+                    match socket.poll_recv_from(cx, buf) {
+                        Poll::Ready(Ok((n, src))) => return Poll::Ready(Input::Datagram(n, src)),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Input::SocketError(e)),
+                        Poll::Pending => {}
+                    }
+                    if let Some((d, sleep)) = timer.as_mut() {
+                        // Read the clock before trusting the timer: a runtime
+                        // may leave a timer pending past its deadline.
+                        if StdInstant::now() >= *d || sleep.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Input::Timer);
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            let now = self.clock.now();
+            match input {
+                Input::Command(None) | Input::Command(Some(Command::Shutdown)) => break,
+                Input::Command(Some(cmd)) => self.command(cmd),
+                Input::Control(None) => self.control_open = false,
+                Input::Control(Some(c)) => self.control_input(c),
+                Input::Datagram(n, src) => {
+                    let local = self.agent.bind_addr();
+                    let bytes = buf.get(..n).unwrap_or(&[]);
+                    if self.agent.handle_datagram(now, local, src, bytes)
+                        == DatagramVerdict::NotOurs
+                    {
+                        // Full inbox: drop, as a socket buffer would.
+                        let _ = self.app_tx.try_send((bytes.to_vec(), src));
+                    }
+                }
+                Input::SocketError(e) => self.publish(NodeEvent::SocketError {
+                    op: "recv",
+                    kind: e.kind(),
+                }),
+                Input::Timer => {
+                    timer = None;
+                    self.agent.handle_timeout(now);
+                }
+            }
+        }
+        // Shutdown: everyone waiting hears about it; the socket, the timer and
+        // the agent are dropped with the task.
+        for (_, (_, reply)) in std::mem::take(&mut self.punches) {
+            let _ = reply.try_send(Err(TraversalError::Cancelled));
+        }
+        self.sweeps.clear();
+        lock(&self.shared).subscribers.clear();
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = self.clock.now();
+        match cmd {
+            Command::Punch {
+                req,
+                target,
+                coordinator,
+                reply,
+            } => match self.agent.request_punch(now, target, coordinator) {
+                Ok(id) => {
+                    self.punches.insert(id, (req, reply));
+                    self.current.insert(target, id);
+                }
+                Err(e) => {
+                    let _ = reply.try_send(Err(e));
+                }
+            },
+            Command::CancelPunch { req, target } => {
+                let ours = self
+                    .current
+                    .get(&target)
+                    .and_then(|id| self.punches.get(id))
+                    .is_some_and(|(r, _)| *r == req);
+                if ours {
+                    self.agent.cancel_punch(now, target);
+                }
+            }
+            Command::Reclassify { reply } => match self.agent.reclassify(now) {
+                ReclassifyOutcome::Started { generation }
+                | ReclassifyOutcome::AlreadyRunning { generation } => {
+                    self.sweeps.push((generation, reply));
+                }
+                ReclassifyOutcome::Suppressed => {
+                    let _ = reply.try_send(Reclassified::Suppressed);
+                }
+                ReclassifyOutcome::InsufficientDestinations { destinations } => {
+                    let _ = reply.try_send(Reclassified::Swept(
+                        SweepOutcome::InsufficientDestinations { destinations },
+                    ));
+                }
+                _ => {}
+            },
+            Command::SelectCoordinator {
+                target,
+                candidates,
+                reply,
+            } => {
+                let _ = reply.try_send(self.agent.select_coordinator(target, &candidates));
+            }
+            Command::Override(r) => self.agent.set_reflex_override(r),
+            Command::Classify(class, reflex) => self.agent.set_local_classification(class, reflex),
+            Command::RefreshInterfaces => self.agent.set_interface_addrs(&interface_addrs()),
+            Command::Shutdown => {}
+        }
+    }
+
+    fn control_input(&mut self, c: ControlInput) {
+        let now = self.clock.now();
+        match c {
+            ControlInput::Message {
+                peer,
+                session_addr,
+                channel,
+                payload,
+            } => {
+                // A malformed payload changes nothing; the agent counts it.
+                let _ = self.agent.handle_control(
+                    now,
+                    Clock::wall_ms(),
+                    peer,
+                    session_addr,
+                    channel,
+                    &payload,
+                );
+            }
+            ControlInput::SessionUp { peer, addr, rtt } => {
+                let _ = self.agent.handle_session_up(peer, addr);
+                if let Some(rtt) = rtt {
+                    let _ = self.agent.handle_rtt(peer, rtt);
+                }
+            }
+            ControlInput::SessionDown { peer } => self.agent.handle_session_down(now, peer),
+            ControlInput::Announcement {
+                peer,
+                reflex,
+                class,
+            } => {
+                let _ = self.agent.handle_peer_announcement(peer, reflex, class);
+            }
+        }
+    }
+
+    fn publish(&mut self, e: NodeEvent) {
+        lock(&self.shared).subscribers.retain(|s| {
+            !s.is_closed() && !matches!(s.try_send(e), Err(async_channel::TrySendError::Closed(_)))
+        });
+    }
+
+    /// Drains the agent in the documented order: transmits, then events.
+    async fn drain(&mut self) {
+        while let Some(t) = self.agent.poll_transmit() {
+            match t {
+                Transmit::Control {
+                    to,
+                    channel,
+                    payload,
+                } => self.control.send(to, channel, payload.as_bytes()),
+                Transmit::Datagram { to, payload, .. } => {
+                    let bytes = payload.as_bytes();
+                    if self.filter.as_ref().is_some_and(|f| f(to, bytes)) {
+                        continue;
+                    }
+                    let socket = &self.socket;
+                    if let Err(e) = poll_fn(|cx| socket.poll_send_to(cx, bytes, to)).await {
+                        self.publish(NodeEvent::SocketError {
+                            op: "send",
+                            kind: e.kind(),
+                        });
+                    }
+                }
+            }
+        }
+        // The snapshot first, so that whoever a reply below wakes sees
+        // statistics and classification that include what it is told.
+        {
+            let mut s = lock(&self.shared);
+            s.classification = self.agent.classification();
+            s.stats = self.agent.stats();
+        }
+        while let Some(e) = self.agent.poll_event() {
+            match e {
+                Event::PunchSucceeded {
+                    peer,
+                    punch_id,
+                    role: Role::Requester,
+                    path,
+                    method,
+                    elapsed,
+                } => {
+                    if let Some((_, reply)) = self.punches.remove(&punch_id) {
+                        let _ = reply.try_send(Ok(PunchOutcome {
+                            peer,
+                            punch_id,
+                            path,
+                            method,
+                            elapsed,
+                        }));
+                    }
+                    self.current.retain(|_, id| *id != punch_id);
+                }
+                Event::PunchFailed {
+                    punch_id,
+                    role: Role::Requester,
+                    error,
+                    ..
+                } => {
+                    if let Some((_, reply)) = self.punches.remove(&punch_id) {
+                        let _ = reply.try_send(Err(error));
+                    }
+                    self.current.retain(|_, id| *id != punch_id);
+                }
+                Event::SweepFinished {
+                    generation,
+                    outcome,
+                } => {
+                    self.sweeps.retain(|(g, reply)| {
+                        if *g == generation {
+                            let _ = reply.try_send(Reclassified::Swept(outcome));
+                        }
+                        *g != generation
+                    });
+                }
+                Event::ClassificationChanged { class, reflex } => {
+                    self.control.announce(reflex, class)
+                }
+                _ => {}
+            }
+            self.publish(NodeEvent::Agent(e));
+        }
+    }
+}

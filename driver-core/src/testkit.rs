@@ -1,0 +1,499 @@
+//! The end-to-end suite every driver runs, written once: three nodes on real
+//! UDP sockets on loopback (127.0.0.1 and ::1) with the in-process control
+//! plane. Each driver instantiates it with [`e2e_suite!`](crate::e2e_suite),
+//! so the suite is the same for every runtime.
+//!
+//! Only loopback addresses are ever sent to. Documentation addresses appear
+//! as claimed reflexes that the protocol must refuse to use (R1).
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant as StdInstant};
+
+use futures_lite::future;
+use natrix_proto::wire::{NodeId, RejectReason};
+use natrix_proto::{Config, NatClass, PathMethod, SweepOutcome, TraversalError};
+
+use crate::control::InProcessHub;
+use crate::node::{Node, NodeConfig, Reclassified};
+use crate::runtime::Runtime;
+
+/// IPv4 loopback.
+pub const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// IPv6 loopback.
+pub const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+const A: NodeId = NodeId(1);
+const B: NodeId = NodeId(2);
+const R: NodeId = NodeId(3);
+const S: NodeId = NodeId(4);
+
+/// Sleeps on the runtime.
+pub async fn sleep<R: Runtime>(rt: &R, d: Duration) {
+    rt.sleep_until(StdInstant::now() + d).await;
+}
+
+/// Runs `fut`, failing the test if it takes longer than `limit` (a hang is a
+/// failure, not a stuck CI job).
+pub async fn within<R: Runtime, T>(rt: &R, limit: Duration, fut: impl Future<Output = T>) -> T {
+    let timeout = async {
+        sleep(rt, limit).await;
+        panic!("did not finish within {limit:?}");
+    };
+    future::or(fut, timeout).await
+}
+
+/// Configuration for test nodes: no automatic sweeps (on loopback every node
+/// would classify as Open and the pair matrix would say Direct), a short
+/// punch deadline.
+#[must_use]
+pub fn test_config() -> Config {
+    Config::builder()
+        .auto_reclassify(false)
+        .punch_deadline(Duration::from_millis(1_500))
+        .build()
+        .expect("valid test config")
+}
+
+/// Three nodes A, B (requester, responder) and R (coordinator).
+#[derive(Debug)]
+pub struct Trio<R: Runtime> {
+    /// The control plane.
+    pub hub: InProcessHub,
+    /// Requester.
+    pub a: Node<R>,
+    /// Responder.
+    pub b: Node<R>,
+    /// Coordinator.
+    pub r: Node<R>,
+}
+
+/// Starts a trio on `ip`, A and B announced as `class`, sessions A–R and
+/// B–R; `tweak` adjusts each node's configuration (by id) before it starts.
+pub async fn trio<R: Runtime>(
+    rt: &R,
+    ip: IpAddr,
+    class: Option<NatClass>,
+    tweak: impl Fn(&mut NodeConfig),
+) -> Trio<R> {
+    let hub = InProcessHub::new();
+    let start = |id: NodeId| {
+        let mut cfg = NodeConfig::new(id, SocketAddr::new(ip, 0));
+        cfg.agent = test_config();
+        tweak(&mut cfg);
+        let node = Node::spawn(rt.clone(), cfg, hub.join(id)).expect("bind");
+        hub.set_addr(id, node.local_addr());
+        node
+    };
+    let (a, b, r) = (start(A), start(B), start(R));
+    hub.connect(A, R, Duration::from_millis(1));
+    hub.connect(B, R, Duration::from_millis(1));
+    r.set_local_classification(NatClass::Open, r.local_addr());
+    if let Some(class) = class {
+        a.set_local_classification(class, a.local_addr());
+        b.set_local_classification(class, b.local_addr());
+    }
+    sleep(rt, Duration::from_millis(100)).await;
+    Trio { hub, a, b, r }
+}
+
+/// A punch that succeeds: the path is B's socket and really carries datagrams.
+pub async fn punch_succeeds<R: Runtime>(rt: R, ip: IpAddr) {
+    let t = trio(&rt, ip, Some(NatClass::Cone), |_| {}).await;
+    let out = within(&rt, Duration::from_secs(5), t.a.request_punch(B, R))
+        .await
+        .expect("punched");
+    assert_eq!(out.path, t.b.local_addr());
+    assert_eq!(out.method, PathMethod::Punched);
+    assert_eq!(t.a.stats().punches_succeeded, 1);
+    // The application shares the socket: its datagrams cross the new path.
+    t.a.send_to(b"hello over the punched path", out.path)
+        .await
+        .expect("send");
+    let (bytes, from) = within(&rt, Duration::from_secs(2), t.b.recv_from())
+        .await
+        .expect("recv");
+    assert_eq!(
+        (&bytes[..], from),
+        (&b"hello over the punched path"[..], t.a.local_addr())
+    );
+    for n in [&t.a, &t.b, &t.r] {
+        n.shutdown().await;
+    }
+}
+
+/// Every rejection reason reaches the caller as a typed error, at once.
+pub async fn rejections<R: Runtime>(rt: R, ip: IpAddr) {
+    let quick = Duration::from_secs(1);
+    // R1: A claims a reflex on another IP (a documentation address, which the
+    // coordinator must refuse to use).
+    let t = trio(&rt, ip, Some(NatClass::Cone), |_| {}).await;
+    let elsewhere: SocketAddr = if ip.is_ipv4() {
+        "192.0.2.1:9".parse()
+    } else {
+        "[2001:db8::1]:9".parse()
+    }
+    .expect("addr");
+    t.a.set_local_classification(NatClass::Cone, elsewhere);
+    let err = within(&rt, quick, t.a.request_punch(B, R)).await;
+    assert_eq!(
+        err,
+        Err(TraversalError::Rejected(RejectReason::ReflexMismatch))
+    );
+    // No session with the target.
+    t.a.set_local_classification(NatClass::Cone, t.a.local_addr());
+    t.hub.disconnect(B, R);
+    sleep(&rt, Duration::from_millis(50)).await;
+    let err = within(&rt, quick, t.a.request_punch(B, R)).await;
+    assert_eq!(
+        err,
+        Err(TraversalError::Rejected(RejectReason::NoSessionWithTarget))
+    );
+    // No relay: no coordinator candidate.
+    assert_eq!(
+        t.a.select_coordinator(B, vec![]).await,
+        Err(TraversalError::NoRelay)
+    );
+    for n in [&t.a, &t.b, &t.r] {
+        n.shutdown().await;
+    }
+
+    // Rate limited: R mediates one request per window.
+    let t = trio(&rt, ip, Some(NatClass::Cone), |c| {
+        if c.id == R {
+            c.agent = test_config()
+                .to_builder()
+                .coordinator_requests_per_window(1)
+                .build()
+                .expect("valid");
+        }
+    })
+    .await;
+    within(&rt, Duration::from_secs(5), t.a.request_punch(B, R))
+        .await
+        .expect("first is mediated");
+    let err = within(&rt, quick, t.a.request_punch(B, R)).await;
+    assert_eq!(
+        err,
+        Err(TraversalError::Rejected(RejectReason::RateLimited))
+    );
+    for n in [&t.a, &t.b, &t.r] {
+        n.shutdown().await;
+    }
+
+    // Unknown target reflex: B never announced one.
+    let t = trio(&rt, ip, None, |_| {}).await;
+    t.a.set_local_classification(NatClass::Cone, t.a.local_addr());
+    sleep(&rt, Duration::from_millis(50)).await;
+    let err = within(&rt, quick, t.a.request_punch(B, R)).await;
+    assert_eq!(
+        err,
+        Err(TraversalError::Rejected(RejectReason::UnknownTargetReflex))
+    );
+    for n in [&t.a, &t.b, &t.r] {
+        n.shutdown().await;
+    }
+
+    // The pair matrix skips symmetric × symmetric.
+    let t = trio(&rt, ip, Some(NatClass::Symmetric), |_| {}).await;
+    let err = t.a.request_punch(B, R).await;
+    assert!(
+        matches!(err, Err(TraversalError::Skipped { .. })),
+        "{err:?}"
+    );
+    for n in [&t.a, &t.b, &t.r] {
+        n.shutdown().await;
+    }
+}
+
+/// Keep-alives dropped by a filter: the punch fails with a typed timeout.
+pub async fn timeout<R: Runtime>(rt: R, ip: IpAddr) {
+    let t = trio(&rt, ip, Some(NatClass::Cone), |c| {
+        c.datagram_filter = Some(std::sync::Arc::new(|_, bytes: &[u8]| {
+            natrix_proto::wire::is_keepalive(bytes)
+        }));
+    })
+    .await;
+    let err = within(&rt, Duration::from_secs(5), t.a.request_punch(B, R)).await;
+    assert!(
+        matches!(err, Err(TraversalError::DeadlinePassed { .. })),
+        "{err:?}"
+    );
+    assert_eq!(t.a.stats().punch_timeouts, 1);
+    for n in [&t.a, &t.b, &t.r] {
+        n.shutdown().await;
+    }
+}
+
+/// A reclassification against two reflex responders. On IPv4 the responders
+/// sit on 127.0.0.2 and 127.0.0.3 (two destinations, C4) and A, bound to a
+/// specific address, finds itself Open; on ::1 there is only one loopback IP,
+/// so the sweep reports too few destinations and publishes nothing.
+pub async fn reclassify_against_two_responders<R: Runtime>(rt: R, ip: IpAddr) {
+    let hub = InProcessHub::new();
+    let node = |id: NodeId, last: u8| {
+        let ip = match ip {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)),
+            IpAddr::V6(_) => V6,
+        };
+        let mut cfg = NodeConfig::new(id, SocketAddr::new(ip, 0));
+        cfg.agent = test_config();
+        let n = Node::spawn(rt.clone(), cfg, hub.join(id)).expect("bind");
+        hub.set_addr(id, n.local_addr());
+        n
+    };
+    let (a, r, s) = (node(A, 1), node(R, 2), node(S, 3));
+    let a_addr = a.local_addr();
+    hub.connect(A, R, Duration::from_millis(1));
+    hub.connect(A, S, Duration::from_millis(1));
+    sleep(&rt, Duration::from_millis(50)).await;
+    let outcome = within(&rt, Duration::from_secs(5), a.reclassify())
+        .await
+        .expect("node alive");
+    if ip.is_ipv4() {
+        let Reclassified::Swept(SweepOutcome::Committed(c)) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(
+            (c.class, c.reflex, c.observations),
+            (NatClass::Open, Some(a_addr), 2)
+        );
+        assert_eq!(a.nat_class(), NatClass::Open);
+        // With an override installed, sweeps are suppressed.
+        a.set_reflex_override(Some(a_addr));
+        assert_eq!(
+            a.reclassify().await.expect("alive"),
+            Reclassified::Suppressed
+        );
+    } else {
+        assert_eq!(
+            outcome,
+            Reclassified::Swept(SweepOutcome::InsufficientDestinations { destinations: 1 })
+        );
+        assert_eq!(a.classification(), None);
+    }
+    for n in [&a, &r, &s] {
+        n.shutdown().await;
+    }
+}
+
+/// Dropping a pending `request_punch` future cancels the punch.
+pub async fn cancel_by_dropping_the_future<R: Runtime>(rt: R, ip: IpAddr) {
+    let t = trio(&rt, ip, Some(NatClass::Cone), |c| {
+        c.datagram_filter = Some(std::sync::Arc::new(|_, bytes: &[u8]| {
+            natrix_proto::wire::is_keepalive(bytes)
+        }));
+    })
+    .await;
+    let punch = t.a.request_punch(B, R);
+    let outcome = future::or(async { Some(punch.await) }, async {
+        sleep(&rt, Duration::from_millis(200)).await;
+        None
+    })
+    .await;
+    assert_eq!(outcome, None, "still pending when dropped");
+    sleep(&rt, Duration::from_millis(100)).await;
+    let s = t.a.stats();
+    assert_eq!(
+        (s.punches_attempted, s.punches_cancelled, s.punch_timeouts),
+        (1, 1, 0)
+    );
+    for n in [&t.a, &t.b, &t.r] {
+        n.shutdown().await;
+    }
+}
+
+/// Shutdown with a punch in flight: the punch ends `Cancelled`, the node's
+/// task ends, and the handle refuses new work.
+pub async fn shutdown_with_punch_in_flight<R: Runtime>(rt: R, ip: IpAddr) {
+    let t = trio(&rt, ip, Some(NatClass::Cone), |c| {
+        c.datagram_filter = Some(std::sync::Arc::new(|_, bytes: &[u8]| {
+            natrix_proto::wire::is_keepalive(bytes)
+        }));
+    })
+    .await;
+    let mut events = t.a.events();
+    let (punch, ()) = within(
+        &rt,
+        Duration::from_secs(3),
+        future::zip(t.a.request_punch(B, R), async {
+            sleep(&rt, Duration::from_millis(100)).await;
+            t.a.shutdown().await;
+        }),
+    )
+    .await;
+    assert_eq!(punch, Err(TraversalError::Cancelled));
+    assert_eq!(
+        t.a.request_punch(B, R).await,
+        Err(TraversalError::Cancelled)
+    );
+    assert!(t.a.reclassify().await.is_err());
+    // The event stream ends once the task is gone.
+    while within(&rt, Duration::from_secs(1), events.next())
+        .await
+        .is_some()
+    {}
+    t.b.shutdown().await;
+    t.r.shutdown().await;
+}
+
+/// A socket fed random garbage keeps working: garbage that is not a
+/// keep-alive reaches the application untouched, and a punch still succeeds.
+pub async fn garbage_on_the_socket<R: Runtime>(rt: R, ip: IpAddr) {
+    let t = trio(&rt, ip, Some(NatClass::Cone), |_| {}).await;
+    let attacker = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind");
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let from = attacker.local_addr().expect("addr");
+    for i in 0..200 {
+        let len = (rand() % 1_400) as usize;
+        let mut d: Vec<u8> = (0..len).map(|_| rand() as u8).collect();
+        if i % 10 == 0 {
+            // Keep-alive-shaped garbage: 14 bytes with the magic.
+            d = b"PH"
+                .iter()
+                .copied()
+                .chain((0..12).map(|_| rand() as u8))
+                .collect();
+        }
+        attacker.send_to(&d, t.a.local_addr()).expect("send");
+        if !natrix_proto::wire::is_keepalive(&d) {
+            // Everything else reaches the application, byte for byte.
+            let (got, src) = within(&rt, Duration::from_secs(2), t.a.recv_from())
+                .await
+                .expect("alive");
+            assert_eq!((&got, src), (&d, from));
+        }
+    }
+    sleep(&rt, Duration::from_millis(50)).await;
+    assert_eq!(t.a.stats().keepalives_dropped, 20);
+    let out = within(&rt, Duration::from_secs(5), t.a.request_punch(B, R))
+        .await
+        .expect("still punches");
+    assert_eq!(out.path, t.b.local_addr());
+    for n in [&t.a, &t.b, &t.r] {
+        n.shutdown().await;
+    }
+}
+
+/// The demo behind each driver's `examples/punch_loopback.rs`.
+pub async fn punch_loopback_demo<R: Runtime>(rt: R) -> Result<(), String> {
+    let t = trio(&rt, V4, Some(NatClass::Cone), |_| {}).await;
+    println!(
+        "A {} -> B {} through coordinator R {}",
+        t.a.local_addr(),
+        t.b.local_addr(),
+        t.r.local_addr()
+    );
+    let out =
+        t.a.request_punch(B, R)
+            .await
+            .map_err(|e| format!("punch failed: {e}"))?;
+    println!(
+        "direct path to B at {} after {:?} ({:?})",
+        out.path, out.elapsed, out.method
+    );
+    t.a.send_to(b"hello, B", out.path)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (bytes, from) = t.b.recv_from().await.map_err(|e| e.to_string())?;
+    println!("B got {:?} from {from}", String::from_utf8_lossy(&bytes));
+    println!("A's stats: {:?}", t.a.stats());
+    for n in [&t.a, &t.b, &t.r] {
+        n.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Instantiates the end-to-end suite for a runtime: `$block_on` runs a future
+/// to completion, `$rt` makes the runtime value.
+#[macro_export]
+macro_rules! e2e_suite {
+    ($block_on:path, $rt:expr) => {
+        #[test]
+        fn punch_succeeds_v4() {
+            $block_on($crate::testkit::punch_succeeds($rt, $crate::testkit::V4))
+        }
+        #[test]
+        fn punch_succeeds_v6() {
+            $block_on($crate::testkit::punch_succeeds($rt, $crate::testkit::V6))
+        }
+        #[test]
+        fn rejections_v4() {
+            $block_on($crate::testkit::rejections($rt, $crate::testkit::V4))
+        }
+        #[test]
+        fn rejections_v6() {
+            $block_on($crate::testkit::rejections($rt, $crate::testkit::V6))
+        }
+        #[test]
+        fn timeout_v4() {
+            $block_on($crate::testkit::timeout($rt, $crate::testkit::V4))
+        }
+        #[test]
+        fn timeout_v6() {
+            $block_on($crate::testkit::timeout($rt, $crate::testkit::V6))
+        }
+        #[test]
+        fn reclassify_v4() {
+            $block_on($crate::testkit::reclassify_against_two_responders(
+                $rt,
+                $crate::testkit::V4,
+            ))
+        }
+        #[test]
+        fn reclassify_v6() {
+            $block_on($crate::testkit::reclassify_against_two_responders(
+                $rt,
+                $crate::testkit::V6,
+            ))
+        }
+        #[test]
+        fn cancel_by_drop_v4() {
+            $block_on($crate::testkit::cancel_by_dropping_the_future(
+                $rt,
+                $crate::testkit::V4,
+            ))
+        }
+        #[test]
+        fn cancel_by_drop_v6() {
+            $block_on($crate::testkit::cancel_by_dropping_the_future(
+                $rt,
+                $crate::testkit::V6,
+            ))
+        }
+        #[test]
+        fn shutdown_in_flight_v4() {
+            $block_on($crate::testkit::shutdown_with_punch_in_flight(
+                $rt,
+                $crate::testkit::V4,
+            ))
+        }
+        #[test]
+        fn shutdown_in_flight_v6() {
+            $block_on($crate::testkit::shutdown_with_punch_in_flight(
+                $rt,
+                $crate::testkit::V6,
+            ))
+        }
+        #[test]
+        fn garbage_v4() {
+            $block_on($crate::testkit::garbage_on_the_socket(
+                $rt,
+                $crate::testkit::V4,
+            ))
+        }
+        #[test]
+        fn garbage_v6() {
+            $block_on($crate::testkit::garbage_on_the_socket(
+                $rt,
+                $crate::testkit::V6,
+            ))
+        }
+    };
+}

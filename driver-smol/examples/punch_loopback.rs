@@ -1,0 +1,10 @@
+//! Three natrix nodes on 127.0.0.1 under smol: A punches to B through the
+//! coordinator R, then sends B a datagram over the direct path.
+//!
+//! `cargo run -p natrix-smol --example punch_loopback`
+
+fn main() -> Result<(), String> {
+    smol::block_on(natrix_driver_core::testkit::punch_loopback_demo(
+        natrix_smol::Smol,
+    ))
+}

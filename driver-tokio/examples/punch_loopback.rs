@@ -1,0 +1,9 @@
+//! Three natrix nodes on 127.0.0.1 under tokio: A punches to B through the
+//! coordinator R, then sends B a datagram over the direct path.
+//!
+//! `cargo run -p natrix-tokio --example punch_loopback`
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), String> {
+    natrix_driver_core::testkit::punch_loopback_demo(natrix_tokio::Tokio).await
+}

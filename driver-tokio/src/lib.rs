@@ -1,0 +1,101 @@
+//! # natrix-tokio — natrix on tokio
+//!
+//! The tokio half of the driver: a [`Runtime`] that binds a
+//! `tokio::net::UdpSocket`, sleeps with `tokio::time`, and spawns with
+//! `tokio::spawn`. Everything else — the node's loop, its API, the control
+//! plane — is `natrix-driver-core`, shared with `natrix-smol`.
+//!
+//! Works on the current-thread and the multi-thread runtime. Call
+//! [`Node::spawn`](natrix_driver_core::Node::spawn) from inside a tokio runtime.
+//!
+//! ```no_run
+//! use natrix_tokio::{InProcessHub, Node, NodeConfig, Tokio};
+//! use natrix_proto::wire::NodeId;
+//!
+//! # async fn demo() -> Result<(), natrix_driver_core::NodeError> {
+//! let hub = InProcessHub::new();
+//! let node = Node::spawn(Tokio, NodeConfig::new(NodeId(1), "127.0.0.1:0".parse().unwrap()), hub.join(NodeId(1)))?;
+//! hub.set_addr(NodeId(1), node.local_addr());
+//! // ... node.request_punch(target, coordinator).await ...
+//! node.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant as StdInstant;
+
+pub use natrix_driver_core::api::*;
+use natrix_driver_core::{BoxFuture, Runtime, UdpSocket};
+
+/// A natrix node on tokio.
+pub type Node = natrix_driver_core::Node<Tokio>;
+
+/// The tokio runtime, as a natrix [`Runtime`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tokio;
+
+/// A tokio UDP socket.
+#[derive(Debug)]
+pub struct TokioSocket(tokio::net::UdpSocket);
+
+impl UdpSocket for TokioSocket {
+    fn poll_recv_from(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<(usize, SocketAddr)>> {
+        let mut rb = tokio::io::ReadBuf::new(buf);
+        self.0
+            .poll_recv_from(cx, &mut rb)
+            .map_ok(|from| (rb.filled().len(), from))
+    }
+
+    fn poll_send_to(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+        target: SocketAddr,
+    ) -> Poll<io::Result<usize>> {
+        self.0.poll_send_to(cx, buf, target)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+/// The node's task on tokio; awaiting it waits for the task to end.
+#[derive(Debug)]
+pub struct TokioTask(tokio::task::JoinHandle<()>);
+
+impl Future for TokioTask {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
+}
+
+impl Runtime for Tokio {
+    type Socket = TokioSocket;
+    type Task = TokioTask;
+
+    fn bind(&self, addr: SocketAddr) -> io::Result<TokioSocket> {
+        let std = std::net::UdpSocket::bind(addr)?;
+        std.set_nonblocking(true)?;
+        Ok(TokioSocket(tokio::net::UdpSocket::from_std(std)?))
+    }
+
+    fn sleep_until(&self, deadline: StdInstant) -> BoxFuture {
+        Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
+            deadline,
+        )))
+    }
+
+    fn spawn(&self, task: BoxFuture) -> TokioTask {
+        TokioTask(tokio::spawn(task))
+    }
+}
