@@ -16,7 +16,7 @@ use futures_lite::future::poll_fn;
 use natrix_proto::wire::NodeId;
 use natrix_proto::{
     Agent, Announcement, Config, CoordinatorCandidate, DatagramVerdict, Event, NatClass,
-    PathMethod, ReclassifyOutcome, Role, Stats, SweepOutcome, Transmit, TraversalError,
+    PathMethod, ProbeError, ReclassifyOutcome, Role, Stats, SweepOutcome, Transmit, TraversalError,
 };
 
 use crate::clock::Clock;
@@ -133,6 +133,10 @@ enum Command {
     Reclassify {
         reply: async_channel::Sender<Reclassified>,
     },
+    Probe {
+        peer: NodeId,
+        reply: async_channel::Sender<Result<SocketAddr, ProbeError>>,
+    },
     SelectCoordinator {
         target: NodeId,
         candidates: Vec<CoordinatorCandidate>,
@@ -219,6 +223,7 @@ impl<R: Runtime> Node<R> {
             punches: BTreeMap::new(),
             current: BTreeMap::new(),
             sweeps: Vec::new(),
+            probes: BTreeMap::new(),
         };
         let handle = rt.spawn(Box::pin(task.run()));
         Ok(Node {
@@ -287,6 +292,21 @@ impl<R: Runtime> Node<R> {
             .await
             .map_err(|_| NodeError::Closed)?;
         rx.recv().await.map_err(|_| NodeError::Closed)
+    }
+
+    /// Asks session peer `peer` which address it sees this node at (C5: the
+    /// answer is the authenticated session's address).
+    pub async fn probe_reflex(&self, peer: NodeId) -> Result<SocketAddr, ProbeError> {
+        let (reply, rx) = async_channel::bounded(1);
+        if self
+            .commands
+            .send(Command::Probe { peer, reply })
+            .await
+            .is_err()
+        {
+            return Err(ProbeError::SessionDown);
+        }
+        rx.recv().await.unwrap_or(Err(ProbeError::SessionDown))
     }
 
     /// Picks a coordinator for a punch to `target` among `candidates`.
@@ -451,6 +471,8 @@ struct Task<R: Runtime, C> {
     current: BTreeMap<NodeId, u32>,
     /// Reclassify waiters: (sweep generation, reply).
     sweeps: Vec<(u64, async_channel::Sender<Reclassified>)>,
+    /// Probe id → reply.
+    probes: BTreeMap<u64, async_channel::Sender<Result<SocketAddr, ProbeError>>>,
 }
 
 impl<R: Runtime, C: ControlPlane> Task<R, C> {
@@ -529,6 +551,7 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
             let _ = reply.try_send(Err(TraversalError::Cancelled));
         }
         self.sweeps.clear();
+        self.probes.clear();
         lock(&self.shared).subscribers.clear();
     }
 
@@ -573,6 +596,14 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                     ));
                 }
                 _ => {}
+            },
+            Command::Probe { peer, reply } => match self.agent.probe_reflex(now, peer) {
+                Ok(id) => {
+                    self.probes.insert(id, reply);
+                }
+                Err(e) => {
+                    let _ = reply.try_send(Err(e));
+                }
             },
             Command::SelectCoordinator {
                 target,
@@ -706,6 +737,13 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                 }
                 Event::ClassificationChanged { class, reflex } => {
                     self.control.announce(reflex, class)
+                }
+                Event::ReflexProbed {
+                    probe_id, result, ..
+                } => {
+                    if let Some(reply) = self.probes.remove(&probe_id) {
+                        let _ = reply.try_send(result);
+                    }
                 }
                 _ => {}
             }

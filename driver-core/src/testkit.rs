@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
 use std::time::{Duration, Instant as StdInstant};
 
 use futures_lite::future;
@@ -259,6 +260,12 @@ pub async fn reclassify_against_two_responders<R: Runtime>(rt: R, ip: IpAddr) {
             (NatClass::Open, Some(a_addr), 2)
         );
         assert_eq!(a.nat_class(), NatClass::Open);
+        // A single probe: R answers with the session address it sees.
+        assert_eq!(a.probe_reflex(R).await, Ok(a_addr));
+        assert_eq!(
+            a.probe_reflex(NodeId(99)).await,
+            Err(natrix_proto::ProbeError::NoSession(NodeId(99)))
+        );
         // With an override installed, sweeps are suppressed.
         a.set_reflex_override(Some(a_addr));
         assert_eq!(
@@ -378,6 +385,128 @@ pub async fn garbage_on_the_socket<R: Runtime>(rt: R, ip: IpAddr) {
     assert_eq!(out.path, t.b.local_addr());
     for n in [&t.a, &t.b, &t.r] {
         n.shutdown().await;
+    }
+}
+
+/// Runs all `futs` concurrently and adds up their results.
+async fn sum_all(mut futs: Vec<Pin<Box<dyn Future<Output = u64> + Send + '_>>>) -> u64 {
+    let mut total = 0;
+    future::poll_fn(|cx| {
+        futs.retain_mut(|f| match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(n) => {
+                total += n;
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        if futs.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    total
+}
+
+/// Throughput of a driver over loopback (issue #7, item 8).
+#[derive(Clone, Copy, Debug)]
+pub struct Throughput {
+    /// Successful punches per second, `pairs` requesters punching at once
+    /// through one coordinator.
+    pub punches_per_sec: f64,
+    /// Reflex answers per second, `pairs` nodes probing one responder at once.
+    pub reflex_answers_per_sec: f64,
+    /// Punches that failed during the measurement (should be 0 on loopback).
+    pub punches_failed: u64,
+    /// Concurrent pairs.
+    pub pairs: usize,
+}
+
+/// Measures punches and reflex answers per second for `window` each.
+pub async fn throughput<R: Runtime>(rt: R, pairs: usize, window: Duration) -> Throughput {
+    let hub = InProcessHub::new();
+    let cfg = test_config()
+        .to_builder()
+        .coordinator_requests_per_window(u32::MAX)
+        .responder_trains_per_introducer(u32::MAX)
+        .responder_concurrent_trains(u32::MAX)
+        .build()
+        .expect("valid");
+    let start = |id: NodeId| {
+        let mut c = NodeConfig::new(id, SocketAddr::new(V4, 0));
+        c.agent = cfg.clone();
+        let n = Node::spawn(rt.clone(), c, hub.join(id)).expect("bind");
+        hub.set_addr(id, n.local_addr());
+        n
+    };
+    let r = start(R);
+    r.set_local_classification(NatClass::Open, r.local_addr());
+    let nodes: Vec<(Node<R>, Node<R>)> = (0..pairs as u64)
+        .map(|i| (start(NodeId(100 + 2 * i)), start(NodeId(101 + 2 * i))))
+        .collect();
+    for (a, b) in &nodes {
+        for n in [a, b] {
+            hub.connect(n.id(), R, Duration::from_millis(1));
+            n.set_local_classification(NatClass::Cone, n.local_addr());
+        }
+    }
+    sleep(&rt, Duration::from_millis(200)).await;
+
+    let t0 = StdInstant::now();
+    let failed = &std::sync::atomic::AtomicU64::new(0);
+    let punched = sum_all(
+        nodes
+            .iter()
+            .map(|(a, b)| {
+                Box::pin(async move {
+                    let mut ok = 0u64;
+                    while t0.elapsed() < window {
+                        match a.request_punch(b.id(), R).await {
+                            Ok(_) => ok += 1,
+                            Err(_) => {
+                                failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    ok
+                }) as Pin<Box<dyn Future<Output = u64> + Send + '_>>
+            })
+            .collect(),
+    )
+    .await;
+    let punches_per_sec = punched as f64 / t0.elapsed().as_secs_f64();
+
+    let t0 = StdInstant::now();
+    let answered = sum_all(
+        nodes
+            .iter()
+            .map(|(a, _)| {
+                Box::pin(async move {
+                    let mut ok = 0u64;
+                    while t0.elapsed() < window {
+                        if a.probe_reflex(R).await.is_ok() {
+                            ok += 1;
+                        }
+                    }
+                    ok
+                }) as Pin<Box<dyn Future<Output = u64> + Send + '_>>
+            })
+            .collect(),
+    )
+    .await;
+    let reflex_answers_per_sec = answered as f64 / t0.elapsed().as_secs_f64();
+
+    for (a, b) in &nodes {
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+    r.shutdown().await;
+    Throughput {
+        punches_failed: failed.load(std::sync::atomic::Ordering::Relaxed),
+        punches_per_sec,
+        reflex_answers_per_sec,
+        pairs,
     }
 }
 

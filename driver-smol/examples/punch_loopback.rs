@@ -1,7 +1,7 @@
 //! Three natrix nodes on 127.0.0.1 under smol: A punches to B through the
 //! coordinator R, then sends B a datagram over the direct path.
 //!
-//! `cargo run -p natrix-smol --example punch_loopback`
+//! `cargo run -p natrix-smol --example smol_punch_loopback`
 
 fn main() -> Result<(), String> {
     smol::block_on(natrix_driver_core::testkit::punch_loopback_demo(

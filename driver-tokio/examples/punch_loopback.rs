@@ -1,7 +1,7 @@
 //! Three natrix nodes on 127.0.0.1 under tokio: A punches to B through the
 //! coordinator R, then sends B a datagram over the direct path.
 //!
-//! `cargo run -p natrix-tokio --example punch_loopback`
+//! `cargo run -p natrix-tokio --example tokio_punch_loopback`
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), String> {

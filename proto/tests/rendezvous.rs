@@ -963,3 +963,133 @@ fn same_seed_gives_identical_transcript() {
     assert_eq!(t, transcript(0));
     assert_ne!(t, transcript(1000), "punch ids come from the seed");
 }
+
+#[test]
+fn back_to_back_punches_with_the_same_peer_all_succeed() {
+    // B never gets its acks, so each of its finished punches lingers (R10 is
+    // not satisfied) until the deadline; a new introduce for the same peer
+    // must still start a new train instead of being dropped as a duplicate.
+    let cfg = Config::builder()
+        .auto_reclassify(false)
+        .coordinator_requests_per_window(100)
+        .responder_trains_per_introducer(100)
+        .build()
+        .unwrap();
+    let (mut net, a, b, r) = trio(cfg, CONE);
+    net.filter = Some(Box::new(move |p| {
+        kind_of(p) == Some(0x03) && matches!(p, Packet::Control { to, .. } if *to == b)
+    }));
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(net.punch(a, b, r).unwrap());
+        net.run_for(ms(200));
+    }
+    let ev = net.events(a);
+    for id in ids {
+        assert!(
+            matches!(terminal(&ev, id)[..], [Event::PunchSucceeded { .. }]),
+            "{ev:?}"
+        );
+    }
+    assert_eq!(net.agent(b).stats().responder_successes, 3);
+}
+
+#[test]
+fn r7_late_ack_of_an_earlier_punch_does_not_end_a_new_train() {
+    // An ack can only follow a keep-alive this side sent: one that arrives
+    // before this train sent anything belongs to an earlier punch.
+    let (mut ag, b, id, _) = training_requester();
+    let stale = PunchAck {
+        from_peer: b,
+        to_peer: NodeId(1),
+        punch_id: id,
+    };
+    ag.handle_control(
+        Instant::from_millis(10),
+        910,
+        NodeId(3),
+        addr_of(NodeId(3)),
+        Channel::Rendezvous,
+        &stale.to_bytes(),
+    )
+    .unwrap();
+    assert_eq!(ag.stats().acks_dropped, 1);
+    assert_eq!(ag.stats().acks_accepted, 0);
+    // After the train's first keep-alive, the same ack is accepted.
+    ag.handle_timeout(Instant::from_millis(100));
+    ag.handle_control(
+        Instant::from_millis(101),
+        1_001,
+        NodeId(3),
+        addr_of(NodeId(3)),
+        Channel::Rendezvous,
+        &stale.to_bytes(),
+    )
+    .unwrap();
+    assert_eq!(ag.stats().acks_accepted, 1);
+}
+
+#[test]
+fn r7_coordinator_drops_a_requester_ack_of_an_earlier_punch() {
+    let (mut net, a, b, r) = trio(quiet(), CONE);
+    net.filter = Some(Box::new(|p| kind_of(p) == Some(0x03)));
+    let first = net.punch(a, b, r).unwrap();
+    net.run_for(ms(100));
+    net.punch(a, b, r).unwrap();
+    net.run_for(ms(15));
+    net.filter = None;
+    // A's ack for its first punch reaches R after R mediated the second one.
+    let stale = PunchAck {
+        from_peer: a,
+        to_peer: b,
+        punch_id: first,
+    };
+    net.inject_control(
+        a,
+        r,
+        Channel::Rendezvous,
+        &encode(RendezvousMessage::Ack(stale)),
+    );
+    net.run_for(ms(12));
+    assert_eq!(net.agent(r).stats().acks_forwarded, 0);
+}
+
+#[test]
+fn a_new_request_from_the_same_pair_replaces_the_responders_unfinished_punch() {
+    // B is still training for A's first punch (its keep-alives never arrive)
+    // when A asks again: the coordinator's newer introduce replaces it.
+    let cfg = Config::builder()
+        .auto_reclassify(false)
+        .coordinator_requests_per_window(100)
+        .build()
+        .unwrap();
+    let (mut net, a, b, r) = trio(cfg, CONE);
+    net.filter = Some(Box::new(|p| matches!(p, Packet::Datagram { .. })));
+    net.punch(a, b, r).unwrap();
+    net.run_for(ms(100));
+    net.filter = None;
+    let second = net.punch(a, b, r).unwrap();
+    net.run_for(ms(200));
+    assert!(matches!(
+        terminal(&net.events(a), second)[..],
+        [Event::PunchSucceeded { .. }]
+    ));
+    let b_events = net.events(b);
+    assert!(
+        matches!(
+            b_events[..],
+            [
+                Event::PunchFailed {
+                    error: TraversalError::Superseded,
+                    role: Role::Responder,
+                    ..
+                },
+                Event::PunchSucceeded {
+                    role: Role::Responder,
+                    ..
+                }
+            ]
+        ),
+        "{b_events:?}"
+    );
+}

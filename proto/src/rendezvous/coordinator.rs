@@ -160,7 +160,8 @@ impl Coordinator {
 
     /// R7: an ack from `from` that is not addressed to us. Forwarded only when
     /// `from` is the ack's `from_peer`, the pair was mediated here recently, the
-    /// recipient has a session, and this direction was not forwarded already.
+    /// recipient has a session, this direction was not forwarded already, and
+    /// a non-zero punch id matches the mediated one.
     pub(crate) fn handle_ack(
         &mut self,
         now: Instant,
@@ -182,7 +183,10 @@ impl Coordinator {
             return bump(&mut out.stats.acks_dropped);
         };
         let bit = if ack.to_peer == key.0 { 1 } else { 2 };
-        if m.forwarded & bit != 0 {
+        // A requester's ack carries its punch id: one for an earlier punch of
+        // the same pair is stale.
+        let stale = ack.punch_id != 0 && ack.punch_id != m.punch_id;
+        if m.forwarded & bit != 0 || stale {
             return bump(&mut out.stats.acks_dropped);
         }
         m.forwarded |= bit;

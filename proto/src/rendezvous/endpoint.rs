@@ -65,6 +65,9 @@ struct Train {
     seen: Option<SocketAddr>,
     /// The peer's ack arrived.
     acked: bool,
+    /// Keep-alives this train has sent. The peer can only ack after seeing one,
+    /// so an ack arriving before any was sent is a late ack of an earlier punch.
+    sent: u32,
 }
 
 impl Train {
@@ -324,6 +327,7 @@ impl Endpoint {
             next_index: 0,
             seen: None,
             acked: false,
+            sent: 0,
         }
     }
 
@@ -336,6 +340,7 @@ impl Endpoint {
         from: NodeId,
         intro: PunchIntroduce,
     ) {
+        let mut replaces = false;
         if let Some(p) = self.punches.get_mut(&intro.peer) {
             // Solicited: we asked `from` to introduce us to this peer.
             if matches!(p.phase, Phase::AwaitIntroduce)
@@ -343,10 +348,16 @@ impl Endpoint {
                 && p.coordinator == from
             {
                 p.phase = Phase::Train(Self::begin_train(now, wall_ms, p.deadline, cx.id, &intro));
-            } else {
-                bump(&mut cx.out.stats.introduces_dropped_other);
+                return;
             }
-            return;
+            // A newer rendezvous for the same pair replaces a finished punch
+            // still waiting for its last ack (R10), or a responder punch the
+            // same coordinator introduced (the requester asked again). Anything
+            // else is a duplicate or a conflict.
+            replaces = p.reported || (p.role == Role::Responder && p.coordinator == from);
+            if !replaces {
+                return bump(&mut cx.out.stats.introduces_dropped_other);
+            }
         }
         if intro.peer == cx.id || intro.peer == from {
             return bump(&mut cx.out.stats.introduces_dropped_other);
@@ -361,8 +372,11 @@ impl Endpoint {
         }
         // R5: global ceiling on concurrent unsolicited trains, then the
         // per-introducer budget.
-        if self.unsolicited_active() >= cx.config.responder_concurrent_trains() as usize
-            || self.punches.len() >= cx.config.max_pending_punches() as usize
+        let replaced = usize::from(replaces);
+        if self.unsolicited_active().saturating_sub(replaced)
+            >= cx.config.responder_concurrent_trains() as usize
+            || self.punches.len().saturating_sub(replaced)
+                >= cx.config.max_pending_punches() as usize
         {
             return bump(&mut cx.out.stats.introduces_dropped_budget);
         }
@@ -372,6 +386,15 @@ impl Endpoint {
         }
         *used = used.saturating_add(1);
 
+        if let Some(mut old) = self.punches.remove(&intro.peer) {
+            report(
+                cx.out,
+                intro.peer,
+                &mut old,
+                now,
+                Err(TraversalError::Superseded),
+            );
+        }
         let deadline = now.saturating_add(cx.config.punch_deadline());
         self.punches.insert(
             intro.peer,
@@ -412,7 +435,8 @@ impl Endpoint {
 
     /// R7 (final recipient): an ack forwarded by `from` for a punch to
     /// `ack.from_peer`. Accepted only for a pending punch with that peer,
-    /// through that punch's coordinator, with a matching punch id (0 = unknown).
+    /// through that punch's coordinator, with a matching punch id (0 = unknown),
+    /// once this side has sent a keep-alive the peer could have seen.
     pub(crate) fn handle_ack(&mut self, cx: &mut Ctx<'_>, from: NodeId, ack: PunchAck) {
         let Some(p) = self.punches.get_mut(&ack.from_peer) else {
             return bump(&mut cx.out.stats.acks_dropped);
@@ -421,7 +445,7 @@ impl Endpoint {
         let Phase::Train(t) = &mut p.phase else {
             return bump(&mut cx.out.stats.acks_dropped);
         };
-        if p.coordinator != from || !id_ok {
+        if p.coordinator != from || !id_ok || t.sent == 0 {
             return bump(&mut cx.out.stats.acks_dropped);
         }
         t.acked = true;
@@ -475,6 +499,7 @@ impl Endpoint {
             };
             cx.out.datagram(cx.bind, src, &reply.to_bytes());
             bump(&mut cx.out.stats.keepalives_sent);
+            t.sent = t.sent.saturating_add(1);
         }
         let done = t.done();
         report(cx.out, k.sender, p, now, Ok((src, PathMethod::Punched)));
@@ -502,6 +527,7 @@ impl Endpoint {
                     };
                     out.datagram(bind, t.send_to, &ka.to_bytes());
                     bump(&mut out.stats.keepalives_sent);
+                    t.sent = t.sent.saturating_add(1);
                     // One packet per wakeup: a late wakeup skips the missed slots
                     // rather than bursting them.
                     while t.next_at().is_some_and(|at| at <= now) {
