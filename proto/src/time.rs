@@ -107,6 +107,15 @@ impl fmt::Debug for Instant {
     }
 }
 
+/// The earlier of two optional deadlines (`None` means "nothing scheduled").
+#[must_use]
+pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Converts a duration to whole milliseconds, saturating at `u64::MAX`.
 #[must_use]
 pub fn duration_to_millis(d: Duration) -> u64 {

@@ -720,10 +720,7 @@ impl World {
             .iter()
             .filter_map(|h| h.agent.poll_timeout())
             .min();
-        match (q, timers) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        natrix_proto::time::earliest(q, timers)
     }
 
     /// Runs until virtual time `until` (inclusive), or until nothing is left.

@@ -10,7 +10,7 @@ use natrix_proto::wire::NodeId;
 use natrix_proto::{Config, NatClass};
 use natrix_sim::nat::{Filtering, Mapping, NatConfig};
 use natrix_sim::preset::{Preset, place};
-use natrix_sim::world::{Realm, World};
+use natrix_sim::world::{HostId, Realm, World};
 
 fn quiet() -> Config {
     Config::builder().auto_reclassify(false).build().unwrap()
@@ -21,6 +21,29 @@ fn a(s: &str) -> SocketAddr {
 }
 
 const MS10: Duration = Duration::from_millis(10);
+
+/// A coordinator R and a reflex server S on the Internet.
+fn servers(w: &mut World) -> (HostId, HostId) {
+    let r = w.add_host(
+        "R",
+        NodeId(1),
+        Realm::Internet,
+        a("203.0.113.10:3478"),
+        MS10,
+        quiet(),
+        1,
+    );
+    let s = w.add_host(
+        "S",
+        NodeId(2),
+        Realm::Internet,
+        a("203.0.113.20:3478"),
+        MS10,
+        quiet(),
+        2,
+    );
+    (r, s)
+}
 
 #[test]
 fn server_sees_the_outermost_mapping_of_a_double_nat() {
@@ -165,24 +188,7 @@ fn hairpinning_on_and_off() {
 #[test]
 fn open_host_classifies_open_and_nat_host_cone_through_a_real_sweep() {
     let mut w = World::new(3);
-    let r = w.add_host(
-        "R",
-        NodeId(1),
-        Realm::Internet,
-        a("203.0.113.10:3478"),
-        MS10,
-        quiet(),
-        1,
-    );
-    let s = w.add_host(
-        "S",
-        NodeId(2),
-        Realm::Internet,
-        a("203.0.113.20:3478"),
-        MS10,
-        quiet(),
-        2,
-    );
+    let (r, s) = servers(&mut w);
     let open = place(
         &mut w,
         Preset::Open,
@@ -227,24 +233,7 @@ fn open_host_classifies_open_and_nat_host_cone_through_a_real_sweep() {
 #[should_panic(expected = "runaway scenario")]
 fn a_runaway_scenario_fails_loudly() {
     let mut w = World::new(1);
-    let r = w.add_host(
-        "R",
-        NodeId(1),
-        Realm::Internet,
-        a("203.0.113.10:3478"),
-        MS10,
-        quiet(),
-        1,
-    );
-    let s = w.add_host(
-        "S",
-        NodeId(2),
-        Realm::Internet,
-        a("203.0.113.20:3478"),
-        MS10,
-        quiet(),
-        2,
-    );
+    let (r, s) = servers(&mut w);
     let p = place(
         &mut w,
         Preset::FullCone,

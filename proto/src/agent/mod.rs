@@ -506,9 +506,6 @@ impl Agent {
     /// when nothing is scheduled.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.endpoint.poll_timeout(), self.discovery.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        crate::time::earliest(self.endpoint.poll_timeout(), self.discovery.poll_timeout())
     }
 }

@@ -365,10 +365,7 @@ impl Net {
             .values()
             .filter_map(|n| n.agent.poll_timeout())
             .min();
-        match (q, timers) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        natrix_proto::time::earliest(q, timers)
     }
 
     /// Runs until `until` (inclusive) or until nothing is left to do.
