@@ -272,6 +272,31 @@ pub async fn reclassify_against_two_responders<R: Runtime>(rt: R, ip: IpAddr) {
             a.reclassify().await.expect("alive"),
             Reclassified::Suppressed
         );
+
+        // C3 on real sockets: a node bound to the wildcard address is Open only
+        // because the reflex IP is one of the host's interface addresses, as
+        // the driver enumerates them.
+        let w_id = NodeId(5);
+        let mut cfg = NodeConfig::new(w_id, SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
+        cfg.agent = test_config();
+        let w = Node::spawn(rt.clone(), cfg, hub.join(w_id)).expect("bind");
+        let seen = SocketAddr::new(V4, w.local_addr().port());
+        hub.set_addr(w_id, seen);
+        hub.connect(w_id, R, Duration::from_millis(1));
+        hub.connect(w_id, S, Duration::from_millis(1));
+        sleep(&rt, Duration::from_millis(50)).await;
+        let outcome = within(&rt, Duration::from_secs(5), w.reclassify())
+            .await
+            .expect("node alive");
+        let Reclassified::Swept(SweepOutcome::Committed(c)) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(
+            crate::interface_addrs().contains(&V4),
+            "loopback is an interface"
+        );
+        assert_eq!((c.class, c.reflex), (NatClass::Open, Some(seen)));
+        w.shutdown().await;
     } else {
         assert_eq!(
             outcome,
