@@ -8,6 +8,9 @@
 //!   a subtracting `Instant` can do).
 //! * Wall-clock Unix milliseconds, a plain `u64`, needed only because
 //!   `PunchIntroduce::fire_at_ms` is an absolute wall-clock time on the wire.
+//!   It is stamped in the coordinator's clock; the agent reads it in its own
+//!   clock with [`peer_wall_to_local`] and the coordinator's offset
+//!   ([`Agent::handle_clock_offset`](crate::Agent::handle_clock_offset)).
 
 use core::fmt;
 use core::ops::{Add, AddAssign, Sub};
@@ -116,6 +119,18 @@ pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
+/// A wall-clock time `peer_ms` read on a peer's clock, converted to ours:
+/// `peer_ms - offset_ms`, where `offset_ms` is the peer's wall clock minus
+/// ours. Saturates at `0` and `u64::MAX`; an offset of 0 changes nothing.
+#[must_use]
+pub fn peer_wall_to_local(peer_ms: u64, offset_ms: i64) -> u64 {
+    if offset_ms >= 0 {
+        peer_ms.saturating_sub(offset_ms.unsigned_abs())
+    } else {
+        peer_ms.saturating_add(offset_ms.unsigned_abs())
+    }
+}
+
 /// Converts a duration to whole milliseconds, saturating at `u64::MAX`.
 #[must_use]
 pub fn duration_to_millis(d: Duration) -> u64 {
@@ -139,6 +154,16 @@ mod tests {
         let mut u = t;
         u += Duration::from_millis(1);
         assert_eq!(u, Instant::from_millis(6));
+    }
+
+    #[test]
+    fn peer_wall_time_converts_and_saturates() {
+        assert_eq!(peer_wall_to_local(10_500, 10_000), 500);
+        assert_eq!(peer_wall_to_local(500, -10_000), 10_500);
+        assert_eq!(peer_wall_to_local(500, 0), 500);
+        assert_eq!(peer_wall_to_local(5, i64::MAX), 0);
+        assert_eq!(peer_wall_to_local(u64::MAX - 1, i64::MIN), u64::MAX);
+        assert_eq!(peer_wall_to_local(0, i64::MIN), 1 << 63);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Steady state allocates nothing: once warmed up, mediating a `PunchRequest`
-//! (coordinator) and handling keep-alives (endpoint) make zero heap
-//! allocations. Counted with a counting global allocator — a count, unlike a
-//! time, is deterministic and can be asserted.
+//! (coordinator) and handling keep-alives (endpoint, with clock-offset
+//! refreshes) make zero heap allocations. Counted with a counting global
+//! allocator — a count, unlike a time, is deterministic and can be asserted.
 #![allow(missing_docs)]
 
 use std::net::SocketAddr;
@@ -124,6 +124,8 @@ fn steady_state_mediation_and_keepalives_allocate_nothing() {
         let _ = a.handle_datagram(now, addr(1), addr(2), &wrong);
         let _ = a.handle_datagram(now, addr(1), addr(2), &good);
         let _ = a.handle_datagram(now, addr(1), addr(2), b"application bytes");
+        // A session refreshing its clock-offset estimate.
+        a.handle_clock_offset(coord, (i % 7) as i64).unwrap();
         a.handle_timeout(now);
         while a.poll_transmit().is_some() {}
         while a.poll_event().is_some() {}

@@ -7,7 +7,8 @@
 //! * [`nat`] — the RFC 4787 NAT model: mapping, filtering, port allocation,
 //!   hairpinning, binding lifetime; nestable.
 //! * [`world`] — realms, hosts, lossy links, the reliable control channel,
-//!   the bounded run loop, the transcript.
+//!   per-host wall-clock skew with NTP-style offset estimates, the bounded run
+//!   loop, the transcript.
 //! * [`preset`] — named NAT presets (open, full cone, restricted cone,
 //!   port-restricted cone, symmetric, symmetric with sequential ports, double NAT).
 //! * [`scenario`] — the standard two-peer topology (coordinator, reflex

@@ -56,6 +56,38 @@ pub struct PairScenario {
     /// Drop every `PunchAck` on the control channel: the trains then run to
     /// the deadline, as the original protocol's did (for comparing R10).
     pub drop_acks: bool,
+    /// The hosts' wall clocks.
+    pub clocks: Clocks,
+}
+
+/// The wall clocks of the standard topology: each host's skew from true time
+/// (see [`World::set_clock_skew`]), and whether sessions estimate offsets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Clocks {
+    /// Peer A's skew, ms.
+    pub a_ms: i64,
+    /// Peer B's skew, ms.
+    pub b_ms: i64,
+    /// The coordinator R's skew, ms.
+    pub r_ms: i64,
+    /// The reflex server S's skew, ms.
+    pub s_ms: i64,
+    /// Sessions give each side an estimate of the other's clock offset
+    /// ([`World::clock_offset_estimates`]).
+    pub offset_estimates: bool,
+}
+
+impl Default for Clocks {
+    /// Every clock right, estimates on.
+    fn default() -> Self {
+        Clocks {
+            a_ms: 0,
+            b_ms: 0,
+            r_ms: 0,
+            s_ms: 0,
+            offset_estimates: true,
+        }
+    }
 }
 
 /// What one run produced.
@@ -114,7 +146,7 @@ fn server_config(config: &Config) -> Config {
 }
 
 /// Builds R, S, A (slot 1) and B (slot 2), opens the sessions and lets both
-/// peers classify (one second of virtual time).
+/// peers classify (one second of virtual time). Every clock is right.
 #[must_use]
 pub fn topology(
     seed: u64,
@@ -124,8 +156,24 @@ pub fn topology(
     latency: [Duration; 3],
     config: &Config,
 ) -> Topology {
+    topology_with_clocks(seed, a, b, link, latency, config, Clocks::default())
+}
+
+/// [`topology`] with the hosts' wall clocks set by `clocks` before the
+/// sessions come up.
+#[must_use]
+pub fn topology_with_clocks(
+    seed: u64,
+    a: Preset,
+    b: Preset,
+    link: LinkConfig,
+    latency: [Duration; 3],
+    config: &Config,
+    clocks: Clocks,
+) -> Topology {
     let mut world = World::new(seed);
     world.link = link;
+    world.clock_offset_estimates = clocks.offset_estimates;
     let server = |last: u8| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, last)), 3478);
     let r = world.add_host(
         "R",
@@ -171,6 +219,16 @@ pub fn topology(
         config.clone(),
         seed ^ 4,
     );
+    for (h, ms) in [
+        (r, clocks.r_ms),
+        (s, clocks.s_ms),
+        (pa.host, clocks.a_ms),
+        (pb.host, clocks.b_ms),
+    ] {
+        if ms != 0 {
+            world.set_clock_skew(h, ms);
+        }
+    }
     for peer in [pa.host, pb.host] {
         world.connect(peer, r);
         world.connect(peer, s);
@@ -198,6 +256,7 @@ impl PairScenario {
             config: Config::default(),
             record: false,
             drop_acks: false,
+            clocks: Clocks::default(),
         }
     }
 
@@ -206,7 +265,15 @@ impl PairScenario {
     pub fn run(&self, seed: u64) -> PairResult {
         let Topology {
             mut world, r, a, b, ..
-        } = topology(seed, self.a, self.b, self.link, self.latency, &self.config);
+        } = topology_with_clocks(
+            seed,
+            self.a,
+            self.b,
+            self.link,
+            self.latency,
+            &self.config,
+            self.clocks,
+        );
         if self.record {
             world.record();
         }

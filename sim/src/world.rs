@@ -18,6 +18,11 @@
 //!   message from the inside goes through the host's NATs, so the server's view
 //!   of the session's source address is the NAT mapping — and changes when the
 //!   mapping does.
+//! * **Clocks**: virtual time is the one true time. Each host's wall clock
+//!   (the `wall_ms` its agent is given) is off from it by the host's
+//!   [`clock_skew_ms`](Host::clock_skew_ms). When a session comes up each side
+//!   gets an NTP-style estimate of the other's offset, measured over the
+//!   control path ([`World::clock_offset_estimates`] turns that off).
 //! * **Announcements**: when a host's agent publishes a (class, reflex), every
 //!   other host learns it at once, and a host added later learns every
 //!   announcement already made (the mesh's gossip is not modelled).
@@ -99,7 +104,8 @@ pub struct Host {
     pub addr: SocketAddr,
     /// One-way latency to the core.
     pub latency: Duration,
-    /// Its wall clock's offset from true time, in ms (may be negative).
+    /// Its wall clock's offset from true time, in ms (may be negative); see
+    /// [`World::set_clock_skew`].
     pub clock_skew_ms: i64,
     /// The agent.
     pub agent: Agent,
@@ -182,6 +188,10 @@ pub struct World {
     /// Fault injection on the control channel: return true to drop a control
     /// message (from, to, channel, bytes). The channel itself never loses one.
     pub control_filter: Option<ControlFilter>,
+    /// Whether a session coming up gives each side an estimate of the other's
+    /// clock offset (`Agent::handle_clock_offset`). On by default; off, the
+    /// agents read every peer's wall-clock time as their own.
+    pub clock_offset_estimates: bool,
 }
 
 /// See [`World::control_filter`].
@@ -219,6 +229,7 @@ impl World {
             drops: BTreeMap::new(),
             loss_pattern: Vec::new(),
             control_filter: None,
+            clock_offset_estimates: true,
         }
     }
 
@@ -322,8 +333,20 @@ impl World {
         &mut self.hosts[h.0].agent
     }
 
+    /// Sets a host's wall-clock skew: its clock reads true time plus `ms`.
+    /// Set it before the host's sessions come up: they estimate offsets then.
+    pub fn set_clock_skew(&mut self, h: HostId, ms: i64) {
+        self.hosts[h.0].clock_skew_ms = ms;
+        log!(self, "{} clock skew {ms} ms", self.hosts[h.0].name);
+    }
+
     fn wall_ms(&self, h: HostId) -> u64 {
-        let ms = WALL_EPOCH_MS.saturating_add(self.now.as_nanos() / 1_000_000);
+        self.wall_ms_at(h, self.now)
+    }
+
+    /// What host `h`'s wall clock reads at virtual time `at`.
+    fn wall_ms_at(&self, h: HostId, at: Instant) -> u64 {
+        let ms = WALL_EPOCH_MS.saturating_add(at.as_nanos() / 1_000_000);
         ms.saturating_add_signed(self.hosts[h.0].clock_skew_ms)
     }
 
@@ -517,6 +540,49 @@ impl World {
             self.hosts[client.0].name,
             self.hosts[server.0].name
         );
+        if self.clock_offset_estimates {
+            let of_server = self.estimate_clock_offset(client, server);
+            let of_client = self.estimate_clock_offset(server, client);
+            let _ = self.hosts[client.0]
+                .agent
+                .handle_clock_offset(sid, of_server);
+            let _ = self.hosts[server.0]
+                .agent
+                .handle_clock_offset(cid, of_client);
+            log!(
+                self,
+                "clock offsets: {} sees {of_server} ms, {} sees {of_client} ms",
+                self.hosts[client.0].name,
+                self.hosts[server.0].name
+            );
+        }
+    }
+
+    /// Host `me`'s NTP-style estimate of `peer`'s wall clock minus its own,
+    /// from one exchange over their control path starting now: `me` sends at
+    /// `t0` (its clock), `peer` stamps `t1` on arrival (its clock) and answers
+    /// at once, the answer arrives at `t2` (`me`'s clock);
+    /// offset = `t1 − (t0 + t2) / 2`. Each leg takes the control path's real
+    /// one-way latency, so the estimate is exact only when both legs take the
+    /// same time (up to millisecond rounding).
+    ///
+    /// Stands in for the session's own measurement (real session packets
+    /// will replace it).
+    #[must_use]
+    pub fn estimate_clock_offset(&self, me: HostId, peer: HostId) -> i64 {
+        let sent = self.now;
+        let arrived = sent + self.control_latency(me, peer);
+        let returned = arrived + self.control_latency(peer, me);
+        let t0 = i128::from(self.wall_ms_at(me, sent));
+        let t1 = i128::from(self.wall_ms_at(peer, arrived));
+        let t2 = i128::from(self.wall_ms_at(me, returned));
+        let offset = t1 - (t0 + t2).div_euclid(2);
+        i64::try_from(offset).unwrap_or(if offset < 0 { i64::MIN } else { i64::MAX })
+    }
+
+    /// One-way latency of a control message from `from` to `to`.
+    fn control_latency(&self, from: HostId, to: HostId) -> Duration {
+        self.hosts[from.0].latency + self.hosts[to.0].latency
     }
 
     /// Closes a session on both sides.
@@ -588,7 +654,7 @@ impl World {
                 return;
             }
         }
-        let at = self.now + self.hosts[from.0].latency + self.hosts[to.0].latency;
+        let at = self.now + self.control_latency(from, to);
         self.push(
             at,
             Item::Control {

@@ -249,3 +249,33 @@ fn a_runaway_scenario_fails_loudly() {
     w.max_steps = 3;
     w.run_for(Duration::from_secs(3600));
 }
+
+#[test]
+fn sessions_estimate_clock_offsets_ntp_style() {
+    let mut w = World::new(1);
+    let (r, _) = servers(&mut w);
+    let inside = place(
+        &mut w,
+        Preset::PortRestrictedCone,
+        1,
+        "A",
+        NodeId(10),
+        Duration::from_micros(10_600),
+        quiet(),
+        3,
+    );
+    let a = inside.host;
+    w.set_clock_skew(r, 30_000);
+    w.set_clock_skew(a, -30_000);
+    assert_eq!(w.host(a).clock_skew_ms, -30_000);
+    // Symmetric legs: the estimate is the true offset, to within the
+    // millisecond rounding of the clocks (legs of 20.6 ms here).
+    let of_r = w.estimate_clock_offset(a, r);
+    let of_a = w.estimate_clock_offset(r, a);
+    assert!((of_r - 60_000).abs() <= 1, "{of_r}");
+    assert!((of_a + 60_000).abs() <= 1, "{of_a}");
+    // Whole-millisecond legs: exact.
+    w.set_clock_skew(a, 0);
+    assert_eq!(w.estimate_clock_offset(a, r), 30_000);
+    assert_eq!(w.estimate_clock_offset(r, r), 0);
+}

@@ -199,8 +199,10 @@ impl Agent {
 
     /// A control message from the authenticated peer `from`, whose session's
     /// source address is `session_addr`. `wall_ms` is the current Unix time in
-    /// milliseconds. A payload that does not decode changes nothing and is
-    /// reported back (and counted).
+    /// milliseconds on this node's clock (see
+    /// [`handle_clock_offset`](Self::handle_clock_offset) for other clocks). A
+    /// payload that does not decode changes nothing and is reported back (and
+    /// counted).
     pub fn handle_control(
         &mut self,
         now: Instant,
@@ -325,11 +327,13 @@ impl Agent {
     }
 
     /// The session to `peer` is down. Punches waiting for an introduce from it
-    /// end at once with [`TraversalError::NoSessionWithCoordinator`].
+    /// end at once with [`TraversalError::NoSessionWithCoordinator`]. Its RTT
+    /// and clock offset are forgotten.
     pub fn handle_session_down(&mut self, now: Instant, peer: NodeId) {
         let _ = self.peers.update(peer, |p| {
             p.session = None;
             p.rtt = None;
+            p.clock_offset_ms = None;
         });
         let (mut cx, ep) = self.ctx();
         ep.coordinator_down(&mut cx, now, peer);
@@ -354,6 +358,31 @@ impl Agent {
     pub fn handle_rtt(&mut self, peer: NodeId, rtt: Duration) -> Result<(), DirectoryFull> {
         self.peers
             .update(peer, |p| p.rtt = Some(rtt))
+            .map_err(|_| DirectoryFull)
+    }
+
+    /// An estimate of `peer`'s wall-clock offset: `offset_ms` is the peer's
+    /// wall clock minus ours, in milliseconds (the session measures it
+    /// NTP-style: `t1 − (t0 + t2) / 2` for a request sent at our `t0`, stamped
+    /// `t1` by the peer, answered at our `t2`). A later estimate replaces an
+    /// earlier one; it is forgotten when the session goes down.
+    ///
+    /// The rule: a `PunchIntroduce` from coordinator `C` carries `fire_at_ms`
+    /// on `C`'s clock. The agent schedules the keep-alive train at
+    /// `fire_at_ms − offset(C)` on its own clock (saturating), and the R3
+    /// bounds (a fire time in the past means now, one beyond the punch deadline
+    /// is clamped to it) apply to that converted time. The wire value is never
+    /// rewritten: the R8 keep-alive token still derives from it, so both ends
+    /// agree. Without an estimate the offset is 0 and `fire_at_ms` is read as
+    /// local time. Deadlines (`Instant`s) and the coordinator role, which
+    /// stamps its own clock, are unaffected.
+    pub fn handle_clock_offset(
+        &mut self,
+        peer: NodeId,
+        offset_ms: i64,
+    ) -> Result<(), DirectoryFull> {
+        self.peers
+            .update(peer, |p| p.clock_offset_ms = Some(offset_ms))
             .map_err(|_| DirectoryFull)
     }
 

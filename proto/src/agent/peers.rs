@@ -1,4 +1,5 @@
-//! What the agent knows about other nodes: sessions, announcements, RTTs.
+//! What the agent knows about other nodes: sessions, announcements, RTTs,
+//! wall-clock offsets.
 
 use alloc::collections::BTreeMap;
 use core::net::SocketAddr;
@@ -22,11 +23,16 @@ pub(crate) struct Peer {
     pub(crate) session: Option<SocketAddr>,
     pub(crate) announced: Option<Announcement>,
     pub(crate) rtt: Option<Duration>,
+    /// The peer's wall clock minus ours, in ms, while its session is up.
+    pub(crate) clock_offset_ms: Option<i64>,
 }
 
 impl Peer {
     fn is_empty(&self) -> bool {
-        self.session.is_none() && self.announced.is_none() && self.rtt.is_none()
+        self.session.is_none()
+            && self.announced.is_none()
+            && self.rtt.is_none()
+            && self.clock_offset_ms.is_none()
     }
 }
 
@@ -70,6 +76,14 @@ impl Peers {
 
     pub(crate) fn rtt(&self, id: NodeId) -> Option<Duration> {
         self.map.get(&id).and_then(|p| p.rtt)
+    }
+
+    /// The peer's wall clock minus ours, in ms; 0 when unknown.
+    pub(crate) fn clock_offset_ms(&self, id: NodeId) -> i64 {
+        self.map
+            .get(&id)
+            .and_then(|p| p.clock_offset_ms)
+            .unwrap_or(0)
     }
 
     /// Applies `f` to the peer's record, creating it if there is room, and drops

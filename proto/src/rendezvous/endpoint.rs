@@ -10,6 +10,12 @@
 //! **R7** (an ack is accepted only for a pending punch), **R8** (token
 //! confirmation and peer-reflexive path learning), **R10** (the train stops once
 //! both sides are done).
+//!
+//! Clock skew: an introduce's `fire_at_ms` is wall-clock time on the
+//! coordinator's clock. The train is scheduled (and the fire time bounded, R3)
+//! at that instant read on our clock, `fire_at_ms − offset` with the
+//! coordinator's offset from the peer directory (0 when unknown); the R8 token
+//! is derived from the wire value, which both ends share.
 
 use alloc::collections::BTreeMap;
 use core::net::SocketAddr;
@@ -23,7 +29,7 @@ use crate::rng::mix64;
 use crate::schedule::KeepaliveTrain;
 use crate::stats::bump;
 use crate::table::WindowTable;
-use crate::time::Instant;
+use crate::time::{Instant, peer_wall_to_local};
 use crate::wire::{Keepalive, NodeId, PunchAck, PunchIntroduce, PunchReject, PunchRequest};
 
 /// R8: the keep-alive token both ends derive from what their introduces share
@@ -310,9 +316,12 @@ impl Endpoint {
         });
     }
 
+    /// The train for `intro`; `local_fire_ms` is its fire time converted to our
+    /// wall clock (the schedule uses it; the token uses the wire value).
     fn begin_train(
         now: Instant,
         wall_ms: u64,
+        local_fire_ms: u64,
         deadline: Instant,
         me: NodeId,
         intro: &PunchIntroduce,
@@ -322,7 +331,7 @@ impl Endpoint {
             introduced: intro.peer_reflex,
             send_to: intro.peer_reflex,
             token: keepalive_token(me, intro.peer, intro.fire_at_ms),
-            schedule: KeepaliveTrain::new(intro.fire_at_ms, wall_ms, remaining),
+            schedule: KeepaliveTrain::new(local_fire_ms, wall_ms, remaining),
             origin: now,
             next_index: 0,
             seen: None,
@@ -340,6 +349,8 @@ impl Endpoint {
         from: NodeId,
         intro: PunchIntroduce,
     ) {
+        // The fire time on our clock (the coordinator stamped its own).
+        let fire_ms = peer_wall_to_local(intro.fire_at_ms, cx.peers.clock_offset_ms(from));
         let mut replaces = false;
         if let Some(p) = self.punches.get_mut(&intro.peer) {
             // Solicited: we asked `from` to introduce us to this peer.
@@ -347,7 +358,9 @@ impl Endpoint {
                 && p.role == Role::Requester
                 && p.coordinator == from
             {
-                p.phase = Phase::Train(Self::begin_train(now, wall_ms, p.deadline, cx.id, &intro));
+                p.phase = Phase::Train(Self::begin_train(
+                    now, wall_ms, fire_ms, p.deadline, cx.id, &intro,
+                ));
                 return;
             }
             // A newer rendezvous for the same pair replaces a finished punch
@@ -404,7 +417,9 @@ impl Endpoint {
                 role: Role::Responder,
                 started: now,
                 deadline,
-                phase: Phase::Train(Self::begin_train(now, wall_ms, deadline, cx.id, &intro)),
+                phase: Phase::Train(Self::begin_train(
+                    now, wall_ms, fire_ms, deadline, cx.id, &intro,
+                )),
                 reported: false,
             },
         );
