@@ -1,9 +1,17 @@
 //! The control plane: how control messages reach authenticated peers.
 //!
-//! natrix does not own sessions. The embedder implements [`ControlPlane`] over
-//! whatever authenticated channel it has (a later issue brings authenticated
-//! UDP sessions; they implement this same trait). [`InProcessHub`] is an
-//! in-process implementation for tests and examples.
+//! [`ControlPlane`] is what the node's task needs from it. Two
+//! implementations come with natrix:
+//!
+//! * [`SessionControl`](crate::net::SessionControl) — the networked one:
+//!   authenticated UDP sessions (`natrix-session`) on the node's own socket,
+//!   so a session's source address *is* the NAT mapping a punch uses;
+//! * [`InProcessHub`] — an in-process one for tests and examples, with fault
+//!   injection.
+//!
+//! An embedder with authenticated channels of its own can implement the trait
+//! over them; the socket hooks ([`ControlPlane::handle_datagram`] and the
+//! rest) have defaults that share nothing with the node's socket.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,7 +22,10 @@ use std::time::Duration;
 
 use futures_lite::Stream;
 use natrix_proto::wire::NodeId;
-use natrix_proto::{Channel, NatClass};
+use natrix_proto::{Channel, Instant, NatClass};
+use natrix_session::{HandshakeError, PublicKey, SessionInfo, SessionStats};
+
+use crate::net::wire::LookupAnswer;
 
 /// Something the control plane tells the node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,17 +64,141 @@ pub enum ControlInput {
         /// Its class.
         class: NatClass,
     },
+    /// A session estimated its peer's wall-clock offset (peer − ours).
+    ClockOffset {
+        /// The peer.
+        peer: NodeId,
+        /// Milliseconds the peer's wall clock is ahead of ours.
+        offset_ms: i64,
+    },
+    /// A handshake this node started ended without a session.
+    SessionFailed {
+        /// The peer.
+        peer: NodeId,
+        /// Why.
+        error: HandshakeError,
+    },
+    /// Application data from a peer's session.
+    Data {
+        /// The peer.
+        peer: PublicKey,
+        /// The bytes.
+        payload: Vec<u8>,
+    },
+    /// The answer to a directory lookup.
+    LookupAnswer {
+        /// Who answered.
+        from: NodeId,
+        /// The answer.
+        answer: LookupAnswer,
+    },
+}
+
+/// Why a control-plane operation was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// This control plane has no sessions of its own (the in-process hub).
+    #[error("this control plane does not support the operation (no sessions of its own)")]
+    Unsupported,
+    /// No session, nor a handshake in progress, to that peer.
+    #[error("no session to {0:?}")]
+    NoSession(NodeId),
+    /// The payload is larger than one session packet carries.
+    #[error("payload of {len} bytes is larger than the {max}-byte maximum")]
+    TooLarge {
+        /// The payload's length.
+        len: usize,
+        /// The largest payload.
+        max: usize,
+    },
+    /// The session layer refused (for example: the table of sessions is full).
+    #[error("session layer: {0}")]
+    Session(&'static str),
 }
 
 /// Carries control messages to and from authenticated peers.
+///
+/// The node's task calls it with the node's monotonic `now` (and wall-clock
+/// Unix milliseconds where a protocol needs them). A control plane that shares
+/// the node's socket implements the socket hooks: the task offers it every
+/// session datagram ([`handle_datagram`](Self::handle_datagram)), sends what
+/// [`poll_transmit`](Self::poll_transmit) yields from the same socket, and
+/// wakes it at [`poll_timeout`](Self::poll_timeout).
 pub trait ControlPlane: Send + 'static {
     /// Sends `payload` on `channel` to `peer`'s session. Never blocks; a message
     /// to a peer without a session is dropped.
-    fn send(&mut self, peer: NodeId, channel: Channel, payload: &[u8]);
+    fn send(&mut self, now: Instant, peer: NodeId, channel: Channel, payload: &[u8]);
     /// Announces this node's (reflex, class) to its peers.
-    fn announce(&mut self, reflex: SocketAddr, class: NatClass);
+    fn announce(&mut self, now: Instant, reflex: SocketAddr, class: NatClass);
     /// The next input, or `None` when the control plane is closed.
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<ControlInput>>;
+
+    /// This node's public key, when the control plane has an identity.
+    fn public_key(&self) -> Option<PublicKey> {
+        None
+    }
+    /// A session datagram from the node's socket (the demultiplexer said so).
+    /// Returns whether it was taken; `false` hands it to the application.
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) -> bool {
+        let _ = (now, wall_ms, from, datagram);
+        false
+    }
+    /// The next datagram to send from the node's socket.
+    fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        None
+    }
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+    /// Time passed.
+    fn handle_timeout(&mut self, now: Instant, wall_ms: u64) {
+        let _ = (now, wall_ms);
+    }
+    /// Opens a session to `key` at `addr` (idempotent); the outcome arrives
+    /// as [`ControlInput::SessionUp`] or [`ControlInput::SessionFailed`].
+    fn dial(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        key: PublicKey,
+        addr: SocketAddr,
+    ) -> Result<(), ControlError> {
+        let _ = (now, wall_ms, key, addr);
+        Err(ControlError::Unsupported)
+    }
+    /// Sends application data to `key` on its session.
+    fn send_data(
+        &mut self,
+        now: Instant,
+        key: &PublicKey,
+        data: &[u8],
+    ) -> Result<(), ControlError> {
+        let _ = (now, key, data);
+        Err(ControlError::Unsupported)
+    }
+    /// Asks session peer `at` whether `key` is online there; the answer
+    /// arrives as [`ControlInput::LookupAnswer`] with the returned query id.
+    fn lookup(&mut self, now: Instant, at: NodeId, key: PublicKey) -> Result<u32, ControlError> {
+        let _ = (now, at, key);
+        Err(ControlError::Unsupported)
+    }
+    /// The session to `key`, if any.
+    fn session(&self, key: &PublicKey) -> Option<SessionInfo> {
+        let _ = key;
+        None
+    }
+    /// Session counters, when the control plane has sessions of its own.
+    fn session_stats(&self) -> Option<SessionStats> {
+        None
+    }
 }
 
 /// Decides whether the hub drops a control message (from, to, channel, bytes).
@@ -233,11 +368,11 @@ impl fmt::Debug for InProcessControl {
 }
 
 impl ControlPlane for InProcessControl {
-    fn send(&mut self, peer: NodeId, channel: Channel, payload: &[u8]) {
+    fn send(&mut self, _now: Instant, peer: NodeId, channel: Channel, payload: &[u8]) {
         self.hub.deliver(self.id, peer, channel, payload);
     }
 
-    fn announce(&mut self, reflex: SocketAddr, class: NatClass) {
+    fn announce(&mut self, _now: Instant, reflex: SocketAddr, class: NatClass) {
         self.hub.broadcast(self.id, reflex, class);
     }
 

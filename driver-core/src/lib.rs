@@ -10,9 +10,13 @@
 //!   order (transmits, then events, then the next timeout), demultiplexing the
 //!   socket with the keep-alive predicate so that everything else reaches the
 //!   application untouched;
-//! * [`ControlPlane`] — the trait an embedder implements to carry control
-//!   messages over its authenticated sessions — and [`InProcessHub`], an
-//!   in-process implementation for tests and examples;
+//! * [`ControlPlane`] — what the node needs to carry control messages to
+//!   authenticated peers — with two implementations: [`SessionControl`],
+//!   natrix's own authenticated UDP sessions on the node's socket (the
+//!   networked control plane, [`net`]), and [`InProcessHub`], in-process, for
+//!   tests and examples;
+//! * [`Coordinator`] — the coordinator service: a public node serving
+//!   rendezvous, reflex answers and the directory over sessions;
 //! * [`Clock`] and [`interface_addrs`].
 //!
 //! A runtime supplies only [`Runtime`]: bind a UDP socket it can poll, sleep
@@ -24,23 +28,50 @@
 
 pub mod clock;
 pub mod control;
+pub mod coordinator;
+pub mod net;
 pub mod node;
 pub mod runtime;
 pub mod testkit;
 
 pub use clock::Clock;
-pub use control::{ControlInput, ControlPlane, HubFilter, InProcessControl, InProcessHub};
-pub use node::{
-    DatagramFilter, EventStream, Node, NodeConfig, NodeError, NodeEvent, PunchOutcome,
-    QUEUE_CAPACITY, Reclassified, interface_addrs,
+pub use control::{
+    ControlError, ControlInput, ControlPlane, HubFilter, InProcessControl, InProcessHub,
 };
+pub use coordinator::{Coordinator, CoordinatorConfig};
+pub use net::{SessionControl, SessionControlConfig};
+pub use node::{
+    ConnectError, DatagramFilter, EventStream, LOOKUP_TIMEOUT, Node, NodeConfig, NodeError,
+    NodeEvent, PunchOutcome, QUEUE_CAPACITY, Reclassified, SessionRequestError, interface_addrs,
+};
+
+/// 32 bytes from the operating system's RNG: the seed drivers give the
+/// session layer (the protocol crates never read an OS RNG themselves).
+///
+/// # Panics
+///
+/// When the OS has no randomness to give, which leaves no safe way to make
+/// session keys.
+#[must_use]
+pub fn os_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).expect("the OS random number generator failed");
+    seed
+}
 pub use runtime::{BoxFuture, Runtime, UdpSocket};
 
 /// What an application uses from a driver crate; `natrix-tokio` and
 /// `natrix-smol` re-export it whole, next to their `Node` alias.
 pub mod api {
-    pub use crate::control::{ControlInput, ControlPlane, InProcessControl, InProcessHub};
-    pub use crate::node::{
-        EventStream, NodeConfig, NodeError, NodeEvent, PunchOutcome, Reclassified,
+    pub use crate::control::{
+        ControlError, ControlInput, ControlPlane, InProcessControl, InProcessHub,
     };
+    pub use crate::coordinator::CoordinatorConfig;
+    pub use crate::net::{SessionControl, SessionControlConfig};
+    pub use crate::node::{
+        ConnectError, EventStream, NodeConfig, NodeError, NodeEvent, PunchOutcome, Reclassified,
+        SessionRequestError,
+    };
+    pub use crate::os_seed;
+    pub use natrix_session::{Dial, Keypair, PublicKey, SessionConfig, SessionStats};
 }

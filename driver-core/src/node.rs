@@ -15,12 +15,15 @@ use futures_lite::Stream;
 use futures_lite::future::poll_fn;
 use natrix_proto::wire::NodeId;
 use natrix_proto::{
-    Agent, Announcement, Config, CoordinatorCandidate, DatagramVerdict, Event, NatClass,
+    Agent, Announcement, Config, CoordinatorCandidate, DatagramVerdict, Event, Instant, NatClass,
     PathMethod, ProbeError, ReclassifyOutcome, Role, Stats, SweepOutcome, Transmit, TraversalError,
 };
+use natrix_session::demux::{DatagramKind, classify};
+use natrix_session::{HandshakeError, PublicKey, SessionInfo, SessionStats};
 
 use crate::clock::Clock;
-use crate::control::{ControlInput, ControlPlane};
+use crate::control::{ControlError, ControlInput, ControlPlane};
+use crate::net::wire::LookupAnswer;
 use crate::runtime::{BoxFuture, Runtime, UdpSocket};
 
 /// Decides whether to drop an outgoing datagram (destination, bytes): a test
@@ -65,6 +68,12 @@ impl NodeConfig {
             seed: id.0 ^ 0x6e61_7472_6978,
             datagram_filter: None,
         }
+    }
+
+    /// A node whose identity is `key` (its id is the key's node id, S1).
+    #[must_use]
+    pub fn for_key(key: &PublicKey, bind: SocketAddr) -> Self {
+        Self::new(key.node_id(), bind)
     }
 }
 
@@ -117,7 +126,51 @@ pub enum NodeError {
     /// The node was shut down.
     #[error("the node is shut down")]
     Closed,
+    /// The configured id is not the node id of the control plane's key (S1).
+    #[error("node id {configured:?} is not the node id {of_key:?} of the node's public key")]
+    IdentityMismatch {
+        /// The id in the configuration.
+        configured: NodeId,
+        /// The node id of the control plane's public key.
+        of_key: NodeId,
+    },
 }
+
+/// Why a session-level request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionRequestError {
+    /// The control plane refused.
+    #[error("control plane: {0}")]
+    Control(#[from] ControlError),
+    /// The handshake did not complete.
+    #[error("handshake: {0}")]
+    Handshake(HandshakeError),
+    /// No answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The node was shut down.
+    #[error("the node is shut down")]
+    Closed,
+}
+
+/// Why [`Node::connect_direct`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The coordinator has no session with the target.
+    #[error("the target is not online at the coordinator")]
+    Offline,
+    /// The directory lookup or the session to the peer failed.
+    #[error("{0}")]
+    Session(#[from] SessionRequestError),
+    /// The punch failed (the caller stays on the relay).
+    #[error("punch: {0}")]
+    Punch(#[from] TraversalError),
+}
+
+/// How long [`Node::lookup`] waits for an answer.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 enum Command {
     Punch {
@@ -145,6 +198,25 @@ enum Command {
     Override(Option<SocketAddr>),
     Classify(NatClass, SocketAddr),
     RefreshInterfaces,
+    Dial {
+        key: PublicKey,
+        addr: SocketAddr,
+        reply: async_channel::Sender<Result<SocketAddr, SessionRequestError>>,
+    },
+    SendData {
+        key: PublicKey,
+        bytes: Vec<u8>,
+        reply: async_channel::Sender<Result<(), ControlError>>,
+    },
+    Lookup {
+        at: NodeId,
+        key: PublicKey,
+        reply: async_channel::Sender<Result<LookupAnswer, SessionRequestError>>,
+    },
+    Session {
+        key: PublicKey,
+        reply: async_channel::Sender<Option<SessionInfo>>,
+    },
     Shutdown,
 }
 
@@ -152,6 +224,7 @@ enum Command {
 struct Shared {
     classification: Option<Announcement>,
     stats: Stats,
+    session_stats: Option<SessionStats>,
     subscribers: Vec<async_channel::Sender<NodeEvent>>,
 }
 
@@ -168,13 +241,16 @@ pub const QUEUE_CAPACITY: usize = 1024;
 /// A running natrix node. Dropping it stops its task; [`shutdown`](Self::shutdown)
 /// does so and waits.
 pub struct Node<R: Runtime> {
+    rt: R,
     id: NodeId,
+    key: Option<PublicKey>,
     local_addr: SocketAddr,
     socket: Arc<R::Socket>,
     commands: async_channel::Sender<Command>,
     shared: SharedRef,
     task: Mutex<Option<R::Task>>,
     app_rx: async_channel::Receiver<(Vec<u8>, SocketAddr)>,
+    data_rx: async_channel::Receiver<(PublicKey, Vec<u8>)>,
     next_req: AtomicU64,
 }
 
@@ -202,12 +278,22 @@ impl<R: Runtime> Node<R> {
         config: NodeConfig,
         control: C,
     ) -> Result<Self, NodeError> {
+        let key = control.public_key();
+        if let Some(k) = key {
+            if k.node_id() != config.id {
+                return Err(NodeError::IdentityMismatch {
+                    configured: config.id,
+                    of_key: k.node_id(),
+                });
+            }
+        }
         let socket = Arc::new(rt.bind(config.bind)?);
         let local_addr = socket.local_addr()?;
         let mut agent = Agent::new(config.id, local_addr, config.agent.clone(), config.seed);
         agent.set_interface_addrs(&interface_addrs());
         let (commands, command_rx) = async_channel::unbounded();
         let (app_tx, app_rx) = async_channel::bounded(QUEUE_CAPACITY);
+        let (data_tx, data_rx) = async_channel::bounded(QUEUE_CAPACITY);
         let shared: SharedRef = Arc::default();
         let task = Task {
             rt: rt.clone(),
@@ -219,21 +305,27 @@ impl<R: Runtime> Node<R> {
             commands: Box::pin(command_rx),
             shared: shared.clone(),
             app_tx,
+            data_tx,
             filter: config.datagram_filter,
             punches: BTreeMap::new(),
             current: BTreeMap::new(),
             sweeps: Vec::new(),
             probes: BTreeMap::new(),
+            dials: Vec::new(),
+            lookups: BTreeMap::new(),
         };
         let handle = rt.spawn(Box::pin(task.run()));
         Ok(Node {
+            rt,
             id: config.id,
+            key,
             local_addr,
             socket,
             commands,
             shared,
             task: Mutex::new(Some(handle)),
             app_rx,
+            data_rx,
             next_req: AtomicU64::new(1),
         })
     }
@@ -242,6 +334,12 @@ impl<R: Runtime> Node<R> {
     #[must_use]
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// This node's public key, when its control plane has an identity.
+    #[must_use]
+    pub fn public_key(&self) -> Option<PublicKey> {
+        self.key
     }
 
     /// The socket's bound address.
@@ -380,6 +478,107 @@ impl<R: Runtime> Node<R> {
         self.app_rx.recv().await.map_err(|_| NodeError::Closed)
     }
 
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(async_channel::Sender<T>) -> Command,
+    ) -> Result<T, NodeError> {
+        let (reply, rx) = async_channel::bounded(1);
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| NodeError::Closed)?;
+        rx.recv().await.map_err(|_| NodeError::Closed)
+    }
+
+    /// Opens an authenticated session to `key` at `addr` (Noise IK: this node
+    /// must know the peer's public key). Returns the session's address once
+    /// the handshake completes; a wrong key or an unreachable peer ends in
+    /// [`SessionRequestError::Handshake`] after the session layer's retries.
+    pub async fn dial(
+        &self,
+        key: PublicKey,
+        addr: SocketAddr,
+    ) -> Result<SocketAddr, SessionRequestError> {
+        self.ask(|reply| Command::Dial { key, addr, reply })
+            .await
+            .unwrap_or(Err(SessionRequestError::Closed))
+    }
+
+    /// Sends application data to `key` on its session (sealed end to end;
+    /// queued briefly while a handshake is in progress).
+    pub async fn send_data(&self, key: PublicKey, bytes: &[u8]) -> Result<(), SessionRequestError> {
+        let bytes = bytes.to_vec();
+        self.ask(|reply| Command::SendData { key, bytes, reply })
+            .await
+            .map_err(|_| SessionRequestError::Closed)?
+            .map_err(SessionRequestError::from)
+    }
+
+    /// The next application datagram from a session peer, with its key.
+    pub async fn recv_data(&self) -> Result<(PublicKey, Vec<u8>), NodeError> {
+        self.data_rx.recv().await.map_err(|_| NodeError::Closed)
+    }
+
+    /// Asks session peer `coordinator` whether `key` is online there (and
+    /// learns its announcement, which the pair matrix needs). Waits at most
+    /// [`LOOKUP_TIMEOUT`].
+    pub async fn lookup(
+        &self,
+        coordinator: NodeId,
+        key: PublicKey,
+    ) -> Result<LookupAnswer, SessionRequestError> {
+        let ask = async {
+            self.ask(|reply| Command::Lookup {
+                at: coordinator,
+                key,
+                reply,
+            })
+            .await
+            .unwrap_or(Err(SessionRequestError::Closed))
+        };
+        let timeout = async {
+            self.rt
+                .sleep_until(StdInstant::now() + LOOKUP_TIMEOUT)
+                .await;
+            Err(SessionRequestError::Timeout(LOOKUP_TIMEOUT))
+        };
+        futures_lite::future::or(ask, timeout).await
+    }
+
+    /// The session to `key`, if one is up.
+    pub async fn session(&self, key: PublicKey) -> Option<SessionInfo> {
+        self.ask(|reply| Command::Session { key, reply })
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The session layer's counters (`None` without sessions of its own).
+    #[must_use]
+    pub fn session_stats(&self) -> Option<SessionStats> {
+        lock(&self.shared).session_stats
+    }
+
+    /// A direct, authenticated path to `target` through `coordinator`: looks
+    /// the target up at the coordinator, punches (the pair matrix deciding),
+    /// then runs this node's own session with the target over the punched
+    /// path — the coordinator cannot impersonate either end.
+    pub async fn connect_direct(
+        &self,
+        target: PublicKey,
+        coordinator: PublicKey,
+    ) -> Result<PunchOutcome, ConnectError> {
+        let answer = self.lookup(coordinator.node_id(), target).await?;
+        if !answer.online {
+            return Err(ConnectError::Offline);
+        }
+        let out = self
+            .request_punch(target.node_id(), coordinator.node_id())
+            .await?;
+        self.dial(target, out.path).await?;
+        Ok(out)
+    }
+
     /// Stops the node: pending punches end with `Cancelled`, pending
     /// reclassifications with `Closed`, the task ends and its socket and timer
     /// are dropped. Waits for all of it.
@@ -458,6 +657,7 @@ struct Task<R: Runtime, C> {
     commands: Pin<Box<async_channel::Receiver<Command>>>,
     shared: SharedRef,
     app_tx: async_channel::Sender<(Vec<u8>, SocketAddr)>,
+    data_tx: async_channel::Sender<(PublicKey, Vec<u8>)>,
     filter: Option<DatagramFilter>,
     /// Pending punch id → (request number, reply).
     punches: BTreeMap<
@@ -473,6 +673,13 @@ struct Task<R: Runtime, C> {
     sweeps: Vec<(u64, async_channel::Sender<Reclassified>)>,
     /// Probe id → reply.
     probes: BTreeMap<u64, async_channel::Sender<Result<SocketAddr, ProbeError>>>,
+    /// Dial waiters: (peer, reply).
+    dials: Vec<(
+        NodeId,
+        async_channel::Sender<Result<SocketAddr, SessionRequestError>>,
+    )>,
+    /// Lookup query id → reply.
+    lookups: BTreeMap<u32, async_channel::Sender<Result<LookupAnswer, SessionRequestError>>>,
 }
 
 impl<R: Runtime, C: ControlPlane> Task<R, C> {
@@ -481,7 +688,8 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
         let mut timer: Option<(StdInstant, BoxFuture)> = None;
         loop {
             self.drain().await;
-            let deadline = self.agent.poll_timeout().map(|t| self.clock.to_std(t));
+            let deadline = earliest(self.agent.poll_timeout(), self.control.poll_timeout())
+                .map(|t| self.clock.to_std(t));
             if timer.as_ref().map(|(d, _)| *d) != deadline {
                 timer = deadline.map(|d| (d, self.rt.sleep_until(d)));
             }
@@ -528,9 +736,21 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                 Input::Datagram(n, src) => {
                     let local = self.agent.bind_addr();
                     let bytes = buf.get(..n).unwrap_or(&[]);
-                    if self.agent.handle_datagram(now, local, src, bytes)
-                        == DatagramVerdict::NotOurs
-                    {
+                    // One socket, one demultiplexer: keep-alives to the agent,
+                    // session packets to the control plane, the rest (STUN is
+                    // reserved, not served yet) to the application.
+                    let ours = match classify(bytes) {
+                        DatagramKind::Keepalive => {
+                            self.agent.handle_datagram(now, local, src, bytes)
+                                == DatagramVerdict::Consumed
+                        }
+                        DatagramKind::Session(_) => {
+                            self.control
+                                .handle_datagram(now, Clock::wall_ms(), src, bytes)
+                        }
+                        _ => false,
+                    };
+                    if !ours {
                         // Full inbox: drop, as a socket buffer would.
                         let _ = self.app_tx.try_send((bytes.to_vec(), src));
                     }
@@ -542,6 +762,7 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                 Input::Timer => {
                     timer = None;
                     self.agent.handle_timeout(now);
+                    self.control.handle_timeout(now, Clock::wall_ms());
                 }
             }
         }
@@ -552,6 +773,12 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
         }
         self.sweeps.clear();
         self.probes.clear();
+        for (_, reply) in std::mem::take(&mut self.dials) {
+            let _ = reply.try_send(Err(SessionRequestError::Closed));
+        }
+        for (_, reply) in std::mem::take(&mut self.lookups) {
+            let _ = reply.try_send(Err(SessionRequestError::Closed));
+        }
         lock(&self.shared).subscribers.clear();
     }
 
@@ -615,6 +842,32 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
             Command::Override(r) => self.agent.set_reflex_override(r),
             Command::Classify(class, reflex) => self.agent.set_local_classification(class, reflex),
             Command::RefreshInterfaces => self.agent.set_interface_addrs(&interface_addrs()),
+            Command::Dial { key, addr, reply } => {
+                if let Some(s) = self.control.session(&key) {
+                    let _ = reply.try_send(Ok(s.addr));
+                } else {
+                    match self.control.dial(now, Clock::wall_ms(), key, addr) {
+                        Ok(()) => self.dials.push((key.node_id(), reply)),
+                        Err(e) => {
+                            let _ = reply.try_send(Err(e.into()));
+                        }
+                    }
+                }
+            }
+            Command::SendData { key, bytes, reply } => {
+                let _ = reply.try_send(self.control.send_data(now, &key, &bytes));
+            }
+            Command::Lookup { at, key, reply } => match self.control.lookup(now, at, key) {
+                Ok(query) => {
+                    self.lookups.insert(query, reply);
+                }
+                Err(e) => {
+                    let _ = reply.try_send(Err(e.into()));
+                }
+            },
+            Command::Session { key, reply } => {
+                let _ = reply.try_send(self.control.session(&key));
+            }
             Command::Shutdown => {}
         }
     }
@@ -643,6 +896,37 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                 if let Some(rtt) = rtt {
                     let _ = self.agent.handle_rtt(peer, rtt);
                 }
+                self.dials.retain(|(p, reply)| {
+                    if *p == peer {
+                        let _ = reply.try_send(Ok(addr));
+                    }
+                    *p != peer
+                });
+            }
+            ControlInput::SessionFailed { peer, error } => {
+                self.dials.retain(|(p, reply)| {
+                    if *p == peer {
+                        let _ = reply.try_send(Err(SessionRequestError::Handshake(error)));
+                    }
+                    *p != peer
+                });
+            }
+            ControlInput::ClockOffset { peer, offset_ms } => {
+                let _ = self.agent.handle_clock_offset(peer, offset_ms);
+            }
+            ControlInput::Data { peer, payload } => {
+                // Full inbox: drop, as a socket buffer would.
+                let _ = self.data_tx.try_send((peer, payload));
+            }
+            ControlInput::LookupAnswer { answer, .. } => {
+                if let (true, Some((reflex, class))) = (answer.online, answer.announced) {
+                    let _ =
+                        self.agent
+                            .handle_peer_announcement(answer.key.node_id(), reflex, class);
+                }
+                if let Some(reply) = self.lookups.remove(&answer.query) {
+                    let _ = reply.try_send(Ok(answer));
+                }
             }
             ControlInput::SessionDown { peer } => self.agent.handle_session_down(now, peer),
             ControlInput::Announcement {
@@ -662,35 +946,49 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
     }
 
     /// Drains the agent in the documented order: transmits, then events.
+    /// Sends one datagram from the node's socket (through the test filter).
+    async fn send_datagram(&mut self, to: SocketAddr, bytes: &[u8]) {
+        if self.filter.as_ref().is_some_and(|f| f(to, bytes)) {
+            return;
+        }
+        let socket = &self.socket;
+        if let Err(e) = poll_fn(|cx| socket.poll_send_to(cx, bytes, to)).await {
+            self.publish(NodeEvent::SocketError {
+                op: "send",
+                kind: e.kind(),
+            });
+        }
+    }
+
+    /// Sends what the control plane has queued for the socket.
+    async fn flush_control(&mut self) {
+        while let Some((to, bytes)) = self.control.poll_transmit() {
+            self.send_datagram(to, &bytes).await;
+        }
+    }
+
     async fn drain(&mut self) {
+        let now = self.clock.now();
         while let Some(t) = self.agent.poll_transmit() {
             match t {
                 Transmit::Control {
                     to,
                     channel,
                     payload,
-                } => self.control.send(to, channel, payload.as_bytes()),
+                } => self.control.send(now, to, channel, payload.as_bytes()),
                 Transmit::Datagram { to, payload, .. } => {
-                    let bytes = payload.as_bytes();
-                    if self.filter.as_ref().is_some_and(|f| f(to, bytes)) {
-                        continue;
-                    }
-                    let socket = &self.socket;
-                    if let Err(e) = poll_fn(|cx| socket.poll_send_to(cx, bytes, to)).await {
-                        self.publish(NodeEvent::SocketError {
-                            op: "send",
-                            kind: e.kind(),
-                        });
-                    }
+                    self.send_datagram(to, payload.as_bytes()).await;
                 }
             }
         }
+        self.flush_control().await;
         // The snapshot first, so that whoever a reply below wakes sees
         // statistics and classification that include what it is told.
         {
             let mut s = lock(&self.shared);
             s.classification = self.agent.classification();
             s.stats = self.agent.stats();
+            s.session_stats = self.control.session_stats();
         }
         while let Some(e) = self.agent.poll_event() {
             match e {
@@ -736,7 +1034,7 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                     });
                 }
                 Event::ClassificationChanged { class, reflex } => {
-                    self.control.announce(reflex, class)
+                    self.control.announce(self.clock.now(), reflex, class)
                 }
                 Event::ReflexProbed {
                     probe_id, result, ..
@@ -749,5 +1047,14 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
             }
             self.publish(NodeEvent::Agent(e));
         }
+        // Announcements the events above made.
+        self.flush_control().await;
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }

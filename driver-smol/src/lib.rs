@@ -21,6 +21,9 @@ use natrix_driver_core::{BoxFuture, Runtime, UdpSocket};
 /// A natrix node on smol.
 pub type Node = natrix_driver_core::Node<Smol>;
 
+/// A natrix coordinator service on smol.
+pub type Coordinator = natrix_driver_core::Coordinator<Smol>;
+
 /// smol's global executor and async-io's reactor, as a natrix [`Runtime`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Smol;

@@ -34,6 +34,9 @@ use natrix_driver_core::{BoxFuture, Runtime, UdpSocket};
 /// A natrix node on tokio.
 pub type Node = natrix_driver_core::Node<Tokio>;
 
+/// A natrix coordinator service on tokio.
+pub type Coordinator = natrix_driver_core::Coordinator<Tokio>;
+
 /// The tokio runtime, as a natrix [`Runtime`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Tokio;

@@ -19,6 +19,8 @@ use crate::control::InProcessHub;
 use crate::node::{Node, NodeConfig, Reclassified};
 use crate::runtime::Runtime;
 
+pub mod net;
+
 /// IPv4 loopback.
 pub const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// IPv6 loopback.
@@ -569,6 +571,62 @@ pub async fn punch_loopback_demo<R: Runtime>(rt: R) -> Result<(), String> {
 #[macro_export]
 macro_rules! e2e_suite {
     ($block_on:path, $rt:expr) => {
+        #[test]
+        fn net_punch_and_data_v4() {
+            $block_on($crate::testkit::net::net_punch_and_data(
+                $rt,
+                $crate::testkit::V4,
+            ))
+        }
+        #[test]
+        fn net_punch_and_data_v6() {
+            $block_on($crate::testkit::net::net_punch_and_data(
+                $rt,
+                $crate::testkit::V6,
+            ))
+        }
+        #[test]
+        fn net_wrong_key_v4() {
+            $block_on($crate::testkit::net::net_wrong_key(
+                $rt,
+                $crate::testkit::V4,
+            ))
+        }
+        #[test]
+        fn net_wrong_key_v6() {
+            $block_on($crate::testkit::net::net_wrong_key(
+                $rt,
+                $crate::testkit::V6,
+            ))
+        }
+        #[test]
+        fn s2_s6_net_replay_and_spoof_v4() {
+            $block_on($crate::testkit::net::net_replay_and_spoof(
+                $rt,
+                $crate::testkit::V4,
+            ))
+        }
+        #[test]
+        fn s2_s6_net_replay_and_spoof_v6() {
+            $block_on($crate::testkit::net::net_replay_and_spoof(
+                $rt,
+                $crate::testkit::V6,
+            ))
+        }
+        #[test]
+        fn s5_net_handshake_flood_v4() {
+            $block_on($crate::testkit::net::net_handshake_flood(
+                $rt,
+                $crate::testkit::V4,
+            ))
+        }
+        #[test]
+        fn s5_net_handshake_flood_v6() {
+            $block_on($crate::testkit::net::net_handshake_flood(
+                $rt,
+                $crate::testkit::V6,
+            ))
+        }
         #[test]
         fn punch_succeeds_v4() {
             $block_on($crate::testkit::punch_succeeds($rt, $crate::testkit::V4))

@@ -1,0 +1,543 @@
+//! The networked control plane: natrix's own authenticated UDP sessions on
+//! the node's socket.
+//!
+//! [`SessionControl`] implements [`ControlPlane`] over a
+//! [`natrix_session::Endpoint`]. It does no I/O itself: the node's task hands
+//! it the session datagrams its socket receives and sends what it yields from
+//! the same socket, so the address a coordinator sees a session at is the very
+//! NAT mapping the punch's keep-alives use (as Net does).
+//!
+//! What travels where is in [`wire`]. Besides the agent's rendezvous and
+//! reflex messages it carries:
+//!
+//! * **announcements** — each node sends its own (reflex, class) to every
+//!   session peer; a coordinator (a node built with
+//!   [`SessionControlConfig::serve`]) vouches for a peer's announcement to the
+//!   other side right before it introduces them, which is how an endpoint
+//!   learns the announcement R4 checks an introduce against. A vouched
+//!   announcement is accepted only from a coordinator this node dialled;
+//! * **directory lookups** — "is this public key online at you?", answered
+//!   by serving nodes with the peer's announcement when it has one;
+//! * **application data** between two peers' own session (after a punch, the
+//!   peers dial each other over the punched path: the coordinator never holds
+//!   their keys and cannot impersonate either end).
+//!
+//! Coordinators listed in the configuration are dialled at start and redialled
+//! with backoff (1 s doubling to 30 s) whenever their session fails or dies.
+
+pub mod wire;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use natrix_proto::wire::{NodeId, RendezvousMessage};
+use natrix_proto::{Channel, Instant, NatClass};
+use natrix_session::{
+    Endpoint, Keypair, PublicKey, Received, SendError, SessionConfig, SessionEvent, SessionInfo,
+    SessionStats,
+};
+use tracing::{debug, trace};
+
+use self::wire::{
+    AnnouncementMsg, CH_ANNOUNCEMENT, CH_DATA, CH_DIRECTORY_ANSWER, CH_DIRECTORY_LOOKUP, Lookup,
+    LookupAnswer, agent_channel, channel_byte,
+};
+use crate::control::{ControlError, ControlInput, ControlPlane};
+
+/// Most inputs held for the node's task, and most datagrams waiting to be
+/// sent; beyond either, new items are dropped (UDP semantics) and counted.
+pub const QUEUE_LIMIT: usize = 4096;
+
+const REDIAL_FIRST: Duration = Duration::from_secs(1);
+const REDIAL_MAX: Duration = Duration::from_secs(30);
+
+/// How to build a [`SessionControl`].
+#[derive(Clone, Debug, Default)]
+pub struct SessionControlConfig {
+    /// The session layer's timers and bounds.
+    pub session: SessionConfig,
+    /// Coordinators to keep a session with: dialled at start, redialled with
+    /// backoff when their session fails or dies.
+    pub coordinators: Vec<(PublicKey, SocketAddr)>,
+    /// Serve as a coordinator: answer directory lookups and vouch for a peer's
+    /// announcement when introducing it.
+    pub serve: bool,
+}
+
+
+#[derive(Clone, Copy, Debug)]
+struct Redial {
+    addr: SocketAddr,
+    at: Option<Instant>,
+    backoff: Duration,
+}
+
+/// The networked control plane (see the [module docs](self)).
+pub struct SessionControl {
+    endpoint: Endpoint,
+    serve: bool,
+    /// Coordinators we keep a session with, and when to dial each next.
+    coordinators: BTreeMap<PublicKey, Redial>,
+    /// Peers with a live session.
+    live: BTreeSet<PublicKey>,
+    /// Session peers' own announcements (removed when their session ends).
+    announced: BTreeMap<NodeId, (SocketAddr, NatClass)>,
+    mine: Option<(SocketAddr, NatClass)>,
+    inbox: VecDeque<ControlInput>,
+    outbox: VecDeque<(SocketAddr, Vec<u8>)>,
+    scratch: Vec<u8>,
+    next_query: u32,
+    dropped: u64,
+}
+
+impl fmt::Debug for SessionControl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionControl")
+            .field("key", &self.endpoint.public_key())
+            .field("serve", &self.serve)
+            .field("coordinators", &self.coordinators.len())
+            .field("inbox", &self.inbox.len())
+            .field("outbox", &self.outbox.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionControl {
+    /// A control plane for the node whose static key is `keypair`. `seed` is
+    /// the session layer's only randomness: 32 bytes from the OS RNG in real
+    /// use ([`crate::os_seed`]), fixed in tests.
+    #[must_use]
+    pub fn new(keypair: Keypair, config: SessionControlConfig, seed: [u8; 32]) -> Self {
+        let coordinators = config
+            .coordinators
+            .iter()
+            .map(|(k, addr)| {
+                (
+                    *k,
+                    Redial {
+                        addr: *addr,
+                        at: Some(Instant::ZERO),
+                        backoff: REDIAL_FIRST,
+                    },
+                )
+            })
+            .collect();
+        SessionControl {
+            endpoint: Endpoint::new(keypair, config.session, seed),
+            serve: config.serve,
+            coordinators,
+            live: BTreeSet::new(),
+            announced: BTreeMap::new(),
+            mine: None,
+            inbox: VecDeque::new(),
+            outbox: VecDeque::new(),
+            scratch: vec![0; natrix_session::MAX_PACKET],
+            next_query: 1,
+            dropped: 0,
+        }
+    }
+
+    /// The session endpoint (for inspection).
+    #[must_use]
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Inputs or datagrams dropped because a queue was full.
+    #[must_use]
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    fn push_input(&mut self, input: ControlInput) {
+        if self.inbox.len() >= QUEUE_LIMIT {
+            self.dropped += 1;
+            return;
+        }
+        self.inbox.push_back(input);
+    }
+
+    fn push_datagram(&mut self, to: SocketAddr, len: usize) {
+        if self.outbox.len() >= QUEUE_LIMIT {
+            self.dropped += 1;
+            return;
+        }
+        let bytes = self.scratch.get(..len).unwrap_or(&[]).to_vec();
+        self.outbox.push_back((to, bytes));
+    }
+
+    /// Seals `payload` on `channel` to `key` and queues the datagram.
+    fn seal(
+        &mut self,
+        now: Instant,
+        key: &PublicKey,
+        channel: u8,
+        payload: &[u8],
+    ) -> Result<(), ControlError> {
+        if payload.len() > natrix_session::MAX_PAYLOAD {
+            return Err(ControlError::TooLarge {
+                len: payload.len(),
+                max: natrix_session::MAX_PAYLOAD,
+            });
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let result = self.endpoint.send(now, key, channel, payload, &mut scratch);
+        self.scratch = scratch;
+        match result {
+            Ok(Some((to, len))) => {
+                self.push_datagram(to, len);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(SendError::NoSession) => Err(ControlError::NoSession(key.node_id())),
+            Err(e) => {
+                debug!(peer = %key, error = %e, "session send refused");
+                Err(ControlError::Session("send refused by the session layer"))
+            }
+        }
+    }
+
+    fn is_coordinator(&self, key: &PublicKey) -> bool {
+        self.coordinators.contains_key(key)
+    }
+
+    fn send_own_announcement(&mut self, now: Instant, to: &PublicKey) {
+        if let Some((reflex, class)) = self.mine {
+            let mut buf = Vec::with_capacity(32);
+            AnnouncementMsg::Own { reflex, class }.encode(&mut buf);
+            let _ = self.seal(now, to, CH_ANNOUNCEMENT, &buf);
+        }
+    }
+
+    /// Moves the endpoint's datagrams to the outbox.
+    fn take_transmits(&mut self) {
+        loop {
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let next = self.endpoint.poll_transmit(&mut scratch);
+            self.scratch = scratch;
+            match next {
+                Some((to, len)) => self.push_datagram(to, len),
+                None => break,
+            }
+        }
+    }
+
+    /// Drains the endpoint: datagrams, then events (which may queue more).
+    fn drain_endpoint(&mut self, now: Instant) {
+        self.take_transmits();
+        while let Some(ev) = self.endpoint.poll_event() {
+            self.session_event(now, ev);
+        }
+        self.take_transmits();
+    }
+
+    fn session_event(&mut self, now: Instant, ev: SessionEvent) {
+        match ev {
+            SessionEvent::Up {
+                peer,
+                node,
+                addr,
+                rtt,
+                ..
+            } => {
+                debug!(%peer, %addr, "session up");
+                self.live.insert(peer);
+                if let Some(r) = self.coordinators.get_mut(&peer) {
+                    r.at = None;
+                    r.backoff = REDIAL_FIRST;
+                }
+                self.push_input(ControlInput::SessionUp {
+                    peer: node,
+                    addr,
+                    rtt,
+                });
+                self.send_own_announcement(now, &peer);
+            }
+            SessionEvent::AddrChanged {
+                peer,
+                node,
+                old,
+                new,
+            } => {
+                debug!(%peer, %old, %new, "session moved (S6: authenticated packet from a new address)");
+                let rtt = self.endpoint.session(&peer).and_then(|s| s.rtt);
+                self.push_input(ControlInput::SessionUp {
+                    peer: node,
+                    addr: new,
+                    rtt,
+                });
+            }
+            SessionEvent::ClockOffset {
+                node, offset_ms, ..
+            } => self.push_input(ControlInput::ClockOffset {
+                peer: node,
+                offset_ms,
+            }),
+            SessionEvent::Down { peer, node, reason } => {
+                debug!(%peer, ?reason, "session down");
+                self.live.remove(&peer);
+                self.announced.remove(&node);
+                self.schedule_redial(now, &peer);
+                self.push_input(ControlInput::SessionDown { peer: node });
+            }
+            SessionEvent::HandshakeFailed { peer, addr, error } => {
+                debug!(%peer, %addr, %error, "handshake failed");
+                self.schedule_redial(now, &peer);
+                self.push_input(ControlInput::SessionFailed {
+                    peer: peer.node_id(),
+                    error,
+                });
+            }
+            #[allow(unreachable_patterns)]
+            _ => {}
+        }
+    }
+
+    fn schedule_redial(&mut self, now: Instant, key: &PublicKey) {
+        if let Some(r) = self.coordinators.get_mut(key) {
+            r.at = Some(now.saturating_add(r.backoff));
+            r.backoff = (r.backoff * 2).min(REDIAL_MAX);
+        }
+    }
+
+    fn received(
+        &mut self,
+        now: Instant,
+        peer: PublicKey,
+        node: NodeId,
+        from: SocketAddr,
+        channel: u8,
+        payload: &[u8],
+    ) {
+        if let Some(ch) = agent_channel(channel) {
+            self.push_input(ControlInput::Message {
+                peer: node,
+                session_addr: from,
+                channel: ch,
+                payload: payload.to_vec(),
+            });
+            return;
+        }
+        match channel {
+            CH_ANNOUNCEMENT => match AnnouncementMsg::decode(payload) {
+                Ok(AnnouncementMsg::Own { reflex, class }) => {
+                    self.announced.insert(node, (reflex, class));
+                    self.push_input(ControlInput::Announcement {
+                        peer: node,
+                        reflex,
+                        class,
+                    });
+                }
+                Ok(AnnouncementMsg::Vouched {
+                    peer: about,
+                    reflex,
+                    class,
+                }) if self.is_coordinator(&peer) => {
+                    self.push_input(ControlInput::Announcement {
+                        peer: about,
+                        reflex,
+                        class,
+                    });
+                }
+                Ok(AnnouncementMsg::Vouched { .. }) => {
+                    trace!(%peer, "vouched announcement from a non-coordinator ignored");
+                }
+                Err(e) => trace!(%peer, error = %e, "bad announcement dropped"),
+            },
+            CH_DIRECTORY_LOOKUP if self.serve => match Lookup::decode(payload) {
+                Ok(l) => {
+                    let online = self.endpoint.session(&l.key).is_some();
+                    let answer = LookupAnswer {
+                        query: l.query,
+                        key: l.key,
+                        online,
+                        announced: if online {
+                            self.announced.get(&l.key.node_id()).copied()
+                        } else {
+                            None
+                        },
+                    };
+                    let mut buf = Vec::with_capacity(64);
+                    answer.encode(&mut buf);
+                    let _ = self.seal(now, &peer, CH_DIRECTORY_ANSWER, &buf);
+                }
+                Err(e) => trace!(%peer, error = %e, "bad lookup dropped"),
+            },
+            CH_DIRECTORY_ANSWER => match LookupAnswer::decode(payload) {
+                Ok(answer) => self.push_input(ControlInput::LookupAnswer { from: node, answer }),
+                Err(e) => trace!(%peer, error = %e, "bad directory answer dropped"),
+            },
+            CH_DATA => self.push_input(ControlInput::Data {
+                peer,
+                payload: payload.to_vec(),
+            }),
+            other => trace!(%peer, channel = other, "message on an unknown channel dropped"),
+        }
+    }
+}
+
+impl ControlPlane for SessionControl {
+    fn send(&mut self, now: Instant, peer: NodeId, channel: Channel, payload: &[u8]) {
+        let Some(key) = self.endpoint.peer_by_node_id(peer) else {
+            trace!(?peer, "control message to a peer without a session dropped");
+            return;
+        };
+        let ch = channel_byte(channel);
+        if ch == 0 {
+            return;
+        }
+        // A coordinator vouches for the introduced peer's announcement right
+        // before the introduce, so that the endpoint can check R4.
+        if self.serve && channel == Channel::Rendezvous {
+            if let Ok(RendezvousMessage::Introduce(intro)) = RendezvousMessage::decode(payload) {
+                if let Some(&(reflex, class)) = self.announced.get(&intro.peer) {
+                    let mut buf = Vec::with_capacity(32);
+                    AnnouncementMsg::Vouched {
+                        peer: intro.peer,
+                        reflex,
+                        class,
+                    }
+                    .encode(&mut buf);
+                    let _ = self.seal(now, &key, CH_ANNOUNCEMENT, &buf);
+                }
+            }
+        }
+        if let Err(e) = self.seal(now, &key, ch, payload) {
+            trace!(?peer, error = %e, "control message dropped");
+        }
+        self.drain_endpoint(now);
+    }
+
+    fn announce(&mut self, now: Instant, reflex: SocketAddr, class: NatClass) {
+        self.mine = Some((reflex, class));
+        let peers: Vec<PublicKey> = self.live.iter().copied().collect();
+        for p in peers {
+            self.send_own_announcement(now, &p);
+        }
+        self.drain_endpoint(now);
+    }
+
+    fn poll_recv(&mut self, _cx: &mut Context<'_>) -> Poll<Option<ControlInput>> {
+        // Filled only from the task's own calls, which poll again after each.
+        match self.inbox.pop_front() {
+            Some(i) => Poll::Ready(Some(i)),
+            None => Poll::Pending,
+        }
+    }
+
+    fn public_key(&self) -> Option<PublicKey> {
+        Some(self.endpoint.public_key())
+    }
+
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) -> bool {
+        let delivered = match self.endpoint.handle_datagram(now, wall_ms, from, datagram) {
+            Received::Data {
+                peer,
+                node,
+                from,
+                channel,
+                payload,
+            } => Some((peer, node, from, channel, payload.to_vec())),
+            Received::Consumed => None,
+            Received::Dropped(reason) => {
+                trace!(%from, ?reason, "session datagram dropped");
+                None
+            }
+        };
+        if let Some((peer, node, from, channel, payload)) = delivered {
+            self.received(now, peer, node, from, channel, &payload);
+        }
+        self.drain_endpoint(now);
+        true
+    }
+
+    fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.outbox.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let redial = self.coordinators.values().filter_map(|r| r.at).min();
+        match (self.endpoint.poll_timeout(), redial) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant, wall_ms: u64) {
+        self.endpoint.handle_timeout(now, wall_ms);
+        let due: Vec<(PublicKey, SocketAddr)> = self
+            .coordinators
+            .iter()
+            .filter(|(_, r)| r.at.is_some_and(|t| t <= now))
+            .map(|(k, r)| (*k, r.addr))
+            .collect();
+        for (key, addr) in due {
+            if let Some(r) = self.coordinators.get_mut(&key) {
+                r.at = None;
+            }
+            debug!(coordinator = %key, %addr, "dialling coordinator");
+            if let Err(e) = self.endpoint.connect(now, wall_ms, key, addr) {
+                debug!(coordinator = %key, error = %e, "dial refused");
+                self.schedule_redial(now, &key);
+            }
+        }
+        self.drain_endpoint(now);
+    }
+
+    fn dial(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        key: PublicKey,
+        addr: SocketAddr,
+    ) -> Result<(), ControlError> {
+        let r = self.endpoint.connect(now, wall_ms, key, addr);
+        self.drain_endpoint(now);
+        r.map_err(|e| {
+            debug!(peer = %key, %addr, error = %e, "dial refused");
+            ControlError::Session("dial refused by the session layer")
+        })
+    }
+
+    fn send_data(
+        &mut self,
+        now: Instant,
+        key: &PublicKey,
+        data: &[u8],
+    ) -> Result<(), ControlError> {
+        let r = self.seal(now, key, CH_DATA, data);
+        self.drain_endpoint(now);
+        r
+    }
+
+    fn lookup(&mut self, now: Instant, at: NodeId, key: PublicKey) -> Result<u32, ControlError> {
+        let coordinator = self
+            .endpoint
+            .peer_by_node_id(at)
+            .ok_or(ControlError::NoSession(at))?;
+        let query = self.next_query;
+        self.next_query = self.next_query.wrapping_add(1).max(1);
+        let mut buf = Vec::with_capacity(40);
+        Lookup { query, key }.encode(&mut buf);
+        let r = self.seal(now, &coordinator, CH_DIRECTORY_LOOKUP, &buf);
+        self.drain_endpoint(now);
+        r.map(|()| query)
+    }
+
+    fn session(&self, key: &PublicKey) -> Option<SessionInfo> {
+        self.endpoint.session(key)
+    }
+
+    fn session_stats(&self) -> Option<SessionStats> {
+        Some(self.endpoint.stats())
+    }
+}

@@ -1,0 +1,301 @@
+//! The networked half of the end-to-end suite: a coordinator and two peers
+//! that talk only through their UDP sockets, over natrix's authenticated
+//! sessions (no in-process hub). Loopback only.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_lite::future;
+use natrix_proto::{Instant, NatClass, PathMethod};
+use natrix_session::{Endpoint, HandshakeError, Keypair, PublicKey, SessionConfig};
+
+use super::{sleep, test_config, within};
+use crate::coordinator::{Coordinator, CoordinatorConfig};
+use crate::net::{SessionControl, SessionControlConfig};
+use crate::node::{DatagramFilter, Node, NodeConfig, SessionRequestError};
+use crate::runtime::Runtime;
+
+/// A fixed test identity (never use fixed secrets outside tests).
+#[must_use]
+pub fn test_keypair(n: u8) -> Keypair {
+    let mut secret = [n; 32];
+    secret[0] = 0x4e;
+    Keypair::from_secret(secret)
+}
+
+/// Session timers for tests: a dial to a wrong key gives up after about a
+/// second instead of five.
+#[must_use]
+pub fn test_session_config() -> SessionConfig {
+    SessionConfig {
+        handshake_retry: Duration::from_millis(150),
+        handshake_timeout: Duration::from_millis(1_000),
+        ..SessionConfig::default()
+    }
+}
+
+fn seed(n: u8) -> [u8; 32] {
+    [n.wrapping_mul(31).wrapping_add(7); 32]
+}
+
+/// A coordinator R and two peers A, B with sessions to it.
+#[derive(Debug)]
+pub struct NetTrio<R: Runtime> {
+    /// The coordinator.
+    pub r: Coordinator<R>,
+    /// Requester.
+    pub a: Node<R>,
+    /// Responder.
+    pub b: Node<R>,
+    /// A's key.
+    pub ka: PublicKey,
+    /// B's key.
+    pub kb: PublicKey,
+}
+
+impl<R: Runtime> NetTrio<R> {
+    /// Shuts all three down.
+    pub async fn shutdown(&self) {
+        self.a.shutdown().await;
+        self.b.shutdown().await;
+        self.r.shutdown().await;
+    }
+}
+
+/// Starts a peer with identity `n` that keeps a session to `r`.
+pub fn net_peer<R: Runtime>(
+    rt: &R,
+    ip: IpAddr,
+    n: u8,
+    r: &Coordinator<R>,
+    filter: Option<DatagramFilter>,
+) -> Node<R> {
+    let kp = test_keypair(n);
+    let key = kp.public();
+    let control = SessionControl::new(
+        kp,
+        SessionControlConfig {
+            session: test_session_config(),
+            coordinators: vec![(r.public_key(), r.public_addr())],
+            serve: false,
+        },
+        seed(n),
+    );
+    let mut cfg = NodeConfig::for_key(&key, SocketAddr::new(ip, 0));
+    cfg.agent = test_config();
+    cfg.datagram_filter = filter;
+    let node = Node::spawn(rt.clone(), cfg, control).expect("bind");
+    node.set_local_classification(NatClass::Cone, node.local_addr());
+    node
+}
+
+/// Starts a coordinator whose session layer is configured by `session`.
+pub fn net_coordinator<R: Runtime>(rt: &R, ip: IpAddr, session: SessionConfig) -> Coordinator<R> {
+    let mut cfg = CoordinatorConfig::new(SocketAddr::new(ip, 0));
+    cfg.session = session;
+    cfg.agent = test_config();
+    Coordinator::spawn(rt.clone(), test_keypair(3), cfg, seed(3)).expect("bind")
+}
+
+/// Waits until `node` has a session to `key`.
+pub async fn wait_session<R: Runtime>(rt: &R, node: &Node<R>, key: PublicKey) {
+    within(rt, Duration::from_secs(5), async {
+        while node.session(key).await.is_none() {
+            sleep(rt, Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// A coordinator and two peers on `ip`, sessions up; A's outgoing datagrams
+/// pass `filter_a`.
+pub async fn net_trio<R: Runtime>(
+    rt: &R,
+    ip: IpAddr,
+    filter_a: Option<DatagramFilter>,
+) -> NetTrio<R> {
+    let r = net_coordinator(rt, ip, test_session_config());
+    let a = net_peer(rt, ip, 1, &r, filter_a);
+    let b = net_peer(rt, ip, 2, &r, None);
+    let (ka, kb) = (test_keypair(1).public(), test_keypair(2).public());
+    wait_session(rt, &a, r.public_key()).await;
+    wait_session(rt, &b, r.public_key()).await;
+    // Let the announcements reach R.
+    sleep(rt, Duration::from_millis(50)).await;
+    NetTrio { r, a, b, ka, kb }
+}
+
+/// Punch through the coordinator, then exchange data over the peers' own
+/// session on the punched path.
+pub async fn net_punch_and_data<R: Runtime>(rt: R, ip: IpAddr) {
+    let t = net_trio(&rt, ip, None).await;
+    let out = within(
+        &rt,
+        Duration::from_secs(5),
+        t.a.connect_direct(t.kb, t.r.public_key()),
+    )
+    .await
+    .expect("direct path");
+    assert_eq!(out.path, t.b.local_addr());
+    assert_eq!(out.method, PathMethod::Punched);
+    // A's session with B runs on the punched path, not through R.
+    let s = t.a.session(t.kb).await.expect("session to B");
+    assert_eq!(s.addr, t.b.local_addr());
+    t.a.send_data(t.kb, b"ping over the punched path")
+        .await
+        .expect("send");
+    let (from, bytes) = within(&rt, Duration::from_secs(2), t.b.recv_data())
+        .await
+        .expect("recv");
+    assert_eq!(
+        (from, &bytes[..]),
+        (t.ka, &b"ping over the punched path"[..])
+    );
+    t.b.send_data(t.ka, b"pong").await.expect("send");
+    let (from, bytes) = within(&rt, Duration::from_secs(2), t.a.recv_data())
+        .await
+        .expect("recv");
+    assert_eq!((from, &bytes[..]), (t.kb, &b"pong"[..]));
+    assert_eq!(t.a.stats().punches_succeeded, 1);
+    // R holds exactly its two sessions: the peers' own session is theirs.
+    assert_eq!(t.r.session_stats().sessions_live, 2);
+    t.shutdown().await;
+}
+
+/// Dialling a peer with the wrong public key fails with a typed error, and
+/// the peer does no handshake work for it.
+pub async fn net_wrong_key<R: Runtime>(rt: R, ip: IpAddr) {
+    let t = net_trio(&rt, ip, None).await;
+    let accepted = t.b.session_stats().expect("stats").handshakes_accepted;
+    let wrong = test_keypair(99).public();
+    let err = within(
+        &rt,
+        Duration::from_secs(5),
+        t.a.dial(wrong, t.b.local_addr()),
+    )
+    .await;
+    assert_eq!(
+        err,
+        Err(SessionRequestError::Handshake(HandshakeError::Timeout))
+    );
+    assert_eq!(
+        t.b.session_stats().expect("stats").handshakes_accepted,
+        accepted
+    );
+    t.shutdown().await;
+}
+
+/// Recv with a short patience: `None` when nothing arrives.
+async fn recv_quietly<R: Runtime>(rt: &R, node: &Node<R>) -> Option<(PublicKey, Vec<u8>)> {
+    future::or(async { node.recv_data().await.ok() }, async {
+        sleep(rt, Duration::from_millis(300)).await;
+        None
+    })
+    .await
+}
+
+/// S2 and S6 on real sockets: a captured transport packet replayed from
+/// another socket is dropped as a replay; a forged one fails to decrypt;
+/// neither moves B's session nor delivers anything.
+pub async fn net_replay_and_spoof<R: Runtime>(rt: R, ip: IpAddr) {
+    type Capture = Arc<Mutex<(Option<SocketAddr>, Option<Vec<u8>>)>>;
+    let capture: Capture = Arc::default();
+    let tap = capture.clone();
+    let filter: DatagramFilter = Arc::new(move |to, bytes| {
+        let mut c = tap.lock().expect("lock");
+        if c.0 == Some(to) && c.1.is_none() && bytes.first() == Some(&0xA4) {
+            c.1 = Some(bytes.to_vec());
+        }
+        false
+    });
+    let t = net_trio(&rt, ip, Some(filter)).await;
+    within(
+        &rt,
+        Duration::from_secs(5),
+        t.a.connect_direct(t.kb, t.r.public_key()),
+    )
+    .await
+    .expect("direct path");
+    capture.lock().expect("lock").0 = Some(t.b.local_addr());
+    t.a.send_data(t.kb, b"once").await.expect("send");
+    let (_, bytes) = within(&rt, Duration::from_secs(2), t.b.recv_data())
+        .await
+        .expect("recv");
+    assert_eq!(&bytes[..], b"once");
+    let packet = capture.lock().expect("lock").1.clone().expect("captured");
+
+    let before = t.b.session_stats().expect("stats");
+    let attacker = StdUdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind");
+    attacker.send_to(&packet, t.b.local_addr()).expect("send");
+    // A forgery with a fresh counter (bytes 8..16), so that it is not a
+    // replay: it must fail authentication.
+    let mut forged = packet.clone();
+    if let Some(counter) = forged.get_mut(8..16) {
+        let mut c = [0u8; 8];
+        c.copy_from_slice(counter);
+        counter.copy_from_slice(&(u64::from_be_bytes(c) + 1_000).to_be_bytes());
+    }
+    attacker.send_to(&forged, t.b.local_addr()).expect("send");
+    assert_eq!(recv_quietly(&rt, &t.b).await, None, "nothing delivered");
+    let after = t.b.session_stats().expect("stats");
+    assert!(
+        after.replays_dropped > before.replays_dropped,
+        "S2: replay dropped"
+    );
+    assert!(
+        after.decrypt_failures > before.decrypt_failures,
+        "forgery dropped"
+    );
+    let s = t.b.session(t.ka).await.expect("session to A");
+    assert_eq!(s.addr, t.a.local_addr(), "S6: the session did not move");
+    // The session still works both ways.
+    t.b.send_data(t.ka, b"still here").await.expect("send");
+    let (_, bytes) = within(&rt, Duration::from_secs(2), t.a.recv_data())
+        .await
+        .expect("recv");
+    assert_eq!(&bytes[..], b"still here");
+    t.shutdown().await;
+}
+
+/// S5 on real sockets: handshake initiations from many source ports push the
+/// coordinator into cookie mode; a legitimate peer still connects.
+pub async fn net_handshake_flood<R: Runtime>(rt: R, ip: IpAddr) {
+    let session = SessionConfig {
+        cookie_threshold: 8,
+        ..test_session_config()
+    };
+    let r = net_coordinator(&rt, ip, session);
+    let mut buf = vec![0u8; natrix_session::MAX_PACKET];
+    let mut sockets = Vec::new();
+    for i in 0..200u32 {
+        let mut secret = [0u8; 32];
+        secret[..4].copy_from_slice(&i.to_be_bytes());
+        secret[31] = 0x77;
+        let mut ep = Endpoint::new(
+            Keypair::from_secret(secret),
+            SessionConfig::default(),
+            [9; 32],
+        );
+        ep.connect(Instant::ZERO, 1, r.public_key(), r.public_addr())
+            .expect("connect");
+        let sock = StdUdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind");
+        while let Some((to, len)) = ep.poll_transmit(&mut buf) {
+            sock.send_to(&buf[..len], to).expect("send");
+        }
+        sockets.push(sock);
+    }
+    sleep(&rt, Duration::from_millis(200)).await;
+    let stats = r.session_stats();
+    assert!(
+        stats.cookies_sent > 0,
+        "S5: cookies under a flood: {stats:?}"
+    );
+    // A legitimate peer gets through (echoing a cookie if it is sent one).
+    let c = net_peer(&rt, ip, 7, &r, None);
+    wait_session(&rt, &c, r.public_key()).await;
+    assert!(r.session_stats().handshakes_accepted >= 1);
+    drop(sockets);
+    c.shutdown().await;
+    r.shutdown().await;
+}

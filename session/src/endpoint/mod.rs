@@ -1,0 +1,1388 @@
+//! The [`Endpoint`]: many authenticated sessions on one socket.
+//!
+//! Sans-IO: the caller feeds datagrams, time (`Instant` plus Unix wall-clock
+//! ms) and payloads in, and takes datagrams and events out. Every random
+//! byte comes from a ChaCha20 CSPRNG seeded by [`Endpoint::new`], so the same
+//! seed and the same inputs give byte-identical outputs.
+//!
+//! Costs: a transport packet (either direction) does one ordered-map lookup
+//! by receiver index, one AEAD operation and one O(log n) update of the
+//! per-peer deadline heap; it allocates nothing. [`Endpoint::poll_timeout`] is
+//! O(1) (the heap's top); [`Endpoint::handle_timeout`] visits only the peers
+//! whose deadline has passed.
+
+mod config;
+mod noise;
+mod peer;
+mod timers;
+mod types;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use natrix_proto::time::duration_to_millis;
+use natrix_proto::{Instant, NodeId};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+use snow::params::NoiseParams;
+use tracing::{debug, trace};
+
+use crate::cookie::{self, CookieSecret, Mac, RateMeter};
+use crate::demux::PacketType;
+use crate::identity::{Keypair, PublicKey};
+use crate::replay::ReplayWindow;
+use crate::wire::{self, MAC_LEN, MAX_PACKET, MAX_PAYLOAD, TAG_LEN, TRANSPORT_HEADER_LEN};
+
+pub use config::{ConfigError, SessionConfig};
+pub use noise::{NOISE_PATTERN, NOISE_PROLOGUE};
+pub use types::{
+    DownReason, DropReason, HandshakeError, Received, SendError, SessionError, SessionEvent,
+    SessionInfo, SessionStats,
+};
+
+use peer::{Handshake, Keys, Peer, Queued};
+use timers::DeadlineHeap;
+
+/// A datagram or session message waiting for [`Endpoint::poll_transmit`].
+enum Outgoing {
+    /// Bytes ready to go (handshake messages, cookie replies, flushed queue).
+    Datagram { addr: SocketAddr, bytes: Vec<u8> },
+    /// A channel-0 message, sealed when polled (no allocation).
+    Control {
+        slot: usize,
+        key: PublicKey,
+        msg: Control,
+    },
+}
+
+#[derive(Clone, Copy)]
+enum Control {
+    Keepalive,
+    Ping { wall: u64 },
+    Pong { echo: u64, wall: u64 },
+}
+
+/// Many authenticated sessions (Noise IK) over one UDP socket, keyed by the
+/// peer's public key. See the crate docs for the run loop.
+pub struct Endpoint {
+    keypair: Keypair,
+    public: PublicKey,
+    node: NodeId,
+    config: SessionConfig,
+    params: NoiseParams,
+    rng: ChaCha20Rng,
+    /// mac1 key of messages to us.
+    mac1_key: [u8; 32],
+    /// Key sealing the cookie replies we send.
+    cookie_key: [u8; 32],
+    cookie_secret: Option<CookieSecret>,
+    meter: Option<RateMeter>,
+    peers: Vec<Option<Peer>>,
+    free: Vec<usize>,
+    by_key: BTreeMap<PublicKey, usize>,
+    by_node: BTreeMap<NodeId, PublicKey>,
+    by_index: BTreeMap<u32, usize>,
+    /// (slot, local index) of half-open responder handshakes, oldest first
+    /// (entries go stale when the handshake is confirmed or expires).
+    half_open: VecDeque<(usize, u32)>,
+    half_open_count: usize,
+    /// Latest init timestamp accepted per initiator key (handshake-replay rule).
+    init_ts: BTreeMap<PublicKey, u64>,
+    init_ts_order: VecDeque<PublicKey>,
+    last_ts_sent: u64,
+    live: usize,
+    timers: DeadlineHeap,
+    transmits: VecDeque<Outgoing>,
+    events: VecDeque<SessionEvent>,
+    /// Receive buffer: `Received::Data` borrows it.
+    scratch: Box<[u8]>,
+    /// Seal buffer (channel ‖ payload).
+    plain: Box<[u8]>,
+    stats: SessionStats,
+    node_id_fn: fn(&PublicKey) -> NodeId,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("public", &self.public)
+            .field("node", &self.node)
+            .field("peers", &self.by_key.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+fn clamp_i64(v: i128) -> i64 {
+    i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// NTP-style offset: the peer's reading `peer_wall` was taken about half a
+/// round trip after our reading `our_wall`.
+fn clock_offset(our_wall: u64, peer_wall: u64, rtt: Duration) -> i64 {
+    let half = i128::from(duration_to_millis(rtt)) / 2;
+    clamp_i64(i128::from(peer_wall) - (i128::from(our_wall) + half))
+}
+
+/// Seals `plain` with `keys` into `out` as a transport packet.
+fn seal_into(keys: &mut Keys, plain: &[u8], out: &mut [u8]) -> Option<usize> {
+    let total = TRANSPORT_HEADER_LEN + plain.len() + TAG_LEN;
+    if out.len() < total || !keys.usable() {
+        return None;
+    }
+    wire::put_header(out, PacketType::Transport);
+    out[4..8].copy_from_slice(&keys.remote.to_be_bytes());
+    out[8..16].copy_from_slice(&keys.send_counter.to_be_bytes());
+    let n = keys
+        .transport
+        .write_message(
+            keys.send_counter,
+            plain,
+            &mut out[TRANSPORT_HEADER_LEN..total],
+        )
+        .ok()?;
+    debug_assert_eq!(n, plain.len() + TAG_LEN);
+    keys.send_counter += 1;
+    Some(total)
+}
+
+impl Endpoint {
+    /// A new endpoint with identity `keypair`; every random choice (Noise
+    /// ephemerals, indices, cookie secrets and nonces) derives from `seed`.
+    ///
+    /// # Panics
+    /// When `config` fails [`SessionConfig::validate`].
+    #[must_use]
+    pub fn new(keypair: Keypair, config: SessionConfig, seed: [u8; 32]) -> Self {
+        if let Err(e) = config.validate() {
+            panic!("invalid SessionConfig: {e}");
+        }
+        let public = keypair.public();
+        Endpoint {
+            node: public.node_id(),
+            mac1_key: cookie::derive_key(cookie::MAC1_DOMAIN, &public),
+            cookie_key: cookie::derive_key(cookie::COOKIE_DOMAIN, &public),
+            public,
+            keypair,
+            config,
+            params: noise::params(),
+            rng: ChaCha20Rng::from_seed(seed),
+            cookie_secret: None,
+            meter: None,
+            peers: Vec::new(),
+            free: Vec::new(),
+            by_key: BTreeMap::new(),
+            by_node: BTreeMap::new(),
+            by_index: BTreeMap::new(),
+            half_open: VecDeque::new(),
+            half_open_count: 0,
+            init_ts: BTreeMap::new(),
+            init_ts_order: VecDeque::new(),
+            last_ts_sent: 0,
+            live: 0,
+            timers: DeadlineHeap::default(),
+            transmits: VecDeque::with_capacity(16),
+            events: VecDeque::with_capacity(16),
+            scratch: vec![0u8; MAX_PACKET].into_boxed_slice(),
+            plain: vec![0u8; MAX_PAYLOAD + 1].into_boxed_slice(),
+            stats: SessionStats::default(),
+            node_id_fn: PublicKey::node_id,
+        }
+    }
+
+    /// Our public key.
+    #[must_use]
+    pub fn public_key(&self) -> PublicKey {
+        self.public
+    }
+
+    /// Our node id.
+    #[must_use]
+    pub fn node_id(&self) -> NodeId {
+        self.node
+    }
+
+    /// The configuration in force.
+    #[must_use]
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// Testing only: replaces the key → node id derivation (so tests can
+    /// build two keys with one node id, which the real hash makes infeasible).
+    #[doc(hidden)]
+    pub fn set_node_id_fn_for_testing(&mut self, f: fn(&PublicKey) -> NodeId) {
+        self.node = f(&self.public);
+        self.node_id_fn = f;
+    }
+
+    /// Dial `peer` at `addr` (IK initiator). Idempotent while a handshake or
+    /// session to that key exists (a different `addr` for an existing peer
+    /// does not move it: S6). Payloads `send` before the session is up are queued.
+    ///
+    /// # Errors
+    /// [`SessionError::OwnKey`], [`SessionError::NodeIdTaken`] (S1: the key's
+    /// node id is bound to another key), [`SessionError::TooManySessions`].
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        peer: PublicKey,
+        addr: SocketAddr,
+    ) -> Result<(), SessionError> {
+        if peer == self.public {
+            return Err(SessionError::OwnKey);
+        }
+        let node = (self.node_id_fn)(&peer);
+        if let Some(bound) = self.by_node.get(&node) {
+            if *bound != peer {
+                self.stats.handshakes_refused += 1;
+                debug!(%peer, node = ?node, %bound, "connect refused: node id bound to another key (S1)");
+                return Err(SessionError::NodeIdTaken { bound: *bound });
+            }
+        }
+        let slot = match self.by_key.get(&peer) {
+            Some(&slot) => {
+                let p = self.peer(slot);
+                if p.current.is_some() || p.handshake.is_some() {
+                    return Ok(());
+                }
+                slot
+            }
+            None => {
+                if self.by_key.len() >= self.config.max_sessions {
+                    return Err(SessionError::TooManySessions);
+                }
+                self.insert_peer(Peer::new(peer, node, addr, now))
+            }
+        };
+        self.stats.handshakes_initiated += 1;
+        debug!(%peer, %addr, "handshake start (connect)");
+        self.send_init(slot, now, wall_ms, now);
+        self.reschedule(slot);
+        Ok(())
+    }
+
+    /// Ends the session (or handshake) with `peer` at once, without telling
+    /// the peer; an established session reports `Down { reason: Closed }`.
+    pub fn close(&mut self, now: Instant, peer: &PublicKey) {
+        let _ = now;
+        if let Some(&slot) = self.by_key.get(peer) {
+            if self.peer(slot).up {
+                self.down(slot, DownReason::Closed);
+            } else {
+                self.remove_peer(slot);
+            }
+        }
+    }
+
+    /// One datagram that [`crate::demux::classify`] said is `Session(_)`, from `from`.
+    /// Any bytes are safe here: whatever is not a valid, authenticated,
+    /// fresh packet is `Dropped` (and counted) without any state change.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) -> Received<'_> {
+        let Some(kind) = wire::header(datagram) else {
+            return self.drop_malformed();
+        };
+        let outcome = match kind {
+            PacketType::HandshakeInit => self.on_init(now, wall_ms, from, datagram),
+            PacketType::HandshakeResponse => self.on_response(now, from, datagram),
+            PacketType::CookieReply => self.on_cookie(now, datagram),
+            PacketType::Transport => self.on_transport(now, wall_ms, from, datagram),
+        };
+        match outcome {
+            Outcome::Data { slot, len } => {
+                let p = self.peers[slot].as_ref().expect("slot just used");
+                Received::Data {
+                    peer: p.key,
+                    node: p.node,
+                    from,
+                    channel: self.scratch[0],
+                    payload: &self.scratch[1..len],
+                }
+            }
+            Outcome::Consumed => Received::Consumed,
+            Outcome::Dropped(r) => Received::Dropped(r),
+        }
+    }
+
+    /// Seal `payload` on `channel` (1..=255) for `peer` into `out` (at least
+    /// [`MAX_PACKET`] bytes is always enough). `Ok(Some((addr, len)))`: send
+    /// `out[..len]` to `addr` now; `Ok(None)`: queued until the handshake
+    /// completes (bounded by `queue_len`; the oldest is dropped and counted).
+    ///
+    /// # Errors
+    /// [`SendError::NoSession`] when there is neither a session nor a
+    /// handshake to that key; [`SendError::ReservedChannel`],
+    /// [`SendError::PayloadTooLarge`], [`SendError::BufferTooSmall`].
+    pub fn send(
+        &mut self,
+        now: Instant,
+        peer: &PublicKey,
+        channel: u8,
+        payload: &[u8],
+        out: &mut [u8],
+    ) -> Result<Option<(SocketAddr, usize)>, SendError> {
+        if channel == 0 {
+            return Err(SendError::ReservedChannel);
+        }
+        if payload.len() > MAX_PAYLOAD {
+            return Err(SendError::PayloadTooLarge {
+                len: payload.len(),
+                max: MAX_PAYLOAD,
+            });
+        }
+        let need = TRANSPORT_HEADER_LEN + 1 + payload.len() + TAG_LEN;
+        if out.len() < need {
+            return Err(SendError::BufferTooSmall {
+                len: out.len(),
+                need,
+            });
+        }
+        let Some(&slot) = self.by_key.get(peer) else {
+            return Err(SendError::NoSession);
+        };
+        let rekey_packets = self.config.rekey_after_packets;
+        let p = self.peers[slot].as_mut().expect("indexed slot");
+        if let Some(keys) = p.current.as_mut().filter(|k| k.usable()) {
+            self.plain[0] = channel;
+            self.plain[1..=payload.len()].copy_from_slice(payload);
+            let Some(n) = seal_into(keys, &self.plain[..=payload.len()], out) else {
+                return Err(SendError::BufferTooSmall {
+                    len: out.len(),
+                    need,
+                });
+            };
+            if keys.send_counter >= rekey_packets && p.rekey_at > now {
+                p.rekey_at = now;
+            }
+            p.last_sent = now;
+            let addr = p.addr;
+            self.stats.packets_sealed += 1;
+            self.reschedule(slot);
+            return Ok(Some((addr, n)));
+        }
+        if p.handshake.is_none() && p.next.is_none() && p.current.is_none() {
+            return Err(SendError::NoSession);
+        }
+        if p.queue.len() >= self.config.queue_len {
+            p.queue.pop_front();
+            self.stats.queued_dropped += 1;
+        }
+        p.queue.push_back(Queued {
+            channel,
+            payload: payload.to_vec(),
+        });
+        if p.current.is_some() && p.handshake.is_none() {
+            // Keys worn out: rekey now.
+            p.rekey_at = now;
+            self.reschedule(slot);
+        }
+        Ok(None)
+    }
+
+    /// Runs every timer that is due at `now`: handshake retries and give-up,
+    /// keep-alives, dead-session detection, rekeys, expiry of half-open
+    /// handshakes and of previous keys.
+    pub fn handle_timeout(&mut self, now: Instant, wall_ms: u64) {
+        // Every visit either removes the peer's due timer or moves it past
+        // `now`; the guard only protects against a logic error looping forever.
+        let mut guard = 4 * self.peers.len() + 16;
+        while let Some((t, slot)) = self.timers.peek() {
+            if t > now || guard == 0 {
+                break;
+            }
+            guard -= 1;
+            self.peer_timers(slot, now, wall_ms);
+        }
+    }
+
+    /// The earliest instant at which [`Endpoint::handle_timeout`] has work
+    /// (exact: the top of a per-peer deadline heap); `None` when idle.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|(t, _)| t)
+    }
+
+    /// The next datagram to send (handshakes, cookie replies, keep-alives,
+    /// clock pings/pongs, payloads queued during a handshake), written into
+    /// `out` (give it at least [`MAX_PACKET`] bytes).
+    pub fn poll_transmit(&mut self, out: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        while let Some(o) = self.transmits.pop_front() {
+            match o {
+                Outgoing::Datagram { addr, bytes } => {
+                    if out.len() < bytes.len() {
+                        debug!(
+                            len = bytes.len(),
+                            out = out.len(),
+                            "poll_transmit buffer too small; datagram dropped"
+                        );
+                        continue;
+                    }
+                    out[..bytes.len()].copy_from_slice(&bytes);
+                    return Some((addr, bytes.len()));
+                }
+                Outgoing::Control { slot, key, msg } => {
+                    let Some(p) = self.peers.get_mut(slot).and_then(Option::as_mut) else {
+                        continue;
+                    };
+                    if p.key != key {
+                        continue;
+                    }
+                    let addr = p.addr;
+                    let Some(keys) = p.current.as_mut() else {
+                        continue;
+                    };
+                    let plain = &mut self.plain;
+                    plain[0] = 0;
+                    let n = match msg {
+                        Control::Keepalive => {
+                            plain[1] = wire::control::KEEPALIVE;
+                            2
+                        }
+                        Control::Ping { wall } => {
+                            plain[1] = wire::control::PING;
+                            plain[2..10].copy_from_slice(&wall.to_be_bytes());
+                            10
+                        }
+                        Control::Pong { echo, wall } => {
+                            plain[1] = wire::control::PONG;
+                            plain[2..10].copy_from_slice(&echo.to_be_bytes());
+                            plain[10..18].copy_from_slice(&wall.to_be_bytes());
+                            18
+                        }
+                    };
+                    if let Some(len) = seal_into(keys, &plain[..n], out) {
+                        self.stats.packets_sealed += 1;
+                        return Some((addr, len));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The next session event.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// The established session with `peer`, if any.
+    #[must_use]
+    pub fn session(&self, peer: &PublicKey) -> Option<SessionInfo> {
+        let p = self.peer(*self.by_key.get(peer)?);
+        let keys = p.current.as_ref()?;
+        if !p.up {
+            return None;
+        }
+        Some(SessionInfo {
+            node: p.node,
+            addr: p.addr,
+            rtt: p.rtt,
+            clock_offset_ms: p.clock_offset_ms,
+            since: p.up_since,
+            initiator: keys.initiator,
+            rekeys: p.rekeys,
+        })
+    }
+
+    /// The key bound to node id `id` (a session, or a handshake in progress).
+    #[must_use]
+    pub fn peer_by_node_id(&self, id: NodeId) -> Option<PublicKey> {
+        self.by_node.get(&id).copied()
+    }
+
+    /// The peers with an established session.
+    pub fn peers(&self) -> impl Iterator<Item = PublicKey> + '_ {
+        self.by_key
+            .iter()
+            .filter(|&(_, &slot)| self.peer(slot).up && self.peer(slot).current.is_some())
+            .map(|(k, _)| *k)
+    }
+
+    /// The counters.
+    #[must_use]
+    pub fn stats(&self) -> SessionStats {
+        SessionStats {
+            sessions_live: self.live as u64,
+            ..self.stats
+        }
+    }
+}
+
+/// The internal result of handling one datagram.
+enum Outcome {
+    /// Plaintext (channel ‖ payload) is in `scratch[..len]`.
+    Data {
+        slot: usize,
+        len: usize,
+    },
+    Consumed,
+    Dropped(DropReason),
+}
+
+impl Endpoint {
+    fn peer(&self, slot: usize) -> &Peer {
+        self.peers[slot]
+            .as_ref()
+            .expect("indexed slot holds a peer")
+    }
+
+    fn peer_mut(&mut self, slot: usize) -> &mut Peer {
+        self.peers[slot]
+            .as_mut()
+            .expect("indexed slot holds a peer")
+    }
+
+    fn random32(&mut self) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        self.rng.fill_bytes(&mut b);
+        b
+    }
+
+    /// A fresh, nonzero, unused local index, registered for `slot`.
+    fn fresh_index(&mut self, slot: usize) -> u32 {
+        loop {
+            let i = self.rng.next_u32();
+            if i != 0 && !self.by_index.contains_key(&i) {
+                self.by_index.insert(i, slot);
+                return i;
+            }
+        }
+    }
+
+    fn insert_peer(&mut self, peer: Peer) -> usize {
+        let key = peer.key;
+        let node = peer.node;
+        let slot = if let Some(s) = self.free.pop() {
+            self.peers[s] = Some(peer);
+            s
+        } else {
+            self.peers.push(Some(peer));
+            self.peers.len() - 1
+        };
+        self.by_key.insert(key, slot);
+        self.by_node.insert(node, key);
+        slot
+    }
+
+    fn remove_peer(&mut self, slot: usize) {
+        let Some(p) = self.peers[slot].take() else {
+            return;
+        };
+        for i in [
+            p.handshake.as_ref().map(|h| h.local),
+            p.next.as_ref().map(|k| k.local),
+            p.current.as_ref().map(|k| k.local),
+            p.previous.as_ref().map(|k| k.local),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            self.by_index.remove(&i);
+        }
+        if p.next.is_some() {
+            self.half_open_count -= 1;
+        }
+        if p.up && p.current.is_some() {
+            self.live -= 1;
+        }
+        self.stats.queued_dropped += p.queue.len() as u64;
+        self.by_key.remove(&p.key);
+        if self.by_node.get(&p.node) == Some(&p.key) {
+            self.by_node.remove(&p.node);
+        }
+        self.timers.set(slot, None);
+        self.free.push(slot);
+    }
+
+    fn down(&mut self, slot: usize, reason: DownReason) {
+        let p = self.peer(slot);
+        debug!(peer = %p.key, addr = %p.addr, ?reason, "session down");
+        self.events.push_back(SessionEvent::Down {
+            peer: p.key,
+            node: p.node,
+            reason,
+        });
+        self.remove_peer(slot);
+    }
+
+    fn reschedule(&mut self, slot: usize) {
+        let d = self.peers[slot]
+            .as_ref()
+            .and_then(|p| p.deadline(&self.config));
+        self.timers.set(slot, d);
+    }
+
+    fn drop_malformed(&mut self) -> Received<'static> {
+        self.stats.malformed += 1;
+        Received::Dropped(DropReason::Malformed)
+    }
+
+    fn cookie_secret(&mut self, now: Instant) -> &CookieSecret {
+        match &self.cookie_secret {
+            None => {
+                let s = self.random32();
+                self.cookie_secret = Some(CookieSecret::new(s, now));
+            }
+            Some(s) if s.due(now) => {
+                let fresh = self.random32();
+                if let Some(s) = self.cookie_secret.as_mut() {
+                    s.rotate(fresh, now);
+                }
+            }
+            Some(_) => {}
+        }
+        self.cookie_secret.as_ref().expect("just set")
+    }
+
+    /// Builds and queues a handshake init for `slot` (a first attempt or a
+    /// retry; `started` is the first attempt's time).
+    fn send_init(&mut self, slot: usize, now: Instant, wall_ms: u64, started: Instant) {
+        let seed = self.random32();
+        let local = self.fresh_index(slot);
+        let ts = wall_ms.max(self.last_ts_sent.saturating_add(1));
+        self.last_ts_sent = ts;
+        let cookie_life = cookie::COOKIE_SECRET_LIFETIME;
+        let retry = self.config.handshake_retry;
+        let params = &self.params;
+        let secret = self.keypair.secret_bytes();
+        let p = self.peers[slot].as_mut().expect("indexed slot");
+        let interval = match &p.handshake {
+            Some(h) if h.started == started => h.interval.saturating_mul(2),
+            _ => retry,
+        };
+        if let Some(old) = p.handshake.take() {
+            self.by_index.remove(&old.local);
+        }
+        let state = noise::builder(params, seed)
+            .local_private_key(secret)
+            .and_then(|b| b.remote_public_key(p.key.as_bytes()))
+            .and_then(|b| b.prologue(NOISE_PROLOGUE))
+            .and_then(snow::Builder::build_initiator)
+            .expect("snow accepts 32-byte X25519 keys");
+        let mut state = Box::new(state);
+        let mut init = [0u8; wire::INIT_LEN];
+        wire::put_header(&mut init, PacketType::HandshakeInit);
+        init[wire::init::SENDER..wire::init::SENDER + 4].copy_from_slice(&local.to_be_bytes());
+        let n = state
+            .write_message(
+                &ts.to_be_bytes(),
+                &mut init[wire::init::NOISE..wire::init::MAC1],
+            )
+            .expect("IK message 1 fits its 104 bytes");
+        debug_assert_eq!(n, wire::NOISE_MSG1_LEN);
+        let mac1 = cookie::keyed_mac(&p.mac1_key, &[&init[..wire::init::MAC1]]);
+        init[wire::init::MAC1..wire::init::MAC2].copy_from_slice(&mac1);
+        if let Some((c, at)) = p.cookie {
+            if now.saturating_duration_since(at) < cookie_life {
+                let mac2 = cookie::keyed_mac(&c, &[&init[..wire::init::MAC2]]);
+                init[wire::init::MAC2..].copy_from_slice(&mac2);
+            } else {
+                p.cookie = None;
+            }
+        }
+        p.handshake = Some(Handshake {
+            state,
+            local,
+            started,
+            sent_at: now,
+            next_retry: now + interval,
+            interval,
+            init,
+            ts,
+            cookie_used: false,
+        });
+        trace!(peer = %p.key, addr = %p.addr, index = local, "handshake init queued");
+        self.transmits.push_back(Outgoing::Datagram {
+            addr: p.addr,
+            bytes: init.to_vec(),
+        });
+    }
+
+    fn on_init(&mut self, now: Instant, wall_ms: u64, from: SocketAddr, d: &[u8]) -> Outcome {
+        use wire::init::{MAC1, MAC2, NOISE, SENDER};
+        if d.len() != wire::INIT_LEN {
+            self.stats.malformed += 1;
+            return Outcome::Dropped(DropReason::Malformed);
+        }
+        if !cookie::mac_eq(
+            &cookie::keyed_mac(&self.mac1_key, &[&d[..MAC1]]),
+            &d[MAC1..MAC2],
+        ) {
+            self.stats.mac1_failures += 1;
+            return Outcome::Dropped(DropReason::Mac1);
+        }
+        // S5: under load, demand a cookie before doing any DH work.
+        let mac2_ok = d[MAC2..] != [0u8; MAC_LEN]
+            && self
+                .cookie_secret(now)
+                .check_mac2(from, &d[..MAC2], &d[MAC2..]);
+        let meter = self
+            .meter
+            .get_or_insert_with(|| RateMeter::new(self.config.cookie_threshold, now));
+        let under_load =
+            self.half_open_count >= self.config.max_half_open || !meter.has_credit(now);
+        if under_load && !mac2_ok {
+            self.send_cookie_reply(now, from, d);
+            return Outcome::Consumed;
+        }
+        meter.charge(now);
+
+        let seed = self.random32();
+        let mut state = noise::builder(&self.params, seed)
+            .local_private_key(self.keypair.secret_bytes())
+            .and_then(|b| b.prologue(NOISE_PROLOGUE))
+            .and_then(snow::Builder::build_responder)
+            .expect("snow accepts a 32-byte X25519 key");
+        let mut payload = [0u8; 64];
+        let n = match state.read_message(&d[NOISE..MAC1], &mut payload) {
+            Ok(n) => n,
+            Err(e) => {
+                trace!(%from, error = %e, "handshake init does not decrypt");
+                self.stats.decrypt_failures += 1;
+                return Outcome::Dropped(DropReason::Decrypt);
+            }
+        };
+        if n != 8 {
+            self.stats.malformed += 1;
+            return Outcome::Dropped(DropReason::Malformed);
+        }
+        let ts = wire::get_u64(&payload, 0);
+        let Some(rs) = state
+            .get_remote_static()
+            .and_then(|s| <[u8; 32]>::try_from(s).ok())
+        else {
+            self.stats.malformed += 1;
+            return Outcome::Dropped(DropReason::Malformed);
+        };
+        let key = PublicKey::from_bytes(rs);
+        if key == self.public {
+            self.stats.handshakes_refused += 1;
+            return Outcome::Dropped(DropReason::OwnKey);
+        }
+        // S1: a node id belongs to one key.
+        let node = (self.node_id_fn)(&key);
+        if let Some(&bound) = self.by_node.get(&node) {
+            if bound != key {
+                self.stats.handshakes_refused += 1;
+                debug!(peer = %key, %from, %bound, node = ?node, "handshake refused: node id bound to another key (S1)");
+                self.events.push_back(SessionEvent::HandshakeFailed {
+                    peer: key,
+                    addr: from,
+                    error: HandshakeError::NodeIdTaken { bound },
+                });
+                return Outcome::Dropped(DropReason::NodeIdTaken);
+            }
+        }
+        // Handshake-replay rule: timestamps from one key strictly increase.
+        if self.init_ts.get(&key).is_some_and(|&last| ts <= last) {
+            self.stats.replays_dropped += 1;
+            trace!(peer = %key, %from, ts, "stale handshake init (replay)");
+            return Outcome::Dropped(DropReason::StaleHandshake);
+        }
+        let existing = self.by_key.get(&key).copied();
+        if existing.is_none() && self.by_key.len() >= self.config.max_sessions {
+            self.stats.handshakes_refused += 1;
+            return Outcome::Dropped(DropReason::TooManySessions);
+        }
+        self.remember_ts(key, ts);
+        let slot = match existing {
+            Some(slot) => {
+                // Both sides initiating at once: the larger key's handshake wins.
+                if self.peer(slot).handshake.is_some() {
+                    if self.public > key {
+                        debug!(peer = %key, "simultaneous handshakes: keeping ours");
+                        return Outcome::Consumed;
+                    }
+                    debug!(peer = %key, "simultaneous handshakes: answering theirs");
+                    if let Some(h) = self.peer_mut(slot).handshake.take() {
+                        self.by_index.remove(&h.local);
+                    }
+                }
+                slot
+            }
+            None => self.insert_peer(Peer::new(key, node, from, now)),
+        };
+        if self.peer(slot).next.is_none() && self.half_open_count >= self.config.max_half_open {
+            self.evict_half_open();
+        }
+        let local = self.fresh_index(slot);
+        let mut resp = [0u8; wire::RESPONSE_LEN];
+        {
+            use wire::response as r;
+            wire::put_header(&mut resp, PacketType::HandshakeResponse);
+            resp[r::SENDER..r::SENDER + 4].copy_from_slice(&local.to_be_bytes());
+            resp[r::RECEIVER..r::RECEIVER + 4].copy_from_slice(&d[SENDER..SENDER + 4]);
+            let mut body = [0u8; 16];
+            body[..8].copy_from_slice(&ts.to_be_bytes());
+            body[8..].copy_from_slice(&wall_ms.to_be_bytes());
+            let n = state
+                .write_message(&body, &mut resp[r::NOISE..r::MAC1])
+                .expect("IK message 2 fits its 64 bytes");
+            debug_assert_eq!(n, wire::NOISE_MSG2_LEN);
+            let mac1 = cookie::keyed_mac(&self.peer(slot).mac1_key, &[&resp[..r::MAC1]]);
+            resp[r::MAC1..r::MAC2].copy_from_slice(&mac1);
+        }
+        let transport = state
+            .into_stateless_transport_mode()
+            .expect("IK is finished after message 2");
+        let keys = Keys {
+            transport,
+            local,
+            remote: wire::get_u32(d, SENDER),
+            send_counter: 0,
+            replay: ReplayWindow::new(),
+            created: now,
+            initiator: false,
+            confirmed: false,
+        };
+        let p = self.peers[slot].as_mut().expect("indexed slot");
+        match p.next.replace(keys) {
+            Some(old) => {
+                self.by_index.remove(&old.local);
+            }
+            None => self.half_open_count += 1,
+        }
+        self.half_open.push_back((slot, local));
+        if self.half_open.len() > 2 * self.config.max_half_open + 16 {
+            let peers = &self.peers;
+            self.half_open.retain(|&(s, i)| {
+                peers[s]
+                    .as_ref()
+                    .and_then(|p| p.next.as_ref())
+                    .is_some_and(|k| k.local == i)
+            });
+        }
+        self.stats.handshakes_accepted += 1;
+        debug!(peer = %key, %from, index = local, "handshake init accepted; response sent");
+        self.transmits.push_back(Outcome::datagram(from, &resp));
+        self.reschedule(slot);
+        Outcome::Consumed
+    }
+
+    fn remember_ts(&mut self, key: PublicKey, ts: u64) {
+        if self.init_ts.insert(key, ts).is_none() {
+            self.init_ts_order.push_back(key);
+            // Bounded memory: forget the oldest keys that have no peer state.
+            let cap = 2 * self.config.max_sessions;
+            while self.init_ts_order.len() > cap {
+                let Some(old) = self.init_ts_order.pop_front() else {
+                    break;
+                };
+                if self.by_key.contains_key(&old) {
+                    self.init_ts_order.push_back(old);
+                    if self.by_key.len() >= cap {
+                        break;
+                    }
+                } else {
+                    self.init_ts.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn evict_half_open(&mut self) {
+        while let Some((slot, index)) = self.half_open.pop_front() {
+            let valid = self.peers[slot]
+                .as_ref()
+                .and_then(|p| p.next.as_ref())
+                .is_some_and(|k| k.local == index);
+            if !valid {
+                continue;
+            }
+            let p = self.peer_mut(slot);
+            debug!(peer = %p.key, "half-open handshake evicted (max_half_open)");
+            p.next = None;
+            self.by_index.remove(&index);
+            self.half_open_count -= 1;
+            if self.peer(slot).is_empty() {
+                self.remove_peer(slot);
+            } else {
+                self.reschedule(slot);
+            }
+            return;
+        }
+    }
+
+    fn send_cookie_reply(&mut self, now: Instant, from: SocketAddr, init: &[u8]) {
+        use wire::cookie_reply as c;
+        let cookie = self.cookie_secret(now).cookie(from);
+        let mut nonce = [0u8; 24];
+        self.rng.fill_bytes(&mut nonce);
+        let mut reply = [0u8; wire::COOKIE_REPLY_LEN];
+        wire::put_header(&mut reply, PacketType::CookieReply);
+        reply[c::RECEIVER..c::RECEIVER + 4]
+            .copy_from_slice(&init[wire::init::SENDER..wire::init::SENDER + 4]);
+        reply[c::NONCE..c::SEALED].copy_from_slice(&nonce);
+        cookie::seal_cookie(
+            &self.cookie_key,
+            &nonce,
+            &init[wire::init::MAC1..wire::init::MAC2],
+            &cookie,
+            &mut reply[c::SEALED..],
+        );
+        self.stats.cookies_sent += 1;
+        debug!(%from, "under load: cookie reply sent instead of a handshake (S5)");
+        self.transmits.push_back(Outcome::datagram(from, &reply));
+    }
+
+    /// The handshake of ours that `index` names: (slot).
+    fn pending_handshake(&self, index: u32) -> Option<usize> {
+        let &slot = self.by_index.get(&index)?;
+        let p = self.peers[slot].as_ref()?;
+        p.handshake
+            .as_ref()
+            .filter(|h| h.local == index)
+            .map(|_| slot)
+    }
+
+    fn on_response(&mut self, now: Instant, from: SocketAddr, d: &[u8]) -> Outcome {
+        use wire::response as r;
+        if d.len() != wire::RESPONSE_LEN {
+            self.stats.malformed += 1;
+            return Outcome::Dropped(DropReason::Malformed);
+        }
+        let Some(slot) = self.pending_handshake(wire::get_u32(d, r::RECEIVER)) else {
+            self.stats.unknown_index += 1;
+            return Outcome::Dropped(DropReason::UnknownIndex);
+        };
+        if !cookie::mac_eq(
+            &cookie::keyed_mac(&self.mac1_key, &[&d[..r::MAC1]]),
+            &d[r::MAC1..r::MAC2],
+        ) {
+            self.stats.mac1_failures += 1;
+            return Outcome::Dropped(DropReason::Mac1);
+        }
+        let p = self.peers[slot].as_mut().expect("indexed slot");
+        let hs = p.handshake.as_mut().expect("pending handshake");
+        let mut payload = [0u8; 64];
+        // snow restores its state when read_message fails: a forged response
+        // leaves the handshake untouched.
+        let n = match hs.state.read_message(&d[r::NOISE..r::MAC1], &mut payload) {
+            Ok(n) => n,
+            Err(e) => {
+                trace!(peer = %p.key, %from, error = %e, "handshake response does not decrypt");
+                self.stats.decrypt_failures += 1;
+                return Outcome::Dropped(DropReason::Decrypt);
+            }
+        };
+        let hs = p.handshake.take().expect("pending handshake");
+        let Ok(transport) = hs.state.into_stateless_transport_mode() else {
+            self.stats.malformed += 1;
+            self.by_index.remove(&hs.local);
+            self.reschedule(slot);
+            return Outcome::Dropped(DropReason::Malformed);
+        };
+        let keys = Keys {
+            transport,
+            local: hs.local,
+            remote: wire::get_u32(d, r::SENDER),
+            send_counter: 0,
+            replay: ReplayWindow::new(),
+            created: now,
+            initiator: true,
+            confirmed: false,
+        };
+        let rtt = now.saturating_duration_since(hs.sent_at);
+        p.rtt = Some(rtt);
+        p.last_received = now;
+        let offset = (n == 16 && wire::get_u64(&payload, 0) == hs.ts)
+            .then(|| clock_offset(hs.ts, wire::get_u64(&payload, 8), rtt));
+        self.install_current(slot, keys, now);
+        let p = self.peer_mut(slot);
+        let (key, node, addr) = (p.key, p.node, p.addr);
+        if let Some(offset_ms) = offset {
+            p.clock_offset_ms = Some(offset_ms);
+            self.events.push_back(SessionEvent::ClockOffset {
+                peer: key,
+                node,
+                offset_ms,
+                rtt,
+            });
+        }
+        // Confirm the keys to the responder (it switches on our first packet).
+        if self.peer(slot).queue.is_empty() {
+            self.queue_control(slot, now, Control::Keepalive);
+        } else {
+            self.flush_queue(slot, now);
+        }
+        debug!(peer = %key, %addr, ?rtt, clock_offset_ms = ?offset, "handshake complete (initiator)");
+        self.reschedule(slot);
+        Outcome::Consumed
+    }
+
+    /// Makes `keys` the current keys of `slot` (the old current become
+    /// previous) and reports `Up` the first time.
+    fn install_current(&mut self, slot: usize, keys: Keys, now: Instant) {
+        let config = &self.config;
+        let p = self.peers[slot].as_mut().expect("indexed slot");
+        p.rekey_at = Peer::rekey_time(config, keys.created, keys.initiator);
+        let initiator = keys.initiator;
+        if let Some(old_prev) = p.previous.take() {
+            self.by_index.remove(&old_prev.local);
+        }
+        p.previous = p.current.replace(keys);
+        if p.up {
+            p.rekeys += 1;
+            self.stats.rekeys += 1;
+            debug!(peer = %p.key, initiator, "rekey complete (S7)");
+        } else {
+            p.up = true;
+            p.up_since = now;
+            p.last_sent = now;
+            self.live += 1;
+            let rtt = if initiator { p.rtt } else { None };
+            self.events.push_back(SessionEvent::Up {
+                peer: p.key,
+                node: p.node,
+                addr: p.addr,
+                rtt,
+                initiator,
+            });
+        }
+    }
+
+    fn queue_control(&mut self, slot: usize, now: Instant, msg: Control) {
+        let p = self.peer_mut(slot);
+        p.last_sent = now;
+        let key = p.key;
+        self.transmits
+            .push_back(Outgoing::Control { slot, key, msg });
+    }
+
+    /// Seals every queued payload of `slot` with its current keys.
+    fn flush_queue(&mut self, slot: usize, now: Instant) {
+        let p = self.peers[slot].as_mut().expect("indexed slot");
+        let Some(keys) = p.current.as_mut() else {
+            return;
+        };
+        let mut sealed = 0u64;
+        while let Some(q) = p.queue.pop_front() {
+            self.plain[0] = q.channel;
+            self.plain[1..=q.payload.len()].copy_from_slice(&q.payload);
+            let mut bytes = vec![0u8; TRANSPORT_HEADER_LEN + 1 + q.payload.len() + TAG_LEN];
+            if let Some(n) = seal_into(keys, &self.plain[..=q.payload.len()], &mut bytes) {
+                bytes.truncate(n);
+                sealed += 1;
+                self.transmits.push_back(Outgoing::Datagram {
+                    addr: p.addr,
+                    bytes,
+                });
+            } else {
+                self.stats.queued_dropped += 1;
+            }
+        }
+        if sealed > 0 {
+            p.last_sent = now;
+            self.stats.packets_sealed += sealed;
+        }
+    }
+
+    fn on_cookie(&mut self, now: Instant, d: &[u8]) -> Outcome {
+        use wire::cookie_reply as c;
+        if d.len() != wire::COOKIE_REPLY_LEN {
+            self.stats.malformed += 1;
+            return Outcome::Dropped(DropReason::Malformed);
+        }
+        let Some(slot) = self.pending_handshake(wire::get_u32(d, c::RECEIVER)) else {
+            self.stats.unknown_index += 1;
+            return Outcome::Dropped(DropReason::UnknownIndex);
+        };
+        let p = self.peers[slot].as_mut().expect("indexed slot");
+        let hs = p.handshake.as_mut().expect("pending handshake");
+        let Some(cookie) = cookie::open_cookie(
+            &p.cookie_key,
+            &d[c::NONCE..c::SEALED],
+            &hs.init[wire::init::MAC1..wire::init::MAC2],
+            &d[c::SEALED..],
+        ) else {
+            self.stats.decrypt_failures += 1;
+            return Outcome::Dropped(DropReason::Decrypt);
+        };
+        p.cookie = Some((cookie, now));
+        self.stats.cookies_received += 1;
+        if !hs.cookie_used {
+            // Retry at once with mac2 (same Noise message: no new DH here).
+            hs.cookie_used = true;
+            let mac2: Mac = cookie::keyed_mac(&cookie, &[&hs.init[..wire::init::MAC2]]);
+            hs.init[wire::init::MAC2..].copy_from_slice(&mac2);
+            hs.sent_at = now;
+            debug!(peer = %p.key, addr = %p.addr, "cookie received; init resent with mac2");
+            let bytes = hs.init.to_vec();
+            self.transmits.push_back(Outgoing::Datagram {
+                addr: p.addr,
+                bytes,
+            });
+        }
+        Outcome::Consumed
+    }
+
+    fn on_transport(&mut self, now: Instant, wall_ms: u64, from: SocketAddr, d: &[u8]) -> Outcome {
+        use wire::transport as t;
+        if d.len() < wire::TRANSPORT_MIN_LEN || d.len() > MAX_PACKET {
+            self.stats.malformed += 1;
+            return Outcome::Dropped(DropReason::Malformed);
+        }
+        let index = wire::get_u32(d, t::RECEIVER);
+        let counter = wire::get_u64(d, t::COUNTER);
+        let Some(&slot) = self.by_index.get(&index) else {
+            self.stats.unknown_index += 1;
+            return Outcome::Dropped(DropReason::UnknownIndex);
+        };
+        let p = self.peers[slot].as_mut().expect("indexed slot");
+        let which = if p.current.as_ref().is_some_and(|k| k.local == index) {
+            Which::Current
+        } else if p.previous.as_ref().is_some_and(|k| k.local == index) {
+            Which::Previous
+        } else if p.next.as_ref().is_some_and(|k| k.local == index) {
+            Which::Next
+        } else {
+            // A handshake index: no transport keys yet.
+            self.stats.unknown_index += 1;
+            return Outcome::Dropped(DropReason::UnknownIndex);
+        };
+        let keys = match which {
+            Which::Current => p.current.as_mut(),
+            Which::Previous => p.previous.as_mut(),
+            Which::Next => p.next.as_mut(),
+        }
+        .expect("matched above");
+        // S2: check the window before decrypting, commit only after.
+        if !keys.replay.check(counter) {
+            self.stats.replays_dropped += 1;
+            return Outcome::Dropped(DropReason::Replay);
+        }
+        let len = match keys
+            .transport
+            .read_message(counter, &d[t::CIPHERTEXT..], &mut self.scratch)
+        {
+            Ok(len) if len >= 1 => len,
+            Ok(_) | Err(_) => {
+                self.stats.decrypt_failures += 1;
+                return Outcome::Dropped(DropReason::Decrypt);
+            }
+        };
+        if !keys.replay.commit(counter) {
+            self.stats.replays_dropped += 1;
+            return Outcome::Dropped(DropReason::Replay);
+        }
+        keys.confirmed = true;
+        self.stats.packets_opened += 1;
+        p.last_received = now;
+        let mut came_up = false;
+        if matches!(which, Which::Next) {
+            // The initiator confirmed the keys: they become current.
+            let keys = p.next.take().expect("matched above");
+            self.half_open_count -= 1;
+            let first = !p.up;
+            if first {
+                // A new peer's address is where its first authenticated packet came from.
+                p.addr = from;
+            }
+            debug!(peer = %p.key, %from, index, "handshake confirmed (responder)");
+            self.install_current(slot, keys, now);
+            came_up = first;
+        }
+        let p = self.peers[slot].as_mut().expect("indexed slot");
+        // S6: authenticated and fresh; the session follows it.
+        if p.addr != from {
+            let old = p.addr;
+            p.addr = from;
+            debug!(peer = %p.key, %old, new = %from, "peer address changed (S6)");
+            self.events.push_back(SessionEvent::AddrChanged {
+                peer: p.key,
+                node: p.node,
+                old,
+                new: from,
+            });
+        }
+        if came_up {
+            if p.clock_offset_ms.is_none() {
+                p.ping = Some((wall_ms, now));
+                self.queue_control(slot, now, Control::Ping { wall: wall_ms });
+            }
+            self.flush_queue(slot, now);
+        } else if matches!(which, Which::Next) {
+            // Rekey confirmed: acknowledge on the new keys (the initiator
+            // re-sends its confirmation until something arrives on them).
+            if self.peer(slot).queue.is_empty() {
+                self.queue_control(slot, now, Control::Keepalive);
+            } else {
+                self.flush_queue(slot, now);
+            }
+        }
+        let channel = self.scratch[0];
+        let outcome = if channel != 0 {
+            Outcome::Data { slot, len }
+        } else {
+            self.on_control(slot, now, wall_ms, len);
+            Outcome::Consumed
+        };
+        self.reschedule(slot);
+        outcome
+    }
+
+    /// A channel-0 message in `scratch[..len]`.
+    fn on_control(&mut self, slot: usize, now: Instant, wall_ms: u64, len: usize) {
+        let msg = &self.scratch[1..len];
+        match msg.first().copied() {
+            Some(wire::control::PING) if msg.len() >= 9 => {
+                let echo = wire::get_u64(msg, 1);
+                self.queue_control(
+                    slot,
+                    now,
+                    Control::Pong {
+                        echo,
+                        wall: wall_ms,
+                    },
+                );
+            }
+            Some(wire::control::PONG) if msg.len() >= 17 => {
+                let echo = wire::get_u64(msg, 1);
+                let peer_wall = wire::get_u64(msg, 9);
+                let p = self.peer_mut(slot);
+                if let Some((sent_wall, sent_at)) = p.ping {
+                    if sent_wall == echo {
+                        p.ping = None;
+                        let rtt = now.saturating_duration_since(sent_at);
+                        let offset_ms = clock_offset(sent_wall, peer_wall, rtt);
+                        p.rtt = Some(rtt);
+                        p.clock_offset_ms = Some(offset_ms);
+                        trace!(peer = %p.key, ?rtt, offset_ms, "clock pong");
+                        let ev = SessionEvent::ClockOffset {
+                            peer: p.key,
+                            node: p.node,
+                            offset_ms,
+                            rtt,
+                        };
+                        self.events.push_back(ev);
+                    }
+                }
+            }
+            // Keep-alives, and kinds from newer versions: nothing to do.
+            _ => {}
+        }
+    }
+
+    /// Runs the due timers of one peer.
+    fn peer_timers(&mut self, slot: usize, now: Instant, wall_ms: u64) {
+        let config = self.config.clone();
+        let Some(p) = self.peers[slot].as_mut() else {
+            self.timers.set(slot, None);
+            return;
+        };
+        if let Some(c) = &p.current {
+            if now >= p.last_received + config.dead_after {
+                self.down(slot, DownReason::Dead);
+                return;
+            }
+            if now >= c.created + config.reject_after {
+                self.down(slot, DownReason::RekeyFailed);
+                return;
+            }
+        }
+        if p.previous
+            .as_ref()
+            .is_some_and(|k| now >= k.created + config.reject_after)
+        {
+            let k = p.previous.take().expect("checked");
+            self.by_index.remove(&k.local);
+        }
+        if p.next
+            .as_ref()
+            .is_some_and(|k| now >= k.created + config.handshake_timeout)
+        {
+            let k = p.next.take().expect("checked");
+            trace!(peer = %p.key, "half-open handshake expired");
+            self.by_index.remove(&k.local);
+            self.half_open_count -= 1;
+        }
+        if let Some(hs) = &p.handshake {
+            let give_up = hs.started + config.handshake_timeout;
+            if now >= give_up {
+                let hs = p.handshake.take().expect("checked");
+                self.by_index.remove(&hs.local);
+                self.stats.handshakes_failed += 1;
+                if p.current.is_some() {
+                    debug!(peer = %p.key, addr = %p.addr, "rekey handshake timed out; retrying later");
+                    p.rekey_at = now + config.handshake_retry;
+                } else {
+                    debug!(peer = %p.key, addr = %p.addr, "handshake failed: no answer (wrong public key, or unreachable)");
+                    self.stats.queued_dropped += p.queue.len() as u64;
+                    p.queue.clear();
+                    self.events.push_back(SessionEvent::HandshakeFailed {
+                        peer: p.key,
+                        addr: p.addr,
+                        error: HandshakeError::Timeout,
+                    });
+                }
+            } else if now >= hs.next_retry {
+                let started = hs.started;
+                trace!(peer = %p.key, "handshake retry");
+                self.send_init(slot, now, wall_ms, started);
+            }
+        }
+        let p = self.peers[slot].as_mut().expect("still present");
+        let mut confirm = false;
+        if let Some(c) = p
+            .current
+            .as_ref()
+            .filter(|c| !c.confirmed && p.handshake.is_none())
+        {
+            if now >= c.created + config.handshake_timeout {
+                debug!(peer = %p.key, "new keys never confirmed by the peer; handshaking again");
+                p.rekey_at = now;
+            } else if now >= p.last_sent + config.handshake_retry {
+                confirm = true;
+            }
+        }
+        if p.current.is_some() && p.handshake.is_none() && now >= p.rekey_at {
+            self.stats.handshakes_initiated += 1;
+            debug!(peer = %p.key, addr = %p.addr, "rekey: new handshake (S7)");
+            self.send_init(slot, now, wall_ms, now);
+        }
+        let p = self.peers[slot].as_mut().expect("still present");
+        if confirm && p.handshake.is_none() {
+            trace!(peer = %p.key, "re-sending key confirmation");
+            self.queue_control(slot, now, Control::Keepalive);
+        }
+        let p = self.peers[slot].as_mut().expect("still present");
+        if p.current.is_some() && now >= p.last_sent + config.keepalive_interval {
+            if p.clock_offset_ms.is_none() {
+                p.ping = Some((wall_ms, now));
+                self.queue_control(slot, now, Control::Ping { wall: wall_ms });
+            } else {
+                self.queue_control(slot, now, Control::Keepalive);
+            }
+        }
+        if self.peer(slot).is_empty() {
+            self.remove_peer(slot);
+        } else {
+            self.reschedule(slot);
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    Current,
+    Previous,
+    Next,
+}
+
+impl Outcome {
+    fn datagram(addr: SocketAddr, bytes: &[u8]) -> Outgoing {
+        Outgoing::Datagram {
+            addr,
+            bytes: bytes.to_vec(),
+        }
+    }
+}
