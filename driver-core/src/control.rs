@@ -64,12 +64,15 @@ pub enum ControlInput {
         /// Its class.
         class: NatClass,
     },
-    /// A session estimated its peer's wall-clock offset (peer − ours).
+    /// A session measured its peer's wall-clock offset (peer − ours) and the
+    /// round-trip time (both ends get one, whoever dialled).
     ClockOffset {
         /// The peer.
         peer: NodeId,
         /// Milliseconds the peer's wall clock is ahead of ours.
         offset_ms: i64,
+        /// The round trip the estimate was measured over.
+        rtt: Duration,
     },
     /// A handshake this node started ended without a session.
     SessionFailed {

@@ -911,8 +911,14 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                     *p != peer
                 });
             }
-            ControlInput::ClockOffset { peer, offset_ms } => {
+            ControlInput::ClockOffset {
+                peer,
+                offset_ms,
+                rtt,
+            } => {
                 let _ = self.agent.handle_clock_offset(peer, offset_ms);
+                // The responder side of a handshake learns the RTT here (R9).
+                let _ = self.agent.handle_rtt(peer, rtt);
             }
             ControlInput::Data { peer, payload } => {
                 // Full inbox: drop, as a socket buffer would.

@@ -1,5 +1,6 @@
 //! Three natrix nodes on 127.0.0.1 under tokio: A punches to B through the
-//! coordinator R, then sends B a datagram over the direct path.
+//! coordinator R, runs its own session with B on the punched path, and sends
+//! B data over it.
 //!
 //! `cargo run -p natrix-tokio --example tokio_punch_loopback`
 

@@ -43,7 +43,7 @@ use tracing::{debug, trace};
 
 use self::wire::{
     AnnouncementMsg, CH_ANNOUNCEMENT, CH_DATA, CH_DIRECTORY_ANSWER, CH_DIRECTORY_LOOKUP, Lookup,
-    LookupAnswer, agent_channel, channel_byte,
+    LookupAnswer,
 };
 use crate::control::{ControlError, ControlInput, ControlPlane};
 
@@ -66,7 +66,6 @@ pub struct SessionControlConfig {
     /// announcement when introducing it.
     pub serve: bool,
 }
-
 
 #[derive(Clone, Copy, Debug)]
 struct Redial {
@@ -271,10 +270,14 @@ impl SessionControl {
                 });
             }
             SessionEvent::ClockOffset {
-                node, offset_ms, ..
+                node,
+                offset_ms,
+                rtt,
+                ..
             } => self.push_input(ControlInput::ClockOffset {
                 peer: node,
                 offset_ms,
+                rtt,
             }),
             SessionEvent::Down { peer, node, reason } => {
                 debug!(%peer, ?reason, "session down");
@@ -312,7 +315,7 @@ impl SessionControl {
         channel: u8,
         payload: &[u8],
     ) {
-        if let Some(ch) = agent_channel(channel) {
+        if let Some(ch) = Channel::from_wire_byte(channel) {
             self.push_input(ControlInput::Message {
                 peer: node,
                 session_addr: from,
@@ -385,10 +388,7 @@ impl ControlPlane for SessionControl {
             trace!(?peer, "control message to a peer without a session dropped");
             return;
         };
-        let ch = channel_byte(channel);
-        if ch == 0 {
-            return;
-        }
+        let ch = channel.wire_byte();
         // A coordinator vouches for the introduced peer's announcement right
         // before the introduce, so that the endpoint can check R4.
         if self.serve && channel == Channel::Rendezvous {

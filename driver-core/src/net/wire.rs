@@ -5,9 +5,7 @@
 //!
 //! | channel | name | payload |
 //! |---|---|---|
-//! | 1 | rendezvous | a Net v0.27 rendezvous message, unchanged |
-//! | 2 | reflex request | empty |
-//! | 3 | reflex response | one `ADDR` block |
+//! | 1, 2, 3 | the agent's channels ([`Channel::wire_byte`]): rendezvous (a Net v0.27 rendezvous message, unchanged), reflex request (empty), reflex response (one `ADDR` block) |
 //! | 4 | announcement | `0x00` `ADDR` class (21 bytes): the sender's own (reflex, class); `0x01` node-id(8) `ADDR` class (29 bytes): a coordinator vouching for one of its peers |
 //! | 5 | directory lookup | query-id(4) public-key(32) |
 //! | 6 | directory answer | query-id(4) public-key(32) online(1) then, when the peer announced, `ADDR` class |
@@ -20,16 +18,12 @@
 
 use std::net::SocketAddr;
 
+#[cfg(doc)]
+use natrix_proto::Channel;
+use natrix_proto::NatClass;
 use natrix_proto::wire::{ADDR_LEN, NodeId, decode_addr, encode_addr};
-use natrix_proto::{Channel, NatClass};
 use natrix_session::PublicKey;
 
-/// Channel of rendezvous messages.
-pub const CH_RENDEZVOUS: u8 = 1;
-/// Channel of reflex requests.
-pub const CH_REFLEX_REQUEST: u8 = 2;
-/// Channel of reflex responses.
-pub const CH_REFLEX_RESPONSE: u8 = 3;
 /// Channel of announcements (own and vouched).
 pub const CH_ANNOUNCEMENT: u8 = 4;
 /// Channel of directory lookups.
@@ -38,30 +32,6 @@ pub const CH_DIRECTORY_LOOKUP: u8 = 5;
 pub const CH_DIRECTORY_ANSWER: u8 = 6;
 /// Channel of application data.
 pub const CH_DATA: u8 = 16;
-
-/// The session channel byte of an agent channel.
-#[must_use]
-pub fn channel_byte(c: Channel) -> u8 {
-    match c {
-        Channel::Rendezvous => CH_RENDEZVOUS,
-        Channel::ReflexRequest => CH_REFLEX_REQUEST,
-        Channel::ReflexResponse => CH_REFLEX_RESPONSE,
-        // `Channel` is non-exhaustive: a future agent channel has no wire
-        // form yet, and channel 0 is never delivered to a peer's agent.
-        _ => 0,
-    }
-}
-
-/// The agent channel of a session channel byte, if it is one.
-#[must_use]
-pub fn agent_channel(b: u8) -> Option<Channel> {
-    match b {
-        CH_RENDEZVOUS => Some(Channel::Rendezvous),
-        CH_REFLEX_REQUEST => Some(Channel::ReflexRequest),
-        CH_REFLEX_RESPONSE => Some(Channel::ReflexResponse),
-        _ => None,
-    }
-}
 
 /// Why a control payload is not valid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -347,18 +317,5 @@ mod tests {
             bad[36] = 2;
             assert!(LookupAnswer::decode(&bad).is_err());
         }
-    }
-
-    #[test]
-    fn channel_bytes_map_both_ways() {
-        for c in [
-            Channel::Rendezvous,
-            Channel::ReflexRequest,
-            Channel::ReflexResponse,
-        ] {
-            assert_eq!(agent_channel(channel_byte(c)), Some(c));
-        }
-        assert_eq!(agent_channel(CH_DATA), None);
-        assert_eq!(agent_channel(0), None);
     }
 }

@@ -1,7 +1,9 @@
 //! The end-to-end suite every driver runs, written once: three nodes on real
-//! UDP sockets on loopback (127.0.0.1 and ::1) with the in-process control
-//! plane. Each driver instantiates it with [`e2e_suite!`](crate::e2e_suite),
-//! so the suite is the same for every runtime.
+//! UDP sockets on loopback (127.0.0.1 and ::1), with the in-process control
+//! plane (this module) and with natrix's own sessions on the nodes' sockets
+//! and nothing else ([`net`]). Each driver instantiates it with
+//! [`e2e_suite!`](crate::e2e_suite), so the suite is the same for every
+//! runtime.
 //!
 //! Only loopback addresses are ever sent to. Documentation addresses appear
 //! as claimed reflexes that the protocol must refuse to use (R1).
@@ -537,32 +539,36 @@ pub async fn throughput<R: Runtime>(rt: R, pairs: usize, window: Duration) -> Th
     }
 }
 
-/// The demo behind each driver's `examples/punch_loopback.rs`.
+/// The demo behind each driver's `examples/punch_loopback.rs`: a coordinator
+/// and two peers on 127.0.0.1 that talk only through their UDP sockets over
+/// natrix's authenticated sessions; A punches to B through the coordinator,
+/// runs its own session with B over the punched path, and they exchange data.
 pub async fn punch_loopback_demo<R: Runtime>(rt: R) -> Result<(), String> {
-    let t = trio(&rt, V4, Some(NatClass::Cone), |_| {}).await;
+    let t = net::net_trio(&rt, V4, None).await;
+    println!("coordinator: {}", t.r.dial());
+    println!("A: {} at {}", t.ka, t.a.local_addr());
+    println!("B: {} at {}", t.kb, t.b.local_addr());
+    let out = t
+        .a
+        .connect_direct(t.kb, t.r.public_key())
+        .await
+        .map_err(|e| format!("connect failed: {e}"))?;
     println!(
-        "A {} -> B {} through coordinator R {}",
-        t.a.local_addr(),
-        t.b.local_addr(),
-        t.r.local_addr()
-    );
-    let out =
-        t.a.request_punch(B, R)
-            .await
-            .map_err(|e| format!("punch failed: {e}"))?;
-    println!(
-        "direct path to B at {} after {:?} ({:?})",
+        "direct path to B at {} after {:?} ({:?}); A and B now share their own session",
         out.path, out.elapsed, out.method
     );
-    t.a.send_to(b"hello, B", out.path)
+    t.a.send_data(t.kb, b"hello, B")
         .await
         .map_err(|e| e.to_string())?;
-    let (bytes, from) = t.b.recv_from().await.map_err(|e| e.to_string())?;
-    println!("B got {:?} from {from}", String::from_utf8_lossy(&bytes));
-    println!("A's stats: {:?}", t.a.stats());
-    for n in [&t.a, &t.b, &t.r] {
-        n.shutdown().await;
-    }
+    let (from, bytes) = t.b.recv_data().await.map_err(|e| e.to_string())?;
+    println!(
+        "B got {:?} from {}",
+        String::from_utf8_lossy(&bytes),
+        if from == t.ka { "A (authenticated)" } else { "someone else" }
+    );
+    println!("A's punch stats: {:?}", t.a.stats());
+    println!("coordinator's session stats: {:?}", t.r.session_stats());
+    t.shutdown().await;
     Ok(())
 }
 

@@ -28,6 +28,31 @@ pub enum Channel {
     ReflexResponse,
 }
 
+impl Channel {
+    /// The channel byte natrix's own sessions carry this channel under
+    /// (`natrix-session` transport packets: channel, then payload). Channel 0
+    /// belongs to the session layer itself and is never an agent channel.
+    #[must_use]
+    pub const fn wire_byte(self) -> u8 {
+        match self {
+            Channel::Rendezvous => 1,
+            Channel::ReflexRequest => 2,
+            Channel::ReflexResponse => 3,
+        }
+    }
+
+    /// The agent channel carried under session channel byte `b`, if any.
+    #[must_use]
+    pub const fn from_wire_byte(b: u8) -> Option<Channel> {
+        match b {
+            1 => Some(Channel::Rendezvous),
+            2 => Some(Channel::ReflexRequest),
+            3 => Some(Channel::ReflexResponse),
+            _ => None,
+        }
+    }
+}
+
 /// An encoded message held inline: no allocation per transmit.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Payload {
@@ -202,5 +227,24 @@ impl Outbox {
             to,
             payload: Payload::new(bytes),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Channel;
+
+    #[test]
+    fn channel_wire_bytes_map_both_ways_and_skip_zero() {
+        for c in [
+            Channel::Rendezvous,
+            Channel::ReflexRequest,
+            Channel::ReflexResponse,
+        ] {
+            assert_ne!(c.wire_byte(), 0);
+            assert_eq!(Channel::from_wire_byte(c.wire_byte()), Some(c));
+        }
+        assert_eq!(Channel::from_wire_byte(0), None);
+        assert_eq!(Channel::from_wire_byte(16), None);
     }
 }
