@@ -26,10 +26,11 @@ fn ip(i: u8) -> IpAddr {
 }
 
 fn channel(c: u8) -> Channel {
-    match c % 3 {
+    match c % 4 {
         0 => Channel::Rendezvous,
         1 => Channel::ReflexRequest,
-        _ => Channel::ReflexResponse,
+        2 => Channel::ReflexResponse,
+        _ => Channel::Natrix,
     }
 }
 

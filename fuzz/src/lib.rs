@@ -11,8 +11,9 @@ use std::num::NonZeroU32;
 
 use arbitrary::{Arbitrary, Unstructured};
 use natrix_proto::wire::{
-    Keepalive, NodeId, PunchAck, PunchIntroduce, PunchReject, PunchRequest, ReflexRequest,
-    ReflexResponse, RejectReason, RendezvousMessage, encode_addr, is_keepalive,
+    Hello, Keepalive, NatrixMessage, NodeId, PunchAck, PunchBind, PunchIntroduce, PunchRefusal,
+    PunchReject, PunchRequest, ReflexRequest, ReflexResponse, RejectReason, RendezvousMessage,
+    encode_addr, is_keepalive,
 };
 
 /// Decodes `data`; when that succeeds, re-encoding must give back `data`.
@@ -98,6 +99,37 @@ pub fn decode_rendezvous(data: &[u8]) {
         _ => None,
     };
     assert_eq!(m, per_kind);
+}
+
+/// Target `decode_natrix`: natrix's own control messages (channel 7). The
+/// dispatcher agrees with the per-kind decoders, every `Ok` is canonical, and
+/// no natrix payload is also a rendezvous message.
+pub fn decode_natrix(data: &[u8]) {
+    let m = canonical(data, NatrixMessage::decode, |m| {
+        let (b, n) = m.to_bytes();
+        b[..n].to_vec()
+    });
+    let per_kind = match data.first() {
+        Some(0x10) => Hello::decode(data).map(NatrixMessage::Hello).ok(),
+        Some(0x11) => PunchBind::decode(data).map(NatrixMessage::Bind).ok(),
+        Some(0x12 | 0x13) if data.len() == PunchRefusal::LEN => {
+            let r = PunchRefusal {
+                peer: NodeId(u64::from_be_bytes(data[1..9].try_into().unwrap())),
+                punch_id: u32::from_be_bytes(data[9..13].try_into().unwrap()),
+                reason: RejectReason::from_byte(data[13]),
+            };
+            Some(if data[0] == 0x12 {
+                NatrixMessage::Refuse(r)
+            } else {
+                NatrixMessage::Refused(r)
+            })
+        }
+        _ => None,
+    };
+    assert_eq!(m, per_kind);
+    if m.is_some() {
+        assert!(RendezvousMessage::decode(data).is_err());
+    }
 }
 
 /// Target `decode_keepalive`: the predicate agrees with the decoder.

@@ -60,7 +60,6 @@ impl Default for SessionConfig {
 
 /// A [`SessionConfig`] value that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum ConfigError {
     /// A duration that must be positive is zero.
     #[error("session config: {field} must be greater than zero")]

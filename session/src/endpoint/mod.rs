@@ -119,6 +119,18 @@ fn clamp_i64(v: i128) -> i64 {
     i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
 }
 
+/// How long an offset estimate stands against samples with a longer round
+/// trip.
+const OFFSET_SAMPLE_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// Whether a clock sample over `rtt` taken at `now` should replace the
+/// estimate taken from `current` = (its round trip, when).
+fn better_sample(current: Option<(Duration, Instant)>, rtt: Duration, now: Instant) -> bool {
+    current.is_none_or(|(best, at)| {
+        rtt < best || now.saturating_duration_since(at) > OFFSET_SAMPLE_MAX_AGE
+    })
+}
+
 /// NTP-style offset: the peer's reading `peer_wall` was taken about half a
 /// round trip after our reading `our_wall`.
 fn clock_offset(our_wall: u64, peer_wall: u64, rtt: Duration) -> i64 {
@@ -245,10 +257,13 @@ impl Endpoint {
         }
         let slot = match self.by_key.get(&peer) {
             Some(&slot) => {
-                let p = self.peer(slot);
+                let p = self.peer_mut(slot);
                 if p.current.is_some() || p.handshake.is_some() {
                     return Ok(());
                 }
+                // Only a half-open handshake from the peer exists: dial where
+                // the caller says (no session yet, so nothing moves: S6).
+                p.addr = addr;
                 slot
             }
             None => {
@@ -293,7 +308,7 @@ impl Endpoint {
         };
         let outcome = match kind {
             PacketType::HandshakeInit => self.on_init(now, wall_ms, from, datagram),
-            PacketType::HandshakeResponse => self.on_response(now, from, datagram),
+            PacketType::HandshakeResponse => self.on_response(now, wall_ms, from, datagram),
             PacketType::CookieReply => self.on_cookie(now, datagram),
             PacketType::Transport => self.on_transport(now, wall_ms, from, datagram),
         };
@@ -796,9 +811,11 @@ impl Endpoint {
         self.remember_ts(key, ts);
         let slot = match existing {
             Some(slot) => {
-                // Both sides initiating at once: the larger key's handshake wins.
+                // Both sides initiating at once: the larger key's handshake
+                // wins -- unless theirs comes from somewhere other than where
+                // ours went (ours may be going nowhere), then theirs is answered.
                 if self.peer(slot).handshake.is_some() {
-                    if self.public > key {
+                    if self.public > key && self.peer(slot).addr == from {
                         debug!(peer = %key, "simultaneous handshakes: keeping ours");
                         return Outcome::Consumed;
                     }
@@ -944,7 +961,7 @@ impl Endpoint {
             .map(|_| slot)
     }
 
-    fn on_response(&mut self, now: Instant, from: SocketAddr, d: &[u8]) -> Outcome {
+    fn on_response(&mut self, now: Instant, wall_ms: u64, from: SocketAddr, d: &[u8]) -> Outcome {
         use wire::response as r;
         if d.len() != wire::RESPONSE_LEN {
             self.stats.malformed += 1;
@@ -1001,6 +1018,7 @@ impl Endpoint {
         let (key, node, addr) = (p.key, p.node, p.addr);
         if let Some(offset_ms) = offset {
             p.clock_offset_ms = Some(offset_ms);
+            p.offset_sample = Some((rtt, now));
             self.events.push_back(SessionEvent::ClockOffset {
                 peer: key,
                 node,
@@ -1008,12 +1026,12 @@ impl Endpoint {
                 rtt,
             });
         }
-        // Confirm the keys to the responder (it switches on our first packet).
-        if self.peer(slot).queue.is_empty() {
-            self.queue_control(slot, now, Control::Keepalive);
-        } else {
-            self.flush_queue(slot, now);
-        }
+        // Confirm the keys to the responder (it switches on our first
+        // packet) with a clock ping: the handshake's sample includes the
+        // responder's Diffie-Hellman time, a ping's does not.
+        self.flush_queue(slot, now);
+        self.peer_mut(slot).ping = Some((wall_ms, now));
+        self.queue_control(slot, now, Control::Ping { wall: wall_ms });
         debug!(peer = %key, %addr, ?rtt, clock_offset_ms = ?offset, "handshake complete (initiator)");
         self.reschedule(slot);
         Outcome::Consumed
@@ -1255,15 +1273,21 @@ impl Endpoint {
                         let rtt = now.saturating_duration_since(sent_at);
                         let offset_ms = clock_offset(sent_wall, peer_wall, rtt);
                         p.rtt = Some(rtt);
-                        p.clock_offset_ms = Some(offset_ms);
                         trace!(peer = %p.key, ?rtt, offset_ms, "clock pong");
-                        let ev = SessionEvent::ClockOffset {
-                            peer: p.key,
-                            node: p.node,
-                            offset_ms,
-                            rtt,
-                        };
-                        self.events.push_back(ev);
+                        // NTP's clock filter, simply: a sample replaces the
+                        // estimate when its round trip is no longer (less
+                        // error) or the estimate has grown old.
+                        if better_sample(p.offset_sample, rtt, now) {
+                            p.clock_offset_ms = Some(offset_ms);
+                            p.offset_sample = Some((rtt, now));
+                            let ev = SessionEvent::ClockOffset {
+                                peer: p.key,
+                                node: p.node,
+                                offset_ms,
+                                rtt,
+                            };
+                            self.events.push_back(ev);
+                        }
                     }
                 }
             }
@@ -1356,7 +1380,11 @@ impl Endpoint {
         }
         let p = self.peers[slot].as_mut().expect("still present");
         if p.current.is_some() && now >= p.last_sent + config.keepalive_interval {
-            if p.clock_offset_ms.is_none() {
+            // Idle keep-alives are clock pings (one outstanding at a time),
+            // so the offset estimate keeps improving and never grows stale.
+            if p.ping
+                .is_none_or(|(_, at)| now >= at + config.keepalive_interval)
+            {
                 p.ping = Some((wall_ms, now));
                 self.queue_control(slot, now, Control::Ping { wall: wall_ms });
             } else {

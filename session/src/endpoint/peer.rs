@@ -92,6 +92,8 @@ pub(crate) struct Peer {
     pub(crate) rekey_at: Instant,
     pub(crate) rtt: Option<Duration>,
     pub(crate) clock_offset_ms: Option<i64>,
+    /// The round trip of the sample behind `clock_offset_ms`, and when.
+    pub(crate) offset_sample: Option<(Duration, Instant)>,
     /// Outstanding clock ping: (our wall ms in it, when sent).
     pub(crate) ping: Option<(u64, Instant)>,
     /// Latest cookie from this peer and when it arrived.
@@ -119,6 +121,7 @@ impl Peer {
             rekey_at: Instant::MAX,
             rtt: None,
             clock_offset_ms: None,
+            offset_sample: None,
             ping: None,
             cookie: None,
             rekeys: 0,

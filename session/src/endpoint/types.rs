@@ -34,7 +34,6 @@ pub enum Received<'a> {
 
 /// Why a datagram was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum DropReason {
     /// Not a well-formed session packet (type, reserved bytes, length).
     Malformed,
@@ -59,7 +58,6 @@ pub enum DropReason {
 
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum DownReason {
     /// Nothing authenticated was received for `dead_after`.
     Dead,
@@ -71,7 +69,6 @@ pub enum DownReason {
 
 /// Why a handshake failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
-#[non_exhaustive]
 pub enum HandshakeError {
     /// No answer within `handshake_timeout`: wrong public key, or the peer is unreachable.
     #[error("handshake timed out: no answer (wrong public key, or the peer is unreachable)")]
@@ -87,7 +84,6 @@ pub enum HandshakeError {
 
 /// Something that happened to a session; drain with [`crate::Endpoint::poll_event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum SessionEvent {
     /// The session is established (first time; rekeys are silent).
     Up {
@@ -147,7 +143,6 @@ pub enum SessionEvent {
 
 /// Why [`crate::Endpoint::connect`] refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
-#[non_exhaustive]
 pub enum SessionError {
     /// Dialling our own public key.
     #[error("cannot open a session to our own key")]
@@ -165,7 +160,6 @@ pub enum SessionError {
 
 /// Why [`crate::Endpoint::send`] refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
-#[non_exhaustive]
 pub enum SendError {
     /// Neither a session nor a handshake to that key exists; call `connect` first.
     #[error("no session or handshake to that peer")]
@@ -193,7 +187,6 @@ pub enum SendError {
 
 /// A snapshot of one established session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct SessionInfo {
     /// The peer's node id.
     pub node: NodeId,

@@ -117,7 +117,11 @@ impl Net {
         let key = self.nodes[j].key();
         let mut out = [0u8; MAX_PACKET];
         let now = self.now;
-        match self.nodes[i].ep.send(now, &key, channel, payload, &mut out).unwrap() {
+        match self.nodes[i]
+            .ep
+            .send(now, &key, channel, payload, &mut out)
+            .unwrap()
+        {
             Some((to, len)) => {
                 self.put(i, to, out[..len].to_vec());
                 true
@@ -134,7 +138,12 @@ impl Net {
 
     /// Puts an arbitrary datagram on the wire (spoofing allowed).
     pub fn inject(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
-        let mut p = Packet { from, to, bytes, at: self.now };
+        let mut p = Packet {
+            from,
+            to,
+            bytes,
+            at: self.now,
+        };
         self.log.push(p.clone());
         let delay = match self.fate.as_mut() {
             Some(f) => f(&p),
@@ -155,7 +164,13 @@ impl Net {
         let (now, wall) = (self.now, self.wall(j));
         let node = &mut self.nodes[j];
         match node.ep.handle_datagram(now, wall, p.from, &p.bytes) {
-            Received::Data { peer, from, channel, payload, .. } => {
+            Received::Data {
+                peer,
+                from,
+                channel,
+                payload,
+                ..
+            } => {
                 node.data.push((peer, from, channel, payload.to_vec()));
             }
             Received::Consumed => {}
@@ -191,8 +206,7 @@ impl Net {
     /// Runs the network until `until` (virtual time).
     pub fn run_until(&mut self, until: Instant) {
         self.drain();
-        loop {
-            let Some(t) = self.next_time() else { break };
+        while let Some(t) = self.next_time() {
             if t > until {
                 break;
             }
@@ -201,7 +215,11 @@ impl Net {
             let mut due: Vec<Packet> = Vec::new();
             let mut rest = Vec::new();
             for p in self.flight.drain(..) {
-                if p.at <= self.now { due.push(p) } else { rest.push(p) }
+                if p.at <= self.now {
+                    due.push(p)
+                } else {
+                    rest.push(p)
+                }
             }
             self.flight = rest;
             due.sort_by_key(|p| p.at);
@@ -209,7 +227,11 @@ impl Net {
                 self.deliver(p);
             }
             for i in 0..self.nodes.len() {
-                if self.nodes[i].ep.poll_timeout().is_some_and(|d| d <= self.now) {
+                if self.nodes[i]
+                    .ep
+                    .poll_timeout()
+                    .is_some_and(|d| d <= self.now)
+                {
                     let (now, wall) = (self.now, self.wall(i));
                     self.nodes[i].ep.handle_timeout(now, wall);
                 }
