@@ -548,11 +548,10 @@ pub async fn punch_loopback_demo<R: Runtime>(rt: R) -> Result<(), String> {
     println!("coordinator: {}", t.r.dial());
     println!("A: {} at {}", t.ka, t.a.local_addr());
     println!("B: {} at {}", t.kb, t.b.local_addr());
-    let out = t
-        .a
-        .connect_direct(t.kb, t.r.public_key())
-        .await
-        .map_err(|e| format!("connect failed: {e}"))?;
+    let out =
+        t.a.connect_direct(t.kb, t.r.public_key())
+            .await
+            .map_err(|e| format!("connect failed: {e}"))?;
     println!(
         "direct path to B at {} after {:?} ({:?}); A and B now share their own session",
         out.path, out.elapsed, out.method
@@ -564,7 +563,11 @@ pub async fn punch_loopback_demo<R: Runtime>(rt: R) -> Result<(), String> {
     println!(
         "B got {:?} from {}",
         String::from_utf8_lossy(&bytes),
-        if from == t.ka { "A (authenticated)" } else { "someone else" }
+        if from == t.ka {
+            "A (authenticated)"
+        } else {
+            "someone else"
+        }
     );
     println!("A's punch stats: {:?}", t.a.stats());
     println!("coordinator's session stats: {:?}", t.r.session_stats());
@@ -577,6 +580,20 @@ pub async fn punch_loopback_demo<R: Runtime>(rt: R) -> Result<(), String> {
 #[macro_export]
 macro_rules! e2e_suite {
     ($block_on:path, $rt:expr) => {
+        #[test]
+        fn s1_node_id_must_be_the_keys_v4() {
+            $block_on($crate::testkit::net::net_node_id_must_be_the_keys(
+                $rt,
+                $crate::testkit::V4,
+            ))
+        }
+        #[test]
+        fn s1_node_id_must_be_the_keys_v6() {
+            $block_on($crate::testkit::net::net_node_id_must_be_the_keys(
+                $rt,
+                $crate::testkit::V6,
+            ))
+        }
         #[test]
         fn net_punch_and_data_v4() {
             $block_on($crate::testkit::net::net_punch_and_data(

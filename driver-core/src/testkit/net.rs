@@ -299,3 +299,20 @@ pub async fn net_handshake_flood<R: Runtime>(rt: R, ip: IpAddr) {
     c.shutdown().await;
     r.shutdown().await;
 }
+
+/// S1 at the node: a node's id on the rendezvous wire is its key's node id;
+/// a configuration naming another id is refused before anything is bound.
+pub async fn net_node_id_must_be_the_keys<R: Runtime>(rt: R, ip: IpAddr) {
+    let kp = test_keypair(5);
+    let key = kp.public();
+    let control = SessionControl::new(kp, SessionControlConfig::default(), seed(5));
+    let mut cfg = NodeConfig::for_key(&key, SocketAddr::new(ip, 0));
+    cfg.id = natrix_proto::wire::NodeId(key.node_id().0 ^ 1);
+    match Node::spawn(rt.clone(), cfg, control) {
+        Err(crate::node::NodeError::IdentityMismatch { configured, of_key }) => {
+            assert_eq!(of_key, key.node_id());
+            assert_ne!(configured, of_key);
+        }
+        other => panic!("expected IdentityMismatch, got {other:?}"),
+    }
+}
