@@ -2,17 +2,21 @@
 //!
 //! Runs natrix [`Agent`](natrix_proto::Agent)s on simulated hosts behind
 //! simulated NATs, in virtual time, with every random choice drawn from one
-//! seed. The same seed gives a byte-identical [`World::transcript`].
+//! seed. Hosts talk through real `natrix-session` sessions (Noise IK, keys
+//! derived from the seed) whose packets cross the simulated NATs like any
+//! other datagram. The same seed gives a byte-identical [`World::transcript`].
 //!
 //! * [`nat`] — the RFC 4787 NAT model: mapping, filtering, port allocation,
 //!   hairpinning, binding lifetime; nestable.
-//! * [`world`] — realms, hosts, lossy links, the reliable control channel,
-//!   per-host wall-clock skew with NTP-style offset estimates, the bounded run
-//!   loop, the transcript.
+//! * [`world`] — realms, hosts (agent + session endpoint on one socket,
+//!   demultiplexed), lossy links with a clean class for session packets,
+//!   per-host wall-clock skew measured by the sessions, the bounded run loop,
+//!   the transcript.
 //! * [`preset`] — named NAT presets (open, full cone, restricted cone,
 //!   port-restricted cone, symmetric, symmetric with sequential ports, double NAT).
 //! * [`scenario`] — the standard two-peer topology (coordinator, reflex
-//!   server, A and B behind presets) and a punch run with its outcome.
+//!   server, A and B behind presets, sessions dialled over the network) and a
+//!   punch run with its outcome.
 //!
 //! ```
 //! use natrix_sim::preset::Preset;

@@ -238,6 +238,20 @@ impl Nat {
         allowed.then_some(b.key.internal)
     }
 
+    /// The external address of the live mapping `internal → dst` at `now`,
+    /// without creating or refreshing anything.
+    #[must_use]
+    pub fn lookup(
+        &self,
+        now: Instant,
+        internal: SocketAddr,
+        dst: SocketAddr,
+    ) -> Option<SocketAddr> {
+        let port = self.by_key.get(&self.key(internal, dst))?;
+        let b = self.by_port.get(port).filter(|b| b.expires > now)?;
+        Some(SocketAddr::new(self.external_ip, b.external_port))
+    }
+
     /// The internal address behind external `port`, ignoring filtering and
     /// without changing anything (for latency estimates).
     #[must_use]

@@ -4,7 +4,6 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use natrix_proto::wire::NodeId;
 use natrix_proto::{Config, NatClass};
 
 use crate::nat::{Filtering, Mapping, NatConfig, PortAllocation};
@@ -124,14 +123,13 @@ pub struct Placed {
 
 /// Puts host number `slot` (1..=200) behind `preset`: public addresses are
 /// `203.0.113.(100 + slot)`, the home network `10.(slot).0.0/24`, the carrier
-/// network `100.64.(slot).0/24`.
-#[allow(clippy::too_many_arguments)]
+/// network `100.64.(slot).0/24`. The host's key and node id come from the
+/// world ([`World::add_host`]).
 pub fn place(
     world: &mut World,
     preset: Preset,
     slot: u8,
     name: &str,
-    id: NodeId,
     latency: Duration,
     config: Config,
     seed: u64,
@@ -157,6 +155,6 @@ pub fn place(
         Realm::Internet => SocketAddr::new(public, 4000),
         Realm::Behind(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, slot, 0, 2)), 4000),
     };
-    let host = world.add_host(name, id, realm, addr, latency, config, seed);
+    let host = world.add_host(name, realm, addr, latency, config, seed);
     Placed { host, nats }
 }

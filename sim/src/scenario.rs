@@ -51,9 +51,10 @@ pub struct PairScenario {
     pub latency: [Duration; 3],
     /// The peers' configuration.
     pub config: Config,
-    /// Record a transcript.
+    /// Record a transcript, from the world's creation (dials, handshakes and
+    /// classification included).
     pub record: bool,
-    /// Drop every `PunchAck` on the control channel: the trains then run to
+    /// Drop every `PunchAck` before it is sealed: the trains then run to
     /// the deadline, as the original protocol's did (for comparing R10).
     pub drop_acks: bool,
     /// The hosts' wall clocks.
@@ -61,7 +62,8 @@ pub struct PairScenario {
 }
 
 /// The wall clocks of the standard topology: each host's skew from true time
-/// (see [`World::set_clock_skew`]), and whether sessions estimate offsets.
+/// (see [`World::set_clock_skew`]), and whether the sessions' offset
+/// estimates (measured by the real handshake and clock ping) reach the agents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Clocks {
     /// Peer A's skew, ms.
@@ -72,7 +74,7 @@ pub struct Clocks {
     pub r_ms: i64,
     /// The reflex server S's skew, ms.
     pub s_ms: i64,
-    /// Sessions give each side an estimate of the other's clock offset
+    /// The sessions' estimates of each other's clock offset reach the agents
     /// ([`World::clock_offset_estimates`]).
     pub offset_estimates: bool,
 }
@@ -109,16 +111,9 @@ pub struct PairResult {
     pub world: World,
 }
 
-/// Node ids and host slots of the standard topology.
-pub const R_ID: NodeId = NodeId(1);
-/// The reflex server.
-pub const S_ID: NodeId = NodeId(2);
-/// Peer A.
-pub const A_ID: NodeId = NodeId(10);
-/// Peer B.
-pub const B_ID: NodeId = NodeId(11);
-
-/// The standard topology, built and classified.
+/// The standard topology, built and classified. Every host's node id is
+/// its key's, and the keys derive from the world seed: read them with the
+/// `*_id` methods (or [`World::id`]).
 #[derive(Debug)]
 pub struct Topology {
     /// The world.
@@ -133,6 +128,32 @@ pub struct Topology {
     pub b: Placed,
 }
 
+impl Topology {
+    /// The coordinator's node id.
+    #[must_use]
+    pub fn r_id(&self) -> NodeId {
+        self.world.id(self.r)
+    }
+
+    /// The reflex server's node id.
+    #[must_use]
+    pub fn s_id(&self) -> NodeId {
+        self.world.id(self.s)
+    }
+
+    /// Peer A's node id.
+    #[must_use]
+    pub fn a_id(&self) -> NodeId {
+        self.world.id(self.a.host)
+    }
+
+    /// Peer B's node id.
+    #[must_use]
+    pub fn b_id(&self) -> NodeId {
+        self.world.id(self.b.host)
+    }
+}
+
 /// The servers run the scenario's configuration (so a coordinator's fire
 /// lead follows it), without sweeps of their own and with a generous
 /// per-requester budget.
@@ -145,8 +166,9 @@ fn server_config(config: &Config) -> Config {
         .expect("valid server config")
 }
 
-/// Builds R, S, A (slot 1) and B (slot 2), opens the sessions and lets both
-/// peers classify (one second of virtual time). Every clock is right.
+/// Builds R, S, A (slot 1) and B (slot 2), has A and B dial R and S (real
+/// handshakes through their NATs) and lets both peers classify (one second of
+/// virtual time). Every clock is right.
 #[must_use]
 pub fn topology(
     seed: u64,
@@ -171,13 +193,31 @@ pub fn topology_with_clocks(
     config: &Config,
     clocks: Clocks,
 ) -> Topology {
+    build(seed, a, b, link, latency, config, clocks, false)
+}
+
+/// [`topology_with_clocks`], recording a transcript from the start when
+/// `record` is set.
+#[allow(clippy::too_many_arguments)]
+fn build(
+    seed: u64,
+    a: Preset,
+    b: Preset,
+    link: LinkConfig,
+    latency: [Duration; 3],
+    config: &Config,
+    clocks: Clocks,
+    record: bool,
+) -> Topology {
     let mut world = World::new(seed);
+    if record {
+        world.record();
+    }
     world.link = link;
     world.clock_offset_estimates = clocks.offset_estimates;
     let server = |last: u8| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, last)), 3478);
     let r = world.add_host(
         "R",
-        R_ID,
         Realm::Internet,
         server(10),
         latency[2],
@@ -186,7 +226,6 @@ pub fn topology_with_clocks(
     );
     let s = world.add_host(
         "S",
-        S_ID,
         Realm::Internet,
         server(20),
         latency[2],
@@ -199,26 +238,8 @@ pub fn topology_with_clocks(
             .agent(h)
             .set_local_classification(NatClass::Open, addr);
     }
-    let pa = place(
-        &mut world,
-        a,
-        1,
-        "A",
-        A_ID,
-        latency[0],
-        config.clone(),
-        seed ^ 3,
-    );
-    let pb = place(
-        &mut world,
-        b,
-        2,
-        "B",
-        B_ID,
-        latency[1],
-        config.clone(),
-        seed ^ 4,
-    );
+    let pa = place(&mut world, a, 1, "A", latency[0], config.clone(), seed ^ 3);
+    let pb = place(&mut world, b, 2, "B", latency[1], config.clone(), seed ^ 4);
     for (h, ms) in [
         (r, clocks.r_ms),
         (s, clocks.s_ms),
@@ -263,9 +284,7 @@ impl PairScenario {
     /// Runs the scenario with `seed`.
     #[must_use]
     pub fn run(&self, seed: u64) -> PairResult {
-        let Topology {
-            mut world, r, a, b, ..
-        } = topology_with_clocks(
+        let t = build(
             seed,
             self.a,
             self.b,
@@ -273,10 +292,12 @@ impl PairScenario {
             self.latency,
             &self.config,
             self.clocks,
+            self.record,
         );
-        if self.record {
-            world.record();
-        }
+        let (r_id, a_id, b_id) = (t.r_id(), t.a_id(), t.b_id());
+        let Topology {
+            mut world, a, b, ..
+        } = t;
         if self.drop_acks {
             world.control_filter = Some(Box::new(|_, _, channel, bytes| {
                 channel == Channel::Rendezvous && bytes.first() == Some(&0x03)
@@ -286,7 +307,7 @@ impl PairScenario {
         let classes = (world.agent(a).nat_class(), world.agent(b).nat_class());
         let sent_before = world.host(a).datagrams_sent + world.host(b).datagrams_sent;
         let t0 = world.now();
-        let started = world.agent(a).request_punch(t0, B_ID, R_ID);
+        let started = world.agent(a).request_punch(t0, b_id, r_id);
         let mut result = PairResult {
             outcome: Outcome::Skipped,
             classes,
@@ -309,7 +330,6 @@ impl PairScenario {
                 return result;
             }
         };
-        let _ = r;
         world.run_for(self.config.punch_deadline() + Duration::from_millis(500));
         result.keepalives =
             world.host(a).datagrams_sent + world.host(b).datagrams_sent - sent_before;
@@ -340,7 +360,7 @@ impl PairScenario {
                     .iter()
                     .rev()
                     .find_map(|(_, e)| match e {
-                        Event::PunchSucceeded { peer, path, .. } if *peer == A_ID => Some(*path),
+                        Event::PunchSucceeded { peer, path, .. } if *peer == a_id => Some(*path),
                         _ => None,
                     })
                     .or_else(|| world.agent(a).classification().map(|c| c.reflex));

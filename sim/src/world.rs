@@ -1,42 +1,80 @@
-//! The simulated world: realms joined by NATs, hosts running natrix agents,
-//! lossy links, a reliable control channel, a virtual clock, a transcript.
+//! The simulated world: realms joined by NATs, hosts running natrix agents
+//! over real authenticated sessions, lossy links, a virtual clock, a
+//! transcript.
 //!
 //! # Model
 //!
 //! * A **realm** is an address space: the Internet, or the inside of one NAT.
 //!   A NAT sits in its outside realm at its external IP; NATs nest (carrier-grade
 //!   double NAT is a NAT inside another NAT's realm).
-//! * A **host** lives in one realm at one address and runs one [`Agent`] whose
-//!   socket is bound at that address. Each host has a one-way access latency to
-//!   the core; a datagram from `a` to `b` takes `lat(a) + lat(b)` plus jitter.
-//!   A host's NATs sit next to it: outbound translation happens when the
-//!   datagram leaves, inbound filtering when it arrives.
-//! * **Datagrams** can be lost, duplicated and reordered (by jitter), all drawn
-//!   from the world's seeded generator.
-//! * **Control messages** travel on sessions between a host and a host on the
-//!   Internet (a server). They are reliable (a session retransmits), but each
-//!   message from the inside goes through the host's NATs, so the server's view
-//!   of the session's source address is the NAT mapping — and changes when the
-//!   mapping does.
+//! * A **host** lives in one realm at one address and has one UDP socket bound
+//!   there. Behind that socket run an [`Agent`] and a
+//!   [`natrix_session::Endpoint`], exactly as a driver runs them: every
+//!   received datagram goes through [`natrix_session::classify`] — keep-alives
+//!   to the agent, session packets to the endpoint, anything else to the
+//!   host's application inbox. Each host has a one-way access latency to the
+//!   core; a datagram from `a` to `b` takes `lat(a) + lat(b)` (plus jitter on
+//!   an impaired link). A host's NATs sit next to it: outbound translation
+//!   happens when the datagram leaves, inbound filtering when it arrives.
+//! * **Identity**: every host has an X25519 key derived from the world seed
+//!   and its host index ([`World::add_host`]); its node id — the agent's id —
+//!   is the key's [`node_id`](natrix_session::PublicKey::node_id) (S1).
+//!   [`World::new_identity`] gives a host a fresh key (a sybil's trick).
+//! * **Sessions** are real Noise IK sessions. [`World::connect`] makes the
+//!   client's endpoint dial the server's key at the server's address; the
+//!   handshake, the sealed control messages and the session's own
+//!   keep-alives and clock pings travel as UDP datagrams through the NATs
+//!   like anything else, so mapping, filtering and binding lifetime all
+//!   apply: the address a server's session sees is the client's NAT mapping,
+//!   a rebinding moves the session (`SessionEvent::AddrChanged`, S6), and a
+//!   binding that expires between two session keep-alives (10 s idle by
+//!   default, [`World::session_config`]) loses the packets sent to it.
+//! * **Control messages**: an agent's `Transmit::Control` is sealed with
+//!   `Endpoint::send` on the session channel
+//!   [`Channel::wire_byte`](natrix_proto::Channel::wire_byte) names — the
+//!   numbers driver-core uses: 1 rendezvous, 2 reflex request, 3 reflex
+//!   response (and 7 for natrix's own messages); the receiver's endpoint
+//!   opens it and the payload goes to `Agent::handle_control` with the
+//!   session's authenticated source address. Other channels (the driver's
+//!   announcements, directory and data) are not used here. Session events drive the agent:
+//!   `Up` and `AddrChanged` → `handle_session_up` (and the handshake RTT →
+//!   `handle_rtt`), `Down` → `handle_session_down`, `ClockOffset` →
+//!   `handle_rtt` and `handle_clock_offset`.
+//! * **Link classes**: the rendezvous assumes a reliable control channel (as
+//!   Net's did), and a session does not retransmit what it seals. So by
+//!   default session datagrams cross a clean link class: no loss, no
+//!   duplication, no jitter, while keep-alives and application datagrams
+//!   suffer [`LinkConfig`]'s impairments. [`LinkConfig::impair_sessions`]
+//!   puts session datagrams on the impaired class too.
 //! * **Clocks**: virtual time is the one true time. Each host's wall clock
-//!   (the `wall_ms` its agent is given) is off from it by the host's
-//!   [`clock_skew_ms`](Host::clock_skew_ms). When a session comes up each side
-//!   gets an NTP-style estimate of the other's offset, measured over the
-//!   control path ([`World::clock_offset_estimates`] turns that off).
-//! * **Announcements**: when a host's agent publishes a (class, reflex), every
-//!   other host learns it at once, and a host added later learns every
-//!   announcement already made (the mesh's gossip is not modelled).
+//!   (the `wall_ms` its agent and endpoint are given) is off from it by the
+//!   host's [`clock_skew_ms`](Host::clock_skew_ms). The session measures each
+//!   peer's offset NTP-style (the initiator from the handshake, the responder
+//!   from a clock ping right after); [`World::clock_offset_estimates`] off
+//!   withholds those estimates from the agents.
+//! * **Announcements** stay out of band: when a host's agent publishes a
+//!   (class, reflex), every other host learns it at once, and a host added
+//!   later learns every announcement already made (the mesh's gossip — a
+//!   driver's channel 4 — is not modelled; announcements are assumed
+//!   authenticated by the mesh).
 //!
-//! The run loop jumps to the earliest of the next packet and the next agent
-//! timeout; it is bounded by a step budget and panics (fails loudly) beyond it.
+//! Everything random — loss, jitter, NAT ports, keys, Noise ephemerals,
+//! session indices — derives from the world seed, so a seed replays exactly.
+//! The run loop jumps to the earliest of the next packet, the next agent
+//! timeout and the next session timeout; it is bounded by a step budget and
+//! panics (fails loudly) beyond it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use blake2::{Blake2s256, Digest};
 use natrix_proto::wire::{NodeId, RendezvousMessage};
 use natrix_proto::{Agent, Channel, Config, DatagramVerdict, Event, Instant, Rng, Transmit};
+use natrix_session::{
+    DatagramKind, Endpoint, Keypair, MAX_PACKET, PublicKey, Received, SessionConfig, SessionEvent,
+};
 
 use crate::nat::{Nat, NatConfig};
 
@@ -70,7 +108,8 @@ pub enum Realm {
     Behind(NatId),
 }
 
-/// Link impairments for datagrams (control messages are reliable).
+/// Link impairments. Keep-alives and application datagrams always suffer
+/// them; session datagrams only with [`impair_sessions`](Self::impair_sessions).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinkConfig {
     /// Probability a datagram is lost.
@@ -79,6 +118,13 @@ pub struct LinkConfig {
     pub duplicate: f64,
     /// Extra random delay, uniform in `0..=jitter` (reorders datagrams).
     pub jitter: Duration,
+    /// Whether session datagrams (handshakes, sealed control messages, the
+    /// session's keep-alives and clock pings) suffer loss, duplication and
+    /// jitter too. Off by default: the rendezvous assumes a reliable control
+    /// channel, which a deployment gets from its control plane; with this on,
+    /// a lost rendezvous message is simply lost (the session does not
+    /// retransmit payloads) and the punch fails or times out.
+    pub impair_sessions: bool,
 }
 
 impl Default for LinkConfig {
@@ -87,6 +133,7 @@ impl Default for LinkConfig {
             loss: 0.0,
             duplicate: 0.0,
             jitter: Duration::ZERO,
+            impair_sessions: false,
         }
     }
 }
@@ -96,11 +143,13 @@ impl Default for LinkConfig {
 pub struct Host {
     /// A name for transcripts.
     pub name: String,
-    /// Its node id.
+    /// Its node id: its key's [`node_id`](PublicKey::node_id).
     pub id: NodeId,
+    /// Its public key.
+    pub key: PublicKey,
     /// Where it lives.
     pub realm: Realm,
-    /// Its address in that realm (the agent's bind address).
+    /// Its address in that realm (the socket the agent and endpoint share).
     pub addr: SocketAddr,
     /// One-way latency to the core.
     pub latency: Duration,
@@ -109,9 +158,14 @@ pub struct Host {
     pub clock_skew_ms: i64,
     /// The agent.
     pub agent: Agent,
-    /// Every event, with its time.
+    /// The session endpoint.
+    pub endpoint: Endpoint,
+    /// Every agent event, with its time.
     pub events: Vec<(Instant, Event)>,
-    /// Non-natrix datagrams received: (time, source, bytes).
+    /// Every session event, with its time.
+    pub session_events: Vec<(Instant, SessionEvent)>,
+    /// Datagrams that are neither keep-alives nor session packets:
+    /// (time, source, bytes).
     pub app_inbox: Vec<(Instant, SocketAddr, Vec<u8>)>,
     /// Addresses the agent was introduced to (peer reflexes of introduces).
     pub introduced: BTreeSet<SocketAddr>,
@@ -122,6 +176,13 @@ pub struct Host {
     pub unexplained_sends: Vec<SocketAddr>,
     /// Datagrams the agent sent (keep-alives).
     pub datagrams_sent: u64,
+    /// Datagrams the session endpoint sent (handshakes, sealed control
+    /// messages, session keep-alives and clock pings).
+    pub session_datagrams_sent: u64,
+    /// How many times the host took a new identity.
+    generation: u32,
+    /// The agent's seed as given to [`World::add_host`].
+    agent_seed: u64,
 }
 
 #[derive(Debug)]
@@ -130,22 +191,13 @@ struct NatNode {
     outside: Realm,
 }
 
+/// A datagram arriving in `realm` addressed to `dst`.
 #[derive(Clone, Debug)]
-enum Item {
-    /// A datagram arriving in `realm` addressed to `dst`.
-    Datagram {
-        realm: Realm,
-        src: SocketAddr,
-        dst: SocketAddr,
-        bytes: Vec<u8>,
-    },
-    /// A control message on the session between two hosts.
-    Control {
-        from: HostId,
-        to: HostId,
-        channel: Channel,
-        bytes: Vec<u8>,
-    },
+struct InFlight {
+    realm: Realm,
+    src: SocketAddr,
+    dst: SocketAddr,
+    bytes: Vec<u8>,
 }
 
 /// Why a datagram did not arrive (counted per reason).
@@ -163,17 +215,16 @@ pub enum Drop {
 
 /// The simulated world.
 pub struct World {
+    seed: u64,
     now: Instant,
     rng: Rng,
     /// Hosts, indexed by [`HostId`].
     pub hosts: Vec<Host>,
     nats: Vec<NatNode>,
-    queue: BTreeMap<(Instant, u64), Item>,
+    queue: BTreeMap<(Instant, u64), InFlight>,
     seq: u64,
     /// Datagram impairments.
     pub link: LinkConfig,
-    /// Sessions: (client, server) → the address the server sees the client at.
-    sessions: BTreeMap<(HostId, HostId), SocketAddr>,
     transcript: Option<String>,
     steps: u64,
     /// The step budget.
@@ -183,15 +234,20 @@ pub struct World {
     pub sent_to_ip: BTreeMap<IpAddr, u64>,
     /// Datagrams that did not arrive, by reason.
     pub drops: BTreeMap<Drop, u64>,
-    /// Per-datagram loss decisions in order (true = lost), for determinism tests.
+    /// Loss decisions of impaired datagrams in order (true = lost), for
+    /// determinism tests.
     pub loss_pattern: Vec<bool>,
-    /// Fault injection on the control channel: return true to drop a control
-    /// message (from, to, channel, bytes). The channel itself never loses one.
+    /// Fault injection on control messages: return true to drop an agent's
+    /// control message (from, to, channel, bytes) before it is sealed.
     pub control_filter: Option<ControlFilter>,
-    /// Whether a session coming up gives each side an estimate of the other's
-    /// clock offset (`Agent::handle_clock_offset`). On by default; off, the
-    /// agents read every peer's wall-clock time as their own.
+    /// Whether the sessions' clock offset estimates reach the agents
+    /// (`Agent::handle_clock_offset`). On by default; off, the agents read
+    /// every peer's wall-clock time as their own.
     pub clock_offset_estimates: bool,
+    /// The session configuration of hosts added (or re-keyed) from now on.
+    pub session_config: SessionConfig,
+    /// Seal and poll buffer.
+    scratch: Box<[u8]>,
 }
 
 /// See [`World::control_filter`].
@@ -200,6 +256,7 @@ pub type ControlFilter = Box<dyn FnMut(HostId, HostId, Channel, &[u8]) -> bool>;
 impl std::fmt::Debug for World {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("World")
+            .field("seed", &self.seed)
             .field("now", &self.now)
             .field("hosts", &self.hosts.len())
             .field("nats", &self.nats.len())
@@ -209,11 +266,24 @@ impl std::fmt::Debug for World {
     }
 }
 
+/// 32 bytes for `purpose`, from the world seed, a host index and the host's
+/// identity generation.
+fn derive(purpose: &[u8], seed: u64, host: usize, generation: u32) -> [u8; 32] {
+    let mut h = Blake2s256::new();
+    h.update(b"natrix-sim/");
+    h.update(purpose);
+    h.update(seed.to_be_bytes());
+    h.update((host as u64).to_be_bytes());
+    h.update(generation.to_be_bytes());
+    h.finalize().into()
+}
+
 impl World {
     /// An empty world whose randomness all comes from `seed`.
     #[must_use]
     pub fn new(seed: u64) -> Self {
         World {
+            seed,
             now: Instant::ZERO,
             rng: Rng::new(seed),
             hosts: Vec::new(),
@@ -221,7 +291,6 @@ impl World {
             queue: BTreeMap::new(),
             seq: 0,
             link: LinkConfig::default(),
-            sessions: BTreeMap::new(),
             transcript: None,
             steps: 0,
             max_steps: 2_000_000,
@@ -230,7 +299,15 @@ impl World {
             loss_pattern: Vec::new(),
             control_filter: None,
             clock_offset_estimates: true,
+            session_config: SessionConfig::default(),
+            scratch: vec![0u8; MAX_PACKET].into_boxed_slice(),
         }
+    }
+
+    /// The seed the world was made with.
+    #[must_use]
+    pub fn seed(&self) -> u64 {
+        self.seed
     }
 
     /// Starts recording a transcript of everything that happens.
@@ -278,18 +355,17 @@ impl World {
         log!(self, "nat {} flushed", id.0);
     }
 
-    /// Adds a host running an agent with `config` and `seed`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn add_host(
-        &mut self,
-        name: &str,
-        id: NodeId,
-        realm: Realm,
-        addr: SocketAddr,
-        latency: Duration,
-        config: Config,
-        seed: u64,
-    ) -> HostId {
+    /// The key pair and endpoint seed of host number `index`, identity
+    /// `generation`: both derived from the world seed.
+    fn identity(&self, index: usize, generation: u32) -> (Keypair, [u8; 32]) {
+        let secret = derive(b"host-key/v1", self.seed, index, generation);
+        let seed = derive(b"endpoint-seed/v1", self.seed, index, generation);
+        (Keypair::from_secret(secret), seed)
+    }
+
+    /// A fresh agent for a host at `addr` that knows every announcement made
+    /// so far.
+    fn new_agent(&self, id: NodeId, addr: SocketAddr, config: Config, seed: u64) -> Agent {
         let mut agent = Agent::new(id, addr, config, seed);
         agent.set_interface_addrs(&[addr.ip()]);
         // A newcomer learns what everyone already announced.
@@ -298,22 +374,76 @@ impl World {
                 let _ = agent.handle_peer_announcement(h.id, a.reflex, a.class);
             }
         }
+        agent
+    }
+
+    /// Adds a host whose socket is bound at `addr` in `realm`, running an
+    /// agent with `config` and `seed` and a session endpoint with
+    /// [`session_config`](Self::session_config). Its key pair and the
+    /// endpoint's random seed derive from the world seed and the host's
+    /// index; its node id is the key's.
+    pub fn add_host(
+        &mut self,
+        name: &str,
+        realm: Realm,
+        addr: SocketAddr,
+        latency: Duration,
+        config: Config,
+        seed: u64,
+    ) -> HostId {
+        let index = self.hosts.len();
+        let (keypair, endpoint_seed) = self.identity(index, 0);
+        let key = keypair.public();
+        let id = key.node_id();
+        let endpoint = Endpoint::new(keypair, self.session_config.clone(), endpoint_seed);
+        let agent = self.new_agent(id, addr, config, seed);
         self.hosts.push(Host {
             name: name.to_owned(),
             id,
+            key,
             realm,
             addr,
             latency,
             clock_skew_ms: 0,
             agent,
+            endpoint,
             events: Vec::new(),
+            session_events: Vec::new(),
             app_inbox: Vec::new(),
             introduced: BTreeSet::new(),
             observed: BTreeSet::new(),
             unexplained_sends: Vec::new(),
             datagrams_sent: 0,
+            session_datagrams_sent: 0,
+            generation: 0,
+            agent_seed: seed,
         });
-        HostId(self.hosts.len() - 1)
+        log!(self, "{name} at {addr} is {key} ({id})");
+        HostId(index)
+    }
+
+    /// Gives host `h` a new identity: a fresh key (so a fresh node id), a
+    /// fresh endpoint and a fresh agent with the same configuration, on the
+    /// same socket. Its sessions are abandoned without a word: their peers
+    /// notice only when the sessions go silent (a sybil's way). Returns the
+    /// new node id.
+    pub fn new_identity(&mut self, h: HostId) -> NodeId {
+        let generation = self.hosts[h.0].generation + 1;
+        let (keypair, endpoint_seed) = self.identity(h.0, generation);
+        let key = keypair.public();
+        let id = key.node_id();
+        let endpoint = Endpoint::new(keypair, self.session_config.clone(), endpoint_seed);
+        let (addr, config) = (self.hosts[h.0].addr, self.hosts[h.0].agent.config().clone());
+        let seed = self.hosts[h.0].agent_seed ^ u64::from(generation).rotate_left(32);
+        let agent = self.new_agent(id, addr, config, seed);
+        let host = &mut self.hosts[h.0];
+        host.generation = generation;
+        host.key = key;
+        host.id = id;
+        host.endpoint = endpoint;
+        host.agent = agent;
+        log!(self, "{} is now {key} ({id})", self.hosts[h.0].name);
+        id
     }
 
     /// The host with node id `id`.
@@ -328,9 +458,21 @@ impl World {
         &self.hosts[h.0]
     }
 
+    /// A host's node id.
+    #[must_use]
+    pub fn id(&self, h: HostId) -> NodeId {
+        self.hosts[h.0].id
+    }
+
     /// A host's agent.
     pub fn agent(&mut self, h: HostId) -> &mut Agent {
         &mut self.hosts[h.0].agent
+    }
+
+    /// A host's session endpoint, for inspection.
+    #[must_use]
+    pub fn endpoint(&self, h: HostId) -> &Endpoint {
+        &self.hosts[h.0].endpoint
     }
 
     /// Sets a host's wall-clock skew: its clock reads true time plus `ms`.
@@ -340,7 +482,9 @@ impl World {
         log!(self, "{} clock skew {ms} ms", self.hosts[h.0].name);
     }
 
-    fn wall_ms(&self, h: HostId) -> u64 {
+    /// What host `h`'s wall clock reads now.
+    #[must_use]
+    pub fn wall_ms(&self, h: HostId) -> u64 {
         self.wall_ms_at(h, self.now)
     }
 
@@ -350,7 +494,7 @@ impl World {
         ms.saturating_add_signed(self.hosts[h.0].clock_skew_ms)
     }
 
-    fn push(&mut self, at: Instant, item: Item) {
+    fn push(&mut self, at: Instant, item: InFlight) {
         self.seq += 1;
         self.queue.insert((at, self.seq), item);
     }
@@ -393,6 +537,27 @@ impl World {
             realm = node.outside;
         }
         Err(Drop::Unroutable)
+    }
+
+    /// The source address a datagram from `h` to `dst` would carry where it
+    /// meets `dst`'s realm, following `h`'s live NAT mappings without
+    /// creating or refreshing any; `None` when some NAT on the way has no
+    /// live mapping for it (or `dst` is not routable from `h`).
+    #[must_use]
+    pub fn mapping(&self, h: HostId, dst: SocketAddr) -> Option<SocketAddr> {
+        let (mut realm, mut src) = (self.hosts[h.0].realm, self.hosts[h.0].addr);
+        for _ in 0..16 {
+            if self.holds(realm, dst.ip()) {
+                return Some(src);
+            }
+            let Realm::Behind(n) = realm else {
+                return None;
+            };
+            let node = &self.nats[n.0];
+            src = node.nat.lookup(self.now, src, dst)?;
+            realm = node.outside;
+        }
+        None
     }
 
     /// Whether `ip` is a host's or a NAT's external address in `realm`.
@@ -464,44 +629,74 @@ impl World {
         Duration::from_micros(self.rng.next_u64() % (j + 1))
     }
 
-    /// Sends a datagram from host `from` (from its bound socket) to `dst`.
+    /// Sends a datagram from host `from` (from its bound socket) to `dst`,
+    /// on the impaired link class (as the agent's keep-alives and the
+    /// application's datagrams go).
     pub fn send_datagram(&mut self, from: HostId, dst: SocketAddr, bytes: &[u8]) {
+        self.transmit(from, dst, bytes, true, "");
+    }
+
+    /// A session datagram from `from`'s endpoint: on the clean link class
+    /// unless [`LinkConfig::impair_sessions`].
+    fn send_session_datagram(&mut self, from: HostId, dst: SocketAddr, bytes: &[u8]) {
+        self.hosts[from.0].session_datagrams_sent += 1;
+        let impaired = self.link.impair_sessions;
+        self.transmit(from, dst, bytes, impaired, "session ");
+    }
+
+    /// Puts a datagram on the wire. Only an impaired datagram draws from the
+    /// world's generator for loss, duplication and jitter (in that order).
+    fn transmit(
+        &mut self,
+        from: HostId,
+        dst: SocketAddr,
+        bytes: &[u8],
+        impaired: bool,
+        kind: &str,
+    ) {
         *self.sent_to_ip.entry(dst.ip()).or_default() += 1;
-        let lost = self.chance(self.link.loss);
-        self.loss_pattern.push(lost);
+        let lost = impaired && self.chance(self.link.loss);
+        if impaired {
+            self.loss_pattern.push(lost);
+        }
         let (realm, src0) = (self.hosts[from.0].realm, self.hosts[from.0].addr);
         let routed = self.route_up(realm, src0, dst);
         let name = self.hosts[from.0].name.clone();
         let (meet, src) = match routed {
             Ok(x) => x,
             Err(why) => {
-                log!(self, "{name} -> {dst} dropped {why:?}");
+                log!(self, "{name} -> {dst} {kind}dropped {why:?}");
                 return self.count_drop(why);
             }
         };
         if lost {
-            log!(self, "{name} ({src}) -> {dst} lost");
+            log!(self, "{name} ({src}) -> {dst} {kind}lost");
             return self.count_drop(Drop::Loss);
         }
         let dst_latency = self
             .route_down(meet, src, dst, false)
             .map_or(Duration::from_millis(10), |h| self.hosts[h.0].latency);
-        let copies = if self.chance(self.link.duplicate) {
+        let copies = if impaired && self.chance(self.link.duplicate) {
             2
         } else {
             1
         };
         for _ in 0..copies {
-            let at = self.now + self.hosts[from.0].latency + dst_latency + self.jitter();
+            let jitter = if impaired {
+                self.jitter()
+            } else {
+                Duration::ZERO
+            };
+            let at = self.now + self.hosts[from.0].latency + dst_latency + jitter;
             log!(
                 self,
-                "{name} ({src}) -> {dst} {} B, arrives {:?}",
+                "{name} ({src}) -> {dst} {kind}{} B, arrives {:?}",
                 bytes.len(),
                 at.since_origin()
             );
             self.push(
                 at,
-                Item::Datagram {
+                InFlight {
                     realm: meet,
                     src,
                     dst,
@@ -513,269 +708,324 @@ impl World {
 
     // ------------------------------------------------------------- sessions
 
-    /// Opens an authenticated session between `client` and `server` (which
-    /// must be on the Internet). Each side learns the other's session address
-    /// (the server sees the client's NAT mapping) and an RTT estimate.
+    /// `client` dials `server` (which must be on the Internet): its endpoint
+    /// starts a Noise IK handshake to the server's key at the server's
+    /// address. The session comes up when the handshake completes over the
+    /// simulated network (one round trip; the server's side one crossing
+    /// later, when the client's first transport packet confirms the keys);
+    /// each side's agent then hears `handle_session_up` with the address its
+    /// session sees — for the server, the client's NAT mapping. A dial the
+    /// endpoint refuses (own key, S1 conflict, too many sessions) is logged
+    /// and changes nothing; one that gets no answer ends in
+    /// `SessionEvent::HandshakeFailed` after the handshake timeout.
     pub fn connect(&mut self, client: HostId, server: HostId) {
         assert_eq!(
             self.hosts[server.0].realm,
             Realm::Internet,
             "servers live on the Internet"
         );
-        let seen = self.client_mapping(client, server);
-        self.sessions.insert((client, server), seen);
-        let rtt = (self.hosts[client.0].latency + self.hosts[server.0].latency) * 2;
-        let (cid, sid, saddr) = (
-            self.hosts[client.0].id,
-            self.hosts[server.0].id,
-            self.hosts[server.0].addr,
-        );
-        let _ = self.hosts[server.0].agent.handle_session_up(cid, seen);
-        let _ = self.hosts[server.0].agent.handle_rtt(cid, rtt);
-        let _ = self.hosts[client.0].agent.handle_session_up(sid, saddr);
-        let _ = self.hosts[client.0].agent.handle_rtt(sid, rtt);
+        let (key, addr) = (self.hosts[server.0].key, self.hosts[server.0].addr);
+        let (now, wall) = (self.now, self.wall_ms(client));
+        let result = self.hosts[client.0].endpoint.connect(now, wall, key, addr);
         log!(
             self,
-            "session {} <-> {} seen as {seen}",
+            "{} dials {} at {addr}: {result:?}",
             self.hosts[client.0].name,
             self.hosts[server.0].name
         );
-        if self.clock_offset_estimates {
-            let of_server = self.estimate_clock_offset(client, server);
-            let of_client = self.estimate_clock_offset(server, client);
-            let _ = self.hosts[client.0]
-                .agent
-                .handle_clock_offset(sid, of_server);
-            let _ = self.hosts[server.0]
-                .agent
-                .handle_clock_offset(cid, of_client);
-            log!(
-                self,
-                "clock offsets: {} sees {of_server} ms, {} sees {of_client} ms",
-                self.hosts[client.0].name,
-                self.hosts[server.0].name
-            );
-        }
+        self.drain(client);
     }
 
-    /// Host `me`'s NTP-style estimate of `peer`'s wall clock minus its own,
-    /// from one exchange over their control path starting now: `me` sends at
-    /// `t0` (its clock), `peer` stamps `t1` on arrival (its clock) and answers
-    /// at once, the answer arrives at `t2` (`me`'s clock);
-    /// offset = `t1 − (t0 + t2) / 2`. Each leg takes the control path's real
-    /// one-way latency, so the estimate is exact only when both legs take the
-    /// same time (up to millisecond rounding).
-    ///
-    /// Stands in for the session's own measurement (real session packets
-    /// will replace it).
-    #[must_use]
-    pub fn estimate_clock_offset(&self, me: HostId, peer: HostId) -> i64 {
-        let sent = self.now;
-        let arrived = sent + self.control_latency(me, peer);
-        let returned = arrived + self.control_latency(peer, me);
-        let t0 = i128::from(self.wall_ms_at(me, sent));
-        let t1 = i128::from(self.wall_ms_at(peer, arrived));
-        let t2 = i128::from(self.wall_ms_at(me, returned));
-        let offset = t1 - (t0 + t2).div_euclid(2);
-        i64::try_from(offset).unwrap_or(if offset < 0 { i64::MIN } else { i64::MAX })
-    }
-
-    /// One-way latency of a control message from `from` to `to`.
-    fn control_latency(&self, from: HostId, to: HostId) -> Duration {
-        self.hosts[from.0].latency + self.hosts[to.0].latency
-    }
-
-    /// Closes a session on both sides.
+    /// Closes the session between `client` and `server` on both sides at
+    /// once (each agent hears `handle_session_down` if its side was up).
     pub fn disconnect(&mut self, client: HostId, server: HostId) {
-        if self.sessions.remove(&(client, server)).is_some() {
-            let now = self.now;
-            let (cid, sid) = (self.hosts[client.0].id, self.hosts[server.0].id);
-            self.hosts[server.0].agent.handle_session_down(now, cid);
-            self.hosts[client.0].agent.handle_session_down(now, sid);
-            self.drain(server);
-            self.drain(client);
-        }
+        let now = self.now;
+        let (ck, sk) = (self.hosts[client.0].key, self.hosts[server.0].key);
+        self.hosts[server.0].endpoint.close(now, &ck);
+        self.hosts[client.0].endpoint.close(now, &sk);
+        self.drain(server);
+        self.drain(client);
     }
 
-    /// Whether a session is up.
+    /// Whether `client`'s session to `server` is established (on the
+    /// client's side).
     #[must_use]
     pub fn connected(&self, client: HostId, server: HostId) -> bool {
-        self.sessions.contains_key(&(client, server))
+        let key = self.hosts[server.0].key;
+        self.hosts[client.0].endpoint.session(&key).is_some()
     }
 
-    /// The client's current mapping toward the server (refreshing it).
-    fn client_mapping(&mut self, client: HostId, server: HostId) -> SocketAddr {
-        let (realm, src) = (self.hosts[client.0].realm, self.hosts[client.0].addr);
-        let dst = self.hosts[server.0].addr;
-        self.route_up(realm, src, dst).map_or(src, |(_, s)| s)
+    /// The address `at`'s established session with `peer` sees `peer` at
+    /// (for a server: the client's NAT mapping).
+    #[must_use]
+    pub fn session_addr(&self, at: HostId, peer: HostId) -> Option<SocketAddr> {
+        let key = self.hosts[peer.0].key;
+        self.hosts[at.0].endpoint.session(&key).map(|s| s.addr)
     }
 
-    fn session_of(&self, a: HostId, b: HostId) -> Option<(HostId, HostId)> {
-        if self.sessions.contains_key(&(a, b)) {
-            Some((a, b))
-        } else if self.sessions.contains_key(&(b, a)) {
-            Some((b, a))
-        } else {
-            None
-        }
-    }
-
-    fn send_control(&mut self, from: HostId, to: NodeId, channel: Channel, bytes: &[u8]) {
-        let Some(to) = self.host_by_node(to) else {
-            return;
-        };
-        let Some((client, server)) = self.session_of(from, to) else {
+    /// Seals an agent's control message on `from`'s session to node `to` and
+    /// sends it (or leaves it queued in the endpoint while the handshake
+    /// runs). Returns whether it was sealed or queued.
+    fn send_control(&mut self, from: HostId, to: NodeId, channel: Channel, bytes: &[u8]) -> bool {
+        let Some(key) = self.hosts[from.0].endpoint.peer_by_node_id(to) else {
             log!(
                 self,
-                "{} -> {:?}: no session, control message dropped",
-                self.hosts[from.0].name,
-                self.hosts[to.0].id
+                "{} -> {to}: no session, control message dropped",
+                self.hosts[from.0].name
             );
-            return;
+            return false;
         };
-        if from == client {
-            // The message goes through the client's NATs: refresh the mapping,
-            // and if it changed the server sees a rebinding.
-            let seen = self.client_mapping(client, server);
-            if self.sessions.get(&(client, server)) != Some(&seen) {
-                self.sessions.insert((client, server), seen);
-                let cid = self.hosts[client.0].id;
-                let _ = self.hosts[server.0].agent.handle_session_up(cid, seen);
+        let ch = channel.wire_byte();
+        if let (Some(f), Some(to_host)) = (
+            self.control_filter.as_mut(),
+            self.hosts.iter().position(|h| h.id == to),
+        ) {
+            if f(from, HostId(to_host), channel, bytes) {
+                log!(self, "control message dropped by the fault filter");
+                return false;
+            }
+        }
+        let now = self.now;
+        let mut buf = std::mem::take(&mut self.scratch);
+        let sealed = self.hosts[from.0]
+            .endpoint
+            .send(now, &key, ch, bytes, &mut buf);
+        let ok = match sealed {
+            Ok(Some((addr, len))) => {
+                self.send_session_datagram(from, addr, &buf[..len]);
+                true
+            }
+            Ok(None) => {
                 log!(
                     self,
-                    "session {} rebound to {seen}",
-                    self.hosts[client.0].name
+                    "{} -> {to}: queued until the handshake completes",
+                    self.hosts[from.0].name
                 );
+                true
             }
-        }
-        if let Some(f) = self.control_filter.as_mut() {
-            if f(from, to, channel, bytes) {
-                log!(self, "control message dropped by the fault filter");
-                return;
+            Err(e) => {
+                log!(self, "{} -> {to}: not sealed: {e}", self.hosts[from.0].name);
+                false
             }
-        }
-        let at = self.now + self.control_latency(from, to);
-        self.push(
-            at,
-            Item::Control {
-                from,
-                to,
-                channel,
-                bytes: bytes.to_vec(),
-            },
-        );
+        };
+        self.scratch = buf;
+        ok
     }
 
-    /// Delivers a control message as if `from` sent it on its session to `to`
-    /// (for adversaries: any authenticated peer can send anything).
-    pub fn inject_control(&mut self, from: HostId, to: HostId, channel: Channel, bytes: &[u8]) {
+    /// Sends a control message from `from`'s agent to `to` as if the agent
+    /// had sent it: sealed on `from`'s real session to `to` (for adversaries:
+    /// any authenticated peer can send anything). Returns whether it was
+    /// sealed (or queued behind a handshake in progress); `false` when `from`
+    /// has no session or handshake with `to`.
+    pub fn inject_control(
+        &mut self,
+        from: HostId,
+        to: HostId,
+        channel: Channel,
+        bytes: &[u8],
+    ) -> bool {
         let to_id = self.hosts[to.0].id;
-        self.send_control(from, to_id, channel, bytes);
+        self.send_control(from, to_id, channel, bytes)
     }
 
     // ------------------------------------------------------------- the loop
 
-    /// Drains one host's agent: transmits into the network, events into the
-    /// host's log (announcements to every other host).
-    pub fn drain(&mut self, h: HostId) {
-        while let Some(t) = self.hosts[h.0].agent.poll_transmit() {
-            match t {
-                Transmit::Control {
-                    to,
-                    channel,
-                    payload,
-                } => {
-                    log!(
-                        self,
-                        "{} ctl -> {to} {channel:?} {:02x?}",
-                        self.hosts[h.0].name,
-                        payload.as_bytes()
-                    );
-                    self.send_control(h, to, channel, payload.as_bytes());
-                }
-                Transmit::Datagram { to, payload, .. } => {
-                    let host = &mut self.hosts[h.0];
-                    host.datagrams_sent += 1;
-                    if !host.introduced.contains(&to) && !host.observed.contains(&to) {
-                        host.unexplained_sends.push(to);
-                    }
-                    self.send_datagram(h, to, payload.as_bytes());
+    /// Sends what the endpoint of `h` has queued and turns its events into
+    /// agent calls. Returns whether there was anything.
+    fn pump_endpoint(&mut self, h: HostId) -> bool {
+        let mut any = false;
+        loop {
+            let mut buf = std::mem::take(&mut self.scratch);
+            let next = self.hosts[h.0].endpoint.poll_transmit(&mut buf);
+            if let Some((to, len)) = next {
+                self.send_session_datagram(h, to, &buf[..len]);
+            }
+            self.scratch = buf;
+            if next.is_none() {
+                break;
+            }
+            any = true;
+        }
+        while let Some(ev) = self.hosts[h.0].endpoint.poll_event() {
+            any = true;
+            self.session_event(h, ev);
+        }
+        any
+    }
+
+    /// One session event of host `h`, handed to its agent.
+    fn session_event(&mut self, h: HostId, ev: SessionEvent) {
+        let now = self.now;
+        log!(self, "{} session {ev:?}", self.hosts[h.0].name);
+        let estimates = self.clock_offset_estimates;
+        let host = &mut self.hosts[h.0];
+        host.session_events.push((now, ev.clone()));
+        let agent = &mut host.agent;
+        match ev {
+            SessionEvent::Up {
+                node, addr, rtt, ..
+            } => {
+                let _ = agent.handle_session_up(node, addr);
+                if let Some(rtt) = rtt {
+                    let _ = agent.handle_rtt(node, rtt);
                 }
             }
+            SessionEvent::AddrChanged { node, new, .. } => {
+                let _ = agent.handle_session_up(node, new);
+            }
+            SessionEvent::ClockOffset {
+                node,
+                offset_ms,
+                rtt,
+                ..
+            } => {
+                let _ = agent.handle_rtt(node, rtt);
+                if estimates {
+                    let _ = agent.handle_clock_offset(node, offset_ms);
+                }
+            }
+            SessionEvent::Down { node, .. } => agent.handle_session_down(now, node),
+            // Handshake failures and future events: recorded only.
+            _ => {}
         }
-        while let Some(e) = self.hosts[h.0].agent.poll_event() {
-            let now = self.now;
-            log!(self, "{} event {e:?}", self.hosts[h.0].name);
-            self.hosts[h.0].events.push((now, e));
-            if let Event::ClassificationChanged { class, reflex } = e {
-                let id = self.hosts[h.0].id;
-                for other in 0..self.hosts.len() {
-                    if other != h.0 {
-                        let _ = self.hosts[other]
-                            .agent
-                            .handle_peer_announcement(id, reflex, class);
+    }
+
+    /// Drains one host: the endpoint's datagrams and events, the agent's
+    /// transmits (control messages sealed on sessions, keep-alives onto the
+    /// network) and events (announcements to every other host), until
+    /// nothing is left.
+    pub fn drain(&mut self, h: HostId) {
+        loop {
+            let mut any = self.pump_endpoint(h);
+            while let Some(t) = self.hosts[h.0].agent.poll_transmit() {
+                any = true;
+                match t {
+                    Transmit::Control {
+                        to,
+                        channel,
+                        payload,
+                    } => {
+                        log!(
+                            self,
+                            "{} ctl -> {to} {channel:?} {:02x?}",
+                            self.hosts[h.0].name,
+                            payload.as_bytes()
+                        );
+                        self.send_control(h, to, channel, payload.as_bytes());
+                    }
+                    Transmit::Datagram { to, payload, .. } => {
+                        let host = &mut self.hosts[h.0];
+                        host.datagrams_sent += 1;
+                        if !host.introduced.contains(&to) && !host.observed.contains(&to) {
+                            host.unexplained_sends.push(to);
+                        }
+                        self.send_datagram(h, to, payload.as_bytes());
                     }
                 }
+            }
+            while let Some(e) = self.hosts[h.0].agent.poll_event() {
+                any = true;
+                let now = self.now;
+                log!(self, "{} event {e:?}", self.hosts[h.0].name);
+                self.hosts[h.0].events.push((now, e));
+                if let Event::ClassificationChanged { class, reflex } = e {
+                    let id = self.hosts[h.0].id;
+                    for other in 0..self.hosts.len() {
+                        if other != h.0 {
+                            let _ = self.hosts[other]
+                                .agent
+                                .handle_peer_announcement(id, reflex, class);
+                        }
+                    }
+                }
+            }
+            if !any {
+                break;
             }
         }
     }
 
-    fn deliver(&mut self, item: Item) {
-        match item {
-            Item::Control {
+    /// A session datagram for host `h` from `src`: the endpoint opens it; a
+    /// control message goes to the agent after the endpoint's events (so a
+    /// session that came up or moved with this very packet is known first).
+    fn deliver_session(&mut self, h: HostId, src: SocketAddr, bytes: &[u8]) {
+        let (now, wall) = (self.now, self.wall_ms(h));
+        let host = &mut self.hosts[h.0];
+        let received = host.endpoint.handle_datagram(now, wall, src, bytes);
+        let (data, verdict) = match received {
+            Received::Data {
+                node,
                 from,
-                to,
                 channel,
-                bytes,
-            } => {
-                let Some((client, server)) = self.session_of(from, to) else {
-                    return;
-                };
-                let session_addr = if from == client {
-                    self.sessions[&(client, server)]
-                } else {
-                    self.hosts[server.0].addr
-                };
-                if channel == Channel::Rendezvous {
-                    if let Ok(RendezvousMessage::Introduce(i)) = RendezvousMessage::decode(&bytes) {
-                        self.hosts[to.0].introduced.insert(i.peer_reflex);
-                    }
-                }
-                let (now, wall, from_id) = (self.now, self.wall_ms(to), self.hosts[from.0].id);
-                let _ = self.hosts[to.0].agent.handle_control(
-                    now,
-                    wall,
-                    from_id,
-                    session_addr,
-                    channel,
-                    &bytes,
-                );
-                self.drain(to);
+                payload,
+                ..
+            } => (Some((node, from, channel, payload.to_vec())), None),
+            Received::Consumed => (None, None),
+            Received::Dropped(reason) => (None, Some(reason)),
+        };
+        log!(
+            self,
+            "{} <- {src} session {}",
+            self.hosts[h.0].name,
+            match (&data, verdict) {
+                (Some((_, _, ch, _)), _) => format!("data on channel {ch}"),
+                (None, Some(reason)) => format!("dropped: {reason:?}"),
+                (None, None) => "consumed".to_owned(),
             }
-            Item::Datagram {
-                realm,
-                src,
-                dst,
-                bytes,
-            } => match self.route_down(realm, src, dst, true) {
-                Ok(h) => {
+        );
+        self.pump_endpoint(h);
+        let Some((node, from, ch, payload)) = data else {
+            return;
+        };
+        let Some(channel) = Channel::from_wire_byte(ch) else {
+            log!(
+                self,
+                "{}: message on channel {ch} ignored",
+                self.hosts[h.0].name
+            );
+            return;
+        };
+        let host = &mut self.hosts[h.0];
+        if channel == Channel::Rendezvous {
+            if let Ok(RendezvousMessage::Introduce(i)) = RendezvousMessage::decode(&payload) {
+                host.introduced.insert(i.peer_reflex);
+            }
+        }
+        let _ = host
+            .agent
+            .handle_control(now, wall, node, from, channel, &payload);
+    }
+
+    fn deliver(&mut self, item: InFlight) {
+        let InFlight {
+            realm,
+            src,
+            dst,
+            bytes,
+        } = item;
+        match self.route_down(realm, src, dst, true) {
+            Ok(h) => {
+                self.hosts[h.0].observed.insert(src);
+                if let DatagramKind::Session(_) = natrix_session::classify(&bytes) {
+                    self.deliver_session(h, src, &bytes);
+                } else {
+                    // Keep-alives are the agent's; the agent hands back
+                    // anything else for the application.
                     let now = self.now;
                     let host = &mut self.hosts[h.0];
-                    host.observed.insert(src);
                     let local = host.addr;
                     let verdict = host.agent.handle_datagram(now, local, src, &bytes);
                     if verdict == DatagramVerdict::NotOurs {
                         host.app_inbox.push((now, src, bytes));
                     }
-                    let name = host.name.clone();
-                    log!(self, "{name} <- {src} {verdict:?}");
-                    self.drain(h);
+                    log!(self, "{} <- {src} {verdict:?}", self.hosts[h.0].name);
                 }
-                Err(why) => {
-                    log!(self, "{src} -> {dst} dropped on arrival: {why:?}");
-                    self.count_drop(why);
-                }
-            },
+                self.drain(h);
+            }
+            Err(why) => {
+                log!(self, "{src} -> {dst} dropped on arrival: {why:?}");
+                self.count_drop(why);
+            }
         }
     }
 
@@ -784,7 +1034,9 @@ impl World {
         let timers = self
             .hosts
             .iter()
-            .filter_map(|h| h.agent.poll_timeout())
+            .filter_map(|h| {
+                natrix_proto::time::earliest(h.agent.poll_timeout(), h.endpoint.poll_timeout())
+            })
             .min();
         natrix_proto::time::earliest(q, timers)
     }
@@ -818,8 +1070,17 @@ impl World {
             }
             let now = self.now;
             for h in 0..self.hosts.len() {
-                if self.hosts[h].agent.poll_timeout().is_some_and(|t| t <= now) {
+                let host = &self.hosts[h];
+                let agent_due = host.agent.poll_timeout().is_some_and(|t| t <= now);
+                let session_due = host.endpoint.poll_timeout().is_some_and(|t| t <= now);
+                if agent_due {
                     self.hosts[h].agent.handle_timeout(now);
+                }
+                if session_due {
+                    let wall = self.wall_ms(HostId(h));
+                    self.hosts[h].endpoint.handle_timeout(now, wall);
+                }
+                if agent_due || session_due {
                     self.drain(HostId(h));
                 }
             }

@@ -2,12 +2,17 @@
 //! clock is off by ±30 s, between peers whose clocks disagree by as much,
 //! succeed as if every clock were right once the sessions' offset estimates
 //! reach the agents — and fail without them (the control), so the suite
-//! proves the feature.
+//! proves the feature. The estimates are the real sessions' own: the
+//! initiator's from the Noise handshake (the init carries its wall clock, the
+//! response echoes it with the responder's), the responder's from the clock
+//! ping it sends when the session comes up.
 #![allow(missing_docs)]
 
 use std::time::Duration;
 
 use natrix_proto::{PunchStage, TraversalError};
+use natrix_session::SessionEvent;
+use natrix_sim::World;
 use natrix_sim::preset::Preset;
 use natrix_sim::scenario::{Clocks, Outcome, PairScenario};
 use natrix_tests::expected;
@@ -60,6 +65,51 @@ fn scenario(a: Preset, b: Preset, (r, sa, sb): (i64, i64, i64), estimates: bool)
     s
 }
 
+/// The offsets host `at`'s sessions measured, by peer node id.
+fn measured(w: &World, at: &str) -> Vec<(natrix_proto::wire::NodeId, i64)> {
+    let h = w.hosts.iter().find(|h| h.name == at).expect("host");
+    h.session_events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            SessionEvent::ClockOffset {
+                node, offset_ms, ..
+            } => Some((*node, *offset_ms)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Each peer's sessions measured R's and S's offsets, and R and S each
+/// peer's, to within a millisecond of the true skews.
+fn offsets_came_from_the_sessions(w: &World, clocks: &Clocks, case: &str) {
+    let skew = |name: &str| match name {
+        "A" => clocks.a_ms,
+        "B" => clocks.b_ms,
+        "R" => clocks.r_ms,
+        _ => clocks.s_ms,
+    };
+    let name_of = |id| {
+        w.hosts
+            .iter()
+            .find(|h| h.id == id)
+            .expect("host")
+            .name
+            .clone()
+    };
+    for (me, peers) in [("A", 2), ("B", 2), ("R", 2), ("S", 2)] {
+        let got = measured(w, me);
+        assert_eq!(got.len(), peers, "{case}: {me} measured {got:?}");
+        for (peer, offset) in got {
+            let want = skew(&name_of(peer)) - skew(me);
+            assert!(
+                (offset - want).abs() <= 1,
+                "{case}: {me} measured {} at {offset} ms, true {want} ms",
+                name_of(peer)
+            );
+        }
+    }
+}
+
 #[test]
 fn skewed_clocks_punch_with_offset_estimates() {
     let mut failures = Vec::new();
@@ -78,6 +128,7 @@ fn skewed_clocks_punch_with_offset_estimates() {
                 s.latency = latency;
                 let r = s.run(seed);
                 let case = format!("{a} x {b} seed {seed} skew {skew:?} latency {latency:?}");
+                offsets_came_from_the_sessions(&r.world, &s.clocks, &case);
                 if r.outcome != Outcome::Punched || r.terminal_events != 1 {
                     failures.push(format!(
                         "{case}: {:?} ({} terminal events), error {:?}",

@@ -1,5 +1,5 @@
-//! The same seed gives a byte-identical transcript; different seeds give
-//! different loss patterns.
+//! The same seed gives a byte-identical transcript (real sessions included);
+//! different seeds give different loss patterns.
 #![allow(missing_docs)]
 
 use std::time::Duration;
@@ -14,6 +14,7 @@ fn lossy(a: Preset, b: Preset) -> PairScenario {
         loss: 0.2,
         duplicate: 0.05,
         jitter: Duration::from_millis(8),
+        ..LinkConfig::default()
     };
     s.record = true;
     s
@@ -21,16 +22,23 @@ fn lossy(a: Preset, b: Preset) -> PairScenario {
 
 #[test]
 fn same_seed_gives_a_byte_identical_transcript() {
-    for (a, b) in [
-        (Preset::PortRestrictedCone, Preset::Symmetric),
-        (Preset::DoubleNat, Preset::RestrictedCone),
-    ] {
-        let s = lossy(a, b);
-        let one = s.run(9);
-        let two = s.run(9);
-        assert!(one.world.transcript().len() > 1_000);
-        assert_eq!(one.world.transcript(), two.world.transcript());
-        assert_eq!(one.world.loss_pattern, two.world.loss_pattern);
+    // With session datagrams on the clean link class (the default) and on
+    // the impaired one (handshake retries, lost control messages): keys,
+    // Noise ephemerals and session indices all derive from the seed too.
+    for impair_sessions in [false, true] {
+        for (a, b) in [
+            (Preset::PortRestrictedCone, Preset::Symmetric),
+            (Preset::DoubleNat, Preset::RestrictedCone),
+        ] {
+            let mut s = lossy(a, b);
+            s.link.impair_sessions = impair_sessions;
+            let one = s.run(9);
+            let two = s.run(9);
+            assert!(one.world.transcript().len() > 1_000);
+            assert!(one.world.transcript().contains(" session "));
+            assert_eq!(one.world.transcript(), two.world.transcript());
+            assert_eq!(one.world.loss_pattern, two.world.loss_pattern);
+        }
     }
 }
 

@@ -35,6 +35,7 @@ fn sweep(loss: f64, floor: f64) {
             loss,
             duplicate: 0.01,
             jitter: Duration::from_millis(5),
+            ..LinkConfig::default()
         };
         let mut punched = 0u64;
         for seed in 0..n {

@@ -62,7 +62,7 @@ proptest! {
         let mut peers: Vec<Placed> = vec![t.a.clone(), t.b.clone()];
         for (i, p) in presets[2..].iter().enumerate() {
             let slot = 3 + i as u8;
-            let placed = place(&mut t.world, *p, slot, &format!("P{slot}"), NodeId(20 + i as u64), Duration::from_millis(15), config.clone(), seed ^ u64::from(slot));
+            let placed = place(&mut t.world, *p, slot, &format!("P{slot}"), Duration::from_millis(15), config.clone(), seed ^ u64::from(slot));
             t.world.connect(placed.host, t.r);
             t.world.connect(placed.host, t.s);
             peers.push(placed);
