@@ -161,9 +161,11 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
-/// Largest number of distinct peers [`classify`] considers. Observations beyond
-/// it (after de-duplication by peer) are ignored, so the function allocates
-/// nothing and runs in bounded time whatever it is given.
+/// Largest number of distinct peers [`classify`] considers: the
+/// `MAX_OBSERVATIONS` smallest peer ids among those observed (each with its
+/// latest observation). Which peers those are does not depend on arrival
+/// order, so neither does the result; the function allocates nothing and runs
+/// in bounded time whatever it is given.
 pub const MAX_OBSERVATIONS: usize = 32;
 
 /// Two-probe classification (the baseline of `behaviour.md`, with C3).
@@ -177,8 +179,10 @@ pub const MAX_OBSERVATIONS: usize = 32;
 /// bound address → Open; with a wildcard bind the reflex IP must also be one of
 /// `interfaces` (C3), because a matching port alone only means a
 /// port-preserving NAT. All observed ports equal → Cone. Otherwise Symmetric.
-/// IPv4-mapped IPv6 addresses compare equal to their IPv4 form. The result
-/// does not depend on the order of observations from distinct peers.
+/// IPv4-mapped IPv6 addresses compare equal to their IPv4 form (C9). The
+/// result does not depend on the order of observations from distinct peers,
+/// however many there are: beyond [`MAX_OBSERVATIONS`] distinct peers, the
+/// ones with the smallest ids are used.
 ///
 /// The reflex returned is the most frequently observed address, ties broken by
 /// the smallest address, so it too is order-independent.
@@ -188,7 +192,11 @@ pub fn classify(
     interfaces: &[IpAddr],
     observations: &[Observation],
 ) -> Classification {
-    // Last observation per peer wins, keeping at most MAX_OBSERVATIONS peers.
+    // Last observation per peer wins, keeping the MAX_OBSERVATIONS smallest
+    // peer ids. Once the set is full its largest id only ever decreases, so a
+    // peer pushed out (or never let in) can never come back: the final set is
+    // the smallest ids overall, each with its latest observation, whatever the
+    // order of arrival.
     let mut latest: [Option<Observation>; MAX_OBSERVATIONS] = [None; MAX_OBSERVATIONS];
     let mut count = 0usize;
     for obs in observations {
@@ -196,18 +204,22 @@ pub fn classify(
             .iter()
             .take(count)
             .position(|o| o.is_some_and(|o| o.peer == obs.peer));
-        match slot {
-            Some(i) => {
-                if let Some(s) = latest.get_mut(i) {
-                    *s = Some(*obs);
-                }
+        let target = match slot {
+            Some(i) => Some(i),
+            None if count < MAX_OBSERVATIONS => {
+                count = count.saturating_add(1);
+                Some(count.saturating_sub(1))
             }
-            None => {
-                if let Some(s) = latest.get_mut(count) {
-                    *s = Some(*obs);
-                    count = count.saturating_add(1);
-                }
-            }
+            None => latest
+                .iter()
+                .enumerate()
+                .filter_map(|(i, o)| o.map(|o| (o.peer, i)))
+                .max()
+                .filter(|(largest, _)| obs.peer < *largest)
+                .map(|(_, i)| i),
+        };
+        if let Some(s) = target.and_then(|i| latest.get_mut(i)) {
+            *s = Some(*obs);
         }
     }
     let used = || latest.iter().take(count).flatten();
@@ -263,10 +275,34 @@ pub fn classify(
     }
 }
 
-/// `addr` with its IP in canonical form (IPv4-mapped IPv6 → IPv4).
+/// `addr` with its IP in canonical form (IPv4-mapped IPv6 → IPv4): the one
+/// form natrix uses for an address once it has entered (C9). (IPv6 scope id
+/// and flow info are dropped, as on the wire.)
 #[must_use]
 pub fn canonical_addr(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(canonical_ip(addr.ip()), addr.port())
+}
+
+/// R13: is `addr` an address no keep-alive may ever be sent to? Port 0, an
+/// unspecified address, a multicast address, the IPv4 limited broadcast
+/// `255.255.255.255`, or an IPv4 "this network" address (`0.0.0.0/8`); an
+/// IPv4-mapped address is judged by its IPv4 form (C9).
+///
+/// (The other R13 destinations, "the coordinator's own address" and the
+/// node's own, depend on who asks and are checked where they are known.)
+#[must_use]
+pub fn is_bogus_destination(addr: SocketAddr) -> bool {
+    let ip = canonical_ip(addr.ip());
+    addr.port() == 0
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || match ip {
+            IpAddr::V4(v4) => {
+                let [first, ..] = v4.octets();
+                v4.is_broadcast() || first == 0
+            }
+            IpAddr::V6(_) => false,
+        }
 }
 
 #[cfg(test)]

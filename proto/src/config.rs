@@ -32,6 +32,7 @@ pub struct Config {
     coordinator_requests_per_window: u32,
     responder_trains_per_introducer: u32,
     responder_concurrent_trains: u32,
+    responder_concurrent_per_introducer: u32,
     budget_table_capacity: u32,
     max_pending_punches: u32,
     max_known_peers: u32,
@@ -41,6 +42,7 @@ pub struct Config {
     sweep_targets: u32,
     max_pending_probes: u32,
     auto_reclassify: bool,
+    natrix_extensions: bool,
 }
 
 impl Default for Config {
@@ -55,6 +57,7 @@ impl Default for Config {
             coordinator_requests_per_window: 4,
             responder_trains_per_introducer: 4,
             responder_concurrent_trains: 8,
+            responder_concurrent_per_introducer: 4,
             budget_table_capacity: 4096,
             max_pending_punches: 1024,
             max_known_peers: 131_072,
@@ -64,6 +67,7 @@ impl Default for Config {
             sweep_targets: 4,
             max_pending_probes: 64,
             auto_reclassify: true,
+            natrix_extensions: true,
         }
     }
 }
@@ -167,11 +171,19 @@ impl Config {
     pub fn coordinator_requests_per_window(&self) -> u32 {
         self.coordinator_requests_per_window
     }
-    /// Unsolicited keep-alive trains a responder runs per introducing peer per
-    /// window. Default 4.
+    /// Unsolicited keep-alive trains a responder runs per introducing peer
+    /// **and requester** per window (R5: one requester's requests through a
+    /// coordinator spend only its own share). Default 4.
     #[must_use]
     pub fn responder_trains_per_introducer(&self) -> u32 {
         self.responder_trains_per_introducer
+    }
+    /// Unsolicited trains a responder runs at once for one introducing peer
+    /// (R5). One requester holds at most one of them (punches are per peer),
+    /// so a single requester cannot fill them. Default 4.
+    #[must_use]
+    pub fn responder_concurrent_per_introducer(&self) -> u32 {
+        self.responder_concurrent_per_introducer
     }
     /// Concurrent unsolicited trains a responder runs, all peers. Default 8.
     #[must_use]
@@ -223,6 +235,15 @@ impl Config {
     pub fn max_pending_probes(&self) -> u32 {
         self.max_pending_probes
     }
+    /// Whether the agent speaks natrix's own control channel
+    /// ([`Channel::Natrix`](crate::Channel::Natrix)): a `Hello` to each peer
+    /// when its session comes up, and — only toward peers whose natrix
+    /// messages arrived — punch-id binding (R7) and typed responder refusals
+    /// (R5). Off: only the Net v0.27 forms are ever sent. Default on.
+    #[must_use]
+    pub fn natrix_extensions(&self) -> bool {
+        self.natrix_extensions
+    }
     /// R4 policy for introduces naming a peer with no announced reflex.
     #[must_use]
     pub fn unannounced_peer_policy(&self) -> UnannouncedPeerPolicy {
@@ -268,6 +289,8 @@ setters! {
     responder_trains_per_introducer: u32;
     /// Sets [`Config::responder_concurrent_trains`].
     responder_concurrent_trains: u32;
+    /// Sets [`Config::responder_concurrent_per_introducer`].
+    responder_concurrent_per_introducer: u32;
     /// Sets [`Config::budget_table_capacity`].
     budget_table_capacity: u32;
     /// Sets [`Config::max_pending_punches`].
@@ -286,6 +309,8 @@ setters! {
     max_pending_probes: u32;
     /// Sets [`Config::auto_reclassify`].
     auto_reclassify: bool;
+    /// Sets [`Config::natrix_extensions`].
+    natrix_extensions: bool;
 }
 
 impl ConfigBuilder {
@@ -317,6 +342,10 @@ impl ConfigBuilder {
                 c.responder_trains_per_introducer,
             ),
             ("responder_concurrent_trains", c.responder_concurrent_trains),
+            (
+                "responder_concurrent_per_introducer",
+                c.responder_concurrent_per_introducer,
+            ),
             ("budget_table_capacity", c.budget_table_capacity),
             ("max_pending_punches", c.max_pending_punches),
             ("max_known_peers", c.max_known_peers),

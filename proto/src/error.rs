@@ -29,8 +29,13 @@ impl core::fmt::Display for PunchStage {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TraversalError {
-    /// The coordinator refused to mediate (R1, R5).
-    #[error("coordinator rejected the punch: {0}")]
+    /// The punch was refused, with a typed reason: by the coordinator (R1,
+    /// R5, R13), by the responder and relayed by the coordinator on natrix's
+    /// own channel (R5: [`RejectReason::ResponderBusy`], or the responder's
+    /// R4/R13 checks), or because the coordinator's introduce failed this
+    /// node's own checks (R12: [`RejectReason::ReflexMismatch`], R13:
+    /// [`RejectReason::BogusReflex`]).
+    #[error("punch rejected: {0}")]
     Rejected(RejectReason),
     /// No coordinator candidate is connected to both ends (R5).
     #[error("no coordinator is connected to both ends")]

@@ -19,7 +19,7 @@
 //! | [`agent`] | the [`Agent`]: one node, every role, one `handle_*` / `poll_*` surface (start here) |
 //! | [`rendezvous`] | the coordinator and endpoint roles, coordinator selection |
 //! | [`discovery`] | reflex probes, the classification sweep, the reflex override |
-//! | [`wire`] | byte-exact codecs for every message, and the keep-alive predicate |
+//! | [`wire`] | byte-exact codecs for every message (the Net v0.27 forms and natrix's own channel), and the keep-alive predicate |
 //! | [`schedule`] | the keep-alive train schedule (R3) |
 //! | [`mod@classify`] | [`NatClass`], the [`pair_action`] matrix, two-probe [`classify()`](classify::classify) (C3) |
 //! | [`config`] | [`Config`] with the documented defaults, validated at construction |
@@ -58,10 +58,13 @@
 //! | R3 | [`schedule::keepalive_send_offsets`] | `r3_*` in `schedule.rs` and `tests/rendezvous.rs`, property `r3_offsets_never_panic_and_are_bounded` |
 //! | R4, R5 (responder) | [`rendezvous::endpoint`] (`handle_introduce`) | `r4_*`, `r5_responder_*` |
 //! | R5 (coordinator) | [`rendezvous::coordinator`], [`table`] | `r5_*` |
-//! | R6, R7 | [`rendezvous::endpoint`], [`rendezvous::coordinator`] | `r6_*`, `r7_*` |
+//! | R6, R7 | [`rendezvous::endpoint`], [`rendezvous::coordinator`], [`wire::natrix`] (`PunchBind`) | `r6_*`, `r7_*` |
 //! | R9 | [`rendezvous::adaptive_fire_lead`] | `r9_*` |
-//! | R10 | [`rendezvous::endpoint`] (`Train::done`) | `r10_*`, `happy_path_*` |
+//! | R10 | [`rendezvous::endpoint`] (`Train::done`, duplicate introduces) | `r10_*`, `happy_path_*` |
+//! | R11 | [`rendezvous::endpoint`] (crossing rules), [`rendezvous::coordinator`] (joining) | `r11_*` in `tests/hardening.rs` |
+//! | R12, R13 | [`rendezvous::endpoint`], [`rendezvous::coordinator`], [`classify::is_bogus_destination`] | `r12_*`, `r13_*` |
 //! | C1–C7 | [`discovery`], [`mod@classify`] | `c1_*` … `c7_*` in `tests/discovery.rs`, property `c2_*` |
+//! | C9 | [`classify::canonical_addr`] at every input | `c9_*` |
 //!
 //! ## Example
 //!
@@ -105,7 +108,7 @@ pub mod wire;
 
 pub use agent::io::{Channel, DatagramVerdict, Event, PathMethod, Payload, Role, Transmit};
 pub use agent::peers::Announcement;
-pub use agent::{Agent, DirectoryFull};
+pub use agent::{Agent, AnnouncementError, DirectoryFull};
 pub use classify::{Classification, NatClass, Observation, PairAction, classify, pair_action};
 pub use config::{Config, ConfigBuilder, ConfigError, UnannouncedPeerPolicy};
 pub use discovery::{ProbeError, ReclassifyOutcome, SweepObservation, SweepOutcome};

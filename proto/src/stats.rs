@@ -7,7 +7,8 @@
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Requester punches that sent a `PunchRequest`.
+    /// Requester punches started: a `PunchRequest` sent, or (R11) a train
+    /// the peer's rendezvous already ran with us adopted.
     pub punches_attempted: u64,
     /// Requester punches confirmed by a keep-alive.
     pub punches_succeeded: u64,
@@ -40,6 +41,11 @@ pub struct Stats {
     pub acks_forwarded: u64,
     /// Coordinator: acks dropped (R7).
     pub acks_dropped: u64,
+    /// Coordinator: requests that crossed a rendezvous it was mediating the
+    /// other way and joined it instead of starting a second one (R11).
+    pub crossings_joined: u64,
+    /// Coordinator: endpoint refusals relayed to the other endpoint (R5).
+    pub refusals_forwarded: u64,
 
     /// Responder: trains started for unsolicited introduces.
     pub responder_trains: u64,
@@ -50,8 +56,20 @@ pub struct Stats {
     pub introduces_dropped_reflection: u64,
     /// Introduces dropped by a responder budget (R5).
     pub introduces_dropped_budget: u64,
-    /// Introduces dropped for another reason (duplicate, self, unexpected).
+    /// Introduces dropped for another reason (self, conflict, unexpected).
     pub introduces_dropped_other: u64,
+    /// Introduces ignored because their rendezvous already ran here: a
+    /// duplicate changes nothing (exactly one outcome per rendezvous).
+    pub introduces_duplicate: u64,
+    /// Introduces refused by R13 (port 0, broadcast, multicast, unspecified,
+    /// the coordinator's or this node's own address).
+    pub introduces_dropped_bogus: u64,
+    /// Requester punches that joined the peer's crossing rendezvous (R11).
+    pub crossings_adopted: u64,
+    /// Refusals this endpoint sent to a rendezvous' coordinator (R5, R12, R13).
+    pub refusals_sent: u64,
+    /// Announcements refused (R13).
+    pub announcements_refused: u64,
 
     /// Keep-alives sent.
     pub keepalives_sent: u64,

@@ -2,9 +2,19 @@
 //!
 //! Each entry remembers when it started. An entry older than the table's
 //! window is expired: lookups treat it as absent and inserts reuse its slot.
-//! When the table is full and a new key arrives, the entry with the oldest start
-//! is evicted. Every operation is `O(log capacity)`, and the table never holds
-//! more than `capacity` entries whatever ids the network sends.
+//! Every operation is `O(log capacity)`, and the table never holds more than
+//! `capacity` entries whatever ids the network sends.
+//!
+//! Two ways to make room when the table is full and a new key arrives:
+//!
+//! * **fail closed** ([`try_entry`](WindowTable::try_entry),
+//!   [`can_insert`](WindowTable::can_insert)): only expired entries are
+//!   reclaimed; while every entry is live the newcomer is refused. Budgets use
+//!   this (R5): a flood of new ids can never make the table forget a live
+//!   budget and hand its owner a fresh allowance.
+//! * **evicting** ([`entry`](WindowTable::entry),
+//!   [`insert`](WindowTable::insert)): the entry with the oldest start goes.
+//!   For caches whose loss is harmless.
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use core::time::Duration;
@@ -80,6 +90,36 @@ impl<K: Ord + Copy, V> WindowTable<K, V> {
         &mut self.entries.entry(key).or_insert_with(|| (now, init())).1
     }
 
+    /// The live entry for `key`, starting a fresh one with `init()` at `now`
+    /// when there is none (or it expired) — failing closed: when the table is
+    /// full of live entries, `None`, and nothing changes.
+    pub fn try_entry(&mut self, now: Instant, key: K, init: impl FnOnce() -> V) -> Option<&mut V> {
+        if !self.can_insert(now, &key) {
+            return None;
+        }
+        Some(self.entry(now, key, init))
+    }
+
+    /// Whether `key` has (or could get, by reclaiming only expired entries) a
+    /// slot at `now`.
+    #[must_use]
+    pub fn can_insert(&self, now: Instant, key: &K) -> bool {
+        self.entries.contains_key(key)
+            || self.entries.len() < self.capacity
+            || self
+                .by_start
+                .first()
+                .is_some_and(|(start, _)| !self.live(*start, now))
+    }
+
+    /// Whether a live entry for `key` exists.
+    #[must_use]
+    pub fn contains(&self, now: Instant, key: &K) -> bool {
+        self.entries
+            .get(key)
+            .is_some_and(|(start, _)| self.live(*start, now))
+    }
+
     /// Starts a fresh entry for `key` at `now`, replacing any previous one.
     pub fn insert(&mut self, now: Instant, key: K, value: V) {
         self.remove(&key);
@@ -139,5 +179,24 @@ mod tests {
             assert!(tab.len() <= 3);
         }
         assert_eq!(tab.by_start.len(), tab.entries.len());
+    }
+
+    #[test]
+    fn try_entry_fails_closed_while_every_entry_is_live() {
+        let mut tab = WindowTable::new(3, Duration::from_secs(10));
+        for k in 0..3u64 {
+            *tab.try_entry(t(k), k, || 0u32).unwrap() += 1;
+        }
+        // Full of live entries: the newcomer is refused, nobody is forgotten.
+        assert!(!tab.can_insert(t(5), &9));
+        assert!(tab.try_entry(t(5), 9, || 0).is_none());
+        assert_eq!(tab.get_mut(t(5), &0), Some(&mut 1));
+        // A known key is still served.
+        assert_eq!(tab.try_entry(t(5), 1, || 0).copied(), Some(1));
+        // Once the oldest expires, its slot is reclaimed.
+        assert!(tab.try_entry(t(10_000), 9, || 7).is_some());
+        assert_eq!(tab.len(), 3);
+        assert!(!tab.contains(t(10_000), &0));
+        assert!(tab.contains(t(10_000), &9));
     }
 }

@@ -7,8 +7,9 @@ use core::time::Duration;
 use natrix_proto::classify::{Observation, classify};
 use natrix_proto::schedule::{KeepaliveTrain, keepalive_send_offsets};
 use natrix_proto::wire::{
-    Keepalive, NodeId, PunchAck, PunchIntroduce, PunchReject, PunchRequest, ReflexRequest,
-    ReflexResponse, RejectReason, RendezvousMessage, decode_addr, encode_addr, is_keepalive,
+    Hello, Keepalive, NatrixMessage, NodeId, PunchAck, PunchBind, PunchIntroduce, PunchRefusal,
+    PunchReject, PunchRequest, ReflexRequest, ReflexResponse, RejectReason, RendezvousMessage,
+    decode_addr, encode_addr, is_keepalive,
 };
 use proptest::prelude::*;
 
@@ -206,6 +207,123 @@ proptest! {
         }
         prop_assert_eq!(classify(bind, &ifaces, &shuffled), deduped);
     }
+}
+
+fn any_natrix() -> impl Strategy<Value = NatrixMessage> {
+    prop_oneof![
+        any::<u8>().prop_map(|version| NatrixMessage::Hello(Hello { version })),
+        (any_node(), any::<u64>(), 1u32..).prop_map(|(peer, fire_at_ms, id)| {
+            NatrixMessage::Bind(PunchBind {
+                peer,
+                fire_at_ms,
+                punch_id: NonZeroU32::new(id).unwrap(),
+            })
+        }),
+        (any_node(), any::<u32>(), any::<u8>(), any::<bool>()).prop_map(
+            |(peer, punch_id, r, refused)| {
+                let m = PunchRefusal {
+                    peer,
+                    punch_id,
+                    reason: RejectReason::from_byte(r),
+                };
+                if refused {
+                    NatrixMessage::Refused(m)
+                } else {
+                    NatrixMessage::Refuse(m)
+                }
+            }
+        ),
+    ]
+}
+
+/// Arbitrary bytes biased towards natrix kinds and lengths.
+fn natrix_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..32),
+        (
+            0x0Eu8..0x16,
+            prop::sample::select(vec![0usize, 1, 2, 12, 13, 14, 19, 20, 21, 22])
+        )
+            .prop_flat_map(|(kind, rest)| {
+                proptest::collection::vec(any::<u8>(), rest).prop_map(move |mut v| {
+                    v.insert(0, kind);
+                    v
+                })
+            }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    #[test]
+    fn natrix_messages_round_trip(m in any_natrix()) {
+        let (buf, len) = m.to_bytes();
+        prop_assert_eq!(len, m.encoded_len());
+        prop_assert_eq!(NatrixMessage::decode(&buf[..len]), Ok(m));
+        let mut short = vec![0u8; len - 1];
+        prop_assert!(m.encode(&mut short).is_err());
+        // Never mistaken for a rendezvous message, nor the other way round.
+        prop_assert!(RendezvousMessage::decode(&buf[..len]).is_err());
+    }
+
+    #[test]
+    fn natrix_decoding_never_panics_and_ok_is_canonical(bytes in natrix_bytes()) {
+        if let Ok(m) = NatrixMessage::decode(&bytes) {
+            let (buf, len) = m.to_bytes();
+            prop_assert_eq!(&buf[..len], &bytes[..]);
+        }
+        prop_assert!(NatrixMessage::decode(&bytes).is_err() || RendezvousMessage::decode(&bytes).is_err());
+    }
+
+    /// Issue #11, finding 13: with more distinct peers than `classify`
+    /// considers (32), the result still does not depend on arrival order.
+    #[test]
+    fn c2_classification_of_more_than_32_peers_does_not_depend_on_arrival_order(
+        ports in proptest::collection::vec(7000u16..7003, 33..80),
+        peer_base in 0u64..1000,
+        seed in any::<u64>(),
+    ) {
+        let bind = SocketAddr::new(Ipv4Addr::new(10, 0, 0, 2).into(), 4000);
+        let obs: Vec<Observation> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| Observation {
+                // Ids spread so that arrival order and id order differ.
+                peer: NodeId(peer_base + (i as u64 * 7919) % 1009),
+                reflex: SocketAddr::new(Ipv4Addr::new(203, 0, 113, 1).into(), *port),
+            })
+            .collect();
+        let want = classify(bind, &[], &obs);
+        let mut shuffled = obs.clone();
+        let mut s = seed | 1;
+        for i in (1..shuffled.len()).rev() {
+            s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+            shuffled.swap(i, (s % (i as u64 + 1)) as usize);
+        }
+        prop_assert_eq!(classify(bind, &[], &shuffled), want);
+        let mut reversed = obs.clone();
+        reversed.reverse();
+        prop_assert_eq!(classify(bind, &[], &reversed), want);
+    }
+}
+
+#[test]
+fn c2_the_33rd_peer_counts_the_same_wherever_it_arrives() {
+    // 32 peers saw port 7000, one saw 7001: the class must not depend on
+    // whether the odd one arrives first or last.
+    let bind = SocketAddr::new(Ipv4Addr::new(10, 0, 0, 2).into(), 4000);
+    let at = |peer: u64, port: u16| Observation {
+        peer: NodeId(peer),
+        reflex: SocketAddr::new(Ipv4Addr::new(203, 0, 113, 1).into(), port),
+    };
+    let mut obs: Vec<_> = (10..42).map(|p| at(p, 7000)).collect();
+    obs.push(at(1, 7001));
+    let last = classify(bind, &[], &obs);
+    obs.rotate_right(1);
+    let first = classify(bind, &[], &obs);
+    assert_eq!(first, last);
+    assert_eq!(first.observations, 32);
 }
 
 fn observations_from(obs: &[(u64, u8, u16)]) -> Vec<Observation> {

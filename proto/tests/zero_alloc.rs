@@ -38,6 +38,8 @@ fn coordinator(n: u64) -> Agent {
         r.handle_rtt(NodeId(i), std::time::Duration::from_millis(20))
             .unwrap();
     }
+    // Set-up: each session coming up queued a natrix Hello (issue #11).
+    while r.poll_transmit().is_some() {}
     r
 }
 

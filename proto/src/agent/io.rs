@@ -26,6 +26,10 @@ pub enum Channel {
     ReflexRequest,
     /// Reflex response (one address block).
     ReflexResponse,
+    /// natrix's own control messages ([`crate::wire::natrix`]: hello, punch
+    /// bind, refuse, refused). Sent only toward peers known to speak natrix
+    /// (the hello excepted, see [`Config::natrix_extensions`](crate::Config::natrix_extensions)).
+    Natrix,
 }
 
 impl Channel {
@@ -38,6 +42,7 @@ impl Channel {
             Channel::Rendezvous => 1,
             Channel::ReflexRequest => 2,
             Channel::ReflexResponse => 3,
+            Channel::Natrix => 7,
         }
     }
 
@@ -48,6 +53,7 @@ impl Channel {
             1 => Some(Channel::Rendezvous),
             2 => Some(Channel::ReflexRequest),
             3 => Some(Channel::ReflexResponse),
+            7 => Some(Channel::Natrix),
             _ => None,
         }
     }
@@ -240,11 +246,16 @@ mod tests {
             Channel::Rendezvous,
             Channel::ReflexRequest,
             Channel::ReflexResponse,
+            Channel::Natrix,
         ] {
             assert_ne!(c.wire_byte(), 0);
             assert_eq!(Channel::from_wire_byte(c.wire_byte()), Some(c));
         }
-        assert_eq!(Channel::from_wire_byte(0), None);
-        assert_eq!(Channel::from_wire_byte(16), None);
+        assert_eq!(Channel::Natrix.wire_byte(), 7);
+        // 4, 5, 6 and 16 belong to the driver's own channels (announcements,
+        // directory, application data), 0 to the session layer.
+        for b in [0, 4, 5, 6, 8, 16, 255] {
+            assert_eq!(Channel::from_wire_byte(b), None, "{b}");
+        }
     }
 }

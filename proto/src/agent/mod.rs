@@ -38,7 +38,7 @@ use core::net::{IpAddr, SocketAddr};
 use core::num::NonZeroU32;
 use core::time::Duration;
 
-use crate::classify::{NatClass, PairAction, pair_action};
+use crate::classify::{NatClass, PairAction, canonical_addr, is_bogus_destination, pair_action};
 use crate::config::Config;
 use crate::discovery::{Discovery, DiscoveryCtx, ProbeError, ReclassifyOutcome};
 use crate::error::TraversalError;
@@ -48,7 +48,8 @@ use crate::rng::Rng;
 use crate::stats::{Stats, bump};
 use crate::time::Instant;
 use crate::wire::{
-    DecodeError, Keepalive, NodeId, ReflexRequest, ReflexResponse, RendezvousMessage, is_keepalive,
+    DecodeError, Hello, Keepalive, NATRIX_VERSION, NatrixMessage, NodeId, ReflexRequest,
+    ReflexResponse, RendezvousMessage, is_keepalive,
 };
 
 use io::{Channel, DatagramVerdict, Event, Outbox, PathMethod, Role, Transmit};
@@ -59,6 +60,27 @@ use peers::{Announcement, Peers};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("peer directory is full")]
 pub struct DirectoryFull;
+
+/// Why [`Agent::handle_peer_announcement`] did not store an announcement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AnnouncementError {
+    /// The peer directory is full of peers with live sessions or other
+    /// announcements (`Config::max_known_peers`).
+    #[error("peer directory is full")]
+    DirectoryFull,
+    /// R13: the announced reflex is not a usable destination (port 0, a
+    /// broadcast, multicast or unspecified address, or this node's own
+    /// address).
+    #[error("announced reflex {0} is not a usable destination")]
+    BogusReflex(SocketAddr),
+}
+
+impl From<DirectoryFull> for AnnouncementError {
+    fn from(_: DirectoryFull) -> Self {
+        AnnouncementError::DirectoryFull
+    }
+}
 
 /// One natrix node: coordinator, requester and responder at once.
 #[derive(Debug)]
@@ -139,6 +161,7 @@ impl Agent {
         self.classification()
             .map(|a| a.reflex)
             .or_else(|| (!self.bind.ip().is_unspecified()).then_some(self.bind))
+            .map(canonical_addr)
     }
 
     /// The generation of the running classification sweep, if one runs.
@@ -185,10 +208,12 @@ impl Agent {
     }
 
     fn ctx(&mut self) -> (Ctx<'_>, &mut Endpoint) {
+        let local_reflex = self.local_reflex();
         (
             Ctx {
                 id: self.id,
                 bind: self.bind,
+                local_reflex,
                 config: &self.config,
                 peers: &self.peers,
                 out: &mut self.out,
@@ -228,21 +253,28 @@ impl Agent {
         channel: Channel,
         payload: &[u8],
     ) -> Result<(), DecodeError> {
+        // C9: one address form from here on.
+        let session_addr = canonical_addr(session_addr);
         match channel {
             Channel::Rendezvous => {
                 let msg = RendezvousMessage::decode(payload)?;
                 let id = self.id;
                 match msg {
-                    RendezvousMessage::Request(req) => self.coordinator.handle_request(
-                        &self.config,
-                        now,
-                        wall_ms,
-                        from,
-                        session_addr,
-                        req,
-                        &self.peers,
-                        &mut self.out,
-                    ),
+                    RendezvousMessage::Request(req) => {
+                        // R13: never introduce our own address.
+                        let own = [self.bind, self.local_reflex().unwrap_or(self.bind)];
+                        self.coordinator.handle_request(
+                            &self.config,
+                            now,
+                            wall_ms,
+                            from,
+                            session_addr,
+                            req,
+                            &self.peers,
+                            &own,
+                            &mut self.out,
+                        );
+                    }
                     RendezvousMessage::Ack(ack) if ack.to_peer == id => {
                         let (mut cx, ep) = self.ctx();
                         ep.handle_ack(&mut cx, from, ack);
@@ -273,7 +305,34 @@ impl Agent {
             Channel::ReflexResponse => {
                 let resp = ReflexResponse::decode(payload)?;
                 let (mut cx, d) = self.dctx();
-                d.handle_answer(&mut cx, now, from, resp.observed);
+                d.handle_answer(&mut cx, now, from, canonical_addr(resp.observed));
+            }
+            Channel::Natrix => {
+                let msg = NatrixMessage::decode(payload)?;
+                // Capability: a peer whose natrix message decoded speaks
+                // natrix for the rest of its session.
+                if self.peers.session(from).is_some() {
+                    let _ = self.peers.update(from, |p| p.natrix = true);
+                }
+                match msg {
+                    NatrixMessage::Hello(_) => {}
+                    NatrixMessage::Bind(b) => {
+                        let (mut cx, ep) = self.ctx();
+                        ep.handle_bind(&mut cx, now, from, b);
+                    }
+                    NatrixMessage::Refuse(r) => self.coordinator.handle_refuse(
+                        &self.config,
+                        now,
+                        from,
+                        r,
+                        &self.peers,
+                        &mut self.out,
+                    ),
+                    NatrixMessage::Refused(r) => {
+                        let (mut cx, ep) = self.ctx();
+                        ep.handle_refused(&mut cx, now, from, r);
+                    }
+                }
             }
         }
         Ok(())
@@ -293,6 +352,7 @@ impl Agent {
         if !is_keepalive(datagram) {
             return DatagramVerdict::NotOurs;
         }
+        let src = canonical_addr(src);
         match Keepalive::decode(datagram) {
             Ok(k) if k.sender != self.id => {
                 let (mut cx, ep) = self.ctx();
@@ -313,15 +373,33 @@ impl Agent {
     }
 
     /// An authenticated session to `peer` is up; `addr` is its source address
-    /// as seen here.
+    /// as seen here (called again when it changes).
+    ///
+    /// A peer with a live session always finds room in the directory: when it
+    /// is full, the oldest entry without a session (an announcement, typically)
+    /// is evicted. `DirectoryFull` only when every entry has a live session.
+    ///
+    /// A new session gets a natrix [`Hello`] (see
+    /// [`Config::natrix_extensions`]).
     pub fn handle_session_up(
         &mut self,
         peer: NodeId,
         addr: SocketAddr,
     ) -> Result<(), DirectoryFull> {
+        let addr = canonical_addr(addr);
+        if !self.peers.make_room_for_session(peer) {
+            return Err(DirectoryFull);
+        }
+        let new = self.peers.session(peer).is_none();
         self.peers
             .update(peer, |p| p.session = Some(addr))
             .map_err(|_| DirectoryFull)?;
+        if new && self.config.natrix_extensions() && peer != self.id {
+            let hello = Hello {
+                version: NATRIX_VERSION,
+            };
+            self.out.control(peer, Channel::Natrix, &hello.to_bytes());
+        }
         self.discovery.session_up(&self.config);
         Ok(())
     }
@@ -334,6 +412,7 @@ impl Agent {
             p.session = None;
             p.rtt = None;
             p.clock_offset_ms = None;
+            p.natrix = false;
         });
         let (mut cx, ep) = self.ctx();
         ep.coordinator_down(&mut cx, now, peer);
@@ -342,16 +421,27 @@ impl Agent {
     }
 
     /// `peer` announced its (reflex, class) — through the mesh, authenticated
-    /// by the embedder.
+    /// by the embedder. Stored in canonical form (C9).
+    ///
+    /// R13: a reflex no keep-alive may go to (port 0, broadcast, multicast,
+    /// unspecified, or this node's own address) is refused with
+    /// [`AnnouncementError::BogusReflex`] and not stored; a full directory is
+    /// [`AnnouncementError::DirectoryFull`] (announcements never evict).
     pub fn handle_peer_announcement(
         &mut self,
         peer: NodeId,
         reflex: SocketAddr,
         class: NatClass,
-    ) -> Result<(), DirectoryFull> {
+    ) -> Result<(), AnnouncementError> {
+        let reflex = canonical_addr(reflex);
+        let own = |a: Option<SocketAddr>| a.is_some_and(|a| canonical_addr(a) == reflex);
+        if is_bogus_destination(reflex) || own(Some(self.bind)) || own(self.local_reflex()) {
+            bump(&mut self.out.stats.announcements_refused);
+            return Err(AnnouncementError::BogusReflex(reflex));
+        }
         self.peers
             .update(peer, |p| p.announced = Some(Announcement { reflex, class }))
-            .map_err(|_| DirectoryFull)
+            .map_err(|_| AnnouncementError::DirectoryFull)
     }
 
     /// An RTT estimate to `peer` (feeds the adaptive fire lead, R9).
@@ -390,6 +480,7 @@ impl Agent {
     /// means (the agent's sweeps publish theirs the same way). Emits
     /// [`Event::ClassificationChanged`] when it changes what is in force.
     pub fn set_local_classification(&mut self, class: NatClass, reflex: SocketAddr) {
+        let reflex = canonical_addr(reflex);
         self.discovery
             .set_published(&mut self.out, Announcement { reflex, class });
     }
@@ -412,7 +503,12 @@ impl Agent {
     /// The pair matrix decides first (local class × the target's announced
     /// class): `SkipPunch` is `Err(Skipped)`; `Direct` with a known announced
     /// reflex succeeds at once with [`PathMethod::Direct`]; otherwise a
-    /// rendezvous starts. A pending punch to the same target is superseded.
+    /// rendezvous starts. A pending punch requested to the same target is
+    /// superseded; a train the target's own rendezvous already runs with us is
+    /// adopted instead, and no request is sent (R11: crossing requests converge
+    /// on one rendezvous). Within a punch deadline of a rendezvous with the
+    /// target, the request goes through that rendezvous' coordinator when a
+    /// session to it is up, whatever `coordinator` says (R11).
     pub fn request_punch(
         &mut self,
         now: Instant,
@@ -480,6 +576,7 @@ impl Agent {
     /// installed the node is Open at that address and sweeps are suppressed;
     /// a sweep running when it arrives is discarded.
     pub fn set_reflex_override(&mut self, reflex: Option<SocketAddr>) {
+        let reflex = reflex.map(canonical_addr);
         let (mut cx, d) = self.dctx();
         d.set_override(&mut cx, reflex);
     }

@@ -1,7 +1,7 @@
 //! What the agent knows about other nodes: sessions, announcements, RTTs,
 //! wall-clock offsets.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use core::net::SocketAddr;
 use core::time::Duration;
 
@@ -25,6 +25,11 @@ pub(crate) struct Peer {
     pub(crate) rtt: Option<Duration>,
     /// The peer's wall clock minus ours, in ms, while its session is up.
     pub(crate) clock_offset_ms: Option<i64>,
+    /// A natrix control message arrived from it on the current session: it
+    /// speaks natrix's own channel (cleared when the session goes down).
+    pub(crate) natrix: bool,
+    /// While the record has no session: its place in the eviction order.
+    evict_seq: u64,
 }
 
 impl Peer {
@@ -33,13 +38,22 @@ impl Peer {
             && self.announced.is_none()
             && self.rtt.is_none()
             && self.clock_offset_ms.is_none()
+            && !self.natrix
     }
 }
 
 /// The peer directory, bounded by `Config::max_known_peers`.
+///
+/// Peers with a live session always win over records without one
+/// (announcement-only entries, typically): when the directory is full, a
+/// session coming up evicts the oldest record without a session, so an
+/// announcement flood can never lock sessions out. Nothing else evicts.
 #[derive(Clone, Debug)]
 pub(crate) struct Peers {
     map: BTreeMap<NodeId, Peer>,
+    /// Records without a session, oldest first: what a session may evict.
+    sessionless: BTreeSet<(u64, NodeId)>,
+    next_seq: u64,
     capacity: usize,
 }
 
@@ -51,7 +65,30 @@ impl Peers {
     pub(crate) fn new(capacity: usize) -> Self {
         Peers {
             map: BTreeMap::new(),
+            sessionless: BTreeSet::new(),
+            next_seq: 0,
             capacity,
+        }
+    }
+
+    /// Whether `id` has spoken natrix's own channel on its current session.
+    pub(crate) fn natrix(&self, id: NodeId) -> bool {
+        self.map.get(&id).is_some_and(|p| p.natrix)
+    }
+
+    /// Makes room for a session with `id`: when the directory is full and `id`
+    /// has no record, the oldest record without a session is evicted. Returns
+    /// whether there is room now.
+    pub(crate) fn make_room_for_session(&mut self, id: NodeId) -> bool {
+        if self.map.contains_key(&id) || self.map.len() < self.capacity {
+            return true;
+        }
+        match self.sessionless.pop_first() {
+            Some((_, victim)) => {
+                self.map.remove(&victim);
+                true
+            }
+            None => false,
         }
     }
 
@@ -93,14 +130,81 @@ impl Peers {
         id: NodeId,
         f: impl FnOnce(&mut Peer),
     ) -> Result<(), DirectoryFull> {
-        if !self.map.contains_key(&id) && self.map.len() >= self.capacity {
+        let existed = self.map.contains_key(&id);
+        if !existed && self.map.len() >= self.capacity {
             return Err(DirectoryFull);
         }
         let peer = self.map.entry(id).or_default();
+        let indexed = existed && peer.session.is_none();
+        let old_seq = peer.evict_seq;
         f(peer);
-        if peer.is_empty() {
+        let sessionless = peer.session.is_none();
+        let empty = peer.is_empty();
+        if indexed && (empty || !sessionless) {
+            self.sessionless.remove(&(old_seq, id));
+        }
+        if empty {
             self.map.remove(&id);
+        } else if sessionless && !indexed {
+            let seq = self.next_seq;
+            self.next_seq = seq.saturating_add(1);
+            peer.evict_seq = seq;
+            self.sessionless.insert((seq, id));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::new([198, 51, 100, i].into(), 4000)
+    }
+
+    fn consistent(p: &Peers) {
+        let sessionless = p.map.values().filter(|r| r.session.is_none()).count();
+        assert_eq!(p.sessionless.len(), sessionless);
+        for (seq, id) in &p.sessionless {
+            assert_eq!(p.map[id].evict_seq, *seq);
+        }
+    }
+
+    #[test]
+    fn sessions_evict_the_oldest_record_without_a_session() {
+        let mut p = Peers::new(3);
+        let announce = |p: &mut Peers, i: u8| {
+            p.update(NodeId(u64::from(i)), |r| {
+                r.announced = Some(Announcement {
+                    reflex: addr(i),
+                    class: NatClass::Cone,
+                })
+            })
+        };
+        announce(&mut p, 1).unwrap();
+        announce(&mut p, 2).unwrap();
+        p.update(NodeId(3), |r| r.session = Some(addr(3))).unwrap();
+        consistent(&p);
+        assert_eq!(announce(&mut p, 4), Err(DirectoryFull));
+        // A session evicts the oldest announcement-only record (1), not 3.
+        assert!(p.make_room_for_session(NodeId(5)));
+        p.update(NodeId(5), |r| r.session = Some(addr(5))).unwrap();
+        assert!(p.announced(NodeId(1)).is_none());
+        assert!(p.announced(NodeId(2)).is_some());
+        consistent(&p);
+        // 2 gets a session, then loses it: it is evictable again, newest.
+        p.update(NodeId(2), |r| r.session = Some(addr(2))).unwrap();
+        consistent(&p);
+        assert!(!p.make_room_for_session(NodeId(6)), "all live sessions");
+        p.update(NodeId(2), |r| r.session = None).unwrap();
+        consistent(&p);
+        assert!(p.make_room_for_session(NodeId(6)));
+        assert_eq!(p.len(), 2);
+        consistent(&p);
+        // Emptied records leave the index too.
+        p.update(NodeId(3), |r| r.session = None).unwrap();
+        consistent(&p);
+        assert_eq!(p.len(), 1);
     }
 }

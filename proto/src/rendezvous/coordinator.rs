@@ -2,34 +2,102 @@
 //! authenticated sessions with, and forwards their acks.
 //!
 //! Requirements implemented here: **R1** (anti-reflection: `self_reflex` bound
-//! to the session IP), **R5** (per-requester budget, typed rejections, bounded
-//! budget memory), **R7** (ack forwarding only from the authenticated sender for
-//! a pair mediated recently), **R9** (adaptive fire lead).
+//! to the session IP), **R5** (per-requester budget failing closed, typed
+//! rejections, bounded budget memory, relaying a responder's refusal), **R7**
+//! (ack forwarding only from the authenticated sender for a pair mediated
+//! recently, bound to the punch id of each side), **R9** (adaptive fire lead),
+//! **R11** (a crossing request joins the rendezvous already under way),
+//! **R13** (no bogus reflex is ever introduced), **C9** (addresses are
+//! introduced in their canonical form).
+//!
+//! # Crossing requests (R11)
+//!
+//! When B asks for A while this coordinator's introduce of the pair for A's
+//! request is still under way (less than a punch deadline old, neither refused
+//! nor acknowledged both ways), a second rendezvous would give the two ends two
+//! trains with different tokens. Instead B's request joins A's: the
+//! coordinator records B's punch id for B's side and sends B the introduce of
+//! A's rendezvous again (same fire time, so the same token). B takes it as the
+//! answer to its request (or ignores it as a duplicate if it already runs that
+//! train); both acks are forwarded, each stamped with the recipient's own
+//! punch id.
+//!
+//! # Punch ids (R7)
+//!
+//! Each side of a mediation has the punch id its acks carry: the requester's
+//! own, and for the target the same id when the target speaks natrix (it is
+//! told with a [`PunchBind`] right before its
+//! introduce), its own id when it crossed, or 0 (a Net v0.27 responder, which
+//! never learns one). An ack with a non-zero id other than its sender's is
+//! stale and dropped. With a Net responder the residual risk stays: its late
+//! ack of an earlier punch carries 0 and is forwarded stamped with the current
+//! id; the requester's "no ack before my first keep-alive" rule is then the
+//! only guard.
 
 use core::net::SocketAddr;
 use core::time::Duration;
 
+use core::num::NonZeroU32;
+
 use crate::agent::io::{Channel, Outbox};
 use crate::agent::peers::Peers;
-use crate::classify::canonical_ip;
+use crate::classify::{canonical_addr, canonical_ip, is_bogus_destination};
 use crate::config::Config;
 use crate::stats::bump;
 use crate::table::WindowTable;
 use crate::time::{Instant, duration_to_millis};
-use crate::wire::{NodeId, PunchAck, PunchIntroduce, PunchReject, PunchRequest, RejectReason};
+use crate::wire::{
+    NatrixMessage, NodeId, PunchAck, PunchBind, PunchIntroduce, PunchRefusal, PunchReject,
+    PunchRequest, RejectReason,
+};
 
-/// A pair the coordinator introduced, remembered for R7.
+/// A pair the coordinator introduced, remembered for R7, R11 and refusals.
 #[derive(Clone, Copy, Debug)]
 struct Mediation {
-    /// The requester's punch id (0 for a v1 request).
-    punch_id: u32,
+    /// Who asked.
+    requester: NodeId,
+    /// The punch id each side's acks carry, by side (index 0 = the lower
+    /// node id): the requester's own id (0 for a v1 request); for the target
+    /// the bound id, its own id when its request crossed, or 0.
+    ids: [u32; 2],
+    /// The requester's reflex as introduced to the target (canonical).
+    requester_reflex: SocketAddr,
+    /// The introduces' fire time.
+    fire_at_ms: u64,
+    /// When it was mediated.
+    at: Instant,
     /// Acks already forwarded: bit 0 toward the lower id, bit 1 toward the higher.
     forwarded: u8,
+    /// An endpoint refused it (relayed once).
+    refused: bool,
+}
+
+impl Mediation {
+    /// The punch id `side` is known by: its own, else the requester's.
+    fn id_of(&self, key: (NodeId, NodeId), side: NodeId) -> u32 {
+        let [lo, hi] = self.ids;
+        let pick = |n: NodeId| if n == key.0 { lo } else { hi };
+        match pick(side) {
+            0 => pick(self.requester),
+            own => own,
+        }
+    }
+
+    fn set_id(&mut self, key: (NodeId, NodeId), side: NodeId, id: u32) {
+        let [lo, hi] = &mut self.ids;
+        *(if side == key.0 { lo } else { hi }) = id;
+    }
 }
 
 /// Orders a pair so both directions find the same record.
 fn pair_key(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
     if a <= b { (a, b) } else { (b, a) }
+}
+
+/// R13 at the coordinator: a reflex it must never introduce — a bogus
+/// destination, or one of its own addresses.
+fn bogus_here(addr: SocketAddr, own: &[SocketAddr]) -> bool {
+    is_bogus_destination(addr) || own.iter().any(|o| canonical_addr(*o) == addr)
 }
 
 /// The coordinator machine. Its tables are bounded by
@@ -95,7 +163,8 @@ impl Coordinator {
     }
 
     /// A `PunchRequest` from `from`, whose authenticated session arrives from
-    /// `session_addr`.
+    /// `session_addr`. `own` are this node's own addresses (bind, reflex),
+    /// which R13 never lets it introduce.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn handle_request(
         &mut self,
@@ -106,18 +175,29 @@ impl Coordinator {
         session_addr: SocketAddr,
         req: PunchRequest,
         peers: &Peers,
+        own: &[SocketAddr],
         out: &mut Outbox,
     ) {
-        // R5: every request counts against the requester's budget, valid or not.
-        let used = self.budget.entry(now, from, || 0);
+        // R5: every request counts against the requester's budget, valid or
+        // not. The table fails closed: while it is full of live budgets a
+        // newcomer is refused, never a live budget forgotten.
+        let Some(used) = self.budget.try_entry(now, from, || 0) else {
+            return Self::reject(out, from, &req, RejectReason::RateLimited);
+        };
         if *used >= config.coordinator_requests_per_window() {
             return Self::reject(out, from, &req, RejectReason::RateLimited);
         }
         *used = used.saturating_add(1);
 
+        // C9: one form for every address from here on.
+        let self_reflex = canonical_addr(req.self_reflex);
         // R1: bind self_reflex to the session source IP before using it anywhere.
-        if !reflex_matches_session(req.self_reflex, session_addr) {
+        if !reflex_matches_session(self_reflex, session_addr) {
             return Self::reject(out, from, &req, RejectReason::ReflexMismatch);
+        }
+        // R13: never introduce a bogus destination or ourselves.
+        if bogus_here(self_reflex, own) {
+            return Self::reject(out, from, &req, RejectReason::BogusReflex);
         }
         if req.target == from {
             return Self::reject(out, from, &req, RejectReason::UNSPECIFIED);
@@ -129,11 +209,41 @@ impl Coordinator {
         // point a requester at an IP the target has no session from.
         let Some(target_reflex) = peers
             .announced(req.target)
-            .map(|a| a.reflex)
+            .map(|a| canonical_addr(a.reflex))
             .filter(|r| reflex_matches_session(*r, target_session))
         else {
             return Self::reject(out, from, &req, RejectReason::UnknownTargetReflex);
         };
+        if bogus_here(target_reflex, own) {
+            return Self::reject(out, from, &req, RejectReason::BogusReflex);
+        }
+
+        let key = pair_key(from, req.target);
+        // R11: a request crossing the rendezvous under way for the other
+        // direction joins it.
+        if let Some(m) = self.mediated.get_mut(now, &key) {
+            let crossing = m.requester == req.target
+                && !m.refused
+                && m.forwarded != 3
+                && now.saturating_duration_since(m.at) < config.punch_deadline();
+            if crossing {
+                m.set_id(key, from, req.punch_id_or_zero());
+                let again = PunchIntroduce {
+                    peer: req.target,
+                    peer_reflex: m.requester_reflex,
+                    fire_at_ms: m.fire_at_ms,
+                };
+                out.control(from, Channel::Rendezvous, &again.to_bytes());
+                bump(&mut out.stats.crossings_joined);
+                bump(&mut out.stats.requests_mediated);
+                return;
+            }
+        }
+        // Its record is what lets acks and refusals through later: without
+        // room for it (all live), fail closed.
+        if !self.mediated.can_insert(now, &key) {
+            return Self::reject(out, from, &req, RejectReason::RateLimited);
+        }
 
         let lead = adaptive_fire_lead(config, peers.rtt(from), peers.rtt(req.target));
         let fire_at_ms = wall_ms.saturating_add(duration_to_millis(lead));
@@ -144,18 +254,76 @@ impl Coordinator {
         };
         let to_target = PunchIntroduce {
             peer: from,
-            peer_reflex: req.self_reflex,
+            peer_reflex: self_reflex,
             fire_at_ms,
         };
         out.control(from, Channel::Rendezvous, &to_requester.to_bytes());
+        // R7: a natrix target learns the punch id its introduce belongs to.
+        let bind = req
+            .punch_id
+            .filter(|_| config.natrix_extensions() && peers.natrix(req.target));
+        if let Some(punch_id) = bind {
+            let msg = NatrixMessage::Bind(PunchBind {
+                peer: from,
+                fire_at_ms,
+                punch_id,
+            });
+            let (bytes, len) = msg.to_bytes();
+            out.control(req.target, Channel::Natrix, bytes.get(..len).unwrap_or(&[]));
+        }
         out.control(req.target, Channel::Rendezvous, &to_target.to_bytes());
+        let id = req.punch_id_or_zero();
+        let target_id = bind.map_or(0, NonZeroU32::get);
+        let mut ids = [id, target_id];
+        if from != key.0 {
+            ids.swap(0, 1);
+        }
         let mediation = Mediation {
-            punch_id: req.punch_id_or_zero(),
+            requester: from,
+            ids,
+            requester_reflex: self_reflex,
+            fire_at_ms,
+            at: now,
             forwarded: 0,
+            refused: false,
         };
-        self.mediated
-            .insert(now, pair_key(from, req.target), mediation);
+        self.mediated.insert(now, key, mediation);
         bump(&mut out.stats.requests_mediated);
+    }
+
+    /// R5: an endpoint `from` refuses the rendezvous with `r.peer` that this
+    /// coordinator mediated. Relayed once, as *refused*, to the other
+    /// endpoint when it speaks natrix (a Net v0.27 peer keeps its Net forms
+    /// and learns of it only at its deadline).
+    pub(crate) fn handle_refuse(
+        &mut self,
+        config: &Config,
+        now: Instant,
+        from: NodeId,
+        r: PunchRefusal,
+        peers: &Peers,
+        out: &mut Outbox,
+    ) {
+        let key = pair_key(from, r.peer);
+        let Some(m) = self.mediated.get_mut(now, &key).filter(|_| from != r.peer) else {
+            return;
+        };
+        let fresh = r.punch_id == 0 || r.punch_id == m.id_of(key, from);
+        if m.refused || !fresh {
+            return;
+        }
+        m.refused = true;
+        let to = r.peer;
+        if config.natrix_extensions() && peers.natrix(to) && peers.session(to).is_some() {
+            let msg = NatrixMessage::Refused(PunchRefusal {
+                peer: from,
+                punch_id: m.id_of(key, to),
+                reason: r.reason,
+            });
+            let (bytes, len) = msg.to_bytes();
+            out.control(to, Channel::Natrix, bytes.get(..len).unwrap_or(&[]));
+            bump(&mut out.stats.refusals_forwarded);
+        }
     }
 
     /// R7: an ack from `from` that is not addressed to us. Forwarded only when
@@ -183,17 +351,17 @@ impl Coordinator {
             return bump(&mut out.stats.acks_dropped);
         };
         let bit = if ack.to_peer == key.0 { 1 } else { 2 };
-        // A requester's ack carries its punch id: one for an earlier punch of
-        // the same pair is stale.
-        let stale = ack.punch_id != 0 && ack.punch_id != m.punch_id;
+        // An ack carries its sender's punch id (0 from a Net responder): one
+        // for an earlier punch of the same pair is stale.
+        let stale = ack.punch_id != 0 && ack.punch_id != m.id_of(key, ack.from_peer);
         if m.forwarded & bit != 0 || stale {
             return bump(&mut out.stats.acks_dropped);
         }
         m.forwarded |= bit;
-        // The responder never learns the punch id; the coordinator fills in the
-        // one it mediated so the requester can match the ack to its punch.
+        // Forwarded stamped with the id the recipient knows its punch by (a
+        // Net responder never learns one; it gets the requester's).
         let fwd = PunchAck {
-            punch_id: m.punch_id,
+            punch_id: m.id_of(key, ack.to_peer),
             ..ack
         };
         out.control(ack.to_peer, Channel::Rendezvous, &fwd.to_bytes());

@@ -4,25 +4,87 @@
 //!
 //! Requirements implemented here: **R2** (a keep-alive is validated before it
 //! can consume a pending punch), **R3** (the train follows
-//! [`KeepaliveTrain`], clamped to the punch
-//! deadline), **R4** (unsolicited introduces must agree with the peer's own
-//! announcement), **R5** (responder budgets), **R6** (stale rejects ignored),
-//! **R7** (an ack is accepted only for a pending punch), **R8** (token
-//! confirmation and peer-reflexive path learning), **R10** (the train stops once
-//! both sides are done).
+//! [`KeepaliveTrain`], clamped to the punch deadline measured from the start
+//! of the punch, whatever `now` does), **R4** (unsolicited introduces must
+//! agree with the peer's own announcement), **R5** (responder budgets per
+//! introducer and requester, failing closed, refusals sent back), **R6**
+//! (stale rejects ignored), **R7** (an ack is accepted only for a pending
+//! punch, bound to its punch id when the coordinator told it), **R8** (token
+//! confirmation and peer-reflexive path learning), **R10** (the train stops
+//! once both sides are done, and a duplicate introduce changes nothing),
+//! **R11** (crossing rendezvous converge), **R12** (solicited introduces are
+//! checked against the target's announcement), **R13** (no keep-alive to a
+//! bogus destination), **C9** (one address form).
 //!
 //! Clock skew: an introduce's `fire_at_ms` is wall-clock time on the
 //! coordinator's clock. The train is scheduled (and the fire time bounded, R3)
 //! at that instant read on our clock, `fire_at_ms − offset` with the
 //! coordinator's offset from the peer directory (0 when unknown); the R8 token
 //! is derived from the wire value, which both ends share.
+//!
+//! # One rendezvous, one outcome
+//!
+//! A rendezvous is one coordinator's introduce of a pair: (coordinator, peer,
+//! `fire_at_ms`). Each runs at most one train here. An introduce of a
+//! rendezvous this node already ran (or runs) is a duplicate and changes
+//! nothing: no new train, no second event, no budget spent (the one exception
+//! is the answer to a request still waiting for its introduce, which is always
+//! taken: that is how a crossing request learns the rendezvous it joined).
+//!
+//! # Crossing rendezvous (R11)
+//!
+//! When A and B ask for each other at about the same time, two rendezvous
+//! exist for one pair, and each side must run the *same* train (same token,
+//! acks through the same coordinator). The rules, deterministic and the same
+//! on both sides:
+//!
+//! * **Same coordinator**: the coordinator lets the later request join the
+//!   earlier rendezvous (see [`super::coordinator`]); both ends take that
+//!   introduce as the answer to their own request. (If the joined rendezvous
+//!   already found its path here, the request succeeds at once with it.)
+//! * **Different coordinators — the lower node id's rendezvous wins.** An
+//!   endpoint whose own request is pending and which receives the peer's
+//!   introduce through another coordinator keeps its own rendezvous when its
+//!   node id is the lower one (the peer's introduce is dropped), and otherwise
+//!   *adopts* the peer's: its punch (same punch id, same deadline, same single
+//!   outcome) runs the train of that introduce, confirms on its token, and
+//!   exchanges acks through that coordinator. The adopted introduce is held to
+//!   R4 and R13 like any unsolicited one (no responder budget is spent: this
+//!   node asked for the peer itself).
+//! * **The losing rendezvous stays lost, however late it comes.** Each node
+//!   remembers its last punch with a peer for a punch deadline after it
+//!   started. The lower id, after its own request, drops the peer's
+//!   introduces through any other coordinator than the one whose rendezvous
+//!   ran; the higher id, having adopted before its own coordinator answered,
+//!   drops that answer when it arrives. Neither starts a train nobody runs.
+//! * **A new request within that time** goes through the coordinator of the
+//!   rendezvous that ran with the peer (when a session to it is up), not the
+//!   one asked for, so that the peer cannot take it for a crossing's loser.
+//! * **A request meets a train already running for the peer** (the peer's
+//!   introduce arrived first): `request_punch` adopts that train instead of
+//!   starting a second rendezvous; no request is sent, and the punch's one
+//!   outcome is that train's (at once if it already succeeded).
+//!
+//! Both ends must be natrix for crossings through different coordinators to
+//! converge (a Net v0.27 peer never adopts); through one natrix coordinator
+//! they converge with any endpoints.
+//!
+//! # Refusals (R5)
+//!
+//! An introduce this node will not run — a responder budget is spent, the
+//! reflex fails R4, R12 or R13 — is answered to its coordinator with a natrix
+//! *refuse* (only when that coordinator speaks natrix), which the coordinator
+//! relays to the other end as *refused*: the requester learns it as
+//! [`TraversalError::Rejected`] within about one round trip instead of at its
+//! deadline. A requester whose own introduce fails R12 or R13 ends its punch at
+//! once with the same typed error.
 
 use alloc::collections::BTreeMap;
 use core::net::SocketAddr;
 
 use crate::agent::io::{Channel, Event, Outbox, PathMethod, Role};
 use crate::agent::peers::Peers;
-use crate::classify::{canonical_addr, canonical_ip};
+use crate::classify::{canonical_addr, canonical_ip, is_bogus_destination};
 use crate::config::{Config, UnannouncedPeerPolicy};
 use crate::error::{PunchStage, TraversalError};
 use crate::rng::mix64;
@@ -30,7 +92,10 @@ use crate::schedule::KeepaliveTrain;
 use crate::stats::bump;
 use crate::table::WindowTable;
 use crate::time::{Instant, peer_wall_to_local};
-use crate::wire::{Keepalive, NodeId, PunchAck, PunchIntroduce, PunchReject, PunchRequest};
+use crate::wire::{
+    Keepalive, NatrixMessage, NodeId, PunchAck, PunchBind, PunchIntroduce, PunchRefusal,
+    PunchReject, PunchRequest, RejectReason,
+};
 
 /// R8: the keep-alive token both ends derive from what their introduces share
 /// (the two node ids and `fire_at_ms`). Never 0; 0 marks an older peer.
@@ -51,18 +116,69 @@ pub fn keepalive_token(a: NodeId, b: NodeId, fire_at_ms: u64) -> u32 {
 pub(crate) struct Ctx<'a> {
     pub(crate) id: NodeId,
     pub(crate) bind: SocketAddr,
+    /// This node's public address, when known (R13: never a keep-alive to
+    /// ourselves).
+    pub(crate) local_reflex: Option<SocketAddr>,
     pub(crate) config: &'a Config,
     pub(crate) peers: &'a Peers,
     pub(crate) out: &'a mut Outbox,
 }
 
+impl Ctx<'_> {
+    /// R5: tells the coordinator `to` that this node will not run its
+    /// rendezvous with `peer` — only when `to` speaks natrix.
+    fn refuse(&mut self, to: NodeId, peer: NodeId, punch_id: u32, reason: RejectReason) {
+        if self.config.natrix_extensions() && self.peers.natrix(to) {
+            let msg = NatrixMessage::Refuse(PunchRefusal {
+                peer,
+                punch_id,
+                reason,
+            });
+            let (bytes, len) = msg.to_bytes();
+            self.out
+                .control(to, Channel::Natrix, bytes.get(..len).unwrap_or(&[]));
+            bump(&mut self.out.stats.refusals_sent);
+        }
+    }
+
+    /// R13: a reflex no keep-alive may go to — a bogus destination, the
+    /// introducing coordinator's own (session) address, or our own.
+    fn bogus(&self, coordinator: NodeId, reflex: SocketAddr) -> bool {
+        is_bogus_destination(reflex)
+            || self
+                .peers
+                .session(coordinator)
+                .is_some_and(|a| canonical_addr(a) == reflex)
+            || canonical_addr(self.bind) == reflex
+            || self
+                .local_reflex
+                .is_some_and(|a| canonical_addr(a) == reflex)
+    }
+
+    /// R4, R12: does `reflex` agree (by IP) with `peer`'s own announcement?
+    /// `None` when the peer announced nothing.
+    fn agrees(&self, peer: NodeId, reflex: SocketAddr) -> Option<bool> {
+        self.peers
+            .announced(peer)
+            .map(|a| canonical_ip(a.reflex.ip()) == canonical_ip(reflex.ip()))
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Train {
-    /// The address the introduce named.
+    /// The address the introduce named (canonical).
     introduced: SocketAddr,
     /// Where keep-alives go: the introduced address, then the learned path.
     send_to: SocketAddr,
     token: u32,
+    /// The rendezvous this train runs: the coordinator that introduced it
+    /// (acks go through it) and its wire fire time.
+    coordinator: NodeId,
+    fire_at_ms: u64,
+    /// The punch id our acks carry and acks to us must carry: our own for the
+    /// answer to our request, the bound one for a peer's rendezvous (R7), 0
+    /// when unknown.
+    ack_id: u32,
     schedule: KeepaliveTrain,
     /// Schedule offsets count from here.
     origin: Instant,
@@ -99,6 +215,9 @@ impl Train {
     }
 }
 
+// A punch waiting for its introduce is short-lived and there are at most
+// `max_pending_punches` of them: boxing the train would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 enum Phase {
     AwaitIntroduce,
@@ -107,7 +226,9 @@ enum Phase {
 
 #[derive(Clone, Debug)]
 struct Punch {
+    /// The id events report: the requester's own, 0 for a responder.
     punch_id: u32,
+    /// Requester: the coordinator asked. Responder: the introducer.
     coordinator: NodeId,
     role: Role,
     started: Instant,
@@ -134,12 +255,107 @@ impl Punch {
     }
 }
 
+/// What an introduce is to the punch held with its peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Intro {
+    /// Its rendezvous already ran (or runs) here: changes nothing.
+    Duplicate,
+    /// Another rendezvous for a pair that has a live one: dropped.
+    Conflict,
+    /// The answer to our request.
+    Solicited,
+    /// R11: the peer's crossing rendezvous, which wins over ours.
+    Adopt,
+    /// A peer's rendezvous, perhaps replacing a finished or older punch.
+    Unsolicited { replaces: bool },
+}
+
+/// Sorts an introduce of `peer` from `from` at `fire` (`seen`: that
+/// rendezvous already ran here) against the punch `p` held with `peer`, on
+/// node `me` (see the module docs).
+fn sort_intro(p: &Punch, me: NodeId, peer: NodeId, from: NodeId, fire: u64, seen: bool) -> Intro {
+    let train = match &p.phase {
+        Phase::Train(t) => Some(t),
+        Phase::AwaitIntroduce => None,
+    };
+    if train.is_some_and(|t| t.coordinator == from && t.fire_at_ms == fire) {
+        return Intro::Duplicate;
+    }
+    if p.role == Role::Requester && train.is_none() && p.coordinator == from {
+        return Intro::Solicited;
+    }
+    if seen {
+        return Intro::Duplicate;
+    }
+    let replace = Intro::Unsolicited { replaces: true };
+    // Our punch runs the peer's rendezvous (R11): our own one is abandoned.
+    let adopted = train.is_some_and(|t| t.coordinator != p.coordinator);
+    match p.role {
+        // A finished punch still waiting for its last ack, or the requester
+        // asking again through the same coordinator: the newer one replaces it.
+        Role::Responder if p.reported || p.coordinator == from => replace,
+        Role::Responder => Intro::Conflict,
+        Role::Requester if from == p.coordinator => {
+            if p.reported && !adopted {
+                replace
+            } else {
+                Intro::Conflict
+            }
+        }
+        // R11 tie-break: the lower node id's rendezvous wins.
+        Role::Requester if me < peer => Intro::Conflict,
+        Role::Requester if p.reported => replace,
+        Role::Requester if adopted => Intro::Conflict,
+        Role::Requester => Intro::Adopt,
+    }
+}
+
+/// The last punch with a peer, remembered for a punch deadline after it
+/// started: the losing side of a crossing (R11) is recognised even when it
+/// arrives after the punch ended, and a new request within that time goes
+/// through the coordinator of the rendezvous that ran.
+#[derive(Clone, Copy, Debug)]
+struct Recent {
+    /// The coordinator our request went to (`None`: we only responded).
+    own: Option<NodeId>,
+    /// The coordinator whose rendezvous ran here last, once one ran.
+    ran: Option<NodeId>,
+}
+
+impl Recent {
+    /// R11: is an introduce of the peer from `from`, arriving when no punch
+    /// with it is pending, the losing rendezvous of a crossing? For the lower
+    /// id, after its own request: one through another coordinator than the
+    /// rendezvous that ran. (The higher id's own losing rendezvous is
+    /// recognised by [`Endpoint::abandoned`].)
+    fn loser(&self, me: NodeId, peer: NodeId, from: NodeId) -> bool {
+        match (self.own, self.ran) {
+            (Some(_), Some(ran)) => me < peer && from != ran,
+            _ => false,
+        }
+    }
+}
+
 /// The endpoint machine: every pending punch, keyed by the peer (one per peer).
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     punches: BTreeMap<NodeId, Punch>,
-    /// R5: unsolicited trains per introducing peer per window.
-    intro_budget: WindowTable<NodeId, u32>,
+    /// R5: unsolicited trains per (introducer, requester) per window; fails
+    /// closed.
+    intro_budget: WindowTable<(NodeId, NodeId), u32>,
+    /// Rendezvous (coordinator, peer, fire time) that started a train here
+    /// recently, with the path they found: their duplicates change nothing.
+    rendezvous: WindowTable<(NodeId, NodeId, u64), Option<SocketAddr>>,
+    /// R7: punch ids coordinators bound to the introduce they send next,
+    /// keyed by (coordinator, peer): (fire time, punch id).
+    bindings: WindowTable<(NodeId, NodeId), (u64, u32)>,
+    /// R11: the last punch with each peer, for a punch deadline after it
+    /// started.
+    recent: WindowTable<NodeId, Recent>,
+    /// R11: (coordinator, peer) whose introduce answers a request of ours
+    /// that adopted the peer's rendezvous before that introduce arrived: it
+    /// is dropped when it comes.
+    abandoned: WindowTable<(NodeId, NodeId), ()>,
 }
 
 /// Emits the terminal event for `p` once, with the matching counters.
@@ -209,11 +425,34 @@ fn deadline_error(config: &Config, p: &Punch) -> TraversalError {
 
 impl Endpoint {
     pub(crate) fn new(config: &Config) -> Self {
+        let cap = config.budget_table_capacity() as usize;
         Endpoint {
             punches: BTreeMap::new(),
-            intro_budget: WindowTable::new(
-                config.budget_table_capacity() as usize,
-                config.budget_window(),
+            intro_budget: WindowTable::new(cap, config.budget_window()),
+            rendezvous: WindowTable::new(cap, config.punch_deadline().saturating_mul(2)),
+            bindings: WindowTable::new(cap, config.punch_deadline()),
+            recent: WindowTable::new(
+                (config.max_pending_punches() as usize).saturating_mul(2),
+                config.punch_deadline(),
+            ),
+            abandoned: WindowTable::new(
+                (config.max_pending_punches() as usize).saturating_mul(2),
+                config.punch_deadline(),
+            ),
+        }
+    }
+
+    /// R11: `coordinator`'s rendezvous with `peer` runs here.
+    fn note_ran(&mut self, now: Instant, peer: NodeId, coordinator: NodeId) {
+        match self.recent.get_mut(now, &peer) {
+            Some(r) => r.ran = Some(coordinator),
+            None => self.recent.insert(
+                now,
+                peer,
+                Recent {
+                    own: None,
+                    ran: Some(coordinator),
+                },
             ),
         }
     }
@@ -235,8 +474,25 @@ impl Endpoint {
             .count()
     }
 
-    /// Starts a requester punch: sends the `PunchRequest`. A pending punch to
-    /// the same peer is superseded (it ends with [`TraversalError::Superseded`]).
+    fn introduced_by(&self, coordinator: NodeId) -> usize {
+        self.punches
+            .values()
+            .filter(|p| p.role == Role::Responder && p.coordinator == coordinator)
+            .count()
+    }
+
+    /// The punch id `coordinator` bound to its introduce of `peer` at `fire`.
+    fn binding(&mut self, now: Instant, coordinator: NodeId, peer: NodeId, fire: u64) -> u32 {
+        self.bindings
+            .get_mut(now, &(coordinator, peer))
+            .filter(|(f, _)| *f == fire)
+            .map_or(0, |(_, id)| *id)
+    }
+
+    /// Starts a requester punch: sends the `PunchRequest`. A pending requester
+    /// punch to the same peer is superseded (it ends with
+    /// [`TraversalError::Superseded`]); a responder train already running with
+    /// the peer is adopted instead (R11: no second rendezvous).
     pub(crate) fn start_request(
         &mut self,
         cx: &mut Ctx<'_>,
@@ -246,6 +502,39 @@ impl Endpoint {
         punch_id: core::num::NonZeroU32,
         self_reflex: SocketAddr,
     ) -> Result<(), TraversalError> {
+        if let Some(p) = self
+            .punches
+            .get_mut(&target)
+            .filter(|p| p.role == Role::Responder)
+        {
+            p.role = Role::Requester;
+            p.punch_id = punch_id.get();
+            p.started = now;
+            let introducer = p.coordinator;
+            self.recent.insert(
+                now,
+                target,
+                Recent {
+                    own: Some(introducer),
+                    ran: Some(introducer),
+                },
+            );
+            let Some(p) = self.punches.get_mut(&target) else {
+                return Ok(());
+            };
+            bump(&mut cx.out.stats.punches_attempted);
+            bump(&mut cx.out.stats.crossings_adopted);
+            // Only a success leaves a punch reported and still held.
+            let path = match &p.phase {
+                Phase::Train(t) if p.reported => t.seen,
+                _ => None,
+            };
+            if let Some(path) = path {
+                p.reported = false;
+                report(cx.out, target, p, now, Ok((path, PathMethod::Punched)));
+            }
+            return Ok(());
+        }
         if let Some(mut old) = self.punches.remove(&target) {
             report(
                 cx.out,
@@ -258,16 +547,31 @@ impl Endpoint {
         if self.punches.len() >= cx.config.max_pending_punches() as usize {
             return Err(TraversalError::TooManyPunches);
         }
+        // R11: within a punch deadline of a rendezvous with this peer, a new
+        // request goes through that rendezvous' coordinator, so that the peer
+        // cannot mistake it for the losing side of a crossing.
+        let coordinator = match self.recent.get_mut(now, &target).and_then(|r| r.ran) {
+            Some(c) if c != coordinator && cx.peers.session(c).is_some() => c,
+            _ => coordinator,
+        };
         let req = PunchRequest {
             target,
             punch_id: Some(punch_id),
-            self_reflex,
+            self_reflex: canonical_addr(self_reflex),
         };
         let (bytes, len) = req.to_bytes();
         cx.out.control(
             coordinator,
             Channel::Rendezvous,
             bytes.get(..len).unwrap_or(&[]),
+        );
+        self.recent.insert(
+            now,
+            target,
+            Recent {
+                own: Some(coordinator),
+                ran: None,
+            },
         );
         self.punches.insert(
             target,
@@ -316,21 +620,33 @@ impl Endpoint {
         });
     }
 
-    /// The train for `intro`; `local_fire_ms` is its fire time converted to our
-    /// wall clock (the schedule uses it; the token uses the wire value).
+    /// The train for `intro` from `coordinator`; `local_fire_ms` is its fire
+    /// time converted to our wall clock (the schedule uses it; the token uses
+    /// the wire value).
+    ///
+    /// R3: the train never outlives the punch deadline measured from the
+    /// punch's start, whatever `now` does: a `now` earlier than the start
+    /// (time went backwards) counts as the start.
+    #[allow(clippy::too_many_arguments)]
     fn begin_train(
         now: Instant,
         wall_ms: u64,
         local_fire_ms: u64,
+        started: Instant,
         deadline: Instant,
         me: NodeId,
+        coordinator: NodeId,
         intro: &PunchIntroduce,
+        ack_id: u32,
     ) -> Train {
-        let remaining = deadline.saturating_duration_since(now);
+        let remaining = deadline.saturating_duration_since(now.max(started));
         Train {
             introduced: intro.peer_reflex,
             send_to: intro.peer_reflex,
             token: keepalive_token(me, intro.peer, intro.fire_at_ms),
+            coordinator,
+            fire_at_ms: intro.fire_at_ms,
+            ack_id,
             schedule: KeepaliveTrain::new(local_fire_ms, wall_ms, remaining),
             origin: now,
             next_index: 0,
@@ -349,55 +665,208 @@ impl Endpoint {
         from: NodeId,
         intro: PunchIntroduce,
     ) {
-        // The fire time on our clock (the coordinator stamped its own).
-        let fire_ms = peer_wall_to_local(intro.fire_at_ms, cx.peers.clock_offset_ms(from));
-        let mut replaces = false;
-        if let Some(p) = self.punches.get_mut(&intro.peer) {
-            // Solicited: we asked `from` to introduce us to this peer.
-            if matches!(p.phase, Phase::AwaitIntroduce)
-                && p.role == Role::Requester
-                && p.coordinator == from
-            {
-                p.phase = Phase::Train(Self::begin_train(
-                    now, wall_ms, fire_ms, p.deadline, cx.id, &intro,
-                ));
-                return;
-            }
-            // A newer rendezvous for the same pair replaces a finished punch
-            // still waiting for its last ack (R10), or a responder punch the
-            // same coordinator introduced (the requester asked again). Anything
-            // else is a duplicate or a conflict.
-            replaces = p.reported || (p.role == Role::Responder && p.coordinator == from);
-            if !replaces {
-                return bump(&mut cx.out.stats.introduces_dropped_other);
-            }
-        }
+        // C9: one form for the address from here on.
+        let intro = PunchIntroduce {
+            peer_reflex: canonical_addr(intro.peer_reflex),
+            ..intro
+        };
         if intro.peer == cx.id || intro.peer == from {
             return bump(&mut cx.out.stats.introduces_dropped_other);
         }
-        // R4: an unsolicited introduce must agree with the peer's own announcement.
-        let vouched = match cx.peers.announced(intro.peer) {
-            Some(a) => canonical_ip(a.reflex.ip()) == canonical_ip(intro.peer_reflex.ip()),
+        let key = (from, intro.peer, intro.fire_at_ms);
+        let seen = self.rendezvous.contains(now, &key);
+        let found = self.rendezvous.get_mut(now, &key).and_then(|p| *p);
+        // R11: the losing rendezvous of a crossing, however late it comes.
+        // (Our own pending request's answer is never a loser; an abandoned
+        // one always is.)
+        let answer = self.punches.get(&intro.peer).is_some_and(|p| {
+            p.role == Role::Requester
+                && matches!(p.phase, Phase::AwaitIntroduce)
+                && p.coordinator == from
+        });
+        let abandoned = self.abandoned.contains(now, &(from, intro.peer));
+        self.abandoned.remove(&(from, intro.peer));
+        let loser = !answer
+            && self
+                .recent
+                .get_mut(now, &intro.peer)
+                .is_some_and(|r| r.loser(cx.id, intro.peer, from));
+        let what = match self.punches.get(&intro.peer) {
+            _ if abandoned || loser => Intro::Conflict,
+            None if seen => Intro::Duplicate,
+            None => Intro::Unsolicited { replaces: false },
+            Some(p) => sort_intro(p, cx.id, intro.peer, from, intro.fire_at_ms, seen),
+        };
+        // The fire time on our clock (the coordinator stamped its own).
+        let fire_ms = peer_wall_to_local(intro.fire_at_ms, cx.peers.clock_offset_ms(from));
+        let started = match what {
+            Intro::Duplicate => return bump(&mut cx.out.stats.introduces_duplicate),
+            Intro::Conflict => return bump(&mut cx.out.stats.introduces_dropped_other),
+            // The answer to our request is a rendezvous that already found its
+            // path here (a crossing request joined it late): that is our outcome.
+            Intro::Solicited if found.is_some() => {
+                if let (Some(path), Some(mut p)) = (found, self.punches.remove(&intro.peer)) {
+                    report(
+                        cx.out,
+                        intro.peer,
+                        &mut p,
+                        now,
+                        Ok((path, PathMethod::Punched)),
+                    );
+                }
+                return bump(&mut cx.out.stats.introduces_duplicate);
+            }
+            Intro::Solicited => self.solicited(cx, now, wall_ms, fire_ms, from, &intro),
+            Intro::Adopt => self.adopt(cx, now, wall_ms, fire_ms, from, &intro),
+            Intro::Unsolicited { replaces } => {
+                self.unsolicited(cx, now, wall_ms, fire_ms, from, &intro, replaces)
+            }
+        };
+        if started {
+            self.rendezvous.insert(now, key, None);
+        }
+    }
+
+    /// The answer to our request: R13, then R12 (when we hold the target's own
+    /// announcement, the coordinator we chose still cannot aim our train).
+    fn solicited(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        now: Instant,
+        wall_ms: u64,
+        fire_ms: u64,
+        from: NodeId,
+        intro: &PunchIntroduce,
+    ) -> bool {
+        let refusal = if cx.bogus(from, intro.peer_reflex) {
+            bump(&mut cx.out.stats.introduces_dropped_bogus);
+            Some(RejectReason::BogusReflex)
+        } else if cx.agrees(intro.peer, intro.peer_reflex) == Some(false) {
+            bump(&mut cx.out.stats.introduces_dropped_reflection);
+            Some(RejectReason::ReflexMismatch)
+        } else {
+            None
+        };
+        let Some(p) = self.punches.get_mut(&intro.peer) else {
+            return false;
+        };
+        if let Some(reason) = refusal {
+            let punch_id = p.punch_id;
+            cx.refuse(from, intro.peer, punch_id, reason);
+            self.abort(cx, now, intro.peer, TraversalError::Rejected(reason));
+            return false;
+        }
+        p.phase = Phase::Train(Self::begin_train(
+            now, wall_ms, fire_ms, p.started, p.deadline, cx.id, from, intro, p.punch_id,
+        ));
+        self.note_ran(now, intro.peer, from);
+        true
+    }
+
+    /// R11: our request crossed the peer's, whose rendezvous wins: our punch
+    /// runs its train. Held to R13 and R4 like any introduce we did not ask
+    /// this coordinator for; no responder budget is spent.
+    fn adopt(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        now: Instant,
+        wall_ms: u64,
+        fire_ms: u64,
+        from: NodeId,
+        intro: &PunchIntroduce,
+    ) -> bool {
+        let bound = self.binding(now, from, intro.peer, intro.fire_at_ms);
+        if let Some(reason) = Self::unsolicited_refusal(cx, from, intro) {
+            cx.refuse(from, intro.peer, bound, reason);
+            return false;
+        }
+        let Some(p) = self.punches.get_mut(&intro.peer) else {
+            return false;
+        };
+        // Our own coordinator's answer has not come yet: drop it when it does.
+        let own = matches!(p.phase, Phase::AwaitIntroduce).then_some(p.coordinator);
+        p.phase = Phase::Train(Self::begin_train(
+            now, wall_ms, fire_ms, p.started, p.deadline, cx.id, from, intro, bound,
+        ));
+        if let Some(own) = own {
+            self.abandoned.insert(now, (own, intro.peer), ());
+        }
+        bump(&mut cx.out.stats.crossings_adopted);
+        self.note_ran(now, intro.peer, from);
+        true
+    }
+
+    /// R13 and R4 for an introduce this node did not ask its coordinator for.
+    fn unsolicited_refusal(
+        cx: &mut Ctx<'_>,
+        from: NodeId,
+        intro: &PunchIntroduce,
+    ) -> Option<RejectReason> {
+        if cx.bogus(from, intro.peer_reflex) {
+            bump(&mut cx.out.stats.introduces_dropped_bogus);
+            return Some(RejectReason::BogusReflex);
+        }
+        let vouched = match cx.agrees(intro.peer, intro.peer_reflex) {
+            Some(agrees) => agrees,
             None => cx.config.unannounced_peer_policy() == UnannouncedPeerPolicy::Admit,
         };
         if !vouched {
-            return bump(&mut cx.out.stats.introduces_dropped_reflection);
+            bump(&mut cx.out.stats.introduces_dropped_reflection);
+            return Some(RejectReason::ReflexMismatch);
         }
-        // R5: global ceiling on concurrent unsolicited trains, then the
-        // per-introducer budget.
-        let replaced = usize::from(replaces);
-        if self.unsolicited_active().saturating_sub(replaced)
-            >= cx.config.responder_concurrent_trains() as usize
-            || self.punches.len().saturating_sub(replaced)
-                >= cx.config.max_pending_punches() as usize
-        {
-            return bump(&mut cx.out.stats.introduces_dropped_budget);
+        None
+    }
+
+    /// A peer's rendezvous (we are the target): R13, R4, then the R5
+    /// budgets, then a responder train.
+    #[allow(clippy::too_many_arguments)]
+    fn unsolicited(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        now: Instant,
+        wall_ms: u64,
+        fire_ms: u64,
+        from: NodeId,
+        intro: &PunchIntroduce,
+        replaces: bool,
+    ) -> bool {
+        let bound = self.binding(now, from, intro.peer, intro.fire_at_ms);
+        if let Some(reason) = Self::unsolicited_refusal(cx, from, intro) {
+            cx.refuse(from, intro.peer, bound, reason);
+            return false;
         }
-        let used = self.intro_budget.entry(now, from, || 0);
-        if *used >= cx.config.responder_trains_per_introducer() {
-            return bump(&mut cx.out.stats.introduces_dropped_budget);
+        // R5: the global ceiling on concurrent unsolicited trains, the
+        // per-introducer concurrency, the pending-punch bound, then the
+        // (introducer, requester) budget. A replaced punch frees its slot —
+        // in the ceilings only if it was itself an unsolicited train.
+        let old = self.punches.get(&intro.peer).filter(|_| replaces);
+        let old_responder = old.filter(|p| p.role == Role::Responder);
+        let frees = usize::from(old_responder.is_some());
+        let frees_here = usize::from(old_responder.is_some_and(|p| p.coordinator == from));
+        let config = cx.config;
+        let busy = self.unsolicited_active().saturating_sub(frees)
+            >= config.responder_concurrent_trains() as usize
+            || self.introduced_by(from).saturating_sub(frees_here)
+                >= config.responder_concurrent_per_introducer() as usize
+            || self
+                .punches
+                .len()
+                .saturating_sub(usize::from(old.is_some()))
+                >= config.max_pending_punches() as usize;
+        // The budget table fails closed: full of live budgets, it refuses.
+        let admitted = !busy
+            && match self.intro_budget.try_entry(now, (from, intro.peer), || 0) {
+                Some(used) if *used < config.responder_trains_per_introducer() => {
+                    *used = used.saturating_add(1);
+                    true
+                }
+                _ => false,
+            };
+        if !admitted {
+            bump(&mut cx.out.stats.introduces_dropped_budget);
+            cx.refuse(from, intro.peer, bound, RejectReason::ResponderBusy);
+            return false;
         }
-        *used = used.saturating_add(1);
 
         if let Some(mut old) = self.punches.remove(&intro.peer) {
             report(
@@ -408,7 +877,7 @@ impl Endpoint {
                 Err(TraversalError::Superseded),
             );
         }
-        let deadline = now.saturating_add(cx.config.punch_deadline());
+        let deadline = now.saturating_add(config.punch_deadline());
         self.punches.insert(
             intro.peer,
             Punch {
@@ -418,12 +887,69 @@ impl Endpoint {
                 started: now,
                 deadline,
                 phase: Phase::Train(Self::begin_train(
-                    now, wall_ms, fire_ms, deadline, cx.id, &intro,
+                    now, wall_ms, fire_ms, now, deadline, cx.id, from, intro, bound,
                 )),
                 reported: false,
             },
         );
         bump(&mut cx.out.stats.responder_trains);
+        self.note_ran(now, intro.peer, from);
+        true
+    }
+
+    /// R7: coordinator `from` binds `b.punch_id` to its introduce of `b.peer`
+    /// at `b.fire_at_ms` (sent right before it; taken by a train already
+    /// running for that rendezvous, or kept for the introduce).
+    pub(crate) fn handle_bind(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        now: Instant,
+        from: NodeId,
+        b: PunchBind,
+    ) {
+        if b.peer == cx.id || b.peer == from {
+            return;
+        }
+        if let Some(Phase::Train(t)) = self.punches.get_mut(&b.peer).map(|p| &mut p.phase) {
+            if t.coordinator == from && t.fire_at_ms == b.fire_at_ms {
+                if t.ack_id == 0 {
+                    t.ack_id = b.punch_id.get();
+                }
+                return;
+            }
+        }
+        self.bindings
+            .insert(now, (from, b.peer), (b.fire_at_ms, b.punch_id.get()));
+    }
+
+    /// R5: coordinator `from` relays that the other end refused our
+    /// rendezvous with `r.peer`. It ends the punch that rendezvous belongs to
+    /// (the one waiting for `from`'s introduce, or running `from`'s train)
+    /// with [`TraversalError::Rejected`], unless it already ended.
+    pub(crate) fn handle_refused(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        now: Instant,
+        from: NodeId,
+        r: PunchRefusal,
+    ) {
+        let matches = self.punches.get(&r.peer).is_some_and(|p| {
+            !p.reported
+                && match &p.phase {
+                    Phase::AwaitIntroduce => {
+                        p.role == Role::Requester
+                            && p.coordinator == from
+                            && r.punch_id == p.punch_id
+                    }
+                    Phase::Train(t) => {
+                        t.coordinator == from
+                            && (r.punch_id == 0 || t.ack_id == 0 || r.punch_id == t.ack_id)
+                    }
+                }
+        });
+        if matches {
+            self.abort(cx, now, r.peer, TraversalError::Rejected(r.reason));
+        }
     }
 
     /// R6: a `PunchReject` fails the pending request only when it comes from
@@ -444,23 +970,25 @@ impl Endpoint {
         if matches {
             self.abort(cx, now, rej.target, TraversalError::Rejected(rej.reason));
         } else {
+            // An abandoned request (R11) gets no introduce after all.
+            self.abandoned.remove(&(from, rej.target));
             bump(&mut cx.out.stats.stale_rejects_ignored);
         }
     }
 
     /// R7 (final recipient): an ack forwarded by `from` for a punch to
-    /// `ack.from_peer`. Accepted only for a pending punch with that peer,
-    /// through that punch's coordinator, with a matching punch id (0 = unknown),
+    /// `ack.from_peer`. Accepted only for a pending punch with that peer whose
+    /// train runs `from`'s rendezvous, with a matching punch id (0 = unknown),
     /// once this side has sent a keep-alive the peer could have seen.
     pub(crate) fn handle_ack(&mut self, cx: &mut Ctx<'_>, from: NodeId, ack: PunchAck) {
         let Some(p) = self.punches.get_mut(&ack.from_peer) else {
             return bump(&mut cx.out.stats.acks_dropped);
         };
-        let id_ok = ack.punch_id == 0 || p.punch_id == 0 || ack.punch_id == p.punch_id;
         let Phase::Train(t) = &mut p.phase else {
             return bump(&mut cx.out.stats.acks_dropped);
         };
-        if p.coordinator != from || !id_ok || t.sent == 0 {
+        let id_ok = ack.punch_id == 0 || t.ack_id == 0 || ack.punch_id == t.ack_id;
+        if t.coordinator != from || !id_ok || t.sent == 0 {
             return bump(&mut cx.out.stats.acks_dropped);
         }
         t.acked = true;
@@ -501,10 +1029,10 @@ impl Endpoint {
         let ack = PunchAck {
             from_peer: cx.id,
             to_peer: k.sender,
-            punch_id: p.punch_id,
+            punch_id: t.ack_id,
         };
         cx.out
-            .control(p.coordinator, Channel::Rendezvous, &ack.to_bytes());
+            .control(t.coordinator, Channel::Rendezvous, &ack.to_bytes());
         if !t.acked {
             // Answer at once on the learned path: the peer may not have seen
             // one of ours yet, and its next scheduled one could be 250 ms away.
@@ -517,6 +1045,12 @@ impl Endpoint {
             t.sent = t.sent.saturating_add(1);
         }
         let done = t.done();
+        if let Some(found) = self
+            .rendezvous
+            .get_mut(now, &(t.coordinator, k.sender, t.fire_at_ms))
+        {
+            *found = Some(src);
+        }
         report(cx.out, k.sender, p, now, Ok((src, PathMethod::Punched)));
         if done {
             self.punches.remove(&k.sender);

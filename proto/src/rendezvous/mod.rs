@@ -2,8 +2,8 @@
 //!
 //! | file | role | requirements |
 //! |---|---|---|
-//! | [`coordinator`] | R: mediates requests, forwards acks | R1, R5 (coordinator budget), R7, R9 |
-//! | [`endpoint`] | A and B: request, introduce, train, confirm, ack | R2, R3, R4, R5 (responder budgets), R6, R7, R8, R10 |
+//! | [`coordinator`] | R: mediates requests, forwards acks and refusals | R1, R5 (coordinator budget, relayed refusals), R7, R9, R11 (same coordinator), R13, C9 |
+//! | [`endpoint`] | A and B: request, introduce, train, confirm, ack | R2, R3, R4, R5 (responder budgets, refusals), R6, R7, R8, R10, R11, R12, R13, C9 |
 //! | [`select`] | choosing a coordinator | R5 ("no relay") |
 
 pub mod coordinator;

@@ -12,6 +12,7 @@
 //! | `PunchReject` (14 B, v2) | [`rendezvous`] | [`PunchReject`], [`RejectReason`] |
 //! | any rendezvous message by kind byte | [`rendezvous`] | [`RendezvousMessage`] |
 //! | keep-alive (14 B, raw UDP) | [`keepalive`] | [`Keepalive`], [`is_keepalive`] |
+//! | natrix's own control messages (channel 7: hello, bind, refuse, refused) | [`natrix`] | [`NatrixMessage`] |
 //!
 //! # Contract
 //!
@@ -27,11 +28,13 @@
 
 pub mod addr;
 pub mod keepalive;
+pub mod natrix;
 pub mod reflex;
 pub mod rendezvous;
 
 pub use addr::{ADDR_LEN, decode_addr, encode_addr};
 pub use keepalive::{KEEPALIVE_LEN, KEEPALIVE_MAGIC, Keepalive, is_keepalive};
+pub use natrix::{Hello, NATRIX_VERSION, NatrixMessage, PunchBind, PunchRefusal};
 pub use reflex::{ReflexRequest, ReflexResponse};
 pub use rendezvous::{
     PunchAck, PunchIntroduce, PunchReject, PunchRequest, RejectReason, RendezvousMessage,
@@ -83,6 +86,16 @@ pub enum MessageKind {
     Rendezvous,
     /// The raw keep-alive datagram.
     Keepalive,
+    /// A natrix control message whose kind is not yet known.
+    Natrix,
+    /// natrix `Hello`, kind `0x10`.
+    NatrixHello,
+    /// natrix `PunchBind`, kind `0x11`.
+    PunchBind,
+    /// natrix refuse, kind `0x12`.
+    PunchRefuse,
+    /// natrix refused, kind `0x13`.
+    PunchRefused,
 }
 
 impl fmt::Display for MessageKind {
@@ -97,6 +110,11 @@ impl fmt::Display for MessageKind {
             MessageKind::PunchReject => "PunchReject",
             MessageKind::Rendezvous => "rendezvous message",
             MessageKind::Keepalive => "keep-alive",
+            MessageKind::Natrix => "natrix control message",
+            MessageKind::NatrixHello => "natrix Hello",
+            MessageKind::PunchBind => "natrix PunchBind",
+            MessageKind::PunchRefuse => "natrix refuse",
+            MessageKind::PunchRefused => "natrix refused",
         };
         f.write_str(name)
     }
@@ -119,6 +137,9 @@ pub enum DecodeError {
     /// A rendezvous message whose kind byte is not `0x01..=0x04`.
     #[error("unknown rendezvous kind byte {0:#04x}")]
     UnknownKind(u8),
+    /// A natrix control message whose kind byte is not `0x10..=0x13`.
+    #[error("unknown natrix control kind byte {0:#04x}")]
+    UnknownNatrixKind(u8),
     /// A message decoded as one kind but carrying another kind byte.
     #[error("{expected}: wrong kind byte {got:#04x}")]
     WrongKind {
@@ -133,8 +154,9 @@ pub enum DecodeError {
     /// An IPv4 address block with non-zero padding bytes.
     #[error("address block: non-zero padding after an IPv4 address")]
     Padding,
-    /// A v2 `PunchRequest` carrying the reserved punch id 0.
-    #[error("PunchRequest v2: punch id 0 is reserved")]
+    /// A v2 `PunchRequest` (or a natrix `PunchBind`) carrying the reserved
+    /// punch id 0.
+    #[error("punch id 0 is reserved")]
     ReservedPunchId,
     /// A datagram of keep-alive length that does not start with the `PH` magic.
     #[error("keep-alive: bad magic {0:02x?}")]

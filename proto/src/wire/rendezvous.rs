@@ -246,8 +246,19 @@ pub enum RejectReason {
     UnknownTargetReflex,
     /// `0x03`: the coordinator has no session with the target (R5).
     NoSessionWithTarget,
-    /// `0x04`: `self_reflex` disagrees with the requester's session IP (R1).
+    /// `0x04`: `self_reflex` disagrees with the requester's session IP (R1);
+    /// relayed by natrix coordinators also when an endpoint found the
+    /// introduced reflex disagreeing with the peer's announcement (R4, R12).
     ReflexMismatch,
+    /// `0x05` (natrix extension): a reflex in the request, the introduce or
+    /// the target's announcement is not a usable destination: port 0, a
+    /// broadcast, multicast or unspecified address, or the coordinator's or
+    /// the endpoint's own address (R13).
+    BogusReflex,
+    /// `0x06` (natrix extension): the target refused to run the keep-alive
+    /// train (its responder budgets are spent, R5); relayed by the
+    /// coordinator on natrix's own channel.
+    ResponderBusy,
     /// Any other byte: still a reject, never a dropped packet. The raw byte is
     /// kept so that re-encoding is exact; [`RejectReason::UNSPECIFIED`] is the
     /// value to send when no reason applies.
@@ -258,7 +269,11 @@ impl RejectReason {
     /// The reason to send when none of the named reasons applies (byte `0x00`).
     pub const UNSPECIFIED: RejectReason = RejectReason::Unspecified(0);
 
-    /// Maps a reason byte; bytes outside `0x01..=0x04` are [`Unspecified`](Self::Unspecified).
+    /// Maps a reason byte; bytes outside `0x01..=0x06` are [`Unspecified`](Self::Unspecified).
+    ///
+    /// `0x05` and `0x06` are natrix extensions: a Net v0.27 peer decodes them
+    /// as "unspecified", which is still a reject, so sending them to Net peers
+    /// keeps the Net form and meaning.
     #[must_use]
     pub fn from_byte(b: u8) -> Self {
         match b {
@@ -266,6 +281,8 @@ impl RejectReason {
             0x02 => RejectReason::UnknownTargetReflex,
             0x03 => RejectReason::NoSessionWithTarget,
             0x04 => RejectReason::ReflexMismatch,
+            0x05 => RejectReason::BogusReflex,
+            0x06 => RejectReason::ResponderBusy,
             other => RejectReason::Unspecified(other),
         }
     }
@@ -278,6 +295,8 @@ impl RejectReason {
             RejectReason::UnknownTargetReflex => 0x02,
             RejectReason::NoSessionWithTarget => 0x03,
             RejectReason::ReflexMismatch => 0x04,
+            RejectReason::BogusReflex => 0x05,
+            RejectReason::ResponderBusy => 0x06,
             RejectReason::Unspecified(b) => b,
         }
     }
@@ -290,6 +309,8 @@ impl core::fmt::Display for RejectReason {
             RejectReason::UnknownTargetReflex => f.write_str("unknown target reflex"),
             RejectReason::NoSessionWithTarget => f.write_str("no session with target"),
             RejectReason::ReflexMismatch => f.write_str("reflex mismatch"),
+            RejectReason::BogusReflex => f.write_str("bogus reflex address"),
+            RejectReason::ResponderBusy => f.write_str("responder busy"),
             RejectReason::Unspecified(b) => write!(f, "unspecified ({b:#04x})"),
         }
     }
@@ -509,7 +530,10 @@ mod tests {
             (2, RejectReason::UnknownTargetReflex),
             (3, RejectReason::NoSessionWithTarget),
             (4, RejectReason::ReflexMismatch),
+            (5, RejectReason::BogusReflex),
+            (6, RejectReason::ResponderBusy),
             (0, RejectReason::Unspecified(0)),
+            (7, RejectReason::Unspecified(7)),
             (0xFF, RejectReason::Unspecified(0xFF)),
         ] {
             b[13] = byte;

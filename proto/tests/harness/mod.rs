@@ -433,3 +433,78 @@ pub fn trio(config: Config, class: NatClass) -> (Net, NodeId, NodeId, NodeId) {
 pub fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
+
+// ------------------------------------------------------------ issue #11 helpers
+
+/// The terminal events of punch `punch` among `events`.
+pub fn terminal(events: &[Event], punch: u32) -> Vec<Event> {
+    events
+        .iter()
+        .filter(|e| match e {
+            Event::PunchSucceeded { punch_id, .. } | Event::PunchFailed { punch_id, .. } => {
+                *punch_id == punch
+            }
+            _ => false,
+        })
+        .copied()
+        .collect()
+}
+
+/// The errors of every `PunchFailed` among `events`.
+pub fn failed_with(events: &[Event]) -> Vec<natrix_proto::TraversalError> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::PunchFailed { error, .. } => Some(*error),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The kind byte of a rendezvous-channel control message.
+pub fn rendezvous_kind(p: &Packet) -> Option<u8> {
+    match p {
+        Packet::Control {
+            channel: Channel::Rendezvous,
+            bytes,
+            ..
+        } => bytes.first().copied(),
+        _ => None,
+    }
+}
+
+/// Encodes a rendezvous message.
+pub fn encode(m: natrix_proto::wire::RendezvousMessage) -> Vec<u8> {
+    let (b, n) = m.to_bytes();
+    b[..n].to_vec()
+}
+
+/// Nodes `ids` (seeded by id), all connected and announced as `class`, after
+/// their sessions' natrix hellos were exchanged (so each knows the others
+/// speak natrix).
+pub fn mesh(ids: &[u64], config: Config, class: NatClass) -> (Net, Vec<NodeId>) {
+    let mut net = Net::new();
+    let ids: Vec<NodeId> = ids
+        .iter()
+        .map(|&i| net.add(i, config.clone(), i * 11))
+        .collect();
+    net.connect_all(&ids);
+    net.announce_all(&ids, class);
+    net.run_for(Duration::from_millis(25));
+    (net, ids)
+}
+
+/// Control messages `from` sent to `to` on `channel` since `since`.
+pub fn controls_between(
+    net: &Net,
+    from: NodeId,
+    to: NodeId,
+    channel: Channel,
+    since: Instant,
+) -> Vec<Vec<u8>> {
+    net.controls
+        .iter()
+        .filter(|(at, f, t, c, _)| *at >= since && *f == from && *t == to && *c == channel)
+        .map(|(_, _, _, _, b)| b.clone())
+        .collect()
+}
