@@ -8,6 +8,13 @@
 //! roaming (S6), rekeying (S7), keep-alives, dead-peer detection and an
 //! NTP-style clock-offset estimate; node ids are bound to one key each (S1).
 //!
+//! Transport packets are not retransmitted. A message the caller marks
+//! reliable ([`Endpoint::send_reliable`]) is: it travels on the session's own
+//! channel with a message id, the peer acknowledges every copy and delivers
+//! each id once — as an ordinary [`Received::Data`] — and the sender retries
+//! with an RTT-based timeout until acknowledged or `reliable_timeout` (5 s)
+//! has passed. Order is not preserved.
+//!
 //! Like `natrix-proto`, it does no I/O and reads no clock or OS randomness:
 //! the caller passes time (`natrix_proto::Instant` plus Unix wall-clock ms),
 //! datagrams and a 32-byte seed in, and takes datagrams and events out. The
@@ -79,9 +86,10 @@ pub mod wire;
 
 pub use demux::{DatagramKind, PacketType, classify};
 pub use endpoint::{
-    ConfigError, DownReason, DropReason, Endpoint, HandshakeError, NOISE_PATTERN, NOISE_PROLOGUE,
-    Received, SendError, SessionConfig, SessionError, SessionEvent, SessionInfo, SessionStats,
+    ConfigError, DownReason, DropReason, Endpoint, HandshakeError, MAX_RELIABLE_WINDOW,
+    NOISE_PATTERN, NOISE_PROLOGUE, Received, SendError, SessionConfig, SessionError, SessionEvent,
+    SessionInfo, SessionStats,
 };
 pub use identity::{Dial, KeyParseError, Keypair, PublicKey};
 pub use replay::ReplayWindow;
-pub use wire::{MAX_PACKET, MAX_PAYLOAD};
+pub use wire::{MAX_PACKET, MAX_PAYLOAD, MAX_RELIABLE_PAYLOAD};

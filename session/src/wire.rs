@@ -43,6 +43,10 @@
 //! | 4 | 4 | receiver index |
 //! | 8 | 8 | counter (the AEAD nonce) |
 //! | 16 | 1 + n + 16 | ChaCha20-Poly1305 of (channel ‖ payload), tag |
+//!
+//! Channel 0 belongs to the session: its first payload byte is a kind
+//! ([`control`]); the reliable-delivery kinds `03` (message) and `04`
+//! (acknowledgement) are laid out in [`reliable`].
 
 use crate::demux::{self, PacketType};
 
@@ -133,6 +137,8 @@ const _: () = {
     // S5: no amplification.
     assert!(RESPONSE_LEN <= INIT_LEN);
     assert!(COOKIE_REPLY_LEN <= INIT_LEN);
+    assert!(MAX_RELIABLE_PAYLOAD == 1190);
+    assert!(reliable::ACK_IDS + 4 * MAX_ACK_IDS <= MAX_PAYLOAD);
 };
 
 /// Channel 0 message kinds (the session's own channel).
@@ -143,7 +149,55 @@ pub mod control {
     pub const PING: u8 = 1;
     /// Clock pong: echoed ping ms (u64) then the answerer's wall-clock ms (u64).
     pub const PONG: u8 = 2;
+    /// Reliable message: stream (u32), message id (u32), channel (u8), payload.
+    pub const RELIABLE: u8 = 3;
+    /// Acknowledgement: stream (u32), then one or more message ids (u32 each).
+    pub const ACK: u8 = 4;
 }
+
+/// Layout of the reliable-delivery kinds on channel 0 (offsets from the
+/// kind byte, i.e. from the first plaintext byte after the channel byte).
+///
+/// **Reliable message** (kind `03`):
+///
+/// | offset | len | field |
+/// |---|---|---|
+/// | 0 | 1 | kind `03` |
+/// | 1 | 4 | stream: the sender's random nonzero id for its reliable state toward this peer |
+/// | 5 | 4 | message id (per stream: 0, 1, 2, … wrapping) |
+/// | 9 | 1 | channel (1..=255) the payload is delivered on |
+/// | 10 | n | payload (n ≤ [`MAX_RELIABLE_PAYLOAD`]) |
+///
+/// **Acknowledgement** (kind `04`):
+///
+/// | offset | len | field |
+/// |---|---|---|
+/// | 0 | 1 | kind `04` |
+/// | 1 | 4 | stream being acknowledged (the reliable messages' stream, echoed) |
+/// | 5 | 4·k | k ≥ 1 message ids (k ≤ [`MAX_ACK_IDS`]) |
+pub mod reliable {
+    /// Stream id.
+    pub const STREAM: usize = 1;
+    /// Message id.
+    pub const ID: usize = 5;
+    /// Delivery channel.
+    pub const CHANNEL: usize = 9;
+    /// Payload.
+    pub const PAYLOAD: usize = 10;
+    /// First acknowledged id.
+    pub const ACK_IDS: usize = 5;
+}
+
+/// Bytes a reliable message puts in front of its payload (kind, stream,
+/// message id, channel), after the channel-0 byte.
+pub const RELIABLE_HEADER_LEN: usize = reliable::PAYLOAD;
+
+/// Largest payload of one reliable message:
+/// [`MAX_PAYLOAD`] − [`RELIABLE_HEADER_LEN`] = 1190 bytes.
+pub const MAX_RELIABLE_PAYLOAD: usize = MAX_PAYLOAD - RELIABLE_HEADER_LEN;
+
+/// Most message ids in one acknowledgement (it fills at most [`MAX_PAYLOAD`] bytes).
+pub const MAX_ACK_IDS: usize = (MAX_PAYLOAD - reliable::ACK_IDS) / 4;
 
 /// Writes the 4-byte header of `kind` into `buf[0..4]`.
 pub(crate) fn put_header(buf: &mut [u8], kind: PacketType) {

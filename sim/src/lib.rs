@@ -9,9 +9,9 @@
 //! * [`nat`] — the RFC 4787 NAT model: mapping, filtering, port allocation,
 //!   hairpinning, binding lifetime; nestable.
 //! * [`world`] — realms, hosts (agent + session endpoint on one socket,
-//!   demultiplexed), lossy links with a clean class for session packets,
-//!   per-host wall-clock skew measured by the sessions, the bounded run loop,
-//!   the transcript.
+//!   demultiplexed), lossy links (session packets included: control messages
+//!   use the sessions' reliable delivery), per-host wall-clock skew measured
+//!   by the sessions, the bounded run loop, the transcript.
 //! * [`preset`] — named NAT presets (open, full cone, restricted cone,
 //!   port-restricted cone, symmetric, symmetric with sequential ports, double NAT).
 //! * [`scenario`] — the standard two-peer topology (coordinator, reflex

@@ -166,9 +166,17 @@ fn server_config(config: &Config) -> Config {
         .expect("valid server config")
 }
 
+/// How long the standard topology warms up at least: on a clean link the
+/// sessions are up and both peers classified well within it.
+pub const WARM_UP: Duration = Duration::from_secs(1);
+
+/// How long the warm-up may go on past [`WARM_UP`] while a lossy link keeps
+/// a session or a classification from completing.
+pub const WARM_UP_MAX: Duration = Duration::from_secs(30);
+
 /// Builds R, S, A (slot 1) and B (slot 2), has A and B dial R and S (real
-/// handshakes through their NATs) and lets both peers classify (one second of
-/// virtual time). Every clock is right.
+/// handshakes through their NATs) and lets both peers classify: see
+/// [`warm_up`]. Every clock is right.
 #[must_use]
 pub fn topology(
     seed: u64,
@@ -254,13 +262,58 @@ fn build(
         world.connect(peer, r);
         world.connect(peer, s);
     }
-    world.run_for(Duration::from_secs(1));
+    warm_up(&mut world, &[pa.host, pb.host], &[r, s]);
     Topology {
         world,
         r,
         s,
         a: pa,
         b: pb,
+    }
+}
+
+/// Runs `world` for [`WARM_UP`], then — only while some session between a
+/// peer in `peers` and a server in `servers` is not up on both ends, or some
+/// peer has not classified itself — on in 100 ms steps, at most
+/// [`WARM_UP_MAX`] more. A peer whose handshake to a server gave up dials
+/// again, as a driver redials its coordinators; a peer whose sweep ended
+/// without a classification (its reflex answers came too late) starts a new
+/// one once its sessions are up ([`Agent::reclassify`](natrix_proto::Agent::reclassify),
+/// as an application would, instead of waiting for the 60 s
+/// `reclassify_interval`). On a clean link nothing happens after the first
+/// second; on a lossy one (session packets are impaired too) a handshake may
+/// need its 1 s and 2 s retries, or a redial, and a sweep's reflex requests
+/// and answers their retransmissions.
+pub fn warm_up(world: &mut World, peers: &[HostId], servers: &[HostId]) {
+    world.run_for(WARM_UP);
+    let give_up = world.now() + WARM_UP_MAX;
+    loop {
+        let mut ready = true;
+        for &p in peers {
+            let mut sessions = true;
+            for &s in servers {
+                if world.connected(p, s) && world.connected(s, p) {
+                    continue;
+                }
+                sessions = false;
+                let dialling = world.endpoint(p).peer_by_node_id(world.id(s)).is_some();
+                if !dialling {
+                    world.connect(p, s);
+                }
+            }
+            let agent = world.agent(p);
+            let classified = agent.classification().is_some();
+            if !classified && sessions && agent.running_sweep().is_none() {
+                let now = world.now();
+                let _ = world.agent(p).reclassify(now);
+                world.drain(p);
+            }
+            ready &= sessions && classified;
+        }
+        if ready || world.now() >= give_up {
+            return;
+        }
+        world.run_for(Duration::from_millis(100));
     }
 }
 

@@ -29,23 +29,29 @@
 //!   a rebinding moves the session (`SessionEvent::AddrChanged`, S6), and a
 //!   binding that expires between two session keep-alives (10 s idle by
 //!   default, [`World::session_config`]) loses the packets sent to it.
-//! * **Control messages**: an agent's `Transmit::Control` is sealed with
-//!   `Endpoint::send` on the session channel
+//! * **Control messages**: an agent's `Transmit::Control` goes to
+//!   `Endpoint::send_reliable` on the session channel
 //!   [`Channel::wire_byte`](natrix_proto::Channel::wire_byte) names — the
 //!   numbers driver-core uses: 1 rendezvous, 2 reflex request, 3 reflex
-//!   response (and 7 for natrix's own messages); the receiver's endpoint
-//!   opens it and the payload goes to `Agent::handle_control` with the
-//!   session's authenticated source address. Other channels (the driver's
-//!   announcements, directory and data) are not used here. Session events drive the agent:
-//!   `Up` and `AddrChanged` → `handle_session_up` (and the handshake RTT →
-//!   `handle_rtt`), `Down` → `handle_session_down`, `ClockOffset` →
-//!   `handle_rtt` and `handle_clock_offset`.
-//! * **Link classes**: the rendezvous assumes a reliable control channel (as
-//!   Net's did), and a session does not retransmit what it seals. So by
-//!   default session datagrams cross a clean link class: no loss, no
-//!   duplication, no jitter, while keep-alives and application datagrams
-//!   suffer [`LinkConfig`]'s impairments. [`LinkConfig::impair_sessions`]
-//!   puts session datagrams on the impaired class too.
+//!   response (and 7 for natrix's own messages). The session retransmits it
+//!   until the peer acknowledges it (or gives up after its
+//!   `reliable_timeout`, 5 s); the receiver's endpoint opens it, delivers
+//!   each message once, and the payload goes to `Agent::handle_control`
+//!   with the session's authenticated source address. Other channels (the
+//!   driver's announcements, directory and data) are not used here. Session
+//!   events drive the agent: `Up` and `AddrChanged` → `handle_session_up`
+//!   (and the handshake RTT → `handle_rtt`), `Down` → `handle_session_down`,
+//!   `ClockOffset` → `handle_rtt` and `handle_clock_offset`.
+//! * **One lossy link**: every datagram — keep-alives, application
+//!   datagrams and session datagrams (handshakes, sealed control messages,
+//!   acknowledgements, the session's keep-alives and clock pings) — suffers
+//!   [`LinkConfig`]'s loss, duplication and jitter. The rendezvous assumes
+//!   its control messages arrive (as Net's reliable control channel
+//!   guaranteed); the session's reliable delivery provides that, and
+//!   handshakes retry on their own. [`LinkConfig::impair_sessions`] off puts
+//!   session datagrams on a clean class instead (no loss, duplication or
+//!   jitter, and no draws from the world's generator): for tests that study
+//!   keep-alive loss alone.
 //! * **Clocks**: virtual time is the one true time. Each host's wall clock
 //!   (the `wall_ms` its agent and endpoint are given) is off from it by the
 //!   host's [`clock_skew_ms`](Host::clock_skew_ms). The session measures each
@@ -59,7 +65,8 @@
 //!   authenticated by the mesh).
 //!
 //! Everything random — loss, jitter, NAT ports, keys, Noise ephemerals,
-//! session indices — derives from the world seed, so a seed replays exactly.
+//! session indices, reliable-delivery streams — derives from the world seed,
+//! so a seed replays exactly.
 //! The run loop jumps to the earliest of the next packet, the next agent
 //! timeout and the next session timeout; it is bounded by a step budget and
 //! panics (fails loudly) beyond it.
@@ -109,7 +116,8 @@ pub enum Realm {
 }
 
 /// Link impairments. Keep-alives and application datagrams always suffer
-/// them; session datagrams only with [`impair_sessions`](Self::impair_sessions).
+/// them; session datagrams too unless [`impair_sessions`](Self::impair_sessions)
+/// is turned off.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinkConfig {
     /// Probability a datagram is lost.
@@ -118,12 +126,14 @@ pub struct LinkConfig {
     pub duplicate: f64,
     /// Extra random delay, uniform in `0..=jitter` (reorders datagrams).
     pub jitter: Duration,
-    /// Whether session datagrams (handshakes, sealed control messages, the
-    /// session's keep-alives and clock pings) suffer loss, duplication and
-    /// jitter too. Off by default: the rendezvous assumes a reliable control
-    /// channel, which a deployment gets from its control plane; with this on,
-    /// a lost rendezvous message is simply lost (the session does not
-    /// retransmit payloads) and the punch fails or times out.
+    /// Whether session datagrams (handshakes, sealed control messages and
+    /// their acknowledgements, the session's keep-alives and clock pings)
+    /// suffer loss, duplication and jitter too. On by default: control
+    /// messages travel with the session's reliable delivery
+    /// (`Endpoint::send_reliable`), which retransmits what is lost. Off, they
+    /// cross a clean link class (no loss, no duplication, no jitter, no
+    /// random draws), so only keep-alives and application datagrams are
+    /// impaired.
     pub impair_sessions: bool,
 }
 
@@ -133,7 +143,7 @@ impl Default for LinkConfig {
             loss: 0.0,
             duplicate: 0.0,
             jitter: Duration::ZERO,
-            impair_sessions: false,
+            impair_sessions: true,
         }
     }
 }
@@ -636,8 +646,8 @@ impl World {
         self.transmit(from, dst, bytes, true, "");
     }
 
-    /// A session datagram from `from`'s endpoint: on the clean link class
-    /// unless [`LinkConfig::impair_sessions`].
+    /// A session datagram from `from`'s endpoint: on the impaired link class
+    /// unless [`LinkConfig::impair_sessions`] is off.
     fn send_session_datagram(&mut self, from: HostId, dst: SocketAddr, bytes: &[u8]) {
         self.hosts[from.0].session_datagrams_sent += 1;
         let impaired = self.link.impair_sessions;
@@ -763,9 +773,10 @@ impl World {
         self.hosts[at.0].endpoint.session(&key).map(|s| s.addr)
     }
 
-    /// Seals an agent's control message on `from`'s session to node `to` and
-    /// sends it (or leaves it queued in the endpoint while the handshake
-    /// runs). Returns whether it was sealed or queued.
+    /// Hands an agent's control message to `from`'s session to node `to` for
+    /// reliable delivery (`Endpoint::send_reliable`: sealed at once when the
+    /// session is up, else when its handshake completes; retransmitted until
+    /// acknowledged). Returns whether the endpoint took it.
     fn send_control(&mut self, from: HostId, to: NodeId, channel: Channel, bytes: &[u8]) -> bool {
         let Some(key) = self.hosts[from.0].endpoint.peer_by_node_id(to) else {
             log!(
@@ -786,16 +797,11 @@ impl World {
             }
         }
         let now = self.now;
-        let mut buf = std::mem::take(&mut self.scratch);
-        let sealed = self.hosts[from.0]
-            .endpoint
-            .send(now, &key, ch, bytes, &mut buf);
-        let ok = match sealed {
-            Ok(Some((addr, len))) => {
-                self.send_session_datagram(from, addr, &buf[..len]);
-                true
-            }
-            Ok(None) => {
+        let endpoint = &mut self.hosts[from.0].endpoint;
+        let up = endpoint.session(&key).is_some();
+        match endpoint.send_reliable(now, &key, ch, bytes) {
+            Ok(()) if up => true,
+            Ok(()) => {
                 log!(
                     self,
                     "{} -> {to}: queued until the handshake completes",
@@ -804,19 +810,17 @@ impl World {
                 true
             }
             Err(e) => {
-                log!(self, "{} -> {to}: not sealed: {e}", self.hosts[from.0].name);
+                log!(self, "{} -> {to}: not sent: {e}", self.hosts[from.0].name);
                 false
             }
-        };
-        self.scratch = buf;
-        ok
+        }
     }
 
     /// Sends a control message from `from`'s agent to `to` as if the agent
-    /// had sent it: sealed on `from`'s real session to `to` (for adversaries:
-    /// any authenticated peer can send anything). Returns whether it was
-    /// sealed (or queued behind a handshake in progress); `false` when `from`
-    /// has no session or handshake with `to`.
+    /// had sent it: reliably, on `from`'s real session to `to` (for
+    /// adversaries: any authenticated peer can send anything). Returns whether
+    /// it was sent (or queued behind a handshake in progress); `false` when
+    /// `from` has no session or handshake with `to`.
     pub fn inject_control(
         &mut self,
         from: HostId,
@@ -825,7 +829,9 @@ impl World {
         bytes: &[u8],
     ) -> bool {
         let to_id = self.hosts[to.0].id;
-        self.send_control(from, to_id, channel, bytes)
+        let ok = self.send_control(from, to_id, channel, bytes);
+        self.pump_endpoint(from);
+        ok
     }
 
     // ------------------------------------------------------------- the loop

@@ -169,6 +169,11 @@ impl SessionControl {
     }
 
     /// Seals `payload` on `channel` to `key` and queues the datagram.
+    /// Control channels (everything but [`CH_DATA`]) go with the session's
+    /// reliable delivery (`Endpoint::send_reliable`: retransmitted until
+    /// acknowledged; the datagrams leave through the endpoint's
+    /// `poll_transmit`, which every caller drains); application data is sent
+    /// unreliably.
     fn seal(
         &mut self,
         now: Instant,
@@ -176,15 +181,28 @@ impl SessionControl {
         channel: u8,
         payload: &[u8],
     ) -> Result<(), ControlError> {
-        if payload.len() > natrix_session::MAX_PAYLOAD {
+        let reliable = channel != CH_DATA;
+        let max = if reliable {
+            natrix_session::MAX_RELIABLE_PAYLOAD
+        } else {
+            natrix_session::MAX_PAYLOAD
+        };
+        if payload.len() > max {
             return Err(ControlError::TooLarge {
                 len: payload.len(),
-                max: natrix_session::MAX_PAYLOAD,
+                max,
             });
         }
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let result = self.endpoint.send(now, key, channel, payload, &mut scratch);
-        self.scratch = scratch;
+        let result = if reliable {
+            self.endpoint
+                .send_reliable(now, key, channel, payload)
+                .map(|()| None)
+        } else {
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let result = self.endpoint.send(now, key, channel, payload, &mut scratch);
+            self.scratch = scratch;
+            result
+        };
         match result {
             Ok(Some((to, len))) => {
                 self.push_datagram(to, len);

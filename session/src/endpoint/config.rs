@@ -38,7 +38,20 @@ pub struct SessionConfig {
     /// Payloads queued per peer by `send` while its handshake is in progress;
     /// the oldest is dropped (and counted) when full.
     pub queue_len: usize,
+    /// A reliable message ([`crate::Endpoint::send_reliable`]) not
+    /// acknowledged this long after its first transmission is given up
+    /// (counted in `reliable_expired`). Default 5 s.
+    pub reliable_timeout: Duration,
+    /// Most reliable messages per peer sent (or waiting for the session) and
+    /// not yet acknowledged; `send_reliable` refuses more with
+    /// [`crate::SendError::ReliableWindowFull`]. Default 256 (a coordinator
+    /// under a request flood introduces in bursts of a hundred messages to
+    /// one peer), at most [`MAX_RELIABLE_WINDOW`].
+    pub reliable_window: usize,
 }
+
+/// Largest [`SessionConfig::reliable_window`].
+pub const MAX_RELIABLE_WINDOW: usize = 1024;
 
 impl Default for SessionConfig {
     fn default() -> Self {
@@ -54,6 +67,8 @@ impl Default for SessionConfig {
             max_half_open: 256,
             cookie_threshold: 64,
             queue_len: 32,
+            reliable_timeout: Duration::from_secs(5),
+            reliable_window: 256,
         }
     }
 }
@@ -102,6 +117,14 @@ pub enum ConfigError {
     /// `rekey_after_packets` is zero or too close to the 2^64 nonce limit.
     #[error("session config: rekey_after_packets must be in 1..=2^63")]
     RekeyPackets,
+    /// `reliable_window` is above [`MAX_RELIABLE_WINDOW`].
+    #[error("session config: reliable_window ({window}) must be at most {max}")]
+    ReliableWindow {
+        /// The configured window.
+        window: usize,
+        /// [`MAX_RELIABLE_WINDOW`].
+        max: usize,
+    },
 }
 
 impl SessionConfig {
@@ -110,7 +133,7 @@ impl SessionConfig {
     /// # Errors
     /// The first problem found, as a [`ConfigError`].
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, bool); 9] = [
+        let positive: [(&'static str, bool); 11] = [
             ("handshake_retry", self.handshake_retry.is_zero()),
             ("handshake_timeout", self.handshake_timeout.is_zero()),
             ("keepalive_interval", self.keepalive_interval.is_zero()),
@@ -120,6 +143,8 @@ impl SessionConfig {
             ("max_half_open", self.max_half_open == 0),
             ("cookie_threshold", self.cookie_threshold == 0),
             ("queue_len", self.queue_len == 0),
+            ("reliable_timeout", self.reliable_timeout.is_zero()),
+            ("reliable_window", self.reliable_window == 0),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, zero)| *zero) {
             return Err(ConfigError::Zero { field });
@@ -146,6 +171,12 @@ impl SessionConfig {
         if self.rekey_after_packets == 0 || self.rekey_after_packets > 1 << 63 {
             return Err(ConfigError::RekeyPackets);
         }
+        if self.reliable_window > MAX_RELIABLE_WINDOW {
+            return Err(ConfigError::ReliableWindow {
+                window: self.reliable_window,
+                max: MAX_RELIABLE_WINDOW,
+            });
+        }
         Ok(())
     }
 }
@@ -164,6 +195,8 @@ mod tests {
         assert_eq!(c.dead_after, Duration::from_secs(30));
         assert_eq!(c.rekey_after, Duration::from_secs(120));
         assert_eq!(c.rekey_after_packets, 1 << 60);
+        assert_eq!(c.reliable_timeout, Duration::from_secs(5));
+        assert_eq!(c.reliable_window, 256);
     }
 
     #[test]
@@ -202,5 +235,23 @@ mod tests {
             ..SessionConfig::default()
         };
         assert_eq!(c.validate(), Err(ConfigError::RekeyPackets));
+        let c = SessionConfig {
+            reliable_window: MAX_RELIABLE_WINDOW + 1,
+            ..SessionConfig::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::ReliableWindow { .. })
+        ));
+        let c = SessionConfig {
+            reliable_timeout: Duration::ZERO,
+            ..SessionConfig::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::Zero {
+                field: "reliable_timeout"
+            })
+        );
     }
 }

@@ -9,11 +9,15 @@
 //! by receiver index, one AEAD operation and one O(log n) update of the
 //! per-peer deadline heap; it allocates nothing. [`Endpoint::poll_timeout`] is
 //! O(1) (the heap's top); [`Endpoint::handle_timeout`] visits only the peers
-//! whose deadline has passed.
+//! whose deadline has passed. Reliable messages ([`Endpoint::send_reliable`])
+//! keep one timer each in a per-peer heap whose top feeds the peer's
+//! deadline; once the endpoint's buffer pool has grown they allocate nothing
+//! either.
 
 mod config;
 mod noise;
 mod peer;
+mod reliable;
 mod timers;
 mod types;
 
@@ -33,9 +37,12 @@ use crate::cookie::{self, CookieSecret, Mac, RateMeter};
 use crate::demux::PacketType;
 use crate::identity::{Keypair, PublicKey};
 use crate::replay::ReplayWindow;
-use crate::wire::{self, MAC_LEN, MAX_PACKET, MAX_PAYLOAD, TAG_LEN, TRANSPORT_HEADER_LEN};
+use crate::wire::{
+    self, MAC_LEN, MAX_PACKET, MAX_PAYLOAD, MAX_RELIABLE_PAYLOAD, RELIABLE_HEADER_LEN, TAG_LEN,
+    TRANSPORT_HEADER_LEN,
+};
 
-pub use config::{ConfigError, SessionConfig};
+pub use config::{ConfigError, MAX_RELIABLE_WINDOW, SessionConfig};
 pub use noise::{NOISE_PATTERN, NOISE_PROLOGUE};
 pub use types::{
     DownReason, DropReason, HandshakeError, Received, SendError, SessionError, SessionEvent,
@@ -43,6 +50,7 @@ pub use types::{
 };
 
 use peer::{Handshake, Keys, Peer, Queued};
+use reliable::{Arrival, Due, Reliable};
 use timers::DeadlineHeap;
 
 /// A datagram or session message waiting for [`Endpoint::poll_transmit`].
@@ -55,6 +63,15 @@ enum Outgoing {
         key: PublicKey,
         msg: Control,
     },
+    /// A (re)transmission of reliable message `seq`, sealed when polled from
+    /// its pending buffer (skipped if acknowledged meanwhile).
+    Reliable {
+        slot: usize,
+        key: PublicKey,
+        seq: u64,
+    },
+    /// The acknowledgements waiting for this peer, sealed when polled.
+    Ack { slot: usize, key: PublicKey },
 }
 
 #[derive(Clone, Copy)]
@@ -100,6 +117,8 @@ pub struct Endpoint {
     scratch: Box<[u8]>,
     /// Seal buffer (channel ‖ payload).
     plain: Box<[u8]>,
+    /// Spare reliable-message buffers (at most `reliable::POOL_MAX`).
+    pool: Vec<Vec<u8>>,
     stats: SessionStats,
     node_id_fn: fn(&PublicKey) -> NodeId,
 }
@@ -199,6 +218,7 @@ impl Endpoint {
             events: VecDeque::with_capacity(16),
             scratch: vec![0u8; MAX_PACKET].into_boxed_slice(),
             plain: vec![0u8; MAX_PAYLOAD + 1].into_boxed_slice(),
+            pool: Vec::new(),
             stats: SessionStats::default(),
             node_id_fn: PublicKey::node_id,
         }
@@ -313,14 +333,19 @@ impl Endpoint {
             PacketType::Transport => self.on_transport(now, wall_ms, from, datagram),
         };
         match outcome {
-            Outcome::Data { slot, len } => {
+            Outcome::Data {
+                slot,
+                channel,
+                start,
+                end,
+            } => {
                 let p = self.peers[slot].as_ref().expect("slot just used");
                 Received::Data {
                     peer: p.key,
                     node: p.node,
                     from,
-                    channel: self.scratch[0],
-                    payload: &self.scratch[1..len],
+                    channel,
+                    payload: &self.scratch[start..end],
                 }
             }
             Outcome::Consumed => Received::Consumed,
@@ -403,9 +428,91 @@ impl Endpoint {
         Ok(None)
     }
 
+    /// Queue `payload` for reliable delivery on `channel` (1..=255) to
+    /// `peer`: it is sent through [`poll_transmit`](Self::poll_transmit) —
+    /// at once when the session is up, else as soon as the handshake in
+    /// progress completes — and retransmitted until the peer acknowledges it
+    /// (retransmission timeout `max(2 × RTT, 100 ms)`, 500 ms while no round
+    /// trip is known, doubling up to 1 s) or until
+    /// [`SessionConfig::reliable_timeout`] has passed since its first
+    /// transmission (then it is counted in `reliable_expired`). The peer
+    /// receives it as an ordinary [`Received::Data`] on `channel`, at most
+    /// once; messages may arrive in any order. Everything unacknowledged is
+    /// discarded (counted in `reliable_dropped`) when the session or its
+    /// handshake ends.
+    ///
+    /// # Errors
+    /// [`SendError::NoSession`] when there is neither a session nor a
+    /// handshake to that key; [`SendError::ReservedChannel`];
+    /// [`SendError::PayloadTooLarge`] beyond [`MAX_RELIABLE_PAYLOAD`];
+    /// [`SendError::ReliableWindowFull`] when
+    /// [`SessionConfig::reliable_window`] messages to that peer are
+    /// unacknowledged (nothing is queued then).
+    pub fn send_reliable(
+        &mut self,
+        now: Instant,
+        peer: &PublicKey,
+        channel: u8,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
+        if channel == 0 {
+            return Err(SendError::ReservedChannel);
+        }
+        if payload.len() > MAX_RELIABLE_PAYLOAD {
+            return Err(SendError::PayloadTooLarge {
+                len: payload.len(),
+                max: MAX_RELIABLE_PAYLOAD,
+            });
+        }
+        let Some(&slot) = self.by_key.get(peer) else {
+            return Err(SendError::NoSession);
+        };
+        let window = self.config.reliable_window;
+        let timeout = self.config.reliable_timeout;
+        let p = self.peers[slot].as_mut().expect("indexed slot");
+        if p.is_empty() {
+            return Err(SendError::NoSession);
+        }
+        let rel = p.rel.get_or_insert_with(|| Box::new(Reliable::new()));
+        if !rel.has_room(window) {
+            return Err(SendError::ReliableWindowFull {
+                pending: rel.in_flight(),
+                max: window,
+            });
+        }
+        while rel.stream == 0 {
+            rel.stream = self.rng.next_u32();
+        }
+        // A pooled buffer (grown only when too small), else one of exactly
+        // the payload's size: small control messages hold little memory.
+        let mut buf = self
+            .pool
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(payload.len()));
+        buf.clear();
+        buf.extend_from_slice(payload);
+        rel.push(channel, buf, now);
+        self.stats.reliable_sent += 1;
+        if p.current.as_ref().is_some_and(Keys::usable) {
+            let rto = rel.rto(p.rtt);
+            let key = p.key;
+            let transmits = &mut self.transmits;
+            rel.start_unsent(now, rto, timeout, |seq| {
+                transmits.push_back(Outgoing::Reliable { slot, key, seq });
+            });
+            p.last_sent = now;
+        } else if p.current.is_some() && p.handshake.is_none() {
+            // Keys worn out: rekey now (the message goes with the new keys).
+            p.rekey_at = now;
+        }
+        self.reschedule(slot);
+        Ok(())
+    }
+
     /// Runs every timer that is due at `now`: handshake retries and give-up,
     /// keep-alives, dead-session detection, rekeys, expiry of half-open
-    /// handshakes and of previous keys.
+    /// handshakes and of previous keys, retransmission and expiry of
+    /// reliable messages.
     pub fn handle_timeout(&mut self, now: Instant, wall_ms: u64) {
         // Every visit either removes the peer's due timer or moves it past
         // `now`; the guard only protects against a logic error looping forever.
@@ -427,7 +534,8 @@ impl Endpoint {
     }
 
     /// The next datagram to send (handshakes, cookie replies, keep-alives,
-    /// clock pings/pongs, payloads queued during a handshake), written into
+    /// clock pings/pongs, payloads queued during a handshake, reliable
+    /// messages and their retransmissions, acknowledgements), written into
     /// `out` (give it at least [`MAX_PACKET`] bytes).
     pub fn poll_transmit(&mut self, out: &mut [u8]) -> Option<(SocketAddr, usize)> {
         while let Some(o) = self.transmits.pop_front() {
@@ -477,6 +585,66 @@ impl Endpoint {
                     if let Some(len) = seal_into(keys, &plain[..n], out) {
                         self.stats.packets_sealed += 1;
                         return Some((addr, len));
+                    }
+                }
+                Outgoing::Reliable { slot, key, seq } => {
+                    let Some(p) = self.peers.get_mut(slot).and_then(Option::as_mut) else {
+                        continue;
+                    };
+                    if p.key != key {
+                        continue;
+                    }
+                    let (Some(keys), Some(rel)) = (p.current.as_mut(), p.rel.as_ref()) else {
+                        continue;
+                    };
+                    let Some(m) = rel.get(seq) else {
+                        // Acknowledged (or expired) while queued.
+                        continue;
+                    };
+                    use wire::reliable as r;
+                    let plain = &mut self.plain;
+                    plain[0] = 0;
+                    plain[1] = wire::control::RELIABLE;
+                    plain[1 + r::STREAM..1 + r::ID].copy_from_slice(&rel.stream.to_be_bytes());
+                    plain[1 + r::ID..1 + r::CHANNEL].copy_from_slice(&m.id().to_be_bytes());
+                    plain[1 + r::CHANNEL] = m.channel;
+                    let n = 1 + RELIABLE_HEADER_LEN + m.payload.len();
+                    plain[1 + r::PAYLOAD..n].copy_from_slice(&m.payload);
+                    if let Some(len) = seal_into(keys, &plain[..n], out) {
+                        self.stats.packets_sealed += 1;
+                        return Some((p.addr, len));
+                    }
+                }
+                Outgoing::Ack { slot, key } => {
+                    let Some(p) = self.peers.get_mut(slot).and_then(Option::as_mut) else {
+                        continue;
+                    };
+                    if p.key != key {
+                        continue;
+                    }
+                    let Some(rel) = p.rel.as_mut() else {
+                        continue;
+                    };
+                    let Some(keys) = p.current.as_mut() else {
+                        rel.clear_acks();
+                        continue;
+                    };
+                    let plain = &mut self.plain;
+                    plain[0] = 0;
+                    plain[1] = wire::control::ACK;
+                    let Some(body) = rel.take_acks(&mut plain[1 + wire::reliable::STREAM..]) else {
+                        rel.ack_queued = false;
+                        continue;
+                    };
+                    if rel.acks_waiting() {
+                        self.transmits.push_back(Outgoing::Ack { slot, key });
+                    } else {
+                        rel.ack_queued = false;
+                    }
+                    let n = 2 + body;
+                    if let Some(len) = seal_into(keys, &plain[..n], out) {
+                        self.stats.packets_sealed += 1;
+                        return Some((p.addr, len));
                     }
                 }
             }
@@ -534,10 +702,12 @@ impl Endpoint {
 
 /// The internal result of handling one datagram.
 enum Outcome {
-    /// Plaintext (channel ‖ payload) is in `scratch[..len]`.
+    /// A payload for `channel` is in `scratch[start..end]`.
     Data {
         slot: usize,
-        len: usize,
+        channel: u8,
+        start: usize,
+        end: usize,
     },
     Consumed,
     Dropped(DropReason),
@@ -610,6 +780,9 @@ impl Endpoint {
             self.live -= 1;
         }
         self.stats.queued_dropped += p.queue.len() as u64;
+        if let Some(mut rel) = p.rel {
+            self.stats.reliable_dropped += rel.clear_pending(|b| recycle(&mut self.pool, b));
+        }
         self.by_key.remove(&p.key);
         if self.by_node.get(&p.node) == Some(&p.key) {
             self.by_node.remove(&p.node);
@@ -1102,6 +1275,15 @@ impl Endpoint {
             p.last_sent = now;
             self.stats.packets_sealed += sealed;
         }
+        if let Some(rel) = p.rel.as_mut().filter(|r| r.unsent() > 0) {
+            let rto = rel.rto(p.rtt);
+            let (key, timeout) = (p.key, self.config.reliable_timeout);
+            let transmits = &mut self.transmits;
+            rel.start_unsent(now, rto, timeout, |seq| {
+                transmits.push_back(Outgoing::Reliable { slot, key, seq });
+            });
+            p.last_sent = now;
+        }
     }
 
     fn on_cookie(&mut self, now: Instant, d: &[u8]) -> Outcome {
@@ -1200,6 +1382,14 @@ impl Endpoint {
             // The initiator confirmed the keys: they become current.
             let keys = p.next.take().expect("matched above");
             self.half_open_count -= 1;
+            if p.rtt.is_none() && counter == 0 {
+                // The initiator's first packet under these keys, and our
+                // response went out when they were made: a first round-trip
+                // sample for the responder (the clock ping that follows may
+                // be lost; reliable delivery needs some estimate). A later
+                // counter means earlier packets were lost: no clean sample.
+                p.rtt = Some(now.saturating_duration_since(keys.created));
+            }
             let first = !p.up;
             if first {
                 // A new peer's address is where its first authenticated packet came from.
@@ -1231,7 +1421,7 @@ impl Endpoint {
         } else if matches!(which, Which::Next) {
             // Rekey confirmed: acknowledge on the new keys (the initiator
             // re-sends its confirmation until something arrives on them).
-            if self.peer(slot).queue.is_empty() {
+            if self.peer(slot).queue.is_empty() && self.peer(slot).reliable_unsent() == 0 {
                 self.queue_control(slot, now, Control::Keepalive);
             } else {
                 self.flush_queue(slot, now);
@@ -1239,19 +1429,71 @@ impl Endpoint {
         }
         let channel = self.scratch[0];
         let outcome = if channel != 0 {
-            Outcome::Data { slot, len }
+            Outcome::Data {
+                slot,
+                channel,
+                start: 1,
+                end: len,
+            }
         } else {
-            self.on_control(slot, now, wall_ms, len);
-            Outcome::Consumed
+            self.on_control(slot, now, wall_ms, len)
         };
         self.reschedule(slot);
         outcome
     }
 
-    /// A channel-0 message in `scratch[..len]`.
-    fn on_control(&mut self, slot: usize, now: Instant, wall_ms: u64, len: usize) {
+    /// A channel-0 message in `scratch[..len]`: `Data` for a reliable
+    /// message to deliver, else `Consumed`.
+    fn on_control(&mut self, slot: usize, now: Instant, wall_ms: u64, len: usize) -> Outcome {
         let msg = &self.scratch[1..len];
         match msg.first().copied() {
+            Some(wire::control::RELIABLE) if msg.len() >= RELIABLE_HEADER_LEN => {
+                use wire::reliable as r;
+                let stream = wire::get_u32(msg, r::STREAM);
+                let id = wire::get_u32(msg, r::ID);
+                let channel = msg[r::CHANNEL];
+                if stream == 0 || channel == 0 {
+                    trace!("reliable message with stream 0 or on channel 0 ignored");
+                    return Outcome::Consumed;
+                }
+                let p = self.peers[slot].as_mut().expect("indexed slot");
+                let rel = p.rel.get_or_insert_with(|| Box::new(Reliable::new()));
+                let arrival = rel.arrive(stream, id);
+                if arrival == Arrival::Stale {
+                    trace!(peer = %p.key, stream, id, "reliable message from a replaced stream ignored");
+                    return Outcome::Consumed;
+                }
+                if rel.want_ack(id) {
+                    let key = p.key;
+                    p.last_sent = now;
+                    self.transmits.push_back(Outgoing::Ack { slot, key });
+                }
+                if arrival == Arrival::Deliver {
+                    self.stats.reliable_delivered += 1;
+                    return Outcome::Data {
+                        slot,
+                        channel,
+                        start: 1 + r::PAYLOAD,
+                        end: len,
+                    };
+                }
+                self.stats.reliable_duplicates += 1;
+            }
+            Some(wire::control::ACK)
+                if msg.len() >= wire::reliable::ACK_IDS + 4
+                    && (msg.len() - wire::reliable::ACK_IDS) % 4 == 0 =>
+            {
+                let stream = wire::get_u32(msg, wire::reliable::STREAM);
+                let p = self.peers[slot].as_mut().expect("indexed slot");
+                if let Some(rel) = p.rel.as_mut() {
+                    for at in (wire::reliable::ACK_IDS..msg.len()).step_by(4) {
+                        if let Some(buf) = rel.ack(stream, wire::get_u32(msg, at), now) {
+                            self.stats.reliable_acked += 1;
+                            recycle(&mut self.pool, buf);
+                        }
+                    }
+                }
+            }
             Some(wire::control::PING) if msg.len() >= 9 => {
                 let echo = wire::get_u64(msg, 1);
                 self.queue_control(
@@ -1294,6 +1536,7 @@ impl Endpoint {
             // Keep-alives, and kinds from newer versions: nothing to do.
             _ => {}
         }
+        Outcome::Consumed
     }
 
     /// Runs the due timers of one peer.
@@ -1342,6 +1585,10 @@ impl Endpoint {
                     debug!(peer = %p.key, addr = %p.addr, "handshake failed: no answer (wrong public key, or unreachable)");
                     self.stats.queued_dropped += p.queue.len() as u64;
                     p.queue.clear();
+                    if let Some(rel) = p.rel.as_mut() {
+                        let pool = &mut self.pool;
+                        self.stats.reliable_dropped += rel.clear_pending(|b| recycle(pool, b));
+                    }
                     self.events.push_back(SessionEvent::HandshakeFailed {
                         peer: p.key,
                         addr: p.addr,
@@ -1378,6 +1625,7 @@ impl Endpoint {
             trace!(peer = %p.key, "re-sending key confirmation");
             self.queue_control(slot, now, Control::Keepalive);
         }
+        self.reliable_timers(slot, now);
         let p = self.peers[slot].as_mut().expect("still present");
         if p.current.is_some() && now >= p.last_sent + config.keepalive_interval {
             // Idle keep-alives are clock pings (one outstanding at a time),
@@ -1399,6 +1647,44 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// Retransmits or expires the reliable messages of `slot` whose timer is due.
+    fn reliable_timers(&mut self, slot: usize, now: Instant) {
+        let p = self.peers[slot].as_mut().expect("indexed slot");
+        let Some(rel) = p.rel.as_mut() else {
+            return;
+        };
+        let can_send = p.current.as_ref().is_some_and(Keys::usable);
+        while let Some(due) = rel.pop_due(now, p.rtt) {
+            match due {
+                Due::Retransmit(seq) => {
+                    // Without usable keys (a worn-out session waiting for its
+                    // rekey) the attempt is skipped; the timer goes on.
+                    if can_send {
+                        self.stats.reliable_retransmits += 1;
+                        let key = p.key;
+                        p.last_sent = now;
+                        self.transmits
+                            .push_back(Outgoing::Reliable { slot, key, seq });
+                    }
+                }
+                Due::Expired(buf) => {
+                    self.stats.reliable_expired += 1;
+                    debug!(peer = %p.key, "reliable message expired unacknowledged");
+                    recycle(&mut self.pool, buf);
+                }
+            }
+        }
+    }
+}
+
+/// Returns a reliable-message buffer to the endpoint's bounded pool.
+fn recycle(pool: &mut Vec<Vec<u8>>, buf: Vec<u8>) {
+    if pool.len() < reliable::POOL_MAX {
+        pool.push(buf);
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Which {
     Current,
@@ -1412,5 +1698,83 @@ impl Outcome {
             addr,
             bytes: bytes.to_vec(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> Instant {
+        Instant::from_millis(1_000)
+    }
+
+    /// Delivers everything `from` wants to send to `to`.
+    fn pump(from: &mut Endpoint, from_addr: SocketAddr, to: &mut Endpoint) {
+        let mut out = [0u8; MAX_PACKET];
+        while let Some((_, n)) = from.poll_transmit(&mut out) {
+            let _ = to.handle_datagram(now(), 1_700_000_000_000, from_addr, &out[..n]);
+        }
+    }
+
+    /// The reliable-message and acknowledgement plaintexts, byte for byte
+    /// (the layouts in `docs/protocol.md`).
+    #[test]
+    fn reliable_and_ack_plaintexts_are_the_documented_layouts() {
+        let (aa, ba): (SocketAddr, SocketAddr) = (
+            "192.0.2.1:4000".parse().unwrap(),
+            "198.51.100.2:5000".parse().unwrap(),
+        );
+        let mut a = Endpoint::new(
+            Keypair::from_secret([1; 32]),
+            SessionConfig::default(),
+            [1; 32],
+        );
+        let mut b = Endpoint::new(
+            Keypair::from_secret([2; 32]),
+            SessionConfig::default(),
+            [2; 32],
+        );
+        a.connect(now(), 1_700_000_000_000, b.public_key(), ba)
+            .unwrap();
+        for _ in 0..3 {
+            pump(&mut a, aa, &mut b);
+            pump(&mut b, ba, &mut a);
+        }
+        assert!(a.session(&b.public_key()).is_some() && b.session(&a.public_key()).is_some());
+
+        a.send_reliable(now(), &b.public_key(), 7, &[0x10, 0x01])
+            .unwrap();
+        let stream = a
+            .peer(a.by_key[&b.public_key()])
+            .rel
+            .as_ref()
+            .unwrap()
+            .stream
+            .to_be_bytes();
+        let mut out = [0u8; MAX_PACKET];
+        let (_, n) = a.poll_transmit(&mut out).unwrap();
+        assert_eq!(n, 45);
+        let mut want = vec![0x00, 0x03];
+        want.extend_from_slice(&stream);
+        want.extend_from_slice(&[0, 0, 0, 0, 0x07, 0x10, 0x01]);
+        assert_eq!(&a.plain[..13], &want[..]);
+        match b.handle_datagram(now(), 1_700_000_000_000, aa, &out[..n]) {
+            Received::Data {
+                channel, payload, ..
+            } => assert_eq!((channel, payload), (7, &[0x10, 0x01][..])),
+            other => panic!("{other:?}"),
+        }
+        let (_, n) = b.poll_transmit(&mut out).unwrap();
+        assert_eq!(n, 42);
+        let mut want = vec![0x00, 0x04];
+        want.extend_from_slice(&stream);
+        want.extend_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(&b.plain[..10], &want[..]);
+        assert_eq!(
+            a.handle_datagram(now(), 1_700_000_000_000, ba, &out[..n]),
+            Received::Consumed
+        );
+        assert_eq!(a.stats().reliable_acked, 1);
     }
 }

@@ -13,6 +13,7 @@ use crate::replay::ReplayWindow;
 use crate::wire::INIT_LEN;
 
 use super::config::SessionConfig;
+use super::reliable::Reliable;
 
 /// Keys are never used to seal at or beyond this counter (the Noise nonce
 /// limit is 2^64 − 1; the margin leaves room for queued control packets).
@@ -99,6 +100,8 @@ pub(crate) struct Peer {
     /// Latest cookie from this peer and when it arrived.
     pub(crate) cookie: Option<(Mac, Instant)>,
     pub(crate) rekeys: u64,
+    /// Reliable delivery, both directions (made on first use).
+    pub(crate) rel: Option<Box<Reliable>>,
 }
 
 impl Peer {
@@ -125,6 +128,7 @@ impl Peer {
             ping: None,
             cookie: None,
             rekeys: 0,
+            rel: None,
         }
     }
 
@@ -154,6 +158,9 @@ impl Peer {
                 }
             }
         }
+        if let Some(r) = &self.rel {
+            d = earliest(d, r.next_due());
+        }
         d
     }
 
@@ -166,6 +173,11 @@ impl Peer {
             t += config.handshake_timeout;
         }
         t
+    }
+
+    /// Reliable messages waiting for the session.
+    pub(crate) fn reliable_unsent(&self) -> usize {
+        self.rel.as_ref().map_or(0, |r| r.unsent())
     }
 
     /// Whether any handshake or key state is left.

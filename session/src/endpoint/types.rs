@@ -183,6 +183,16 @@ pub enum SendError {
         /// Bytes needed.
         need: usize,
     },
+    /// [`crate::Endpoint::send_reliable`]: `reliable_window` messages to
+    /// that peer are already waiting for their acknowledgement (nothing was
+    /// queued; try again after some are acknowledged or expire).
+    #[error("{pending} reliable messages to that peer are unacknowledged (window {max})")]
+    ReliableWindowFull {
+        /// Messages in flight.
+        pending: usize,
+        /// [`crate::SessionConfig::reliable_window`].
+        max: usize,
+    },
 }
 
 /// A snapshot of one established session.
@@ -239,4 +249,20 @@ pub struct SessionStats {
     pub packets_opened: u64,
     /// Queued payloads dropped (queue full, or the handshake failed).
     pub queued_dropped: u64,
+    /// Reliable messages accepted by `send_reliable`.
+    pub reliable_sent: u64,
+    /// Retransmissions of reliable messages (first transmissions not counted).
+    pub reliable_retransmits: u64,
+    /// Reliable messages acknowledged by the peer.
+    pub reliable_acked: u64,
+    /// Reliable messages given up unacknowledged `reliable_timeout` after
+    /// their first transmission.
+    pub reliable_expired: u64,
+    /// Reliable messages discarded unacknowledged because their session (or
+    /// handshake) ended.
+    pub reliable_dropped: u64,
+    /// Reliable messages received and delivered (each message id once).
+    pub reliable_delivered: u64,
+    /// Reliable messages received again (acknowledged again, not delivered).
+    pub reliable_duplicates: u64,
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use natrix_proto::Instant;
 use natrix_session::{
-    DropReason, Endpoint, Keypair, MAX_PACKET, PublicKey, Received, SessionConfig, SessionEvent,
+    DropReason, Endpoint, Keypair, MAX_PACKET, PublicKey, Received, SendError, SessionConfig,
+    SessionEvent,
 };
 
 /// Unix ms at virtual time zero.
@@ -59,6 +60,9 @@ pub struct Net {
     pub flight: Vec<Packet>,
     pub latency: Duration,
     pub fate: Option<Fate>,
+    /// Duplication: for a packet that was not dropped, `Some(d)` delivers a
+    /// second copy after `d`.
+    pub dup: Option<Fate>,
     /// Every datagram sent, in order (for determinism checks).
     pub log: Vec<Packet>,
     /// Datagrams to addresses no node owns.
@@ -79,6 +83,7 @@ impl Net {
             flight: Vec::new(),
             latency: Duration::from_millis(10),
             fate: None,
+            dup: None,
             log: Vec::new(),
             lost: Vec::new(),
         }
@@ -130,6 +135,21 @@ impl Net {
         }
     }
 
+    /// Queues a reliable message from `i` to `j` (sent on the next drain).
+    pub fn send_reliable(
+        &mut self,
+        i: usize,
+        j: usize,
+        channel: u8,
+        payload: &[u8],
+    ) -> Result<(), SendError> {
+        let key = self.nodes[j].key();
+        let now = self.now;
+        let r = self.nodes[i].ep.send_reliable(now, &key, channel, payload);
+        self.drain();
+        r
+    }
+
     /// Puts a datagram from node `i` on the wire.
     pub fn put(&mut self, i: usize, to: SocketAddr, bytes: Vec<u8>) {
         let from = self.nodes[i].src;
@@ -150,6 +170,12 @@ impl Net {
             None => Some(self.latency),
         };
         if let Some(d) = delay {
+            let copy = self.dup.as_mut().and_then(|f| f(&p));
+            if let Some(d2) = copy {
+                let mut q = p.clone();
+                q.at = self.now + d2;
+                self.flight.push(q);
+            }
             p.at = self.now + d;
             self.flight.push(p);
         }
