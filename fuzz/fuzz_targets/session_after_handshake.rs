@@ -88,7 +88,7 @@ libfuzzer_sys::fuzz_target!(|input: Input| {
         .unwrap();
 
     for step in input.steps.iter().take(64) {
-        now = now + std::time::Duration::from_millis(u64::from(step.advance_ms));
+        now += std::time::Duration::from_millis(u64::from(step.advance_ms));
         let wall = WALL + now.since_origin().as_millis() as u64;
         let mut bytes = step.datagram.clone();
         if step.mutate_real {
