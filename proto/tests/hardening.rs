@@ -641,6 +641,39 @@ fn r10_duplicate_introduces_are_idempotent() {
     assert_eq!(punch_events(&net, a) + punch_events(&net, b), 2);
 }
 
+#[test]
+fn r10_introduce_replayed_after_the_memory_expired_changes_nothing() {
+    let (mut net, a, b, r) = trio(quiet(), CONE);
+    // Sessions know the coordinator's clock (here: the same as ours).
+    for n in [a, b] {
+        net.agent(n).handle_clock_offset(r, 0).unwrap();
+    }
+    let id = net.punch(a, b, r).unwrap();
+    net.run_for(ms(30));
+    let intro_to = |net: &Net, to| {
+        controls_between(net, r, to, Channel::Rendezvous, Instant::ZERO)
+            .into_iter()
+            .find(|b| b[0] == 0x02)
+            .unwrap()
+    };
+    let (to_a, to_b) = (intro_to(&net, a), intro_to(&net, b));
+    // Long after every memory of the rendezvous expired (3 punch
+    // deadlines), the coordinator re-sends its introduces byte for byte.
+    net.run_for(ms(16_000));
+    net.inject_control(r, a, Channel::Rendezvous, &to_a);
+    net.inject_control(r, b, Channel::Rendezvous, &to_b);
+    net.run_for(ms(6_000));
+    let (ev_a, ev_b) = (net.events(a), net.events(b));
+    assert!(succeeded_toward(&ev_a, id, addr_of(b)));
+    assert_eq!(ev_a.len(), 1, "exactly one outcome: {ev_a:?}");
+    assert_eq!(ev_b.len(), 1, "exactly one outcome: {ev_b:?}");
+    assert_eq!(net.agent(b).stats().responder_trains, 1);
+    assert_eq!(net.agent(a).stats().introduces_duplicate, 1);
+    assert_eq!(net.agent(b).stats().introduces_duplicate, 1);
+    let sent = net.agent(a).stats().keepalives_sent + net.agent(b).stats().keepalives_sent;
+    assert_eq!(sent, 4, "no train restarted");
+}
+
 // ---------------------------------------------------------------- R7
 
 #[test]

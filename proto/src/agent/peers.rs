@@ -116,6 +116,13 @@ impl Peers {
     }
 
     /// The peer's wall clock minus ours, in ms; 0 when unknown.
+    /// Whether a clock offset estimate for `id` is known.
+    pub(crate) fn knows_clock_offset(&self, id: NodeId) -> bool {
+        self.map
+            .get(&id)
+            .is_some_and(|p| p.clock_offset_ms.is_some())
+    }
+
     pub(crate) fn clock_offset_ms(&self, id: NodeId) -> i64 {
         self.map
             .get(&id)

@@ -91,7 +91,7 @@ use crate::rng::mix64;
 use crate::schedule::KeepaliveTrain;
 use crate::stats::bump;
 use crate::table::WindowTable;
-use crate::time::{Instant, peer_wall_to_local};
+use crate::time::{Instant, duration_to_millis, peer_wall_to_local};
 use crate::wire::{
     Keepalive, NatrixMessage, NodeId, PunchAck, PunchBind, PunchIntroduce, PunchRefusal,
     PunchReject, PunchRequest, RejectReason,
@@ -429,7 +429,9 @@ impl Endpoint {
         Endpoint {
             punches: BTreeMap::new(),
             intro_budget: WindowTable::new(cap, config.budget_window()),
-            rendezvous: WindowTable::new(cap, config.punch_deadline().saturating_mul(2)),
+            // Longer than the staleness horizon below (twice the deadline
+            // past the fire time), so that no duplicate falls between the two.
+            rendezvous: WindowTable::new(cap, config.punch_deadline().saturating_mul(3)),
             bindings: WindowTable::new(cap, config.punch_deadline()),
             recent: WindowTable::new(
                 (config.max_pending_punches() as usize).saturating_mul(2),
@@ -699,6 +701,22 @@ impl Endpoint {
         };
         // The fire time on our clock (the coordinator stamped its own).
         let fire_ms = peer_wall_to_local(intro.fire_at_ms, cx.peers.clock_offset_ms(from));
+        // R10: an introduce that answers no request of ours and whose fire
+        // time (on a clock we know the offset of) lies more than twice the
+        // punch deadline in the past belongs to a rendezvous that ran and was
+        // forgotten: it changes nothing. Without an offset estimate the fire
+        // time cannot be trusted this far, and only the memory above applies;
+        // the answer to our own pending request is never stale.
+        let horizon = duration_to_millis(cx.config.punch_deadline()).saturating_mul(2);
+        if !answer && cx.peers.knows_clock_offset(from) && fire_ms.saturating_add(horizon) < wall_ms
+        {
+            // Counted as what the R4/R13 checks would refuse it for, if
+            // anything (an attack stays visible as one), else a duplicate.
+            if Self::unsolicited_refusal(cx, from, &intro).is_none() {
+                bump(&mut cx.out.stats.introduces_duplicate);
+            }
+            return;
+        }
         let started = match what {
             Intro::Duplicate => return bump(&mut cx.out.stats.introduces_duplicate),
             Intro::Conflict => return bump(&mut cx.out.stats.introduces_dropped_other),
