@@ -158,5 +158,63 @@ fn transport(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, handshakes, transport);
+/// The same round trip (A seals → B opens, B seals → A opens, 1200 B) with
+/// B holding one session and with B holding 4,096: B's receiver-index map and
+/// deadline heap at a realistic size, the initiators taken round-robin.
+fn transport_at_scale(c: &mut Criterion) {
+    const SIZE: usize = 1200;
+    let mut g = c.benchmark_group("transport_1200B_round_trip");
+    g.throughput(Throughput::Bytes(2 * SIZE as u64));
+    let payload = vec![0xA5u8; SIZE];
+    let mut out = vec![0u8; MAX_PACKET];
+    let t0 = Instant::from_millis(1);
+    let (_, ba) = addrs();
+    for n in [1usize, 4096] {
+        let mut b = Endpoint::new(Keypair::from_secret([2; 32]), no_cookies(), [2; 32]);
+        let kb = b.public_key();
+        let mut peers: Vec<(Endpoint, SocketAddr)> = (0..n)
+            .map(|i| {
+                let mut secret = [0u8; 32];
+                secret[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
+                secret[31] = 0x55;
+                let mut a = Endpoint::new(Keypair::from_secret(secret), no_cookies(), [3; 32]);
+                let octets = u32::try_from(i).unwrap().to_be_bytes();
+                let aa = SocketAddr::from(([10, octets[1], octets[2], octets[3]], 4000));
+                a.connect(t0, WALL, kb, ba).unwrap();
+                while pump(&mut a, aa, &mut b, t0) | pump(&mut b, ba, &mut a, t0) {}
+                (a, aa)
+            })
+            .collect();
+        assert_eq!(b.stats().sessions_live as usize, n);
+        let keys: Vec<_> = peers.iter().map(|(a, _)| a.public_key()).collect();
+        let now = Instant::from_millis(5);
+        let mut i = 0usize;
+        g.bench_function(format!("{n}_sessions"), |bench| {
+            bench.iter(|| {
+                i = (i + 1) % n;
+                let (a, aa) = &mut peers[i];
+                let (_, len) = a.send(now, &kb, 16, &payload, &mut out).unwrap().unwrap();
+                match b.handle_datagram(now, WALL, *aa, &out[..len]) {
+                    Received::Data { payload, .. } => {
+                        black_box(payload.len());
+                    }
+                    other => panic!("{other:?}"),
+                }
+                let (_, len) = b
+                    .send(now, &keys[i], 16, &payload, &mut out)
+                    .unwrap()
+                    .unwrap();
+                match a.handle_datagram(now, WALL, ba, &out[..len]) {
+                    Received::Data { payload, .. } => {
+                        black_box(payload.len());
+                    }
+                    other => panic!("{other:?}"),
+                }
+            });
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, handshakes, transport, transport_at_scale);
 criterion_main!(benches);
