@@ -756,15 +756,8 @@ impl Endpoint {
         from: NodeId,
         intro: &PunchIntroduce,
     ) -> bool {
-        let refusal = if cx.bogus(from, intro.peer_reflex) {
-            bump(&mut cx.out.stats.introduces_dropped_bogus);
-            Some(RejectReason::BogusReflex)
-        } else if cx.agrees(intro.peer, intro.peer_reflex) == Some(false) {
-            bump(&mut cx.out.stats.introduces_dropped_reflection);
-            Some(RejectReason::ReflexMismatch)
-        } else {
-            None
-        };
+        // An unannounced target is no reason to refuse our own answer.
+        let refusal = Self::introduce_refusal(cx, from, intro, true);
         let Some(p) = self.punches.get_mut(&intro.peer) else {
             return false;
         };
@@ -814,25 +807,38 @@ impl Endpoint {
         true
     }
 
-    /// R13 and R4 for an introduce this node did not ask its coordinator for.
-    fn unsolicited_refusal(
+    /// R13, then the introduced reflex against the peer's own announcement
+    /// (counted); `unannounced` is what to do when the peer announced nothing
+    /// (admit: `true`).
+    fn introduce_refusal(
         cx: &mut Ctx<'_>,
         from: NodeId,
         intro: &PunchIntroduce,
+        unannounced: bool,
     ) -> Option<RejectReason> {
         if cx.bogus(from, intro.peer_reflex) {
             bump(&mut cx.out.stats.introduces_dropped_bogus);
             return Some(RejectReason::BogusReflex);
         }
-        let vouched = match cx.agrees(intro.peer, intro.peer_reflex) {
-            Some(agrees) => agrees,
-            None => cx.config.unannounced_peer_policy() == UnannouncedPeerPolicy::Admit,
-        };
-        if !vouched {
+        if !cx
+            .agrees(intro.peer, intro.peer_reflex)
+            .unwrap_or(unannounced)
+        {
             bump(&mut cx.out.stats.introduces_dropped_reflection);
             return Some(RejectReason::ReflexMismatch);
         }
         None
+    }
+
+    /// R13 and R4 for an introduce this node did not ask its coordinator for
+    /// (an unannounced peer as the policy says).
+    fn unsolicited_refusal(
+        cx: &mut Ctx<'_>,
+        from: NodeId,
+        intro: &PunchIntroduce,
+    ) -> Option<RejectReason> {
+        let admit = cx.config.unannounced_peer_policy() == UnannouncedPeerPolicy::Admit;
+        Self::introduce_refusal(cx, from, intro, admit)
     }
 
     /// A peer's rendezvous (we are the target): R13, R4, then the R5
