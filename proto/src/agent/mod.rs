@@ -44,7 +44,7 @@ use crate::discovery::{Discovery, DiscoveryCtx, ProbeError, ReclassifyOutcome};
 use crate::error::TraversalError;
 use crate::rendezvous::endpoint::Ctx;
 use crate::rendezvous::{Coordinator, CoordinatorCandidate, Endpoint, select_coordinator};
-use crate::rng::Rng;
+use crate::rng::{Rng, mix64};
 use crate::stats::{Stats, bump};
 use crate::time::Instant;
 use crate::wire::{
@@ -82,6 +82,9 @@ impl From<DirectoryFull> for AnnouncementError {
     }
 }
 
+/// Separates the tables' hash seed from every other use of the agent's seed.
+const TABLE_SEED_DOMAIN: u64 = 0x6e61_7472_6978_7462; // "natrixtb"
+
 /// One natrix node: coordinator, requester and responder at once.
 #[derive(Debug)]
 pub struct Agent {
@@ -101,13 +104,16 @@ impl Agent {
     /// `seed` (the only source of randomness).
     #[must_use]
     pub fn new(id: NodeId, bind: SocketAddr, config: Config, seed: u64) -> Self {
+        // The tables' hash keys derive from the seed without drawing from the
+        // RNG, whose stream (punch ids, sweep targets) stays as it was.
+        let tables = mix64(seed ^ TABLE_SEED_DOMAIN);
         Agent {
             id,
             bind,
             rng: Rng::new(seed),
-            peers: Peers::new(config.max_known_peers() as usize),
-            coordinator: Coordinator::new(&config),
-            endpoint: Endpoint::new(&config),
+            peers: Peers::new(config.max_known_peers() as usize, tables),
+            coordinator: Coordinator::new(&config, mix64(tables ^ 1)),
+            endpoint: Endpoint::new(&config, mix64(tables ^ 2)),
             discovery: Discovery::new(&config),
             out: Outbox::default(),
             config,
@@ -311,9 +317,7 @@ impl Agent {
                 let msg = NatrixMessage::decode(payload)?;
                 // Capability: a peer whose natrix message decoded speaks
                 // natrix for the rest of its session.
-                if self.peers.session(from).is_some() {
-                    let _ = self.peers.update(from, |p| p.natrix = true);
-                }
+                self.peers.mark_natrix(from);
                 match msg {
                     NatrixMessage::Hello(_) => {}
                     NatrixMessage::Bind(b) => {

@@ -1,11 +1,11 @@
 //! What the agent knows about other nodes: sessions, announcements, RTTs,
 //! wall-clock offsets.
 
-use alloc::collections::{BTreeMap, BTreeSet};
 use core::net::SocketAddr;
 use core::time::Duration;
 
 use crate::classify::NatClass;
+use crate::table::slots::Slots;
 use crate::wire::NodeId;
 
 /// A peer's announced (class, reflex): what it told the mesh about itself.
@@ -28,8 +28,6 @@ pub(crate) struct Peer {
     /// A natrix control message arrived from it on the current session: it
     /// speaks natrix's own channel (cleared when the session goes down).
     pub(crate) natrix: bool,
-    /// While the record has no session: its place in the eviction order.
-    evict_seq: u64,
 }
 
 impl Peer {
@@ -48,55 +46,75 @@ impl Peer {
 /// (announcement-only entries, typically): when the directory is full, a
 /// session coming up evicts the oldest record without a session, so an
 /// announcement flood can never lock sessions out. Nothing else evicts.
+///
+/// One hash lookup finds everything known about a peer ([`get`](Self::get));
+/// records without a session are queued oldest first for eviction. The
+/// directory reserves room for [`INITIAL_PEERS`] records and grows (doubling,
+/// never shrinking) up to its cap: a node that meets 100,000 peers pays for
+/// them once, a node that meets ten does not reserve memory for 131,072.
 #[derive(Clone, Debug)]
 pub(crate) struct Peers {
-    map: BTreeMap<NodeId, Peer>,
-    /// Records without a session, oldest first: what a session may evict.
-    sessionless: BTreeSet<(u64, NodeId)>,
-    next_seq: u64,
+    map: Slots<NodeId, Peer>,
     capacity: usize,
 }
+
+/// Records the directory has room for before it first grows.
+pub(crate) const INITIAL_PEERS: usize = 1024;
 
 /// The directory is full: the information was not stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct DirectoryFull;
 
 impl Peers {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, seed: u64) -> Self {
         Peers {
-            map: BTreeMap::new(),
-            sessionless: BTreeSet::new(),
-            next_seq: 0,
+            map: Slots::with_capacity(capacity.min(INITIAL_PEERS), seed),
             capacity,
+        }
+    }
+
+    /// Everything known about `id`, in one lookup.
+    pub(crate) fn get(&self, id: NodeId) -> Option<&Peer> {
+        self.map.get(&id)
+    }
+
+    /// Records that `id`, whose session is up, speaks natrix's own channel
+    /// (nothing without a session).
+    pub(crate) fn mark_natrix(&mut self, id: NodeId) {
+        if let Some(p) = self.map.get_mut(&id).filter(|p| p.session.is_some()) {
+            // A record with a session is neither empty nor queued: nothing
+            // else to keep up to date.
+            p.natrix = true;
         }
     }
 
     /// Whether `id` has spoken natrix's own channel on its current session.
     pub(crate) fn natrix(&self, id: NodeId) -> bool {
-        self.map.get(&id).is_some_and(|p| p.natrix)
+        self.get(id).is_some_and(|p| p.natrix)
     }
 
     /// Makes room for a session with `id`: when the directory is full and `id`
     /// has no record, the oldest record without a session is evicted. Returns
     /// whether there is room now.
     pub(crate) fn make_room_for_session(&mut self, id: NodeId) -> bool {
-        if self.map.contains_key(&id) || self.map.len() < self.capacity {
+        if self.map.len() < self.capacity || self.map.find(&id).is_some() {
             return true;
         }
-        match self.sessionless.pop_first() {
-            Some((_, victim)) => {
-                self.map.remove(&victim);
+        match self.map.front() {
+            Some(victim) => {
+                self.map.remove_at(victim);
                 true
             }
             None => false,
         }
     }
 
-    /// Every peer with a session up, and the session's source address.
+    /// Every peer with a session up, and the session's source address (in no
+    /// particular order).
     pub(crate) fn sessions(&self) -> impl Iterator<Item = (NodeId, SocketAddr)> + '_ {
         self.map
-            .iter()
-            .filter_map(|(id, p)| p.session.map(|a| (*id, a)))
+            .occupied()
+            .filter_map(|(_, id, p)| p.session.map(|a| (*id, a)))
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -104,30 +122,15 @@ impl Peers {
     }
 
     pub(crate) fn session(&self, id: NodeId) -> Option<SocketAddr> {
-        self.map.get(&id).and_then(|p| p.session)
+        self.get(id).and_then(|p| p.session)
     }
 
     pub(crate) fn announced(&self, id: NodeId) -> Option<Announcement> {
-        self.map.get(&id).and_then(|p| p.announced)
+        self.get(id).and_then(|p| p.announced)
     }
 
     pub(crate) fn rtt(&self, id: NodeId) -> Option<Duration> {
-        self.map.get(&id).and_then(|p| p.rtt)
-    }
-
-    /// The peer's wall clock minus ours, in ms; 0 when unknown.
-    /// Whether a clock offset estimate for `id` is known.
-    pub(crate) fn knows_clock_offset(&self, id: NodeId) -> bool {
-        self.map
-            .get(&id)
-            .is_some_and(|p| p.clock_offset_ms.is_some())
-    }
-
-    pub(crate) fn clock_offset_ms(&self, id: NodeId) -> i64 {
-        self.map
-            .get(&id)
-            .and_then(|p| p.clock_offset_ms)
-            .unwrap_or(0)
+        self.get(id).and_then(|p| p.rtt)
     }
 
     /// Applies `f` to the peer's record, creating it if there is room, and drops
@@ -137,26 +140,23 @@ impl Peers {
         id: NodeId,
         f: impl FnOnce(&mut Peer),
     ) -> Result<(), DirectoryFull> {
-        let existed = self.map.contains_key(&id);
-        if !existed && self.map.len() >= self.capacity {
-            return Err(DirectoryFull);
-        }
-        let peer = self.map.entry(id).or_default();
-        let indexed = existed && peer.session.is_none();
-        let old_seq = peer.evict_seq;
+        let at = match self.map.find(&id) {
+            Some(at) => at,
+            None if self.map.len() >= self.capacity => return Err(DirectoryFull),
+            None => self.map.insert_new(id, Peer::default()),
+        };
+        let Some(peer) = self.map.value_mut(at) else {
+            return Ok(());
+        };
         f(peer);
-        let sessionless = peer.session.is_none();
-        let empty = peer.is_empty();
-        if indexed && (empty || !sessionless) {
-            self.sessionless.remove(&(old_seq, id));
-        }
+        let (empty, sessionless) = (peer.is_empty(), peer.session.is_none());
         if empty {
-            self.map.remove(&id);
-        } else if sessionless && !indexed {
-            let seq = self.next_seq;
-            self.next_seq = seq.saturating_add(1);
-            peer.evict_seq = seq;
-            self.sessionless.insert((seq, id));
+            self.map.remove_at(at);
+        } else if !sessionless {
+            self.map.unqueue(at);
+        } else if !self.map.is_queued(at) {
+            // Newly without a session: youngest in the eviction order.
+            self.map.queue_back(at);
         }
         Ok(())
     }
@@ -171,16 +171,14 @@ mod tests {
     }
 
     fn consistent(p: &Peers) {
-        let sessionless = p.map.values().filter(|r| r.session.is_none()).count();
-        assert_eq!(p.sessionless.len(), sessionless);
-        for (seq, id) in &p.sessionless {
-            assert_eq!(p.map[id].evict_seq, *seq);
+        for (at, _, r) in p.map.occupied() {
+            assert_eq!(p.map.is_queued(at), r.session.is_none());
         }
     }
 
     #[test]
     fn sessions_evict_the_oldest_record_without_a_session() {
-        let mut p = Peers::new(3);
+        let mut p = Peers::new(3, 0);
         let announce = |p: &mut Peers, i: u8| {
             p.update(NodeId(u64::from(i)), |r| {
                 r.announced = Some(Announcement {

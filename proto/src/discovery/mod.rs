@@ -149,8 +149,13 @@ pub fn decide_sweep(
 #[must_use]
 pub(crate) fn pick_targets(peers: &Peers, rng: &mut Rng, k: usize) -> Vec<(NodeId, IpAddr)> {
     let mut by_ip: BTreeMap<IpAddr, NodeId> = BTreeMap::new();
+    // The lowest node id per IP: the directory iterates in no particular
+    // order, the choice must not depend on it.
     for (id, addr) in peers.sessions() {
-        by_ip.entry(canonical_ip(addr.ip())).or_insert(id);
+        by_ip
+            .entry(canonical_ip(addr.ip()))
+            .and_modify(|have| *have = (*have).min(id))
+            .or_insert(id);
     }
     let mut list: Vec<(NodeId, IpAddr)> = by_ip.into_iter().map(|(ip, id)| (id, ip)).collect();
     let len = list.len();

@@ -43,6 +43,7 @@ use crate::agent::io::{Channel, Outbox};
 use crate::agent::peers::Peers;
 use crate::classify::{canonical_addr, canonical_ip, is_bogus_destination};
 use crate::config::Config;
+use crate::rng::mix64;
 use crate::stats::bump;
 use crate::table::WindowTable;
 use crate::time::{Instant, duration_to_millis};
@@ -132,13 +133,19 @@ pub fn reflex_matches_session(claimed: SocketAddr, session: SocketAddr) -> bool 
 }
 
 impl Coordinator {
-    pub(crate) fn new(config: &Config) -> Self {
+    /// Both tables are sized now (`seed` keys their hashes): mediating never
+    /// allocates.
+    pub(crate) fn new(config: &Config, seed: u64) -> Self {
         let cap = config.budget_table_capacity() as usize;
         Coordinator {
-            budget: WindowTable::new(cap, config.budget_window()),
+            budget: WindowTable::with_seed(cap, config.budget_window(), seed),
             // Acks arrive within a punch deadline of the introduce; twice that
             // is "recently" with room for clock skew and slow paths.
-            mediated: WindowTable::new(cap, config.punch_deadline().saturating_mul(2)),
+            mediated: WindowTable::with_seed(
+                cap,
+                config.punch_deadline().saturating_mul(2),
+                mix64(seed),
+            ),
         }
     }
 
@@ -202,13 +209,16 @@ impl Coordinator {
         if req.target == from {
             return Self::reject(out, from, &req, RejectReason::UNSPECIFIED);
         }
-        let Some(target_session) = peers.session(req.target) else {
+        // One directory lookup per peer: everything about the target now, the
+        // requester's RTT below.
+        let target = peers.get(req.target);
+        let Some(target_session) = target.and_then(|t| t.session) else {
             return Self::reject(out, from, &req, RejectReason::NoSessionWithTarget);
         };
         // The target's announced reflex, held to the same rule as R1: never
         // point a requester at an IP the target has no session from.
-        let Some(target_reflex) = peers
-            .announced(req.target)
+        let Some(target_reflex) = target
+            .and_then(|t| t.announced)
             .map(|a| canonical_addr(a.reflex))
             .filter(|r| reflex_matches_session(*r, target_session))
         else {
@@ -217,6 +227,8 @@ impl Coordinator {
         if bogus_here(target_reflex, own) {
             return Self::reject(out, from, &req, RejectReason::BogusReflex);
         }
+        let target_rtt = target.and_then(|t| t.rtt);
+        let target_natrix = target.is_some_and(|t| t.natrix);
 
         let key = pair_key(from, req.target);
         // R11: a request crossing the rendezvous under way for the other
@@ -239,39 +251,13 @@ impl Coordinator {
                 return;
             }
         }
-        // Its record is what lets acks and refusals through later: without
-        // room for it (all live), fail closed.
-        if !self.mediated.can_insert(now, &key) {
-            return Self::reject(out, from, &req, RejectReason::RateLimited);
-        }
 
-        let lead = adaptive_fire_lead(config, peers.rtt(from), peers.rtt(req.target));
+        let lead = adaptive_fire_lead(config, peers.rtt(from), target_rtt);
         let fire_at_ms = wall_ms.saturating_add(duration_to_millis(lead));
-        let to_requester = PunchIntroduce {
-            peer: req.target,
-            peer_reflex: target_reflex,
-            fire_at_ms,
-        };
-        let to_target = PunchIntroduce {
-            peer: from,
-            peer_reflex: self_reflex,
-            fire_at_ms,
-        };
-        out.control(from, Channel::Rendezvous, &to_requester.to_bytes());
         // R7: a natrix target learns the punch id its introduce belongs to.
         let bind = req
             .punch_id
-            .filter(|_| config.natrix_extensions() && peers.natrix(req.target));
-        if let Some(punch_id) = bind {
-            let msg = NatrixMessage::Bind(PunchBind {
-                peer: from,
-                fire_at_ms,
-                punch_id,
-            });
-            let (bytes, len) = msg.to_bytes();
-            out.control(req.target, Channel::Natrix, bytes.get(..len).unwrap_or(&[]));
-        }
-        out.control(req.target, Channel::Rendezvous, &to_target.to_bytes());
+            .filter(|_| config.natrix_extensions() && target_natrix);
         let id = req.punch_id_or_zero();
         let target_id = bind.map_or(0, NonZeroU32::get);
         let mut ids = [id, target_id];
@@ -287,7 +273,33 @@ impl Coordinator {
             forwarded: 0,
             refused: false,
         };
-        self.mediated.insert(now, key, mediation);
+        // Its record is what lets acks and refusals through later: without
+        // room for it (all live), fail closed.
+        if !self.mediated.try_insert(now, key, mediation) {
+            return Self::reject(out, from, &req, RejectReason::RateLimited);
+        }
+
+        let to_requester = PunchIntroduce {
+            peer: req.target,
+            peer_reflex: target_reflex,
+            fire_at_ms,
+        };
+        let to_target = PunchIntroduce {
+            peer: from,
+            peer_reflex: self_reflex,
+            fire_at_ms,
+        };
+        out.control(from, Channel::Rendezvous, &to_requester.to_bytes());
+        if let Some(punch_id) = bind {
+            let msg = NatrixMessage::Bind(PunchBind {
+                peer: from,
+                fire_at_ms,
+                punch_id,
+            });
+            let (bytes, len) = msg.to_bytes();
+            out.control(req.target, Channel::Natrix, bytes.get(..len).unwrap_or(&[]));
+        }
+        out.control(req.target, Channel::Rendezvous, &to_target.to_bytes());
         bump(&mut out.stats.requests_mediated);
     }
 
@@ -314,7 +326,10 @@ impl Coordinator {
         }
         m.refused = true;
         let to = r.peer;
-        if config.natrix_extensions() && peers.natrix(to) && peers.session(to).is_some() {
+        let reachable = peers
+            .get(to)
+            .is_some_and(|p| p.natrix && p.session.is_some());
+        if config.natrix_extensions() && reachable {
             let msg = NatrixMessage::Refused(PunchRefusal {
                 peer: from,
                 punch_id: m.id_of(key, to),

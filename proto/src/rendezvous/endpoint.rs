@@ -79,8 +79,9 @@
 //! deadline. A requester whose own introduce fails R12 or R13 ends its punch at
 //! once with the same typed error.
 
-use alloc::collections::BTreeMap;
 use core::net::SocketAddr;
+
+use super::punches::{Pending, Punches};
 
 use crate::agent::io::{Channel, Event, Outbox, PathMethod, Role};
 use crate::agent::peers::Peers;
@@ -245,13 +246,19 @@ impl Punch {
             Phase::Train(_) => PunchStage::Keepalive,
         }
     }
+}
 
-    fn next_wakeup(&self) -> Instant {
+impl Pending for Punch {
+    fn wake(&self) -> Instant {
         let train = match &self.phase {
             Phase::Train(t) => t.next_at(),
             Phase::AwaitIntroduce => None,
         };
         train.map_or(self.deadline, |t| t.min(self.deadline))
+    }
+
+    fn responder_for(&self) -> Option<NodeId> {
+        (self.role == Role::Responder).then_some(self.coordinator)
     }
 }
 
@@ -339,7 +346,8 @@ impl Recent {
 /// The endpoint machine: every pending punch, keyed by the peer (one per peer).
 #[derive(Clone, Debug)]
 pub struct Endpoint {
-    punches: BTreeMap<NodeId, Punch>,
+    /// One pending punch per peer, with its timer (`poll_timeout` in `O(1)`).
+    punches: Punches<Punch>,
     /// R5: unsolicited trains per (introducer, requester) per window; fails
     /// closed.
     intro_budget: WindowTable<(NodeId, NodeId), u32>,
@@ -424,22 +432,32 @@ fn deadline_error(config: &Config, p: &Punch) -> TraversalError {
 }
 
 impl Endpoint {
-    pub(crate) fn new(config: &Config) -> Self {
+    /// Every table is sized now from `config` (`seed` keys their hashes):
+    /// no input allocates afterwards.
+    pub(crate) fn new(config: &Config, seed: u64) -> Self {
         let cap = config.budget_table_capacity() as usize;
+        let pending = config.max_pending_punches() as usize;
+        let seeds = |i: u64| mix64(seed ^ i);
         Endpoint {
-            punches: BTreeMap::new(),
-            intro_budget: WindowTable::new(cap, config.budget_window()),
+            punches: Punches::with_capacity(pending, seeds(1)),
+            intro_budget: WindowTable::with_seed(cap, config.budget_window(), seeds(2)),
             // Longer than the staleness horizon below (twice the deadline
             // past the fire time), so that no duplicate falls between the two.
-            rendezvous: WindowTable::new(cap, config.punch_deadline().saturating_mul(3)),
-            bindings: WindowTable::new(cap, config.punch_deadline()),
-            recent: WindowTable::new(
-                (config.max_pending_punches() as usize).saturating_mul(2),
-                config.punch_deadline(),
+            rendezvous: WindowTable::with_seed(
+                cap,
+                config.punch_deadline().saturating_mul(3),
+                seeds(3),
             ),
-            abandoned: WindowTable::new(
-                (config.max_pending_punches() as usize).saturating_mul(2),
+            bindings: WindowTable::with_seed(cap, config.punch_deadline(), seeds(4)),
+            recent: WindowTable::with_seed(
+                pending.saturating_mul(2),
                 config.punch_deadline(),
+                seeds(5),
+            ),
+            abandoned: WindowTable::with_seed(
+                pending.saturating_mul(2),
+                config.punch_deadline(),
+                seeds(6),
             ),
         }
     }
@@ -470,17 +488,11 @@ impl Endpoint {
     }
 
     fn unsolicited_active(&self) -> usize {
-        self.punches
-            .values()
-            .filter(|p| p.role == Role::Responder)
-            .count()
+        self.punches.responders()
     }
 
     fn introduced_by(&self, coordinator: NodeId) -> usize {
-        self.punches
-            .values()
-            .filter(|p| p.role == Role::Responder && p.coordinator == coordinator)
-            .count()
+        self.punches.introduced_by(coordinator)
     }
 
     /// The punch id `coordinator` bound to its introduce of `peer` at `fire`.
@@ -513,6 +525,8 @@ impl Endpoint {
             p.punch_id = punch_id.get();
             p.started = now;
             let introducer = p.coordinator;
+            // A requester's now: no longer counted as a responder train (R5).
+            self.punches.resync(&target);
             self.recent.insert(
                 now,
                 target,
@@ -612,14 +626,14 @@ impl Endpoint {
     /// The session to `coordinator` went down: punches still waiting for its
     /// introduce can never get one, so they end now.
     pub(crate) fn coordinator_down(&mut self, cx: &mut Ctx<'_>, now: Instant, coordinator: NodeId) {
-        self.punches.retain(|peer, p| {
-            let waiting = matches!(p.phase, Phase::AwaitIntroduce) && p.coordinator == coordinator;
-            if waiting {
+        let out = &mut *cx.out;
+        self.punches.remove_where(
+            |p| matches!(p.phase, Phase::AwaitIntroduce) && p.coordinator == coordinator,
+            |peer, mut p| {
                 let err = TraversalError::NoSessionWithCoordinator(coordinator);
-                report(cx.out, *peer, p, now, Err(err));
-            }
-            !waiting
-        });
+                report(out, peer, &mut p, now, Err(err));
+            },
+        );
     }
 
     /// The train for `intro` from `coordinator`; `local_fire_ms` is its fire
@@ -667,6 +681,20 @@ impl Endpoint {
         from: NodeId,
         intro: PunchIntroduce,
     ) {
+        let peer = intro.peer;
+        self.introduce(cx, now, wall_ms, from, intro);
+        // A punch that got its train wakes for its first keep-alive now.
+        self.punches.resync(&peer);
+    }
+
+    fn introduce(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        now: Instant,
+        wall_ms: u64,
+        from: NodeId,
+        intro: PunchIntroduce,
+    ) {
         // C9: one form for the address from here on.
         let intro = PunchIntroduce {
             peer_reflex: canonical_addr(intro.peer_reflex),
@@ -700,7 +728,8 @@ impl Endpoint {
             Some(p) => sort_intro(p, cx.id, intro.peer, from, intro.fire_at_ms, seen),
         };
         // The fire time on our clock (the coordinator stamped its own).
-        let fire_ms = peer_wall_to_local(intro.fire_at_ms, cx.peers.clock_offset_ms(from));
+        let offset = cx.peers.get(from).and_then(|c| c.clock_offset_ms);
+        let fire_ms = peer_wall_to_local(intro.fire_at_ms, offset.unwrap_or(0));
         // R10: an introduce that answers no request of ours and whose fire
         // time (on a clock we know the offset of) lies more than twice the
         // punch deadline in the past belongs to a rendezvous that ran and was
@@ -708,8 +737,7 @@ impl Endpoint {
         // time cannot be trusted this far, and only the memory above applies;
         // the answer to our own pending request is never stale.
         let horizon = duration_to_millis(cx.config.punch_deadline()).saturating_mul(2);
-        if !answer && cx.peers.knows_clock_offset(from) && fire_ms.saturating_add(horizon) < wall_ms
-        {
+        if !answer && offset.is_some() && fire_ms.saturating_add(horizon) < wall_ms {
             // Counted as what the R4/R13 checks would refuse it for, if
             // anything (an attack stays visible as one), else a duplicate.
             if Self::unsolicited_refusal(cx, from, &intro).is_none() {
@@ -1082,15 +1110,20 @@ impl Endpoint {
     }
 
     /// Sends due keep-alives and ends punches whose deadline passed. Harmless to
-    /// call early or twice.
+    /// call early or twice. Visits only the punches that are due (earliest
+    /// first, ties by node id), each once.
     pub(crate) fn handle_timeout(&mut self, cx: &mut Ctx<'_>, now: Instant) {
         let (id, bind, config) = (cx.id, cx.bind, cx.config);
         let out = &mut *cx.out;
-        self.punches.retain(|peer, p| {
+        while let Some(peer) = self.punches.due(now) {
+            let Some(p) = self.punches.get_mut(&peer) else {
+                break;
+            };
             if now >= p.deadline {
                 let err = deadline_error(config, p);
-                report(out, *peer, p, now, Err(err));
-                return false;
+                report(out, peer, p, now, Err(err));
+                self.punches.remove(&peer);
+                continue;
             }
             if let Phase::Train(t) = &mut p.phase {
                 if t.next_at().is_some_and(|at| at <= now) {
@@ -1108,12 +1141,14 @@ impl Endpoint {
                     }
                 }
             }
-            true
-        });
+            // Its next wake-up is now later than `now` (the deadline, or the
+            // train's next slot): it is not visited again in this call.
+            self.punches.resync(&peer);
+        }
     }
 
     /// The earliest time a pending punch needs `handle_timeout`.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.punches.values().map(Punch::next_wakeup).min()
+        self.punches.poll_timeout()
     }
 }

@@ -1,0 +1,277 @@
+//! [`WindowTable`]: a bounded table of time-windowed entries, the memory bound behind R5 and R7.
+//!
+//! Each entry remembers when it started. An entry older than the table's
+//! window is expired: lookups treat it as absent and inserts reuse its slot.
+//! Every operation is `O(1)` (one hash lookup, plus one removal when a full
+//! table reclaims its oldest entry), room for `capacity` entries is reserved
+//! at construction so that nothing allocates afterwards, and the table never
+//! holds more than `capacity` entries whatever ids the network sends. Entries
+//! are kept in the order they (re)started; the oldest is the first to go.
+//!
+//! Two ways to make room when the table is full and a new key arrives:
+//!
+//! * **fail closed** ([`try_entry`](WindowTable::try_entry),
+//!   [`can_insert`](WindowTable::can_insert)): only expired entries are
+//!   reclaimed; while every entry is live the newcomer is refused. Budgets use
+//!   this (R5): a flood of new ids can never make the table forget a live
+//!   budget and hand its owner a fresh allowance.
+//! * **evicting** ([`entry`](WindowTable::entry),
+//!   [`insert`](WindowTable::insert)): the entry with the oldest start goes.
+//!   For caches whose loss is harmless.
+
+use core::hash::Hash;
+use core::time::Duration;
+
+use super::slots::Slots;
+use crate::time::Instant;
+
+/// A bounded map from `K` to `V` whose entries expire `window` after they start.
+#[derive(Clone, Debug)]
+pub struct WindowTable<K, V> {
+    /// Entries with their start, queued oldest start first.
+    slots: Slots<K, (Instant, V)>,
+    capacity: usize,
+    window: Duration,
+}
+
+impl<K: Hash + Eq + Copy, V> WindowTable<K, V> {
+    /// An empty table holding at most `capacity` (≥ 1) entries, with room for
+    /// all of them reserved now.
+    #[must_use]
+    pub fn new(capacity: usize, window: Duration) -> Self {
+        Self::with_seed(capacity, window, 0)
+    }
+
+    /// [`new`](Self::new) with the key hash seeded by `seed` (the agent passes
+    /// one derived from its own seed, so that the network cannot aim keys at
+    /// one hash bucket).
+    #[must_use]
+    pub fn with_seed(capacity: usize, window: Duration, seed: u64) -> Self {
+        let capacity = capacity.max(1);
+        WindowTable {
+            slots: Slots::with_capacity(capacity, seed),
+            capacity,
+            window,
+        }
+    }
+
+    /// Number of entries held (expired ones included until they are reused or
+    /// evicted).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when the table holds nothing.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.slots.len() == 0
+    }
+
+    /// The most entries the table will hold.
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn live(&self, start: Instant, now: Instant) -> bool {
+        now.saturating_duration_since(start) < self.window
+    }
+
+    /// The live entry in slot `at`.
+    fn live_at(&self, now: Instant, at: u32) -> bool {
+        self.slots
+            .value(at)
+            .is_some_and(|(start, _)| self.live(*start, now))
+    }
+
+    /// The live entry for `key`, if any.
+    pub fn get_mut(&mut self, now: Instant, key: &K) -> Option<&mut V> {
+        let at = self.slots.find(key).filter(|&at| self.live_at(now, at))?;
+        self.slots.value_mut(at).map(|(_, v)| v)
+    }
+
+    /// The live entry for `key`, starting a fresh one with `init()` at `now` when
+    /// there is none (or it expired). May evict the oldest entry to make room.
+    pub fn entry(&mut self, now: Instant, key: K, init: impl FnOnce() -> V) -> &mut V {
+        let at = match self.slots.find(&key) {
+            Some(at) => {
+                if !self.live_at(now, at) {
+                    self.restart(now, at, init());
+                }
+                at
+            }
+            None => {
+                self.make_room();
+                self.start(now, key, init())
+            }
+        };
+        self.value_at(at)
+    }
+
+    /// The live entry for `key`, starting a fresh one with `init()` at `now`
+    /// when there is none (or it expired) — failing closed: when the table is
+    /// full of live entries, `None`, and nothing changes.
+    pub fn try_entry(&mut self, now: Instant, key: K, init: impl FnOnce() -> V) -> Option<&mut V> {
+        let at = match self.slots.find(&key) {
+            Some(at) => {
+                if !self.live_at(now, at) {
+                    self.restart(now, at, init());
+                }
+                at
+            }
+            None => {
+                if !self.room_for_new(now) {
+                    return None;
+                }
+                self.make_room();
+                self.start(now, key, init())
+            }
+        };
+        Some(self.value_at(at))
+    }
+
+    /// Whether `key` has (or could get, by reclaiming only expired entries) a
+    /// slot at `now`.
+    #[must_use]
+    pub fn can_insert(&self, now: Instant, key: &K) -> bool {
+        self.slots.find(key).is_some() || self.room_for_new(now)
+    }
+
+    /// Whether a new key would find a slot by reclaiming only expired entries.
+    fn room_for_new(&self, now: Instant) -> bool {
+        self.slots.len() < self.capacity
+            || self
+                .slots
+                .front()
+                .is_some_and(|oldest| !self.live_at(now, oldest))
+    }
+
+    /// Whether a live entry for `key` exists.
+    #[must_use]
+    pub fn contains(&self, now: Instant, key: &K) -> bool {
+        self.slots.find(key).is_some_and(|at| self.live_at(now, at))
+    }
+
+    /// Starts a fresh entry for `key` at `now`, replacing any previous one.
+    /// May evict the oldest entry to make room.
+    pub fn insert(&mut self, now: Instant, key: K, value: V) {
+        match self.slots.find(&key) {
+            Some(at) => self.restart(now, at, value),
+            None => {
+                self.make_room();
+                self.start(now, key, value);
+            }
+        }
+    }
+
+    /// Starts a fresh entry for `key` at `now`, replacing any previous one —
+    /// failing closed like [`try_entry`](Self::try_entry): `false`, and
+    /// nothing changes, when `key` is new and every entry is live.
+    pub fn try_insert(&mut self, now: Instant, key: K, value: V) -> bool {
+        match self.slots.find(&key) {
+            Some(at) => self.restart(now, at, value),
+            None if self.room_for_new(now) => {
+                self.make_room();
+                self.start(now, key, value);
+            }
+            None => return false,
+        }
+        true
+    }
+
+    /// Removes `key`.
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        self.slots.remove(key).map(|(_, v)| v)
+    }
+
+    /// Slot `at` starts afresh at `now` with `value`: youngest in the order.
+    fn restart(&mut self, now: Instant, at: u32, value: V) {
+        if let Some(e) = self.slots.value_mut(at) {
+            *e = (now, value);
+        }
+        self.slots.queue_back(at);
+    }
+
+    /// A new entry (room already made).
+    fn start(&mut self, now: Instant, key: K, value: V) -> u32 {
+        let at = self.slots.insert_new(key, (now, value));
+        self.slots.queue_back(at);
+        at
+    }
+
+    fn value_at(&mut self, at: u32) -> &mut V {
+        match self.slots.value_mut(at) {
+            Some((_, v)) => v,
+            // Every caller passes the slot it just found or filled.
+            None => unreachable!("window table slot {at} is empty"),
+        }
+    }
+
+    /// Evicts the oldest-started entries (expired ones are always the oldest
+    /// while time does not go backwards) until one more fits.
+    fn make_room(&mut self) {
+        while self.slots.len() >= self.capacity {
+            let Some(oldest) = self.slots.front() else {
+                break;
+            };
+            self.slots.remove_at(oldest);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(ms: u64) -> Instant {
+        Instant::from_millis(ms)
+    }
+
+    #[test]
+    fn entries_expire_after_the_window() {
+        let mut tab = WindowTable::new(8, Duration::from_secs(10));
+        *tab.entry(t(0), 1u64, || 0u32) += 1;
+        *tab.entry(t(9_999), 1u64, || 0u32) += 1;
+        assert_eq!(tab.get_mut(t(9_999), &1), Some(&mut 2));
+        assert_eq!(tab.get_mut(t(10_000), &1), None);
+        assert_eq!(*tab.entry(t(10_000), 1u64, || 0u32), 0);
+        assert_eq!(tab.len(), 1);
+    }
+
+    #[test]
+    fn full_table_evicts_the_oldest() {
+        let mut tab = WindowTable::new(3, Duration::from_secs(10));
+        for k in 0..3u64 {
+            tab.entry(t(k), k, || k);
+        }
+        tab.entry(t(5), 9, || 9);
+        assert_eq!(tab.len(), 3);
+        assert_eq!(tab.get_mut(t(5), &0), None);
+        assert_eq!(tab.get_mut(t(5), &1), Some(&mut 1));
+        for k in 100..100_000u64 {
+            tab.entry(t(6), k, || k);
+            assert!(tab.len() <= 3);
+        }
+        assert_eq!(tab.slots.slab_len(), 3);
+    }
+
+    #[test]
+    fn try_entry_fails_closed_while_every_entry_is_live() {
+        let mut tab = WindowTable::new(3, Duration::from_secs(10));
+        for k in 0..3u64 {
+            *tab.try_entry(t(k), k, || 0u32).unwrap() += 1;
+        }
+        // Full of live entries: the newcomer is refused, nobody is forgotten.
+        assert!(!tab.can_insert(t(5), &9));
+        assert!(tab.try_entry(t(5), 9, || 0).is_none());
+        assert_eq!(tab.get_mut(t(5), &0), Some(&mut 1));
+        // A known key is still served.
+        assert_eq!(tab.try_entry(t(5), 1, || 0).copied(), Some(1));
+        // Once the oldest expires, its slot is reclaimed.
+        assert!(tab.try_entry(t(10_000), 9, || 7).is_some());
+        assert_eq!(tab.len(), 3);
+        assert!(!tab.contains(t(10_000), &0));
+        assert!(tab.contains(t(10_000), &9));
+    }
+}
