@@ -79,7 +79,10 @@ impl Payload {
             len: 0,
         };
         let n = bytes.len().min(Self::CAPACITY);
-        if let (Some(dst), Some(src)) = (p.bytes.get_mut(..n), bytes.get(..n)) {
+        if let Ok(full) = <[u8; Self::CAPACITY]>::try_from(bytes) {
+            // The common case (an introduce): one fixed-size copy, no call.
+            p.bytes = full;
+        } else if let (Some(dst), Some(src)) = (p.bytes.get_mut(..n), bytes.get(..n)) {
             dst.copy_from_slice(src);
         }
         p.len = n as u8;

@@ -268,7 +268,8 @@ impl Agent {
                 match msg {
                     RendezvousMessage::Request(req) => {
                         // R13: never introduce our own address.
-                        let own = [self.bind, self.local_reflex().unwrap_or(self.bind)];
+                        let bind = canonical_addr(self.bind);
+                        let own = [bind, self.local_reflex().unwrap_or(bind)];
                         self.coordinator.handle_request(
                             &self.config,
                             now,

@@ -96,9 +96,9 @@ fn pair_key(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
 }
 
 /// R13 at the coordinator: a reflex it must never introduce — a bogus
-/// destination, or one of its own addresses.
+/// destination, or one of its own addresses (`addr` and `own` canonical).
 fn bogus_here(addr: SocketAddr, own: &[SocketAddr]) -> bool {
-    is_bogus_destination(addr) || own.iter().any(|o| canonical_addr(*o) == addr)
+    is_bogus_destination(addr) || own.contains(&addr)
 }
 
 /// The coordinator machine. Its tables are bounded by
@@ -170,8 +170,8 @@ impl Coordinator {
     }
 
     /// A `PunchRequest` from `from`, whose authenticated session arrives from
-    /// `session_addr`. `own` are this node's own addresses (bind, reflex),
-    /// which R13 never lets it introduce.
+    /// `session_addr`. `own` are this node's own addresses (bind, reflex,
+    /// canonical), which R13 never lets it introduce.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn handle_request(
         &mut self,
@@ -217,9 +217,10 @@ impl Coordinator {
         };
         // The target's announced reflex, held to the same rule as R1: never
         // point a requester at an IP the target has no session from.
+        // (Announcements are stored canonical, C9.)
         let Some(target_reflex) = target
             .and_then(|t| t.announced)
-            .map(|a| canonical_addr(a.reflex))
+            .map(|a| a.reflex)
             .filter(|r| reflex_matches_session(*r, target_session))
         else {
             return Self::reject(out, from, &req, RejectReason::UnknownTargetReflex);
@@ -233,7 +234,8 @@ impl Coordinator {
         let key = pair_key(from, req.target);
         // R11: a request crossing the rendezvous under way for the other
         // direction joins it.
-        if let Some(m) = self.mediated.get_mut(now, &key) {
+        let slot = self.mediated.slot_of(&key);
+        if let Some(m) = slot.and_then(|at| self.mediated.live_mut_at(now, at)) {
             let crossing = m.requester == req.target
                 && !m.refused
                 && m.forwarded != 3
@@ -275,7 +277,7 @@ impl Coordinator {
         };
         // Its record is what lets acks and refusals through later: without
         // room for it (all live), fail closed.
-        if !self.mediated.try_insert(now, key, mediation) {
+        if !self.mediated.try_insert_at(now, slot, key, mediation) {
             return Self::reject(out, from, &req, RejectReason::RateLimited);
         }
 

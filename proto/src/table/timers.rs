@@ -30,6 +30,8 @@ impl<T: Ord + Copy> Timers<T> {
         }
     }
 
+    /// Timers set (only the debug consistency check needs it).
+    #[cfg(any(test, debug_assertions))]
     pub(crate) fn len(&self) -> usize {
         self.heap.len()
     }

@@ -169,7 +169,35 @@ impl<K: Hash + Eq + Copy, V> WindowTable<K, V> {
     /// failing closed like [`try_entry`](Self::try_entry): `false`, and
     /// nothing changes, when `key` is new and every entry is live.
     pub fn try_insert(&mut self, now: Instant, key: K, value: V) -> bool {
-        match self.slots.find(&key) {
+        let at = self.slots.find(&key);
+        self.try_insert_at(now, at, key, value)
+    }
+
+    /// The slot holding `key`, live or expired: what the `*_at` methods take,
+    /// so that a caller that looks, then decides, then writes does one hash
+    /// lookup. A slot is valid until the table is next changed.
+    pub(crate) fn slot_of(&self, key: &K) -> Option<u32> {
+        self.slots.find(key)
+    }
+
+    /// The entry in slot `at` when it is live.
+    pub(crate) fn live_mut_at(&mut self, now: Instant, at: u32) -> Option<&mut V> {
+        if !self.live_at(now, at) {
+            return None;
+        }
+        self.slots.value_mut(at).map(|(_, v)| v)
+    }
+
+    /// [`try_insert`](Self::try_insert) for a key whose slot (or absence)
+    /// [`slot_of`](Self::slot_of) just returned.
+    pub(crate) fn try_insert_at(
+        &mut self,
+        now: Instant,
+        at: Option<u32>,
+        key: K,
+        value: V,
+    ) -> bool {
+        match at {
             Some(at) => self.restart(now, at, value),
             None if self.room_for_new(now) => {
                 self.make_room();
