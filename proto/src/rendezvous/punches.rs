@@ -11,8 +11,8 @@
 //! Debug builds check the timers against a full scan in
 //! [`Punches::poll_timeout`].
 
+use crate::table::Timers;
 use crate::table::slots::Slots;
-use crate::table::timers::Timers;
 use crate::time::Instant;
 use crate::wire::NodeId;
 

@@ -5,12 +5,13 @@
 //!   rendezvous memory), the memory bound behind R5 and R7;
 //! * `Slots` (crate-internal) — the keyed slab under every table, with an
 //!   eviction order;
-//! * `Timers` (crate-internal) — an indexed min-heap of deadlines, so that
-//!   `poll_timeout` is `O(1)` and a timer update `O(log n)` however many
-//!   punches are pending.
+//! * [`Timers`] — an indexed min-heap of deadlines, so that `poll_timeout` is
+//!   `O(1)` and a timer update `O(log n)` however many punches (or sessions,
+//!   in `natrix-session`) are pending.
 
 pub(crate) mod slots;
-pub(crate) mod timers;
+mod timers;
 mod window;
 
+pub use timers::Timers;
 pub use window::WindowTable;

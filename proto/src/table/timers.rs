@@ -1,5 +1,6 @@
 //! [`Timers`]: an indexed binary min-heap of wake-up times, one per slot of a
-//! [`Slots`](super::slots::Slots) table.
+//! table (the endpoint's pending punches here, the session layer's peers in
+//! `natrix-session`).
 //!
 //! The earliest timer is read in `O(1)`; setting, moving or removing a slot's
 //! timer costs `O(log n)`. Ties are broken by a caller-given key (the peer's
@@ -15,7 +16,7 @@ const NONE: u32 = u32::MAX;
 
 /// Wake-up times by slot number, earliest first.
 #[derive(Clone, Debug)]
-pub(crate) struct Timers<T> {
+pub struct Timers<T> {
     /// (when, tie-break, slot), a binary min-heap.
     heap: Vec<(Instant, T, u32)>,
     /// Each slot's position in `heap` (`NONE`: no timer).
@@ -23,32 +24,42 @@ pub(crate) struct Timers<T> {
 }
 
 impl<T: Ord + Copy> Timers<T> {
-    pub(crate) fn with_capacity(capacity: usize) -> Self {
+    /// No timers, with room for `capacity` reserved.
+    #[must_use]
+    pub fn with_capacity(capacity: usize) -> Self {
         Timers {
             heap: Vec::with_capacity(capacity),
             pos: Vec::with_capacity(capacity),
         }
     }
 
-    /// Timers set (only the debug consistency check needs it).
-    #[cfg(any(test, debug_assertions))]
-    pub(crate) fn len(&self) -> usize {
+    /// Number of timers set.
+    #[must_use]
+    pub fn len(&self) -> usize {
         self.heap.len()
     }
 
+    /// True when no timer is set.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
     /// The earliest timer: (when, tie-break, slot).
-    pub(crate) fn peek(&self) -> Option<(Instant, T, u32)> {
+    #[must_use]
+    pub fn peek(&self) -> Option<(Instant, T, u32)> {
         self.heap.first().copied()
     }
 
     /// The timer of `slot`, if set.
-    pub(crate) fn get(&self, slot: u32) -> Option<Instant> {
+    #[must_use]
+    pub fn get(&self, slot: u32) -> Option<Instant> {
         let p = *self.pos.get(slot as usize)?;
         self.heap.get(p as usize).map(|e| e.0)
     }
 
     /// Sets (or moves) the timer of `slot` to `at`.
-    pub(crate) fn set(&mut self, slot: u32, at: Instant, tie: T) {
+    pub fn set(&mut self, slot: u32, at: Instant, tie: T) {
         let s = slot as usize;
         if self.pos.len() <= s {
             self.pos.resize(s.saturating_add(1), NONE);
@@ -68,7 +79,7 @@ impl<T: Ord + Copy> Timers<T> {
     }
 
     /// Clears the timer of `slot`.
-    pub(crate) fn remove(&mut self, slot: u32) {
+    pub fn remove(&mut self, slot: u32) {
         let Some(p) = self.pos.get_mut(slot as usize) else {
             return;
         };

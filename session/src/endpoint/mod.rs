@@ -18,7 +18,6 @@ mod config;
 mod noise;
 mod peer;
 mod reliable;
-mod timers;
 mod types;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -26,6 +25,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use natrix_proto::table::Timers;
 use natrix_proto::time::duration_to_millis;
 use natrix_proto::{Instant, NodeId};
 use rand_chacha::ChaCha20Rng;
@@ -51,7 +51,6 @@ pub use types::{
 
 use peer::{Handshake, Keys, Peer, Queued};
 use reliable::{Arrival, Due, Reliable};
-use timers::DeadlineHeap;
 
 /// A datagram or session message waiting for [`Endpoint::poll_transmit`].
 enum Outgoing {
@@ -110,7 +109,8 @@ pub struct Endpoint {
     init_ts_order: VecDeque<PublicKey>,
     last_ts_sent: u64,
     live: usize,
-    timers: DeadlineHeap,
+    /// Each peer slot's next deadline, ties by slot.
+    timers: Timers<u32>,
     transmits: VecDeque<Outgoing>,
     events: VecDeque<SessionEvent>,
     /// Receive buffer: `Received::Data` borrows it.
@@ -213,7 +213,7 @@ impl Endpoint {
             init_ts_order: VecDeque::new(),
             last_ts_sent: 0,
             live: 0,
-            timers: DeadlineHeap::default(),
+            timers: Timers::with_capacity(0),
             transmits: VecDeque::with_capacity(16),
             events: VecDeque::with_capacity(16),
             scratch: vec![0u8; MAX_PACKET].into_boxed_slice(),
@@ -517,12 +517,12 @@ impl Endpoint {
         // Every visit either removes the peer's due timer or moves it past
         // `now`; the guard only protects against a logic error looping forever.
         let mut guard = 4 * self.peers.len() + 16;
-        while let Some((t, slot)) = self.timers.peek() {
+        while let Some((t, _, slot)) = self.timers.peek() {
             if t > now || guard == 0 {
                 break;
             }
             guard -= 1;
-            self.peer_timers(slot, now, wall_ms);
+            self.peer_timers(slot as usize, now, wall_ms);
         }
     }
 
@@ -530,7 +530,7 @@ impl Endpoint {
     /// (exact: the top of a per-peer deadline heap); `None` when idle.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|(t, _)| t)
+        self.timers.peek().map(|(t, _, _)| t)
     }
 
     /// The next datagram to send (handshakes, cookie replies, keep-alives,
@@ -787,7 +787,7 @@ impl Endpoint {
         if self.by_node.get(&p.node) == Some(&p.key) {
             self.by_node.remove(&p.node);
         }
-        self.timers.set(slot, None);
+        self.timers.remove(slot_id(slot));
         self.free.push(slot);
     }
 
@@ -806,7 +806,11 @@ impl Endpoint {
         let d = self.peers[slot]
             .as_ref()
             .and_then(|p| p.deadline(&self.config));
-        self.timers.set(slot, d);
+        let id = slot_id(slot);
+        match d {
+            Some(d) => self.timers.set(id, d, id),
+            None => self.timers.remove(id),
+        }
     }
 
     fn drop_malformed(&mut self) -> Received<'static> {
@@ -1543,7 +1547,7 @@ impl Endpoint {
     fn peer_timers(&mut self, slot: usize, now: Instant, wall_ms: u64) {
         let config = self.config.clone();
         let Some(p) = self.peers[slot].as_mut() else {
-            self.timers.set(slot, None);
+            self.timers.remove(slot_id(slot));
             return;
         };
         if let Some(c) = &p.current {
@@ -1699,6 +1703,12 @@ impl Outcome {
             bytes: bytes.to_vec(),
         }
     }
+}
+
+/// A peer slot as the timer heap numbers it (slots are bounded by
+/// `SessionConfig::max_sessions` and `max_half_open`, far below `u32::MAX`).
+fn slot_id(slot: usize) -> u32 {
+    u32::try_from(slot).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
