@@ -302,4 +302,134 @@ mod tests {
         assert!(!tab.contains(t(10_000), &0));
         assert!(tab.contains(t(10_000), &9));
     }
+
+    /// The table against a plain model (a list in (re)start order), for any
+    /// sequence of operations with time that does not go backwards.
+    mod model {
+        use super::*;
+        use alloc::vec::Vec;
+        use proptest::prelude::*;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Entry(u8),
+            TryEntry(u8),
+            Insert(u8),
+            TryInsert(u8),
+            Remove(u8),
+            Get(u8),
+            Wait(u16),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0..12u8).prop_map(Op::Entry),
+                (0..12u8).prop_map(Op::TryEntry),
+                (0..12u8).prop_map(Op::Insert),
+                (0..12u8).prop_map(Op::TryInsert),
+                (0..12u8).prop_map(Op::Remove),
+                (0..12u8).prop_map(Op::Get),
+                (0..400u16).prop_map(Op::Wait),
+            ]
+        }
+
+        /// (key, start, value), oldest start first.
+        struct Model {
+            items: Vec<(u8, u64, u32)>,
+            cap: usize,
+            window: u64,
+        }
+
+        impl Model {
+            fn pos(&self, k: u8) -> Option<usize> {
+                self.items.iter().position(|e| e.0 == k)
+            }
+            fn live(&self, now: u64, i: usize) -> bool {
+                now - self.items[i].1 < self.window
+            }
+            fn get(&self, now: u64, k: u8) -> Option<u32> {
+                self.pos(k)
+                    .filter(|&i| self.live(now, i))
+                    .map(|i| self.items[i].2)
+            }
+            fn room_for_new(&self, now: u64) -> bool {
+                self.items.len() < self.cap || !self.live(now, 0)
+            }
+            fn start(&mut self, now: u64, k: u8, v: u32) {
+                if let Some(i) = self.pos(k) {
+                    self.items.remove(i);
+                } else {
+                    while self.items.len() >= self.cap {
+                        self.items.remove(0);
+                    }
+                }
+                self.items.push((k, now, v));
+            }
+            fn entry(&mut self, now: u64, k: u8, v: u32) -> u32 {
+                match self.get(now, k) {
+                    Some(have) => have,
+                    None => {
+                        self.start(now, k, v);
+                        v
+                    }
+                }
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn window_table_matches_the_model(
+                cap in 1..6usize,
+                ops in proptest::collection::vec(op(), 1..200),
+            ) {
+                let window = 1_000u64;
+                let mut tab = WindowTable::with_seed(cap, Duration::from_millis(window), 5);
+                let mut m = Model { items: Vec::new(), cap, window };
+                let mut now = 0u64;
+                let mut next = 1u32;
+                for op in ops {
+                    let t = Instant::from_millis(now);
+                    next += 1;
+                    match op {
+                        Op::Entry(k) => {
+                            let got = *tab.entry(t, k, || next);
+                            prop_assert_eq!(got, m.entry(now, k, next));
+                        }
+                        Op::TryEntry(k) => {
+                            let got = tab.try_entry(t, k, || next).map(|v| *v);
+                            let want = if m.pos(k).is_some() || m.room_for_new(now) {
+                                Some(m.entry(now, k, next))
+                            } else {
+                                None
+                            };
+                            prop_assert_eq!(got, want);
+                        }
+                        Op::Insert(k) => {
+                            tab.insert(t, k, next);
+                            m.start(now, k, next);
+                        }
+                        Op::TryInsert(k) => {
+                            let want = m.pos(k).is_some() || m.room_for_new(now);
+                            prop_assert_eq!(tab.try_insert(t, k, next), want);
+                            if want {
+                                m.start(now, k, next);
+                            }
+                        }
+                        Op::Remove(k) => {
+                            let want = m.pos(k).map(|i| m.items.remove(i).2);
+                            prop_assert_eq!(tab.remove(&k), want);
+                        }
+                        Op::Get(k) => {
+                            prop_assert_eq!(tab.get_mut(t, &k).map(|v| *v), m.get(now, k));
+                            prop_assert_eq!(tab.contains(t, &k), m.get(now, k).is_some());
+                            prop_assert_eq!(tab.can_insert(t, &k), m.pos(k).is_some() || m.room_for_new(now));
+                        }
+                        Op::Wait(ms) => now += u64::from(ms),
+                    }
+                    prop_assert_eq!(tab.len(), m.items.len());
+                    prop_assert!(tab.len() <= cap);
+                }
+            }
+        }
+    }
 }
