@@ -20,6 +20,13 @@ impl Clock {
         }
     }
 
+    /// A clock whose origin is `origin` (a runtime's own clock, see
+    /// [`Runtime::now`](crate::Runtime::now)).
+    #[must_use]
+    pub fn at(origin: StdInstant) -> Self {
+        Clock { origin }
+    }
+
     /// The agent's `now`.
     #[must_use]
     pub fn now(&self) -> Instant {

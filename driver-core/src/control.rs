@@ -25,6 +25,7 @@ use natrix_proto::wire::NodeId;
 use natrix_proto::{Channel, Instant, NatClass};
 use natrix_session::{HandshakeError, PublicKey, SessionInfo, SessionStats};
 
+use crate::buf::{PooledBuf, SmallBytes};
 use crate::net::wire::LookupAnswer;
 
 /// Something the control plane tells the node.
@@ -38,8 +39,8 @@ pub enum ControlInput {
         session_addr: SocketAddr,
         /// The sub-protocol.
         channel: Channel,
-        /// The payload.
-        payload: Vec<u8>,
+        /// The payload (inline: control messages are small).
+        payload: SmallBytes,
     },
     /// A session came up (or its address changed).
     SessionUp {
@@ -85,8 +86,9 @@ pub enum ControlInput {
     Data {
         /// The peer.
         peer: PublicKey,
-        /// The bytes.
-        payload: Vec<u8>,
+        /// The bytes, in a buffer that returns to its pool once the
+        /// application has taken them.
+        payload: PooledBuf,
     },
     /// The answer to a directory lookup.
     LookupAnswer {
@@ -156,6 +158,18 @@ pub trait ControlPlane: Send + 'static {
     /// The next datagram to send from the node's socket.
     fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
         None
+    }
+    /// The next datagram to send from the node's socket, written into `out`:
+    /// its destination and length. The node's task calls this one, with a
+    /// buffer of 65,536 bytes; the default copies what
+    /// [`poll_transmit`](Self::poll_transmit) returns (cut to `out`'s
+    /// length), and a control plane that can write into the caller's buffer
+    /// overrides it so that sending allocates nothing.
+    fn poll_transmit_into(&mut self, out: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        let (to, bytes) = self.poll_transmit()?;
+        let n = bytes.len().min(out.len());
+        out.get_mut(..n)?.copy_from_slice(bytes.get(..n)?);
+        Some((to, n))
     }
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
     fn poll_timeout(&self) -> Option<Instant> {
@@ -336,7 +350,7 @@ impl InProcessHub {
             peer: from,
             session_addr: *from_addr,
             channel,
-            payload: payload.to_vec(),
+            payload: SmallBytes::new(payload),
         })
         .is_ok()
     }

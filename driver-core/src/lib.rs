@@ -4,7 +4,9 @@
 //!
 //! * [`Node`] — the application's handle: `request_punch`, `reclassify`,
 //!   classification, statistics, events, the reflex override, datagrams for
-//!   the application on the shared socket, `shutdown`;
+//!   the application on the shared socket (received without allocating into
+//!   a buffer the caller passes, [`Node::recv_from_into`] and
+//!   [`Node::recv_data_into`]), `shutdown`;
 //! * the node's task: feeds the [`Agent`](natrix_proto::Agent) with datagrams,
 //!   control messages, commands and timeouts, and drains it in the documented
 //!   order (transmits, then events, then the next timeout), demultiplexing the
@@ -26,6 +28,7 @@
 //! Every protocol decision stays in `natrix-proto`: this crate moves bytes,
 //! reads clocks and routes replies to waiting futures.
 
+pub mod buf;
 pub mod clock;
 pub mod control;
 pub mod coordinator;
@@ -34,6 +37,7 @@ pub mod node;
 pub mod runtime;
 pub mod testkit;
 
+pub use buf::{BufPool, PooledBuf, SmallBytes};
 pub use clock::Clock;
 pub use control::{
     ControlError, ControlInput, ControlPlane, HubFilter, InProcessControl, InProcessHub,
@@ -41,8 +45,9 @@ pub use control::{
 pub use coordinator::{Coordinator, CoordinatorConfig};
 pub use net::{SessionControl, SessionControlConfig};
 pub use node::{
-    ConnectError, DatagramFilter, EventStream, LOOKUP_TIMEOUT, Node, NodeConfig, NodeError,
-    NodeEvent, PunchOutcome, QUEUE_CAPACITY, Reclassified, SessionRequestError, interface_addrs,
+    ConnectError, DatagramFilter, DriverStats, EventStream, LOOKUP_TIMEOUT, Node, NodeConfig,
+    NodeError, NodeEvent, PunchOutcome, QUEUE_CAPACITY, Reclassified, SessionRequestError,
+    interface_addrs,
 };
 
 /// 32 bytes from the operating system's RNG: the seed drivers give the
@@ -69,8 +74,8 @@ pub mod api {
     pub use crate::coordinator::CoordinatorConfig;
     pub use crate::net::{SessionControl, SessionControlConfig};
     pub use crate::node::{
-        ConnectError, EventStream, NodeConfig, NodeError, NodeEvent, PunchOutcome, Reclassified,
-        SessionRequestError,
+        ConnectError, DriverStats, EventStream, NodeConfig, NodeError, NodeEvent, PunchOutcome,
+        Reclassified, SessionRequestError,
     };
     pub use crate::os_seed;
     pub use natrix_session::{Dial, Keypair, PublicKey, SessionConfig, SessionStats};

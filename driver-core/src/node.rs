@@ -21,6 +21,7 @@ use natrix_proto::{
 use natrix_session::demux::{DatagramKind, classify};
 use natrix_session::{HandshakeError, PublicKey, SessionInfo, SessionStats};
 
+use crate::buf::{Inbox, InboxSender};
 use crate::clock::Clock;
 use crate::control::{ControlError, ControlInput, ControlPlane};
 use crate::net::wire::LookupAnswer;
@@ -220,11 +221,38 @@ enum Command {
     Shutdown,
 }
 
+/// The driver's own counters: what the node's socket received and where it
+/// went. Every queue towards the application is bounded
+/// ([`QUEUE_CAPACITY`]); what a full queue refuses is counted here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DriverStats {
+    /// Datagrams read from the node's socket.
+    pub datagrams_received: u64,
+    /// Of those, keep-alives handed to the agent.
+    pub keepalives: u64,
+    /// Of those, session packets the control plane took.
+    pub session_datagrams: u64,
+    /// Datagrams that are not natrix's, queued for
+    /// [`Node::recv_from`] / [`Node::recv_from_into`].
+    pub app_datagrams: u64,
+    /// Datagrams that are not natrix's, dropped because the application's
+    /// inbox was full.
+    pub app_datagrams_dropped: u64,
+    /// Application data from session peers, queued for
+    /// [`Node::recv_data`] / [`Node::recv_data_into`].
+    pub data_received: u64,
+    /// Application data from session peers, dropped because the
+    /// application's inbox was full.
+    pub data_dropped: u64,
+}
+
 #[derive(Default)]
 struct Shared {
     classification: Option<Announcement>,
     stats: Stats,
     session_stats: Option<SessionStats>,
+    driver: DriverStats,
     subscribers: Vec<async_channel::Sender<NodeEvent>>,
 }
 
@@ -234,9 +262,20 @@ fn lock(s: &SharedRef) -> std::sync::MutexGuard<'_, Shared> {
     s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Capacity of each event subscription and of the application inbox; beyond
+/// Capacity of each event subscription and of the application inboxes; beyond
 /// it the oldest consumers lose new items (UDP semantics), the node never blocks.
 pub const QUEUE_CAPACITY: usize = 1024;
+
+/// The node task's buffers: one datagram read from the socket, one written.
+const DATAGRAM_BUF: usize = 65_536;
+
+/// Inputs the node's task handles before it yields to the runtime.
+const YIELD_EVERY: u32 = 64;
+
+/// Datagrams that are not natrix's, with their source.
+type AppInbox = Inbox<SocketAddr>;
+/// Application data from session peers, with the peer's key.
+type DataInbox = Inbox<PublicKey>;
 
 /// A running natrix node. Dropping it stops its task; [`shutdown`](Self::shutdown)
 /// does so and waits.
@@ -249,8 +288,8 @@ pub struct Node<R: Runtime> {
     commands: async_channel::Sender<Command>,
     shared: SharedRef,
     task: Mutex<Option<R::Task>>,
-    app_rx: async_channel::Receiver<(Vec<u8>, SocketAddr)>,
-    data_rx: async_channel::Receiver<(PublicKey, Vec<u8>)>,
+    app: Arc<AppInbox>,
+    data: Arc<DataInbox>,
     next_req: AtomicU64,
 }
 
@@ -292,20 +331,22 @@ impl<R: Runtime> Node<R> {
         let mut agent = Agent::new(config.id, local_addr, config.agent.clone(), config.seed);
         agent.set_interface_addrs(&interface_addrs());
         let (commands, command_rx) = async_channel::unbounded();
-        let (app_tx, app_rx) = async_channel::bounded(QUEUE_CAPACITY);
-        let (data_tx, data_rx) = async_channel::bounded(QUEUE_CAPACITY);
+        let app = Inbox::new(QUEUE_CAPACITY);
+        let data = Inbox::new(QUEUE_CAPACITY);
         let shared: SharedRef = Arc::default();
         let task = Task {
             rt: rt.clone(),
-            clock: Clock::start(),
+            clock: Clock::at(rt.now()),
             agent,
             socket: socket.clone(),
             control,
             control_open: true,
             commands: Box::pin(command_rx),
             shared: shared.clone(),
-            app_tx,
-            data_tx,
+            app: InboxSender(app.clone()),
+            data: InboxSender(data.clone()),
+            counters: DriverStats::default(),
+            tx_buf: vec![0; DATAGRAM_BUF],
             filter: config.datagram_filter,
             punches: BTreeMap::new(),
             current: BTreeMap::new(),
@@ -324,8 +365,8 @@ impl<R: Runtime> Node<R> {
             commands,
             shared,
             task: Mutex::new(Some(handle)),
-            app_rx,
-            data_rx,
+            app,
+            data,
             next_req: AtomicU64::new(1),
         })
     }
@@ -443,6 +484,13 @@ impl<R: Runtime> Node<R> {
         lock(&self.shared).stats
     }
 
+    /// The driver's counters: datagrams received and where they went, and
+    /// what the application's inboxes dropped.
+    #[must_use]
+    pub fn driver_stats(&self) -> DriverStats {
+        lock(&self.shared).driver
+    }
+
     /// A new subscription to the node's events (each subscriber gets every
     /// event from now on; a subscriber more than [`QUEUE_CAPACITY`] behind
     /// misses events rather than stalling the node).
@@ -474,8 +522,23 @@ impl<R: Runtime> Node<R> {
     }
 
     /// The next datagram on the socket that is not natrix's, untouched.
+    ///
+    /// Each call allocates the returned vector;
+    /// [`recv_from_into`](Self::recv_from_into) does not.
     pub async fn recv_from(&self) -> Result<(Vec<u8>, SocketAddr), NodeError> {
-        self.app_rx.recv().await.map_err(|_| NodeError::Closed)
+        poll_fn(|cx| self.app.poll_pop(cx))
+            .await
+            .ok_or(NodeError::Closed)
+    }
+
+    /// The next datagram on the socket that is not natrix's, copied into
+    /// `buf`: its length and source. Like `UdpSocket::recv_from`, a datagram
+    /// longer than `buf` is cut to fit (a buffer of 65,536 bytes never cuts).
+    /// Allocates nothing: the node's buffer is used again.
+    pub async fn recv_from_into(&self, buf: &mut [u8]) -> Result<(usize, SocketAddr), NodeError> {
+        poll_fn(|cx| self.app.poll_pop_into(cx, buf))
+            .await
+            .ok_or(NodeError::Closed)
     }
 
     async fn ask<T>(
@@ -515,8 +578,25 @@ impl<R: Runtime> Node<R> {
     }
 
     /// The next application datagram from a session peer, with its key.
+    ///
+    /// Each call allocates the returned vector;
+    /// [`recv_data_into`](Self::recv_data_into) does not.
     pub async fn recv_data(&self) -> Result<(PublicKey, Vec<u8>), NodeError> {
-        self.data_rx.recv().await.map_err(|_| NodeError::Closed)
+        let (bytes, peer) = poll_fn(|cx| self.data.poll_pop(cx))
+            .await
+            .ok_or(NodeError::Closed)?;
+        Ok((peer, bytes))
+    }
+
+    /// The next application datagram from a session peer, copied into `buf`:
+    /// the peer's key and the length. A datagram longer than `buf` is cut to
+    /// fit; a buffer of [`natrix_session::MAX_PAYLOAD`] bytes never cuts.
+    /// Allocates nothing: the node's buffer is used again.
+    pub async fn recv_data_into(&self, buf: &mut [u8]) -> Result<(PublicKey, usize), NodeError> {
+        let (n, peer) = poll_fn(|cx| self.data.poll_pop_into(cx, buf))
+            .await
+            .ok_or(NodeError::Closed)?;
+        Ok((peer, n))
     }
 
     /// Asks session peer `coordinator` whether `key` is online there (and
@@ -537,9 +617,7 @@ impl<R: Runtime> Node<R> {
             .unwrap_or(Err(SessionRequestError::Closed))
         };
         let timeout = async {
-            self.rt
-                .sleep_until(StdInstant::now() + LOOKUP_TIMEOUT)
-                .await;
+            self.rt.sleep_until(self.rt.now() + LOOKUP_TIMEOUT).await;
             Err(SessionRequestError::Timeout(LOOKUP_TIMEOUT))
         };
         futures_lite::future::or(ask, timeout).await
@@ -656,8 +734,12 @@ struct Task<R: Runtime, C> {
     control_open: bool,
     commands: Pin<Box<async_channel::Receiver<Command>>>,
     shared: SharedRef,
-    app_tx: async_channel::Sender<(Vec<u8>, SocketAddr)>,
-    data_tx: async_channel::Sender<(PublicKey, Vec<u8>)>,
+    /// The application's inboxes (closed when the task ends).
+    app: InboxSender<SocketAddr>,
+    data: InboxSender<PublicKey>,
+    counters: DriverStats,
+    /// Where the control plane writes the datagrams it sends.
+    tx_buf: Vec<u8>,
     filter: Option<DatagramFilter>,
     /// Pending punch id → (request number, reply).
     punches: BTreeMap<
@@ -683,28 +765,81 @@ struct Task<R: Runtime, C> {
 }
 
 impl<R: Runtime, C: ControlPlane> Task<R, C> {
+    /// The agent's `now`, on the runtime's clock.
+    fn now(&self) -> Instant {
+        self.clock.to_agent(self.rt.now())
+    }
+
     async fn run(mut self) {
-        let mut buf = vec![0u8; 65_536];
+        let mut buf = vec![0u8; DATAGRAM_BUF];
         let mut timer: Option<(StdInstant, BoxFuture)> = None;
+        let mut budget = YIELD_EVERY;
+        // Whether the agent and the control plane are drained and the timer
+        // is armed for them: a datagram for the application touches neither.
+        let mut settled = false;
+        // Whether the shared snapshot lags behind (see `drain`), and whether
+        // the last input was a datagram.
+        let mut stale = false;
+        let mut after_datagram = false;
         loop {
-            self.drain().await;
-            let deadline = earliest(self.agent.poll_timeout(), self.control.poll_timeout())
-                .map(|t| self.clock.to_std(t));
-            if timer.as_ref().map(|(d, _)| *d) != deadline {
-                timer = deadline.map(|d| (d, self.rt.sleep_until(d)));
+            if !settled {
+                stale = self.drain(after_datagram).await;
+                let deadline = earliest(self.agent.poll_timeout(), self.control.poll_timeout())
+                    .map(|t| self.clock.to_std(t));
+                // A new timer only when the work is due earlier than the
+                // armed one: a timer that fires early just calls
+                // `handle_timeout` early, which is harmless, and a session
+                // packet that pushes a deadline later (most of them) then
+                // costs no new timer.
+                let armed = timer.as_ref().map(|(d, _)| *d);
+                if let Some(d) = deadline {
+                    if armed.is_none_or(|a| d < a) {
+                        timer = Some((d, self.rt.sleep_until(d)));
+                    }
+                }
+                settled = true;
+            }
+            // Under a flood the socket is always ready; a runtime without a
+            // cooperative budget of its own (smol) would then never run the
+            // application's tasks on this thread, and its inbox would only
+            // overflow. So the task steps aside now and then, with the
+            // snapshot up to date and the application woken.
+            budget -= 1;
+            if budget == 0 {
+                budget = YIELD_EVERY;
+                if std::mem::take(&mut stale) {
+                    self.snapshot();
+                }
+                self.wake_application();
+                futures_lite::future::yield_now().await;
             }
             let input = {
-                let (commands, control, control_open, socket) = (
+                let (commands, control, control_open, socket, rt) = (
                     &mut self.commands,
                     &mut self.control,
-                    &mut self.control_open,
+                    &self.control_open,
                     &self.socket,
+                    &self.rt,
                 );
+                let (shared, agent, counters, app, data) = (
+                    &self.shared,
+                    &self.agent,
+                    &self.counters,
+                    &self.app.0,
+                    &self.data.0,
+                );
+                let stale = &mut stale;
                 let buf = &mut buf;
                 let timer = &mut timer;
                 poll_fn(move |cx| {
-                    if let Poll::Ready(c) = commands.as_mut().poll_next(cx) {
-                        return Poll::Ready(Input::Command(c));
+                    // Commands come first: the cheap check here, the waker
+                    // registered below, before waiting.
+                    match commands.try_recv() {
+                        Ok(c) => return Poll::Ready(Input::Command(Some(c))),
+                        Err(async_channel::TryRecvError::Closed) => {
+                            return Poll::Ready(Input::Command(None));
+                        }
+                        Err(async_channel::TryRecvError::Empty) => {}
                     }
                     if *control_open {
                         if let Poll::Ready(c) = control.poll_recv(cx) {
@@ -719,40 +854,71 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                     if let Some((d, sleep)) = timer.as_mut() {
                         // Read the clock before trusting the timer: a runtime
                         // may leave a timer pending past its deadline.
-                        if StdInstant::now() >= *d || sleep.as_mut().poll(cx).is_ready() {
+                        if rt.now() >= *d || sleep.as_mut().poll(cx).is_ready() {
                             return Poll::Ready(Input::Timer);
                         }
                     }
+                    if let Poll::Ready(c) = commands.as_mut().poll_next(cx) {
+                        return Poll::Ready(Input::Command(c));
+                    }
+                    // Nothing to do: the snapshot catches up and the
+                    // application gets what came in.
+                    if std::mem::take(stale) {
+                        snapshot(shared, agent, &*control, *counters);
+                    }
+                    app.wake();
+                    data.wake();
                     Poll::Pending
                 })
                 .await
             };
-            let now = self.clock.now();
+            // Only a datagram for the application leaves the agent and the
+            // control plane as they were.
+            let was_settled = std::mem::replace(&mut settled, false);
+            after_datagram = matches!(input, Input::Datagram(..));
             match input {
                 Input::Command(None) | Input::Command(Some(Command::Shutdown)) => break,
                 Input::Command(Some(cmd)) => self.command(cmd),
                 Input::Control(None) => self.control_open = false,
                 Input::Control(Some(c)) => self.control_input(c),
                 Input::Datagram(n, src) => {
+                    stale = true;
                     let local = self.agent.bind_addr();
                     let bytes = buf.get(..n).unwrap_or(&[]);
+                    let c = &mut self.counters;
+                    c.datagrams_received += 1;
                     // One socket, one demultiplexer: keep-alives to the agent,
                     // session packets to the control plane, the rest (STUN is
                     // reserved, not served yet) to the application.
-                    let ours = match classify(bytes) {
+                    let kind = classify(bytes);
+                    let ours = match kind {
                         DatagramKind::Keepalive => {
+                            c.keepalives += 1;
+                            let now = self.clock.to_agent(self.rt.now());
                             self.agent.handle_datagram(now, local, src, bytes)
                                 == DatagramVerdict::Consumed
                         }
                         DatagramKind::Session(_) => {
-                            self.control
-                                .handle_datagram(now, Clock::wall_ms(), src, bytes)
+                            let now = self.clock.to_agent(self.rt.now());
+                            let taken =
+                                self.control
+                                    .handle_datagram(now, Clock::wall_ms(), src, bytes);
+                            c.session_datagrams += u64::from(taken);
+                            taken
                         }
                         _ => false,
                     };
                     if !ours {
-                        // Full inbox: drop, as a socket buffer would.
-                        let _ = self.app_tx.try_send((bytes.to_vec(), src));
+                        // A copy in a buffer of the inbox; a full inbox drops
+                        // it, as a socket buffer would.
+                        if self.app.0.try_push(bytes, src) {
+                            c.app_datagrams += 1;
+                        } else {
+                            c.app_datagrams_dropped += 1;
+                        }
+                    }
+                    if matches!(kind, DatagramKind::Stun | DatagramKind::Unknown) {
+                        settled = was_settled;
                     }
                 }
                 Input::SocketError(e) => self.publish(NodeEvent::SocketError {
@@ -761,6 +927,7 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                 }),
                 Input::Timer => {
                     timer = None;
+                    let now = self.now();
                     self.agent.handle_timeout(now);
                     self.control.handle_timeout(now, Clock::wall_ms());
                 }
@@ -783,7 +950,7 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
     }
 
     fn command(&mut self, cmd: Command) {
-        let now = self.clock.now();
+        let now = self.now();
         match cmd {
             Command::Punch {
                 req,
@@ -873,7 +1040,7 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
     }
 
     fn control_input(&mut self, c: ControlInput) {
-        let now = self.clock.now();
+        let now = self.now();
         match c {
             ControlInput::Message {
                 peer,
@@ -921,8 +1088,13 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                 let _ = self.agent.handle_rtt(peer, rtt);
             }
             ControlInput::Data { peer, payload } => {
-                // Full inbox: drop, as a socket buffer would.
-                let _ = self.data_tx.try_send((peer, payload));
+                // Full inbox: drop, as a socket buffer would. (The control
+                // plane's buffer goes back to its pool.)
+                if self.data.0.try_push(&payload, peer) {
+                    self.counters.data_received += 1;
+                } else {
+                    self.counters.data_dropped += 1;
+                }
             }
             ControlInput::LookupAnswer { answer, .. } => {
                 if let (true, Some((reflex, class))) = (answer.online, answer.announced) {
@@ -951,12 +1123,19 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
         });
     }
 
-    /// Drains the agent in the documented order: transmits, then events.
+    /// Wakes the application for what its inboxes received.
+    fn wake_application(&self) {
+        self.app.0.wake();
+        self.data.0.wake();
+    }
+
     /// Sends one datagram from the node's socket (through the test filter).
     async fn send_datagram(&mut self, to: SocketAddr, bytes: &[u8]) {
         if self.filter.as_ref().is_some_and(|f| f(to, bytes)) {
             return;
         }
+        // The send may have to wait: the application should not.
+        self.wake_application();
         let socket = &self.socket;
         if let Err(e) = poll_fn(|cx| socket.poll_send_to(cx, bytes, to)).await {
             self.publish(NodeEvent::SocketError {
@@ -968,20 +1147,39 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
 
     /// Sends what the control plane has queued for the socket.
     async fn flush_control(&mut self) {
-        while let Some((to, bytes)) = self.control.poll_transmit() {
-            self.send_datagram(to, &bytes).await;
+        let mut out = std::mem::take(&mut self.tx_buf);
+        while let Some((to, n)) = self.control.poll_transmit_into(&mut out) {
+            self.send_datagram(to, out.get(..n).unwrap_or(&[])).await;
         }
+        self.tx_buf = out;
     }
 
-    async fn drain(&mut self) {
-        let now = self.clock.now();
+    /// Publishes the snapshot of classification and counters.
+    fn snapshot(&self) {
+        snapshot(&self.shared, &self.agent, &self.control, self.counters);
+    }
+
+    /// Drains the agent in the documented order: transmits, then events.
+    ///
+    /// The snapshot of classification and counters is published before the
+    /// events, so that whoever a reply wakes sees statistics that include
+    /// what it is told; after a datagram that made no event (`datagram`) it
+    /// may wait until the task stops for a while (returns whether it is
+    /// still to be published), so that a flood of datagrams does not take
+    /// the lock for each.
+    async fn drain(&mut self, datagram: bool) -> bool {
+        // The clock is read once, and only when a control message needs it.
+        let mut now = None;
         while let Some(t) = self.agent.poll_transmit() {
             match t {
                 Transmit::Control {
                     to,
                     channel,
                     payload,
-                } => self.control.send(now, to, channel, payload.as_bytes()),
+                } => {
+                    let now = *now.get_or_insert_with(|| self.now());
+                    self.control.send(now, to, channel, payload.as_bytes());
+                }
                 Transmit::Datagram { to, payload, .. } => {
                     self.send_datagram(to, payload.as_bytes()).await;
                 }
@@ -990,13 +1188,15 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
         self.flush_control().await;
         // The snapshot first, so that whoever a reply below wakes sees
         // statistics and classification that include what it is told.
-        {
-            let mut s = lock(&self.shared);
-            s.classification = self.agent.classification();
-            s.stats = self.agent.stats();
-            s.session_stats = self.control.session_stats();
-        }
-        while let Some(e) = self.agent.poll_event() {
+        let mut next = self.agent.poll_event();
+        let stale = if next.is_some() || !datagram {
+            self.snapshot();
+            false
+        } else {
+            true
+        };
+        let mut events = false;
+        while let Some(e) = next {
             match e {
                 Event::PunchSucceeded {
                     peer,
@@ -1040,7 +1240,8 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                     });
                 }
                 Event::ClassificationChanged { class, reflex } => {
-                    self.control.announce(self.clock.now(), reflex, class)
+                    let now = self.now();
+                    self.control.announce(now, reflex, class)
                 }
                 Event::ReflexProbed {
                     probe_id, result, ..
@@ -1052,10 +1253,25 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                 _ => {}
             }
             self.publish(NodeEvent::Agent(e));
+            events = true;
+            next = self.agent.poll_event();
         }
-        // Announcements the events above made.
-        self.flush_control().await;
+        if events {
+            // Announcements the events above made.
+            self.flush_control().await;
+        }
+        stale
     }
+}
+
+/// Publishes the agent's and the control plane's classification and counters
+/// for the node's handle.
+fn snapshot<C: ControlPlane>(shared: &SharedRef, agent: &Agent, control: &C, driver: DriverStats) {
+    let mut s = lock(shared);
+    s.classification = agent.classification();
+    s.stats = agent.stats();
+    s.session_stats = control.session_stats();
+    s.driver = driver;
 }
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {

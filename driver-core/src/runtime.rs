@@ -44,4 +44,12 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     fn sleep_until(&self, deadline: StdInstant) -> BoxFuture;
     /// Spawns the node's task.
     fn spawn(&self, task: BoxFuture) -> Self::Task;
+    /// The runtime's monotonic clock, which the node's task reads for its
+    /// `now` and its timers. The default is the OS clock
+    /// ([`std::time::Instant::now`]); a runtime with a clock of its own (a
+    /// test runtime with virtual time, say) overrides it, and then its
+    /// [`sleep_until`](Self::sleep_until) follows the same clock.
+    fn now(&self) -> StdInstant {
+        StdInstant::now()
+    }
 }

@@ -42,14 +42,20 @@ use natrix_session::{
 use tracing::{debug, trace};
 
 use self::wire::{
-    AnnouncementMsg, CH_ANNOUNCEMENT, CH_DATA, CH_DIRECTORY_ANSWER, CH_DIRECTORY_LOOKUP, Lookup,
-    LookupAnswer,
+    AnnouncementMsg, CH_ANNOUNCEMENT, CH_DATA, CH_DIRECTORY_ANSWER, CH_DIRECTORY_LOOKUP,
+    ControlDecodeError, Lookup, LookupAnswer,
 };
+use crate::buf::{BufPool, PooledBuf, SmallBytes};
 use crate::control::{ControlError, ControlInput, ControlPlane};
 
 /// Most inputs held for the node's task, and most datagrams waiting to be
 /// sent; beyond either, new items are dropped (UDP semantics) and counted.
 pub const QUEUE_LIMIT: usize = 4096;
+
+/// Most spare packet buffers kept for the outbox, and most free buffers kept
+/// for application data ([`BufPool`]): what a burst needs is reused
+/// afterwards, and the memory kept stays bounded.
+const SPARE_LIMIT: usize = 256;
 
 const REDIAL_FIRST: Duration = Duration::from_secs(1);
 const REDIAL_MAX: Duration = Duration::from_secs(30);
@@ -86,8 +92,13 @@ pub struct SessionControl {
     announced: BTreeMap<NodeId, (SocketAddr, NatClass)>,
     mine: Option<(SocketAddr, NatClass)>,
     inbox: VecDeque<ControlInput>,
-    outbox: VecDeque<(SocketAddr, Vec<u8>)>,
-    scratch: Vec<u8>,
+    /// Sealed datagrams waiting to be sent: destination, length, buffer.
+    outbox: VecDeque<(SocketAddr, usize, Box<[u8]>)>,
+    /// Packet buffers ([`natrix_session::MAX_PACKET`] bytes) to seal into,
+    /// recycled from the outbox.
+    spare: Vec<Box<[u8]>>,
+    /// Buffers for application data on its way to the application.
+    pool: BufPool,
     next_query: u32,
     dropped: u64,
 }
@@ -133,7 +144,8 @@ impl SessionControl {
             mine: None,
             inbox: VecDeque::new(),
             outbox: VecDeque::new(),
-            scratch: vec![0; natrix_session::MAX_PACKET],
+            spare: Vec::new(),
+            pool: BufPool::new(SPARE_LIMIT),
             next_query: 1,
             dropped: 0,
         }
@@ -159,13 +171,26 @@ impl SessionControl {
         self.inbox.push_back(input);
     }
 
-    fn push_datagram(&mut self, to: SocketAddr, len: usize) {
+    /// A buffer to seal a packet into.
+    fn packet_buffer(&mut self) -> Box<[u8]> {
+        self.spare
+            .pop()
+            .unwrap_or_else(|| vec![0; natrix_session::MAX_PACKET].into_boxed_slice())
+    }
+
+    fn recycle(&mut self, buf: Box<[u8]>) {
+        if self.spare.len() < SPARE_LIMIT {
+            self.spare.push(buf);
+        }
+    }
+
+    fn push_datagram(&mut self, to: SocketAddr, len: usize, buf: Box<[u8]>) {
         if self.outbox.len() >= QUEUE_LIMIT {
             self.dropped += 1;
+            self.recycle(buf);
             return;
         }
-        let bytes = self.scratch.get(..len).unwrap_or(&[]).to_vec();
-        self.outbox.push_back((to, bytes));
+        self.outbox.push_back((to, len, buf));
     }
 
     /// Seals `payload` on `channel` to `key` and queues the datagram.
@@ -194,21 +219,19 @@ impl SessionControl {
             });
         }
         let result = if reliable {
-            self.endpoint
-                .send_reliable(now, key, channel, payload)
-                .map(|()| None)
+            self.endpoint.send_reliable(now, key, channel, payload)
         } else {
-            let mut scratch = std::mem::take(&mut self.scratch);
-            let result = self.endpoint.send(now, key, channel, payload, &mut scratch);
-            self.scratch = scratch;
-            result
+            let mut buf = self.packet_buffer();
+            let sent = self.endpoint.send(now, key, channel, payload, &mut buf);
+            if let Ok(Some((to, len))) = sent {
+                self.push_datagram(to, len, buf);
+            } else {
+                self.recycle(buf);
+            }
+            sent.map(|_| ())
         };
         match result {
-            Ok(Some((to, len))) => {
-                self.push_datagram(to, len);
-                Ok(())
-            }
-            Ok(None) => Ok(()),
+            Ok(()) => Ok(()),
             Err(SendError::NoSession) => Err(ControlError::NoSession(key.node_id())),
             Err(e) => {
                 debug!(peer = %key, error = %e, "session send refused");
@@ -223,21 +246,21 @@ impl SessionControl {
 
     fn send_own_announcement(&mut self, now: Instant, to: &PublicKey) {
         if let Some((reflex, class)) = self.mine {
-            let mut buf = Vec::with_capacity(32);
-            AnnouncementMsg::Own { reflex, class }.encode(&mut buf);
-            let _ = self.seal(now, to, CH_ANNOUNCEMENT, &buf);
+            let msg = AnnouncementMsg::Own { reflex, class }.to_bytes();
+            let _ = self.seal(now, to, CH_ANNOUNCEMENT, msg.as_bytes());
         }
     }
 
     /// Moves the endpoint's datagrams to the outbox.
     fn take_transmits(&mut self) {
         loop {
-            let mut scratch = std::mem::take(&mut self.scratch);
-            let next = self.endpoint.poll_transmit(&mut scratch);
-            self.scratch = scratch;
-            match next {
-                Some((to, len)) => self.push_datagram(to, len),
-                None => break,
+            let mut buf = self.packet_buffer();
+            match self.endpoint.poll_transmit(&mut buf) {
+                Some((to, len)) => self.push_datagram(to, len, buf),
+                None => {
+                    self.recycle(buf);
+                    break;
+                }
             }
         }
     }
@@ -324,26 +347,25 @@ impl SessionControl {
         }
     }
 
-    fn received(
-        &mut self,
-        now: Instant,
-        peer: PublicKey,
-        node: NodeId,
-        from: SocketAddr,
-        channel: u8,
-        payload: &[u8],
-    ) {
-        if let Some(ch) = Channel::from_wire_byte(channel) {
-            self.push_input(ControlInput::Message {
+    /// Acts on what a session delivered (already copied out of the
+    /// endpoint's receive buffer).
+    fn received(&mut self, now: Instant, incoming: Incoming) {
+        match incoming {
+            Incoming::Message {
+                node,
+                from,
+                channel,
+                payload,
+            } => self.push_input(ControlInput::Message {
                 peer: node,
                 session_addr: from,
-                channel: ch,
-                payload: payload.to_vec(),
-            });
-            return;
-        }
-        match channel {
-            CH_ANNOUNCEMENT => match AnnouncementMsg::decode(payload) {
+                channel,
+                payload,
+            }),
+            Incoming::Data { peer, payload } => {
+                self.push_input(ControlInput::Data { peer, payload });
+            }
+            Incoming::Announcement { peer, node, msg } => match msg {
                 Ok(AnnouncementMsg::Own { reflex, class }) => {
                     self.announced.insert(node, (reflex, class));
                     self.push_input(ControlInput::Announcement {
@@ -368,7 +390,7 @@ impl SessionControl {
                 }
                 Err(e) => trace!(%peer, error = %e, "bad announcement dropped"),
             },
-            CH_DIRECTORY_LOOKUP if self.serve => match Lookup::decode(payload) {
+            Incoming::Lookup { peer, lookup } => match lookup {
                 Ok(l) => {
                     let online = self.endpoint.session(&l.key).is_some();
                     let answer = LookupAnswer {
@@ -381,21 +403,101 @@ impl SessionControl {
                             None
                         },
                     };
-                    let mut buf = Vec::with_capacity(64);
-                    answer.encode(&mut buf);
-                    let _ = self.seal(now, &peer, CH_DIRECTORY_ANSWER, &buf);
+                    let _ = self.seal(
+                        now,
+                        &peer,
+                        CH_DIRECTORY_ANSWER,
+                        answer.to_bytes().as_bytes(),
+                    );
                 }
                 Err(e) => trace!(%peer, error = %e, "bad lookup dropped"),
             },
-            CH_DIRECTORY_ANSWER => match LookupAnswer::decode(payload) {
+            Incoming::Answer { peer, node, answer } => match answer {
                 Ok(answer) => self.push_input(ControlInput::LookupAnswer { from: node, answer }),
                 Err(e) => trace!(%peer, error = %e, "bad directory answer dropped"),
             },
-            CH_DATA => self.push_input(ControlInput::Data {
+            Incoming::Unknown { peer, channel } => {
+                trace!(%peer, channel, "message on an unknown channel dropped");
+            }
+        }
+    }
+}
+
+/// A message a session delivered, copied out of the endpoint's receive
+/// buffer: agent messages inline, application data into a pooled buffer, the
+/// control plane's own messages decoded.
+enum Incoming {
+    Message {
+        node: NodeId,
+        from: SocketAddr,
+        channel: Channel,
+        payload: SmallBytes,
+    },
+    Data {
+        peer: PublicKey,
+        payload: PooledBuf,
+    },
+    Announcement {
+        peer: PublicKey,
+        node: NodeId,
+        msg: Result<AnnouncementMsg, ControlDecodeError>,
+    },
+    Lookup {
+        peer: PublicKey,
+        lookup: Result<Lookup, ControlDecodeError>,
+    },
+    Answer {
+        peer: PublicKey,
+        node: NodeId,
+        answer: Result<LookupAnswer, ControlDecodeError>,
+    },
+    Unknown {
+        peer: PublicKey,
+        channel: u8,
+    },
+}
+
+impl Incoming {
+    fn new(
+        serve: bool,
+        pool: &BufPool,
+        peer: PublicKey,
+        node: NodeId,
+        from: SocketAddr,
+        channel: u8,
+        payload: &[u8],
+    ) -> Self {
+        if let Some(ch) = Channel::from_wire_byte(channel) {
+            return Incoming::Message {
+                node,
+                from,
+                channel: ch,
+                payload: SmallBytes::new(payload),
+            };
+        }
+        match channel {
+            CH_ANNOUNCEMENT => Incoming::Announcement {
                 peer,
-                payload: payload.to_vec(),
-            }),
-            other => trace!(%peer, channel = other, "message on an unknown channel dropped"),
+                node,
+                msg: AnnouncementMsg::decode(payload),
+            },
+            CH_DIRECTORY_LOOKUP if serve => Incoming::Lookup {
+                peer,
+                lookup: Lookup::decode(payload),
+            },
+            CH_DIRECTORY_ANSWER => Incoming::Answer {
+                peer,
+                node,
+                answer: LookupAnswer::decode(payload),
+            },
+            CH_DATA => Incoming::Data {
+                peer,
+                payload: pool.copy_from(payload),
+            },
+            other => Incoming::Unknown {
+                peer,
+                channel: other,
+            },
         }
     }
 }
@@ -412,14 +514,13 @@ impl ControlPlane for SessionControl {
         if self.serve && channel == Channel::Rendezvous {
             if let Ok(RendezvousMessage::Introduce(intro)) = RendezvousMessage::decode(payload) {
                 if let Some(&(reflex, class)) = self.announced.get(&intro.peer) {
-                    let mut buf = Vec::with_capacity(32);
-                    AnnouncementMsg::Vouched {
+                    let msg = AnnouncementMsg::Vouched {
                         peer: intro.peer,
                         reflex,
                         class,
                     }
-                    .encode(&mut buf);
-                    let _ = self.seal(now, &key, CH_ANNOUNCEMENT, &buf);
+                    .to_bytes();
+                    let _ = self.seal(now, &key, CH_ANNOUNCEMENT, msg.as_bytes());
                 }
             }
         }
@@ -464,22 +565,37 @@ impl ControlPlane for SessionControl {
                 from,
                 channel,
                 payload,
-            } => Some((peer, node, from, channel, payload.to_vec())),
+            } => Some(Incoming::new(
+                self.serve, &self.pool, peer, node, from, channel, payload,
+            )),
             Received::Consumed => None,
             Received::Dropped(reason) => {
                 trace!(%from, ?reason, "session datagram dropped");
                 None
             }
         };
-        if let Some((peer, node, from, channel, payload)) = delivered {
-            self.received(now, peer, node, from, channel, &payload);
+        if let Some(incoming) = delivered {
+            self.received(now, incoming);
         }
         self.drain_endpoint(now);
         true
     }
 
     fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
-        self.outbox.pop_front()
+        let (to, len, buf) = self.outbox.pop_front()?;
+        let bytes = buf.get(..len).unwrap_or(&[]).to_vec();
+        self.recycle(buf);
+        Some((to, bytes))
+    }
+
+    fn poll_transmit_into(&mut self, out: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        let (to, len, buf) = self.outbox.pop_front()?;
+        let n = len.min(out.len());
+        if let (Some(dst), Some(src)) = (out.get_mut(..n), buf.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        self.recycle(buf);
+        Some((to, n))
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
@@ -544,9 +660,8 @@ impl ControlPlane for SessionControl {
             .ok_or(ControlError::NoSession(at))?;
         let query = self.next_query;
         self.next_query = self.next_query.wrapping_add(1).max(1);
-        let mut buf = Vec::with_capacity(40);
-        Lookup { query, key }.encode(&mut buf);
-        let r = self.seal(now, &coordinator, CH_DIRECTORY_LOOKUP, &buf);
+        let msg = Lookup { query, key }.to_bytes();
+        let r = self.seal(now, &coordinator, CH_DIRECTORY_LOOKUP, msg.as_bytes());
         self.drain_endpoint(now);
         r.map(|()| query)
     }

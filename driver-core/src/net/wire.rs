@@ -101,29 +101,81 @@ fn addr_class(bytes: &[u8]) -> Result<(SocketAddr, NatClass), ControlDecodeError
     Ok((addr, class))
 }
 
-fn put_addr_class(out: &mut Vec<u8>, reflex: SocketAddr, class: NatClass) {
-    out.extend_from_slice(&encode_addr(&reflex));
-    out.push(class.code());
+/// The longest payload this module encodes: a directory answer with an
+/// announcement (57 bytes).
+pub const MAX_ENCODED_LEN: usize = ANSWER_LEN + ADDR_LEN + 1;
+
+/// An encoded control payload, held inline (encoding allocates nothing).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Encoded {
+    bytes: [u8; MAX_ENCODED_LEN],
+    len: usize,
+}
+
+impl Encoded {
+    fn new() -> Self {
+        Encoded {
+            bytes: [0; MAX_ENCODED_LEN],
+            len: 0,
+        }
+    }
+
+    /// Appends `bytes`; every message here fits, so nothing is ever cut.
+    fn put(&mut self, bytes: &[u8]) {
+        let end = (self.len + bytes.len()).min(MAX_ENCODED_LEN);
+        if let (Some(dst), Some(src)) = (
+            self.bytes.get_mut(self.len..end),
+            bytes.get(..end - self.len),
+        ) {
+            dst.copy_from_slice(src);
+        }
+        self.len = end;
+    }
+
+    fn put_addr_class(&mut self, reflex: SocketAddr, class: NatClass) {
+        self.put(&encode_addr(&reflex));
+        self.put(&[class.code()]);
+    }
+
+    /// The encoded bytes.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or(&[])
+    }
+}
+
+impl std::fmt::Debug for Encoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_bytes(), f)
+    }
 }
 
 impl AnnouncementMsg {
     /// Appends the encoding to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.to_bytes().as_bytes());
+    }
+
+    /// The encoding, inline.
+    #[must_use]
+    pub fn to_bytes(&self) -> Encoded {
+        let mut out = Encoded::new();
         match *self {
             AnnouncementMsg::Own { reflex, class } => {
-                out.push(0);
-                put_addr_class(out, reflex, class);
+                out.put(&[0]);
+                out.put_addr_class(reflex, class);
             }
             AnnouncementMsg::Vouched {
                 peer,
                 reflex,
                 class,
             } => {
-                out.push(1);
-                out.extend_from_slice(&peer.0.to_be_bytes());
-                put_addr_class(out, reflex, class);
+                out.put(&[1]);
+                out.put(&peer.0.to_be_bytes());
+                out.put_addr_class(reflex, class);
             }
         }
+        out
     }
 
     /// Decodes an announcement payload.
@@ -168,8 +220,16 @@ const LOOKUP_LEN: usize = 4 + 32;
 impl Lookup {
     /// Appends the encoding to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.query.to_be_bytes());
-        out.extend_from_slice(self.key.as_bytes());
+        out.extend_from_slice(self.to_bytes().as_bytes());
+    }
+
+    /// The encoding, inline.
+    #[must_use]
+    pub fn to_bytes(&self) -> Encoded {
+        let mut out = Encoded::new();
+        out.put(&self.query.to_be_bytes());
+        out.put(self.key.as_bytes());
+        out
     }
 
     /// Decodes a lookup payload.
@@ -205,12 +265,20 @@ const ANSWER_LEN: usize = 4 + 32 + 1;
 impl LookupAnswer {
     /// Appends the encoding to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.query.to_be_bytes());
-        out.extend_from_slice(self.key.as_bytes());
-        out.push(u8::from(self.online));
+        out.extend_from_slice(self.to_bytes().as_bytes());
+    }
+
+    /// The encoding, inline.
+    #[must_use]
+    pub fn to_bytes(&self) -> Encoded {
+        let mut out = Encoded::new();
+        out.put(&self.query.to_be_bytes());
+        out.put(self.key.as_bytes());
+        out.put(&[u8::from(self.online)]);
         if let Some((reflex, class)) = self.announced {
-            put_addr_class(out, reflex, class);
+            out.put_addr_class(reflex, class);
         }
+        out
     }
 
     /// Decodes an answer payload.
@@ -268,6 +336,7 @@ mod tests {
         ] {
             let mut v = Vec::new();
             m.encode(&mut v);
+            assert_eq!(m.to_bytes().as_bytes(), &v[..]);
             assert_eq!(AnnouncementMsg::decode(&v), Ok(m));
             for cut in 0..v.len() {
                 assert!(AnnouncementMsg::decode(&v[..cut]).is_err());
@@ -294,6 +363,7 @@ mod tests {
         let mut v = Vec::new();
         l.encode(&mut v);
         assert_eq!(v.len(), 36);
+        assert_eq!(l.to_bytes().as_bytes(), &v[..]);
         assert_eq!(Lookup::decode(&v), Ok(l));
         assert!(Lookup::decode(&v[..35]).is_err());
         for a in [
@@ -312,6 +382,8 @@ mod tests {
         ] {
             let mut v = Vec::new();
             a.encode(&mut v);
+            assert_eq!(a.to_bytes().as_bytes(), &v[..]);
+            assert!(v.len() <= MAX_ENCODED_LEN);
             assert_eq!(LookupAnswer::decode(&v), Ok(a));
             let mut bad = v.clone();
             bad[36] = 2;

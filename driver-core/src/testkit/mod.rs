@@ -21,6 +21,7 @@ use crate::control::InProcessHub;
 use crate::node::{Node, NodeConfig, Reclassified};
 use crate::runtime::Runtime;
 
+pub mod bench;
 pub mod net;
 
 /// IPv4 loopback.
@@ -417,6 +418,101 @@ pub async fn garbage_on_the_socket<R: Runtime>(rt: R, ip: IpAddr) {
     }
 }
 
+/// Datagrams that are not natrix's reach the application through a buffer
+/// it passes ([`Node::recv_from_into`]), cut to fit as a UDP socket does;
+/// keep-alives are the agent's and counted apart; the inbox is bounded, counts
+/// what it drops and keeps the datagrams it took in order; a node that shut
+/// down reports it.
+pub async fn app_datagrams_into_caller_buffers<R: Runtime>(rt: R, ip: IpAddr) {
+    let t = trio(&rt, ip, Some(NatClass::Cone), |_| {}).await;
+    let stranger = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind");
+    let from = stranger.local_addr().expect("addr");
+    let to = t.a.local_addr();
+    let quick = Duration::from_secs(2);
+
+    stranger.send_to(b"whole datagram", to).expect("send");
+    let mut buf = [0u8; 64];
+    let (n, src) = within(&rt, quick, t.a.recv_from_into(&mut buf))
+        .await
+        .expect("alive");
+    assert_eq!((&buf[..n], src), (&b"whole datagram"[..], from));
+    stranger.send_to(b"longer than four", to).expect("send");
+    let mut short = [0u8; 4];
+    let (n, _) = within(&rt, quick, t.a.recv_from_into(&mut short))
+        .await
+        .expect("alive");
+    assert_eq!(&short[..n], b"long");
+    // A keep-alive is the agent's, not the application's.
+    let keepalive = natrix_proto::wire::Keepalive {
+        sender: NodeId(99),
+        punch_id: 1,
+    };
+    stranger.send_to(&keepalive.to_bytes(), to).expect("send");
+    stranger.send_to(b"after", to).expect("send");
+    let (n, _) = within(&rt, quick, t.a.recv_from_into(&mut buf))
+        .await
+        .expect("alive");
+    assert_eq!(&buf[..n], b"after");
+    let d = t.a.driver_stats();
+    assert_eq!(
+        (
+            d.datagrams_received,
+            d.keepalives,
+            d.app_datagrams,
+            d.app_datagrams_dropped
+        ),
+        (4, 1, 3, 0)
+    );
+
+    // Nobody reads for a while: the inbox takes QUEUE_CAPACITY datagrams and
+    // drops the rest (counted); the node goes on.
+    // More than the inbox holds, with room for the kernel to lose a few
+    // chunks on a loaded machine.
+    let sent = crate::QUEUE_CAPACITY + 400;
+    for i in 0..sent {
+        stranger
+            .send_to(&u32::try_from(i).expect("small").to_be_bytes(), to)
+            .expect("send");
+        if i % 50 == 49 {
+            // Paced, so that the kernel's socket buffer keeps them.
+            sleep(&rt, Duration::from_millis(5)).await;
+        }
+    }
+    let t0 = StdInstant::now();
+    while t.a.driver_stats().datagrams_received < 4 + sent as u64
+        && t0.elapsed() < Duration::from_secs(3)
+    {
+        sleep(&rt, Duration::from_millis(10)).await;
+    }
+    let d = t.a.driver_stats();
+    let arrived = d.datagrams_received - 4;
+    let capacity = crate::QUEUE_CAPACITY as u64;
+    assert!(arrived > capacity, "only {arrived} arrived");
+    assert_eq!(d.app_datagrams - 3, capacity);
+    assert_eq!(d.app_datagrams_dropped, arrived - capacity);
+    let mut last = None;
+    for _ in 0..capacity {
+        let (n, _) = within(&rt, quick, t.a.recv_from_into(&mut buf))
+            .await
+            .expect("alive");
+        assert_eq!(n, 4);
+        let i = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes"));
+        assert!(last.is_none_or(|l| i > l), "{i} after {last:?}");
+        last = Some(i);
+    }
+    // Drained, it takes datagrams again (the old call still works too).
+    stranger.send_to(b"again", to).expect("send");
+    let (bytes, src) = within(&rt, quick, t.a.recv_from()).await.expect("alive");
+    assert_eq!((&bytes[..], src), (&b"again"[..], from));
+    for n in [&t.a, &t.b, &t.r] {
+        n.shutdown().await;
+    }
+    assert!(matches!(
+        t.a.recv_from_into(&mut buf).await,
+        Err(crate::NodeError::Closed)
+    ));
+}
+
 /// Runs all `futs` concurrently and adds up their results.
 async fn sum_all(mut futs: Vec<Pin<Box<dyn Future<Output = u64> + Send + '_>>>) -> u64 {
     let mut total = 0;
@@ -712,6 +808,34 @@ macro_rules! e2e_suite {
         #[test]
         fn shutdown_in_flight_v6() {
             $block_on($crate::testkit::shutdown_with_punch_in_flight(
+                $rt,
+                $crate::testkit::V6,
+            ))
+        }
+        #[test]
+        fn app_datagrams_into_buffers_v4() {
+            $block_on($crate::testkit::app_datagrams_into_caller_buffers(
+                $rt,
+                $crate::testkit::V4,
+            ))
+        }
+        #[test]
+        fn app_datagrams_into_buffers_v6() {
+            $block_on($crate::testkit::app_datagrams_into_caller_buffers(
+                $rt,
+                $crate::testkit::V6,
+            ))
+        }
+        #[test]
+        fn net_data_into_buffers_v4() {
+            $block_on($crate::testkit::net::net_data_into_caller_buffers(
+                $rt,
+                $crate::testkit::V4,
+            ))
+        }
+        #[test]
+        fn net_data_into_buffers_v6() {
+            $block_on($crate::testkit::net::net_data_into_caller_buffers(
                 $rt,
                 $crate::testkit::V6,
             ))

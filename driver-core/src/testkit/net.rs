@@ -187,6 +187,44 @@ pub async fn net_wrong_key<R: Runtime>(rt: R, ip: IpAddr) {
 }
 
 /// Recv with a short patience: `None` when nothing arrives.
+/// Application data from a session peer reaches the application through a
+/// buffer it passes ([`Node::recv_data_into`]): whole, cut to a short
+/// buffer, and at the largest size a session carries; counted.
+pub async fn net_data_into_caller_buffers<R: Runtime>(rt: R, ip: IpAddr) {
+    let t = net_trio(&rt, ip, None).await;
+    // On loopback A reaches B directly.
+    within(
+        &rt,
+        Duration::from_secs(5),
+        t.a.dial(t.kb, t.b.local_addr()),
+    )
+    .await
+    .expect("a session to B");
+    let quick = Duration::from_secs(2);
+    let mut buf = vec![0u8; natrix_session::MAX_PAYLOAD];
+    t.a.send_data(t.kb, b"into a buffer").await.expect("send");
+    let (from, n) = within(&rt, quick, t.b.recv_data_into(&mut buf))
+        .await
+        .expect("alive");
+    assert_eq!((from, &buf[..n]), (t.ka, &b"into a buffer"[..]));
+    t.a.send_data(t.kb, b"0123456789").await.expect("send");
+    let mut short = [0u8; 3];
+    let (_, n) = within(&rt, quick, t.b.recv_data_into(&mut short))
+        .await
+        .expect("alive");
+    assert_eq!(&short[..n], b"012");
+    let largest = vec![0xA7; natrix_session::MAX_PAYLOAD];
+    t.a.send_data(t.kb, &largest).await.expect("send");
+    let (_, n) = within(&rt, quick, t.b.recv_data_into(&mut buf))
+        .await
+        .expect("alive");
+    assert_eq!(&buf[..n], &largest[..]);
+    let d = t.b.driver_stats();
+    assert_eq!((d.data_received, d.data_dropped), (3, 0));
+    assert!(d.session_datagrams >= 3);
+    t.shutdown().await;
+}
+
 async fn recv_quietly<R: Runtime>(rt: &R, node: &Node<R>) -> Option<(PublicKey, Vec<u8>)> {
     future::or(async { node.recv_data().await.ok() }, async {
         sleep(rt, Duration::from_millis(300)).await;
