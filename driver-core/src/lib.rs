@@ -28,6 +28,8 @@
 //! Every protocol decision stays in `natrix-proto`: this crate moves bytes,
 //! reads clocks and routes replies to waiting futures.
 
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub mod batch;
 pub mod buf;
 pub mod clock;
 pub mod control;

@@ -25,7 +25,7 @@ use crate::buf::{Inbox, InboxSender};
 use crate::clock::Clock;
 use crate::control::{ControlError, ControlInput, ControlPlane};
 use crate::net::wire::LookupAnswer;
-use crate::runtime::{BoxFuture, Runtime, UdpSocket};
+use crate::runtime::{BoxFuture, RecvBatch, Runtime, UdpSocket};
 
 /// Decides whether to drop an outgoing datagram (destination, bytes): a test
 /// hook standing in for a filtering middlebox.
@@ -266,7 +266,8 @@ fn lock(s: &SharedRef) -> std::sync::MutexGuard<'_, Shared> {
 /// it the oldest consumers lose new items (UDP semantics), the node never blocks.
 pub const QUEUE_CAPACITY: usize = 1024;
 
-/// The node task's buffers: one datagram read from the socket, one written.
+/// The node task's buffer for the datagrams the control plane writes (the
+/// receive side is a [`RecvBatch`] of slots this size).
 const DATAGRAM_BUF: usize = 65_536;
 
 /// Inputs the node's task handles before it yields to the runtime.
@@ -720,7 +721,8 @@ impl Stream for EventStream {
 enum Input {
     Command(Option<Command>),
     Control(Option<ControlInput>),
-    Datagram(usize, SocketAddr),
+    /// Where it starts in the receive batch, its length, its source.
+    Datagram(usize, usize, SocketAddr),
     SocketError(io::Error),
     Timer,
 }
@@ -771,7 +773,9 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
     }
 
     async fn run(mut self) {
-        let mut buf = vec![0u8; DATAGRAM_BUF];
+        // Several datagrams per receive where the socket can (recvmmsg),
+        // handed to the loop one by one as if read one at a time.
+        let mut batch = RecvBatch::new(self.socket.recv_batch_slots());
         let mut timer: Option<(StdInstant, BoxFuture)> = None;
         let mut budget = YIELD_EVERY;
         // Whether the agent and the control plane are drained and the timer
@@ -829,7 +833,7 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                     &self.data.0,
                 );
                 let stale = &mut stale;
-                let buf = &mut buf;
+                let batch = &mut batch;
                 let timer = &mut timer;
                 poll_fn(move |cx| {
                     // Commands come first: the cheap check here, the waker
@@ -846,8 +850,20 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                             return Poll::Ready(Input::Control(c));
                         }
                     }
-                    match socket.poll_recv_from(cx, buf) {
-                        Poll::Ready(Ok((n, src))) => return Poll::Ready(Input::Datagram(n, src)),
+                    // What the last receive brought in goes first; the
+                    // socket only once it is all handled.
+                    if let Some((at, n, src)) = batch.next_datagram() {
+                        return Poll::Ready(Input::Datagram(at, n, src));
+                    }
+                    match socket.poll_recv_batch(cx, batch) {
+                        Poll::Ready(Ok(n)) => {
+                            batch.filled(n);
+                            if let Some((at, n, src)) = batch.next_datagram() {
+                                return Poll::Ready(Input::Datagram(at, n, src));
+                            }
+                            // Nothing after all: look again on the next poll.
+                            cx.waker().wake_by_ref();
+                        }
                         Poll::Ready(Err(e)) => return Poll::Ready(Input::SocketError(e)),
                         Poll::Pending => {}
                     }
@@ -881,10 +897,10 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                 Input::Command(Some(cmd)) => self.command(cmd),
                 Input::Control(None) => self.control_open = false,
                 Input::Control(Some(c)) => self.control_input(c),
-                Input::Datagram(n, src) => {
+                Input::Datagram(at, n, src) => {
                     stale = true;
                     let local = self.agent.bind_addr();
-                    let bytes = buf.get(..n).unwrap_or(&[]);
+                    let bytes = batch.bytes(at, n);
                     let c = &mut self.counters;
                     c.datagrams_received += 1;
                     // One socket, one demultiplexer: keep-alives to the agent,

@@ -26,9 +26,9 @@
 //!
 //! On loopback the kernel charges the delivery of a datagram to the sending
 //! thread, so a sender calling `send_to` per datagram is no faster than the
-//! receiver it measures; with the `bench-gso` feature (the drivers' examples
-//! enable it) the sender hands the kernel up to 64 datagrams per call (UDP
-//! GSO through `quinn-udp`) and outpaces both receivers.
+//! receiver it measures; so the sender hands the kernel up to 64 datagrams
+//! per call (UDP GSO through `quinn-udp`, where the kernel offers it) and
+//! outpaces both receivers.
 //!
 //! Each turn reports two rates: datagrams per second of wall time under the
 //! blast, and datagrams per second of the receiving side's CPU time (the
@@ -310,12 +310,11 @@ const BATCH: usize = 64;
 const GSO_BYTES: usize = 65_000;
 
 /// Datagrams of one length laid end to end, sent in one system call with UDP
-/// GSO where the `bench-gso` feature and the kernel allow, else one
+/// GSO where the kernel allows, else one
 /// `send_to` each.
 struct Batch {
     bytes: Vec<u8>,
     len: usize,
-    #[cfg(feature = "bench-gso")]
     gso: Option<quinn_udp::UdpSocketState>,
 }
 
@@ -325,7 +324,6 @@ impl Batch {
         Batch {
             bytes: Vec::with_capacity(BATCH * natrix_session::MAX_PACKET),
             len: 0,
-            #[cfg(feature = "bench-gso")]
             gso: quinn_udp::UdpSocketState::new(socket.into())
                 .ok()
                 .filter(|s| s.max_gso_segments() > 1),
@@ -333,7 +331,6 @@ impl Batch {
     }
 
     fn max_segments(&self) -> usize {
-        #[cfg(feature = "bench-gso")]
         if let Some(g) = &self.gso {
             return g.max_gso_segments().min(BATCH);
         }
@@ -368,7 +365,6 @@ impl Batch {
         if count == 0 {
             return 0;
         }
-        #[cfg(feature = "bench-gso")]
         if let Some(g) = &self.gso {
             let t = quinn_udp::Transmit {
                 destination: to,
