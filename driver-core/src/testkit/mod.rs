@@ -671,11 +671,69 @@ pub async fn punch_loopback_demo<R: Runtime>(rt: R) -> Result<(), String> {
     Ok(())
 }
 
+/// The largest UDP datagram of the family, an empty one and a small one, sent
+/// at once, come out of the runtime socket's batched receive whole, in order,
+/// one per slot (no GRO on a node's socket), with their source.
+pub async fn batched_receive_keeps_datagrams_whole<R: Runtime>(rt: R, ip: IpAddr) {
+    use crate::runtime::{RecvBatch, UdpSocket as _};
+    let socket = rt.bind(SocketAddr::new(ip, 0)).expect("bind");
+    let to = socket.local_addr().expect("addr");
+    let sender = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind");
+    let from = sender.local_addr().expect("addr");
+    // 65,535 − 8 (UDP) − 20 (IPv4 header); IPv6 has no header in its limit.
+    let max = if ip.is_ipv4() { 65_507 } else { 65_527 };
+    let big: Vec<u8> = (0..max).map(|i: u32| (i % 251) as u8).collect();
+    let sent: [&[u8]; 3] = [&big, b"", b"small"];
+    for d in sent {
+        sender.send_to(d, to).expect("send");
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    assert_eq!(
+        socket.recv_batch_slots(),
+        crate::batch::BatchReceiver::SLOTS,
+        "batched receives on this platform"
+    );
+    let mut batch = RecvBatch::new(socket.recv_batch_slots());
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    while got.len() < sent.len() {
+        let n = within(
+            &rt,
+            Duration::from_secs(5),
+            std::future::poll_fn(|cx| socket.poll_recv_batch(cx, &mut batch)),
+        )
+        .await
+        .expect("recv");
+        assert!(n >= 1);
+        let (bufs, meta) = batch.parts_mut();
+        for (buf, m) in bufs.zip(meta.iter()).take(n) {
+            assert_eq!(m.src, from);
+            assert_eq!(m.stride, m.len, "no GRO on a node's socket");
+            got.push(buf[..m.len].to_vec());
+        }
+    }
+    let want: Vec<Vec<u8>> = sent.iter().map(|d| d.to_vec()).collect();
+    assert_eq!(got, want);
+}
+
 /// Instantiates the end-to-end suite for a runtime: `$block_on` runs a future
 /// to completion, `$rt` makes the runtime value.
 #[macro_export]
 macro_rules! e2e_suite {
     ($block_on:path, $rt:expr) => {
+        #[test]
+        fn batched_receive_keeps_datagrams_whole_v4() {
+            $block_on($crate::testkit::batched_receive_keeps_datagrams_whole(
+                $rt,
+                $crate::testkit::V4,
+            ))
+        }
+        #[test]
+        fn batched_receive_keeps_datagrams_whole_v6() {
+            $block_on($crate::testkit::batched_receive_keeps_datagrams_whole(
+                $rt,
+                $crate::testkit::V6,
+            ))
+        }
         #[test]
         fn s1_node_id_must_be_the_keys_v4() {
             $block_on($crate::testkit::net::net_node_id_must_be_the_keys(
