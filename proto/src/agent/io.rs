@@ -73,6 +73,7 @@ impl Payload {
     /// Copies `bytes` (at most [`CAPACITY`](Self::CAPACITY); longer input is cut,
     /// which no natrix message needs).
     #[must_use]
+    #[inline]
     pub fn new(bytes: &[u8]) -> Self {
         let mut p = Payload {
             bytes: [0; Self::CAPACITY],
@@ -222,6 +223,7 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
+    #[inline]
     pub(crate) fn control(&mut self, to: NodeId, channel: Channel, bytes: &[u8]) {
         self.transmits.push_back(Transmit::Control {
             to,

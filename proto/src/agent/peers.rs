@@ -74,6 +74,7 @@ impl Peers {
     }
 
     /// Everything known about `id`, in one lookup.
+    #[inline]
     pub(crate) fn get(&self, id: NodeId) -> Option<&Peer> {
         self.map.get(&id)
     }
@@ -129,6 +130,7 @@ impl Peers {
         self.get(id).and_then(|p| p.announced)
     }
 
+    #[inline]
     pub(crate) fn rtt(&self, id: NodeId) -> Option<Duration> {
         self.get(id).and_then(|p| p.rtt)
     }

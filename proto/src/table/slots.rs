@@ -72,19 +72,23 @@ impl<K: Hash + Eq + Copy, V> Slots<K, V> {
         self.len
     }
 
+    #[inline]
     fn hash(&self, key: &K) -> u64 {
         self.hasher.hash_one(key)
     }
 
+    #[inline]
     fn slot(&self, at: u32) -> Option<&Slot<K, V>> {
         self.slots.get(at as usize)
     }
 
+    #[inline]
     fn slot_mut(&mut self, at: u32) -> Option<&mut Slot<K, V>> {
         self.slots.get_mut(at as usize)
     }
 
     /// The slot holding `key`.
+    #[inline]
     pub(crate) fn find(&self, key: &K) -> Option<u32> {
         let slots = &self.slots;
         self.index
@@ -97,25 +101,30 @@ impl<K: Hash + Eq + Copy, V> Slots<K, V> {
             .copied()
     }
 
+    #[inline]
     pub(crate) fn get(&self, key: &K) -> Option<&V> {
         self.find(key).and_then(|at| self.value(at))
     }
 
+    #[inline]
     pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         self.find(key).and_then(|at| self.value_mut(at))
     }
 
     /// The entry in slot `at`.
+    #[inline]
     pub(crate) fn entry_at(&self, at: u32) -> Option<(&K, &V)> {
         self.slot(at)
             .and_then(|s| s.item.as_ref())
             .map(|(k, v)| (k, v))
     }
 
+    #[inline]
     pub(crate) fn value(&self, at: u32) -> Option<&V> {
         self.entry_at(at).map(|(_, v)| v)
     }
 
+    #[inline]
     pub(crate) fn value_mut(&mut self, at: u32) -> Option<&mut V> {
         self.slot_mut(at)
             .and_then(|s| s.item.as_mut())

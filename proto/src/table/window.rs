@@ -74,11 +74,13 @@ impl<K: Hash + Eq + Copy, V> WindowTable<K, V> {
         self.capacity
     }
 
+    #[inline]
     fn live(&self, start: Instant, now: Instant) -> bool {
         now.saturating_duration_since(start) < self.window
     }
 
     /// The live entry in slot `at`.
+    #[inline]
     fn live_at(&self, now: Instant, at: u32) -> bool {
         self.slots
             .value(at)
@@ -112,6 +114,7 @@ impl<K: Hash + Eq + Copy, V> WindowTable<K, V> {
     /// The live entry for `key`, starting a fresh one with `init()` at `now`
     /// when there is none (or it expired) — failing closed: when the table is
     /// full of live entries, `None`, and nothing changes.
+    #[inline]
     pub fn try_entry(&mut self, now: Instant, key: K, init: impl FnOnce() -> V) -> Option<&mut V> {
         let at = match self.slots.find(&key) {
             Some(at) => {
@@ -139,6 +142,7 @@ impl<K: Hash + Eq + Copy, V> WindowTable<K, V> {
     }
 
     /// Whether a new key would find a slot by reclaiming only expired entries.
+    #[inline]
     fn room_for_new(&self, now: Instant) -> bool {
         self.slots.len() < self.capacity
             || self
@@ -176,11 +180,13 @@ impl<K: Hash + Eq + Copy, V> WindowTable<K, V> {
     /// The slot holding `key`, live or expired: what the `*_at` methods take,
     /// so that a caller that looks, then decides, then writes does one hash
     /// lookup. A slot is valid until the table is next changed.
+    #[inline]
     pub(crate) fn slot_of(&self, key: &K) -> Option<u32> {
         self.slots.find(key)
     }
 
     /// The entry in slot `at` when it is live.
+    #[inline]
     pub(crate) fn live_mut_at(&mut self, now: Instant, at: u32) -> Option<&mut V> {
         if !self.live_at(now, at) {
             return None;
@@ -190,6 +196,7 @@ impl<K: Hash + Eq + Copy, V> WindowTable<K, V> {
 
     /// [`try_insert`](Self::try_insert) for a key whose slot (or absence)
     /// [`slot_of`](Self::slot_of) just returned.
+    #[inline]
     pub(crate) fn try_insert_at(
         &mut self,
         now: Instant,
@@ -214,6 +221,7 @@ impl<K: Hash + Eq + Copy, V> WindowTable<K, V> {
     }
 
     /// Slot `at` starts afresh at `now` with `value`: youngest in the order.
+    #[inline]
     fn restart(&mut self, now: Instant, at: u32, value: V) {
         if let Some(e) = self.slots.value_mut(at) {
             *e = (now, value);
