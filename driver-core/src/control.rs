@@ -21,8 +21,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_lite::Stream;
+use natrix_proto::TraversalError;
 use natrix_proto::wire::NodeId;
 use natrix_proto::{Channel, Instant, NatClass};
+use natrix_session::path::{PathEvent, PathInfo, PathStats};
+use natrix_session::relay::{Refusal, RelayStats};
 use natrix_session::{HandshakeError, PublicKey, SessionInfo, SessionStats};
 
 use crate::buf::{PooledBuf, SmallBytes};
@@ -96,6 +99,36 @@ pub enum ControlInput {
         from: NodeId,
         /// The answer.
         answer: LookupAnswer,
+    },
+    /// A connection wants a punch to `peer` through coordinator `via` (an
+    /// upgrade attempt, S4): ask the agent, and report the outcome with
+    /// [`ControlPlane::punch_outcome`].
+    RequestPunch {
+        /// The peer.
+        peer: PublicKey,
+        /// The coordinator.
+        via: NodeId,
+    },
+    /// A peer opened a connection to us (through a relay).
+    Accepted {
+        /// The peer.
+        peer: PublicKey,
+    },
+    /// A connection's path changed, or an upgrade failed (D2).
+    Path(PathEvent),
+    /// A relay dropped a frame of ours toward `peer` (S3).
+    RelayRefused {
+        /// The target of the dropped frame.
+        peer: NodeId,
+        /// Which quota, and when it resets.
+        refusal: Refusal,
+    },
+    /// A connection ended: its session could not be set up again.
+    ConnectionClosed {
+        /// The peer.
+        peer: PublicKey,
+        /// The handshake failure that ended it, if one did.
+        error: Option<HandshakeError>,
     },
 }
 
@@ -211,6 +244,59 @@ pub trait ControlPlane: Send + 'static {
     fn session(&self, key: &PublicKey) -> Option<SessionInfo> {
         let _ = key;
         None
+    }
+    /// Opens a connection to `peer` on the relay of coordinator `via`
+    /// (dialling the peer's session through it); the connection upgrades to
+    /// a direct path by itself.
+    ///
+    /// # Errors
+    /// [`ControlError::Unsupported`] without sessions of its own,
+    /// [`ControlError::NoSession`] when `via` is not a coordinator with a
+    /// live session, [`ControlError::Session`] when the session layer refuses.
+    fn open_connection(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        peer: PublicKey,
+        via: PublicKey,
+    ) -> Result<PathInfo, ControlError> {
+        let _ = (now, wall_ms, peer, via);
+        Err(ControlError::Unsupported)
+    }
+    /// Ends the connection to `peer` (and its session).
+    fn close_connection(&mut self, now: Instant, peer: &PublicKey) {
+        let _ = (now, peer);
+    }
+    /// The connection's path now (D2).
+    fn path(&self, peer: &PublicKey) -> Option<PathInfo> {
+        let _ = peer;
+        None
+    }
+    /// Counters of the connections' paths.
+    fn path_stats(&self) -> Option<PathStats> {
+        None
+    }
+    /// Counters of the relay this node serves.
+    fn relay_stats(&self) -> Option<RelayStats> {
+        None
+    }
+    /// The outcome of a punch to `peer` (any role): connections use it.
+    fn punch_outcome(
+        &mut self,
+        now: Instant,
+        peer: NodeId,
+        outcome: Result<SocketAddr, TraversalError>,
+    ) {
+        let _ = (now, peer, outcome);
+    }
+    /// This node's network changed (interfaces, reflex): relayed
+    /// connections retry their upgrade now.
+    fn network_changed(&mut self, now: Instant) {
+        let _ = now;
+    }
+    /// Coordinators with a live session, in configuration order.
+    fn coordinators(&self) -> Vec<PublicKey> {
+        Vec::new()
     }
     /// Session counters, when the control plane has sessions of its own.
     fn session_stats(&self) -> Option<SessionStats> {

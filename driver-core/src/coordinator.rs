@@ -32,6 +32,8 @@ pub struct CoordinatorConfig {
     pub agent: natrix_proto::Config,
     /// The agent's seed.
     pub agent_seed: u64,
+    /// The relay's quotas (S3); `None` turns the relay off.
+    pub relay: Option<natrix_session::relay::RelayConfig>,
 }
 
 impl CoordinatorConfig {
@@ -44,6 +46,7 @@ impl CoordinatorConfig {
             session: SessionConfig::default(),
             agent: natrix_proto::Config::default(),
             agent_seed: 0x0063_6f6f_7264,
+            relay: Some(natrix_session::relay::RelayConfig::default()),
         }
     }
 }
@@ -80,6 +83,8 @@ impl<R: Runtime> Coordinator<R> {
                 session: config.session,
                 coordinators: Vec::new(),
                 serve: true,
+                relay: config.relay,
+                paths: natrix_session::path::PathConfig::default(),
             },
             seed,
         );

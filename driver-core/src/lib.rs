@@ -33,6 +33,7 @@ pub mod batch;
 pub mod buf;
 pub mod clock;
 pub mod control;
+pub mod connection;
 pub mod coordinator;
 pub mod net;
 pub mod node;
@@ -44,6 +45,7 @@ pub use clock::Clock;
 pub use control::{
     ControlError, ControlInput, ControlPlane, HubFilter, InProcessControl, InProcessHub,
 };
+pub use connection::{Connection, ConnectionError, ConnectionEvent};
 pub use coordinator::{Coordinator, CoordinatorConfig};
 pub use net::{SessionControl, SessionControlConfig};
 pub use node::{

@@ -19,10 +19,13 @@ use natrix_proto::{
     PathMethod, ProbeError, ReclassifyOutcome, Role, Stats, SweepOutcome, Transmit, TraversalError,
 };
 use natrix_session::demux::{DatagramKind, classify};
+use natrix_session::path::{PathEvent, PathInfo, PathStats};
+use natrix_session::relay::{Refusal, RelayStats};
 use natrix_session::{HandshakeError, PublicKey, SessionInfo, SessionStats};
 
 use crate::buf::{Inbox, InboxSender};
 use crate::clock::Clock;
+use crate::connection::ConnectionEvent;
 use crate::control::{ControlError, ControlInput, ControlPlane};
 use crate::net::wire::LookupAnswer;
 use crate::runtime::{BoxFuture, RecvBatch, Runtime, UdpSocket};
@@ -108,6 +111,15 @@ pub enum Reclassified {
 pub enum NodeEvent {
     /// An event of the agent.
     Agent(Event),
+    /// A connection's path changed, or its upgrade failed (D2).
+    Path(PathEvent),
+    /// A relay refused a frame of ours toward `peer` (S3).
+    RelayRefused {
+        /// The target of the refused frame.
+        peer: NodeId,
+        /// Which quota, and when it resets.
+        refusal: Refusal,
+    },
     /// A socket operation failed; the node goes on.
     SocketError {
         /// Which operation.
@@ -159,6 +171,9 @@ pub enum SessionRequestError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
+    /// No coordinator session is up to look the peer up at or relay through.
+    #[error("no coordinator is connected")]
+    NoCoordinator,
     /// The coordinator has no session with the target.
     #[error("the target is not online at the coordinator")]
     Offline,
@@ -173,7 +188,7 @@ pub enum ConnectError {
 /// How long [`Node::lookup`] waits for an answer.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
-enum Command {
+pub(crate) enum Command {
     Punch {
         req: u64,
         target: NodeId,
@@ -218,7 +233,36 @@ enum Command {
         key: PublicKey,
         reply: async_channel::Sender<Option<SessionInfo>>,
     },
+    Coordinators {
+        reply: async_channel::Sender<Vec<PublicKey>>,
+    },
+    OpenConnection {
+        key: PublicKey,
+        via: PublicKey,
+        sinks: ConnSinks,
+        reply: async_channel::Sender<Result<PathInfo, ControlError>>,
+    },
+    CloseConnection {
+        key: PublicKey,
+    },
+    Path {
+        key: PublicKey,
+        reply: async_channel::Sender<Option<PathInfo>>,
+    },
     Shutdown,
+}
+
+/// The task's ends of one connection's queues.
+pub(crate) struct ConnSinks {
+    pub(crate) data: InboxSender<()>,
+    pub(crate) events: async_channel::Sender<ConnectionEvent>,
+}
+
+/// A connection the task accepted, waiting for [`Node::accept`].
+pub(crate) struct AcceptedConn {
+    pub(crate) peer: PublicKey,
+    pub(crate) data: Arc<Inbox<()>>,
+    pub(crate) events: async_channel::Receiver<ConnectionEvent>,
 }
 
 /// The driver's own counters: what the node's socket received and where it
@@ -251,6 +295,8 @@ pub struct DriverStats {
 struct Shared {
     classification: Option<Announcement>,
     stats: Stats,
+    path_stats: Option<PathStats>,
+    relay_stats: Option<RelayStats>,
     session_stats: Option<SessionStats>,
     driver: DriverStats,
     subscribers: Vec<async_channel::Sender<NodeEvent>>,
@@ -286,12 +332,13 @@ pub struct Node<R: Runtime> {
     key: Option<PublicKey>,
     local_addr: SocketAddr,
     socket: Arc<R::Socket>,
-    commands: async_channel::Sender<Command>,
+    pub(crate) commands: async_channel::Sender<Command>,
     shared: SharedRef,
     task: Mutex<Option<R::Task>>,
     app: Arc<AppInbox>,
     data: Arc<DataInbox>,
     next_req: AtomicU64,
+    pub(crate) accepts: async_channel::Receiver<AcceptedConn>,
 }
 
 impl<R: Runtime> fmt::Debug for Node<R> {
@@ -332,6 +379,7 @@ impl<R: Runtime> Node<R> {
         let mut agent = Agent::new(config.id, local_addr, config.agent.clone(), config.seed);
         agent.set_interface_addrs(&interface_addrs());
         let (commands, command_rx) = async_channel::unbounded();
+        let (accepts_tx, accepts) = async_channel::bounded(QUEUE_CAPACITY);
         let app = Inbox::new(QUEUE_CAPACITY);
         let data = Inbox::new(QUEUE_CAPACITY);
         let shared: SharedRef = Arc::default();
@@ -355,6 +403,8 @@ impl<R: Runtime> Node<R> {
             probes: BTreeMap::new(),
             dials: Vec::new(),
             lookups: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            accepts: accepts_tx,
         };
         let handle = rt.spawn(Box::pin(task.run()));
         Ok(Node {
@@ -369,6 +419,7 @@ impl<R: Runtime> Node<R> {
             app,
             data,
             next_req: AtomicU64::new(1),
+            accepts,
         })
     }
 
@@ -483,6 +534,18 @@ impl<R: Runtime> Node<R> {
     #[must_use]
     pub fn stats(&self) -> Stats {
         lock(&self.shared).stats
+    }
+
+    /// Counters of this node's connections and their paths (S4, D2).
+    #[must_use]
+    pub fn path_stats(&self) -> Option<PathStats> {
+        lock(&self.shared).path_stats
+    }
+
+    /// Counters of the relay this node serves (coordinators, S3).
+    #[must_use]
+    pub fn relay_stats(&self) -> Option<RelayStats> {
+        lock(&self.shared).relay_stats
     }
 
     /// The driver's counters: datagrams received and where they went, and
@@ -764,6 +827,10 @@ struct Task<R: Runtime, C> {
     )>,
     /// Lookup query id → reply.
     lookups: BTreeMap<u32, async_channel::Sender<Result<LookupAnswer, SessionRequestError>>>,
+    /// Open connections' queues.
+    conns: BTreeMap<PublicKey, ConnSinks>,
+    /// Accepted connections for [`Node::accept`].
+    accepts: async_channel::Sender<AcceptedConn>,
 }
 
 impl<R: Runtime, C: ControlPlane> Task<R, C> {
@@ -1024,7 +1091,11 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
             }
             Command::Override(r) => self.agent.set_reflex_override(r),
             Command::Classify(class, reflex) => self.agent.set_local_classification(class, reflex),
-            Command::RefreshInterfaces => self.agent.set_interface_addrs(&interface_addrs()),
+            Command::RefreshInterfaces => {
+                self.agent.set_interface_addrs(&interface_addrs());
+                // A new interface address may open a direct path (S4).
+                self.control.network_changed(now);
+            }
             Command::Dial { key, addr, reply } => {
                 if let Some(s) = self.control.session(&key) {
                     let _ = reply.try_send(Ok(s.addr));
@@ -1050,6 +1121,30 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
             },
             Command::Session { key, reply } => {
                 let _ = reply.try_send(self.control.session(&key));
+            }
+            Command::Coordinators { reply } => {
+                let _ = reply.try_send(self.control.coordinators());
+            }
+            Command::OpenConnection {
+                key,
+                via,
+                sinks,
+                reply,
+            } => {
+                let r = self
+                    .control
+                    .open_connection(now, Clock::wall_ms(), key, via);
+                if r.is_ok() {
+                    self.conns.insert(key, sinks);
+                }
+                let _ = reply.try_send(r);
+            }
+            Command::CloseConnection { key } => {
+                self.conns.remove(&key);
+                self.control.close_connection(now, &key);
+            }
+            Command::Path { key, reply } => {
+                let _ = reply.try_send(self.control.path(&key));
             }
             Command::Shutdown => {}
         }
@@ -1105,8 +1200,16 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
             }
             ControlInput::Data { peer, payload } => {
                 // Full inbox: drop, as a socket buffer would. (The control
-                // plane's buffer goes back to its pool.)
-                if self.data.0.try_push(&payload, peer) {
+                // plane's buffer goes back to its pool.) A connection's data
+                // goes to the connection.
+                if let Some(sinks) = self.conns.get(&peer) {
+                    if sinks.data.0.try_push(&payload, ()) {
+                        self.counters.data_received += 1;
+                        sinks.data.0.wake();
+                    } else {
+                        self.counters.data_dropped += 1;
+                    }
+                } else if self.data.0.try_push(&payload, peer) {
                     self.counters.data_received += 1;
                 } else {
                     self.counters.data_dropped += 1;
@@ -1123,6 +1226,60 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                 }
             }
             ControlInput::SessionDown { peer } => self.agent.handle_session_down(now, peer),
+            ControlInput::RequestPunch { peer, via } => {
+                if let Err(e) = self.agent.request_punch(now, peer.node_id(), via) {
+                    self.control.punch_outcome(now, peer.node_id(), Err(e));
+                }
+            }
+            ControlInput::Accepted { peer } => {
+                let data = Inbox::new(QUEUE_CAPACITY);
+                let (events_tx, events) = async_channel::bounded(QUEUE_CAPACITY);
+                let accepted = AcceptedConn {
+                    peer,
+                    data: data.clone(),
+                    events,
+                };
+                if self.accepts.try_send(accepted).is_ok() {
+                    self.conns.insert(
+                        peer,
+                        ConnSinks {
+                            data: InboxSender(data),
+                            events: events_tx,
+                        },
+                    );
+                } else {
+                    // Nobody accepts (or too many wait): refuse.
+                    self.control.close_connection(now, &peer);
+                }
+            }
+            ControlInput::Path(ev) => {
+                let peer = match ev {
+                    PathEvent::Changed { info, .. } => info.peer,
+                    PathEvent::UpgradeFailed { peer, .. } => peer,
+                };
+                if let Some(sinks) = self.conns.get(&peer) {
+                    let _ = sinks.events.try_send(ConnectionEvent::Path(ev));
+                }
+                self.publish(NodeEvent::Path(ev));
+            }
+            ControlInput::RelayRefused { peer, refusal } => {
+                if let Some(sinks) = self
+                    .conns
+                    .iter()
+                    .find(|(k, _)| k.node_id() == peer)
+                    .map(|(_, s)| s)
+                {
+                    let _ = sinks
+                        .events
+                        .try_send(ConnectionEvent::RelayRefused(refusal));
+                }
+                self.publish(NodeEvent::RelayRefused { peer, refusal });
+            }
+            ControlInput::ConnectionClosed { peer, error } => {
+                if let Some(sinks) = self.conns.remove(&peer) {
+                    let _ = sinks.events.try_send(ConnectionEvent::Closed(error));
+                }
+            }
             ControlInput::Announcement {
                 peer,
                 reflex,
@@ -1213,6 +1370,23 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
         };
         let mut events = false;
         while let Some(e) = next {
+            // Every punch outcome, either role, is news for a connection to
+            // that peer (S4 upgrades).
+            match e {
+                Event::PunchSucceeded { peer, path, .. } => {
+                    let now = self.now();
+                    self.control.punch_outcome(now, peer, Ok(path));
+                }
+                Event::PunchFailed { peer, error, .. } => {
+                    let now = self.now();
+                    self.control.punch_outcome(now, peer, Err(error));
+                }
+                Event::ClassificationChanged { .. } => {
+                    let now = self.now();
+                    self.control.network_changed(now);
+                }
+                _ => {}
+            }
             match e {
                 Event::PunchSucceeded {
                     peer,
@@ -1287,6 +1461,12 @@ fn snapshot<C: ControlPlane>(shared: &SharedRef, agent: &Agent, control: &C, dri
     s.classification = agent.classification();
     s.stats = agent.stats();
     s.session_stats = control.session_stats();
+    s.path_stats = control.path_stats();
+    s.relay_stats = control.relay_stats();
+    if let Some(p) = s.path_stats {
+        s.stats.upgrades_attempted = p.upgrades_attempted;
+        s.stats.upgrades_succeeded = p.upgrades_succeeded;
+    }
     s.driver = driver;
 }
 

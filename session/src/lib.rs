@@ -81,6 +81,8 @@ pub mod demux;
 mod endpoint;
 pub mod identity;
 pub mod keyfile;
+pub mod path;
+pub mod relay;
 pub mod replay;
 pub mod wire;
 

@@ -25,6 +25,7 @@
 //! Coordinators listed in the configuration are dialled at start and redialled
 //! with backoff (1 s doubling to 30 s) whenever their session fails or dies.
 
+mod relay;
 pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -34,7 +35,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use natrix_proto::wire::{NodeId, RendezvousMessage};
-use natrix_proto::{Channel, Instant, NatClass};
+use natrix_proto::{Channel, Instant, NatClass, TraversalError};
+use natrix_session::path::{
+    CH_PATH, MAX_DATAGRAM, PATH_MESSAGE_LEN, PathConfig, PathInfo, PathStats, Paths, RelayRoute,
+};
+use natrix_session::relay::{CH_RELAY, NoticeLimiter, RelayConfig, RelayServer, RelayStats};
 use natrix_session::{
     Endpoint, Keypair, PublicKey, Received, SendError, SessionConfig, SessionEvent, SessionInfo,
     SessionStats,
@@ -71,6 +76,24 @@ pub struct SessionControlConfig {
     /// Serve as a coordinator: answer directory lookups and vouch for a peer's
     /// announcement when introducing it.
     pub serve: bool,
+    /// The relay's quotas when serving (S3); `None` turns the relay off (a
+    /// frame to relay is then refused with `Quota::Disabled`).
+    pub relay: Option<RelayConfig>,
+    /// Connections' liveness timers and bounds (S4).
+    pub paths: PathConfig,
+}
+
+impl SessionControlConfig {
+    /// A coordinator's configuration: serving, with the relay's default quotas.
+    #[must_use]
+    pub fn coordinator(session: SessionConfig) -> Self {
+        SessionControlConfig {
+            session,
+            serve: true,
+            relay: Some(RelayConfig::default()),
+            ..SessionControlConfig::default()
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -86,6 +109,19 @@ pub struct SessionControl {
     serve: bool,
     /// Coordinators we keep a session with, and when to dial each next.
     coordinators: BTreeMap<PublicKey, Redial>,
+    /// The same coordinators in configuration order: a relay route's `via`
+    /// is an index here.
+    coordinator_slots: Vec<PublicKey>,
+    /// The relay we serve (coordinators).
+    relay: Option<RelayServer>,
+    /// Our connections and their paths.
+    paths: Paths,
+    /// Relayed packets we could not route (no such coordinator, no session).
+    unroutable: u64,
+    /// Notices for frames refused because the relay is off.
+    disabled_notices: NoticeLimiter,
+    /// The wall clock at the latest input that carried one.
+    last_wall_ms: u64,
     /// Peers with a live session.
     live: BTreeSet<PublicKey>,
     /// Session peers' own announcements (removed when their session ends).
@@ -119,6 +155,9 @@ impl SessionControl {
     /// A control plane for the node whose static key is `keypair`. `seed` is
     /// the session layer's only randomness: 32 bytes from the OS RNG in real
     /// use ([`crate::os_seed`]), fixed in tests.
+    ///
+    /// # Panics
+    /// When the relay's configuration fails `RelayConfig::validate`.
     #[must_use]
     pub fn new(keypair: Keypair, config: SessionControlConfig, seed: [u8; 32]) -> Self {
         let coordinators = config
@@ -135,8 +174,19 @@ impl SessionControl {
                 )
             })
             .collect();
+        let coordinator_slots = config.coordinators.iter().map(|(k, _)| *k).collect();
         SessionControl {
             endpoint: Endpoint::new(keypair, config.session, seed),
+            coordinator_slots,
+            relay: if config.serve {
+                config.relay.map(RelayServer::new)
+            } else {
+                None
+            },
+            paths: Paths::new(config.paths),
+            unroutable: 0,
+            disabled_notices: NoticeLimiter::new(1024),
+            last_wall_ms: 0,
             serve: config.serve,
             coordinators,
             live: BTreeSet::new(),
@@ -184,7 +234,14 @@ impl SessionControl {
         }
     }
 
-    fn push_datagram(&mut self, to: SocketAddr, len: usize, buf: Box<[u8]>) {
+    /// Queues a sealed packet for `to`; a packet for a relay route goes
+    /// inside a relay frame on the coordinator's session instead.
+    fn push_datagram(&mut self, now: Instant, to: SocketAddr, len: usize, buf: Box<[u8]>) {
+        if let Some(route) = RelayRoute::from_addr(to) {
+            self.relay_out(now, route, buf.get(..len).unwrap_or(&[]));
+            self.recycle(buf);
+            return;
+        }
         if self.outbox.len() >= QUEUE_LIMIT {
             self.dropped += 1;
             self.recycle(buf);
@@ -224,7 +281,7 @@ impl SessionControl {
             let mut buf = self.packet_buffer();
             let sent = self.endpoint.send(now, key, channel, payload, &mut buf);
             if let Ok(Some((to, len))) = sent {
-                self.push_datagram(to, len, buf);
+                self.push_datagram(now, to, len, buf);
             } else {
                 self.recycle(buf);
             }
@@ -252,11 +309,11 @@ impl SessionControl {
     }
 
     /// Moves the endpoint's datagrams to the outbox.
-    fn take_transmits(&mut self) {
+    fn take_transmits(&mut self, now: Instant) {
         loop {
             let mut buf = self.packet_buffer();
             match self.endpoint.poll_transmit(&mut buf) {
-                Some((to, len)) => self.push_datagram(to, len, buf),
+                Some((to, len)) => self.push_datagram(now, to, len, buf),
                 None => {
                     self.recycle(buf);
                     break;
@@ -267,11 +324,12 @@ impl SessionControl {
 
     /// Drains the endpoint: datagrams, then events (which may queue more).
     fn drain_endpoint(&mut self, now: Instant) {
-        self.take_transmits();
+        self.take_transmits(now);
         while let Some(ev) = self.endpoint.poll_event() {
             self.session_event(now, ev);
         }
-        self.take_transmits();
+        self.drain_paths(now);
+        self.take_transmits(now);
     }
 
     fn session_event(&mut self, now: Instant, ev: SessionEvent) {
@@ -289,6 +347,12 @@ impl SessionControl {
                     r.at = None;
                     r.backoff = REDIAL_FIRST;
                 }
+                if let Some(route) = RelayRoute::from_addr(addr) {
+                    // A session through a relay: a connection (accepted
+                    // here unless we opened it), never the agent's business.
+                    self.accept_relayed(now, peer, route);
+                    return;
+                }
                 self.push_input(ControlInput::SessionUp {
                     peer: node,
                     addr,
@@ -303,6 +367,10 @@ impl SessionControl {
                 new,
             } => {
                 debug!(%peer, %old, %new, "session moved (S6: authenticated packet from a new address)");
+                self.paths.on_session_moved(now, &peer, new);
+                if RelayRoute::is_relay(&new) {
+                    return;
+                }
                 let rtt = self.endpoint.session(&peer).and_then(|s| s.rtt);
                 self.push_input(ControlInput::SessionUp {
                     peer: node,
@@ -325,11 +393,21 @@ impl SessionControl {
                 self.live.remove(&peer);
                 self.announced.remove(&node);
                 self.schedule_redial(now, &peer);
+                self.connection_session_down(now, peer);
+                if let Some(relay) = self.relay.as_mut() {
+                    relay.peer_gone(now, node);
+                }
                 self.push_input(ControlInput::SessionDown { peer: node });
             }
             SessionEvent::HandshakeFailed { peer, addr, error } => {
                 debug!(%peer, %addr, %error, "handshake failed");
                 self.schedule_redial(now, &peer);
+                if self.paths.close(&peer) {
+                    self.push_input(ControlInput::ConnectionClosed {
+                        peer,
+                        error: Some(error),
+                    });
+                }
                 self.push_input(ControlInput::SessionFailed {
                     peer: peer.node_id(),
                     error,
@@ -337,6 +415,30 @@ impl SessionControl {
             }
             #[allow(unreachable_patterns)]
             _ => {}
+        }
+    }
+
+    /// One session packet from `from` (the socket, or a relay route) into
+    /// the endpoint, and what it delivered onwards.
+    fn session_datagram(&mut self, now: Instant, wall_ms: u64, from: SocketAddr, datagram: &[u8]) {
+        let delivered = match self.endpoint.handle_datagram(now, wall_ms, from, datagram) {
+            Received::Data {
+                peer,
+                node,
+                from,
+                channel,
+                payload,
+            } => Some(Incoming::new(
+                self.serve, &self.pool, peer, node, from, channel, payload,
+            )),
+            Received::Consumed => None,
+            Received::Dropped(reason) => {
+                trace!(%from, ?reason, "session datagram dropped");
+                None
+            }
+        };
+        if let Some(incoming) = delivered {
+            self.received(now, wall_ms, incoming);
         }
     }
 
@@ -349,7 +451,7 @@ impl SessionControl {
 
     /// Acts on what a session delivered (already copied out of the
     /// endpoint's receive buffer).
-    fn received(&mut self, now: Instant, incoming: Incoming) {
+    fn received(&mut self, now: Instant, wall_ms: u64, incoming: Incoming) {
         match incoming {
             Incoming::Message {
                 node,
@@ -362,8 +464,32 @@ impl SessionControl {
                 channel,
                 payload,
             }),
-            Incoming::Data { peer, payload } => {
+            Incoming::Data {
+                peer,
+                from,
+                payload,
+            } => {
+                self.paths.on_received(now, &peer, from, payload.len());
                 self.push_input(ControlInput::Data { peer, payload });
+            }
+            Incoming::Relay {
+                peer,
+                node,
+                payload,
+            } => self.relay_in(now, wall_ms, peer, node, &payload),
+            Incoming::Path { peer, from, msg } => {
+                let mut buf = self.packet_buffer();
+                match self.paths.handle_message(
+                    &mut self.endpoint,
+                    now,
+                    &peer,
+                    from,
+                    msg.as_bytes(),
+                    &mut buf,
+                ) {
+                    Some((to, len)) => self.push_datagram(now, to, len, buf),
+                    None => self.recycle(buf),
+                }
             }
             Incoming::Announcement { peer, node, msg } => match msg {
                 Ok(AnnouncementMsg::Own { reflex, class }) => {
@@ -435,7 +561,18 @@ enum Incoming {
     },
     Data {
         peer: PublicKey,
+        from: SocketAddr,
         payload: PooledBuf,
+    },
+    Relay {
+        peer: PublicKey,
+        node: NodeId,
+        payload: PooledBuf,
+    },
+    Path {
+        peer: PublicKey,
+        from: SocketAddr,
+        msg: SmallBytes,
     },
     Announcement {
         peer: PublicKey,
@@ -492,7 +629,18 @@ impl Incoming {
             },
             CH_DATA => Incoming::Data {
                 peer,
+                from,
                 payload: pool.copy_from(payload),
+            },
+            CH_RELAY => Incoming::Relay {
+                peer,
+                node,
+                payload: pool.copy_from(payload),
+            },
+            CH_PATH if payload.len() == PATH_MESSAGE_LEN => Incoming::Path {
+                peer,
+                from,
+                msg: SmallBytes::new(payload),
             },
             other => Incoming::Unknown {
                 peer,
@@ -558,25 +706,14 @@ impl ControlPlane for SessionControl {
         from: SocketAddr,
         datagram: &[u8],
     ) -> bool {
-        let delivered = match self.endpoint.handle_datagram(now, wall_ms, from, datagram) {
-            Received::Data {
-                peer,
-                node,
-                from,
-                channel,
-                payload,
-            } => Some(Incoming::new(
-                self.serve, &self.pool, peer, node, from, channel, payload,
-            )),
-            Received::Consumed => None,
-            Received::Dropped(reason) => {
-                trace!(%from, ?reason, "session datagram dropped");
-                None
-            }
-        };
-        if let Some(incoming) = delivered {
-            self.received(now, incoming);
+        if RelayRoute::is_relay(&from) {
+            // No datagram from the network comes from a relay route's
+            // address (100::/64 is discard-only): a forgery.
+            trace!(%from, "datagram from a relay-route address dropped");
+            return true;
         }
+        self.last_wall_ms = wall_ms;
+        self.session_datagram(now, wall_ms, from, datagram);
         self.drain_endpoint(now);
         true
     }
@@ -587,7 +724,6 @@ impl ControlPlane for SessionControl {
         self.recycle(buf);
         Some((to, bytes))
     }
-
     fn poll_transmit_into(&mut self, out: &mut [u8]) -> Option<(SocketAddr, usize)> {
         let (to, len, buf) = self.outbox.pop_front()?;
         let n = len.min(out.len());
@@ -599,15 +735,24 @@ impl ControlPlane for SessionControl {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        let redial = self.coordinators.values().filter_map(|r| r.at).min();
-        match (self.endpoint.poll_timeout(), redial) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.endpoint.poll_timeout(),
+            self.coordinators.values().filter_map(|r| r.at).min(),
+            self.paths.poll_timeout(),
+            self.relay.as_ref().and_then(RelayServer::poll_timeout),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn handle_timeout(&mut self, now: Instant, wall_ms: u64) {
+        self.last_wall_ms = wall_ms;
         self.endpoint.handle_timeout(now, wall_ms);
+        self.paths.handle_timeout(now);
+        if let Some(relay) = self.relay.as_mut() {
+            relay.handle_timeout(now);
+        }
         let due: Vec<(PublicKey, SocketAddr)> = self
             .coordinators
             .iter()
@@ -648,9 +793,74 @@ impl ControlPlane for SessionControl {
         key: &PublicKey,
         data: &[u8],
     ) -> Result<(), ControlError> {
+        if self.paths.contains(key) {
+            // A connection: one size on every path (a relay frame must hold it).
+            if data.len() > MAX_DATAGRAM {
+                return Err(ControlError::TooLarge {
+                    len: data.len(),
+                    max: MAX_DATAGRAM,
+                });
+            }
+            self.paths.on_sent(now, key, data.len());
+        }
         let r = self.seal(now, key, CH_DATA, data);
         self.drain_endpoint(now);
         r
+    }
+
+    fn open_connection(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        peer: PublicKey,
+        via: PublicKey,
+    ) -> Result<PathInfo, ControlError> {
+        self.last_wall_ms = wall_ms;
+        let r = self.open(now, wall_ms, peer, via);
+        self.drain_endpoint(now);
+        r
+    }
+
+    fn close_connection(&mut self, now: Instant, peer: &PublicKey) {
+        if self.paths.close(peer) {
+            self.endpoint.close(now, peer);
+            self.drain_endpoint(now);
+        }
+    }
+
+    fn path(&self, peer: &PublicKey) -> Option<PathInfo> {
+        self.paths.info(peer)
+    }
+
+    fn path_stats(&self) -> Option<PathStats> {
+        Some(self.paths.stats())
+    }
+
+    fn relay_stats(&self) -> Option<RelayStats> {
+        self.relay.as_ref().map(RelayServer::stats)
+    }
+
+    fn punch_outcome(
+        &mut self,
+        now: Instant,
+        peer: NodeId,
+        outcome: Result<SocketAddr, TraversalError>,
+    ) {
+        self.on_punch_outcome(now, peer, outcome);
+        self.drain_endpoint(now);
+    }
+
+    fn network_changed(&mut self, now: Instant) {
+        self.paths.network_changed(now);
+        self.drain_endpoint(now);
+    }
+
+    fn coordinators(&self) -> Vec<PublicKey> {
+        self.coordinator_slots
+            .iter()
+            .filter(|k| self.live.contains(k))
+            .copied()
+            .collect()
     }
 
     fn lookup(&mut self, now: Instant, at: NodeId, key: PublicKey) -> Result<u32, ControlError> {

@@ -22,6 +22,7 @@ use crate::node::{Node, NodeConfig, Reclassified};
 use crate::runtime::Runtime;
 
 pub mod bench;
+pub mod conn;
 pub mod net;
 
 /// IPv4 loopback.
@@ -894,6 +895,48 @@ macro_rules! e2e_suite {
         #[test]
         fn net_data_into_buffers_v6() {
             $block_on($crate::testkit::net::net_data_into_caller_buffers(
+                $rt,
+                $crate::testkit::V6,
+            ))
+        }
+        #[test]
+        fn s3_s4_d2_connection_relay_upgrade_fallback_v4() {
+            $block_on($crate::testkit::conn::net_connection_relay_upgrade_fallback(
+                $rt,
+                $crate::testkit::V4,
+            ))
+        }
+        #[test]
+        fn s3_s4_d2_connection_relay_upgrade_fallback_v6() {
+            $block_on($crate::testkit::conn::net_connection_relay_upgrade_fallback(
+                $rt,
+                $crate::testkit::V6,
+            ))
+        }
+        #[test]
+        fn s3_relay_quota_reaches_the_sender_v4() {
+            $block_on($crate::testkit::conn::net_relay_quota_reaches_the_sender(
+                $rt,
+                $crate::testkit::V4,
+            ))
+        }
+        #[test]
+        fn s3_relay_quota_reaches_the_sender_v6() {
+            $block_on($crate::testkit::conn::net_relay_quota_reaches_the_sender(
+                $rt,
+                $crate::testkit::V6,
+            ))
+        }
+        #[test]
+        fn s3_relay_refuses_offline_targets_v4() {
+            $block_on($crate::testkit::conn::net_relay_refuses_offline_targets(
+                $rt,
+                $crate::testkit::V4,
+            ))
+        }
+        #[test]
+        fn s3_relay_refuses_offline_targets_v6() {
+            $block_on($crate::testkit::conn::net_relay_refuses_offline_targets(
                 $rt,
                 $crate::testkit::V6,
             ))

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures_lite::future;
 use natrix_proto::{Instant, NatClass, PathMethod};
+use natrix_session::path::PathConfig;
 use natrix_session::{Endpoint, HandshakeError, Keypair, PublicKey, SessionConfig};
 
 use super::{sleep, test_config, within};
@@ -71,6 +72,18 @@ pub fn net_peer<R: Runtime>(
     r: &Coordinator<R>,
     filter: Option<DatagramFilter>,
 ) -> Node<R> {
+    net_peer_with(rt, ip, n, r, filter, PathConfig::default())
+}
+
+/// [`net_peer`] with connections' path timers `paths`.
+pub fn net_peer_with<R: Runtime>(
+    rt: &R,
+    ip: IpAddr,
+    n: u8,
+    r: &Coordinator<R>,
+    filter: Option<DatagramFilter>,
+    paths: PathConfig,
+) -> Node<R> {
     let kp = test_keypair(n);
     let key = kp.public();
     let control = SessionControl::new(
@@ -79,6 +92,8 @@ pub fn net_peer<R: Runtime>(
             session: test_session_config(),
             coordinators: vec![(r.public_key(), r.public_addr())],
             serve: false,
+            paths,
+            ..SessionControlConfig::default()
         },
         seed(n),
     );

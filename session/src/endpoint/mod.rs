@@ -36,6 +36,7 @@ use tracing::{debug, trace};
 use crate::cookie::{self, CookieSecret, Mac, RateMeter};
 use crate::demux::PacketType;
 use crate::identity::{Keypair, PublicKey};
+use crate::path::RelayRoute;
 use crate::replay::ReplayWindow;
 use crate::wire::{
     self, MAC_LEN, MAX_PACKET, MAX_PAYLOAD, MAX_RELIABLE_PAYLOAD, RELIABLE_HEADER_LEN, TAG_LEN,
@@ -370,6 +371,59 @@ impl Endpoint {
         payload: &[u8],
         out: &mut [u8],
     ) -> Result<Option<(SocketAddr, usize)>, SendError> {
+        self.seal_for(now, peer, None, channel, payload, out)
+    }
+
+    /// Like [`send`](Self::send), but the packet goes to `addr` whatever the
+    /// session's address is (which does not change): a path ping to test a
+    /// direct path while the session still uses the relay, or the answer to
+    /// a ping on the path it came by. Nothing is queued: without usable keys
+    /// this is [`SendError::NoSession`].
+    ///
+    /// # Errors
+    /// As [`send`](Self::send), and [`SendError::NoSession`] while no
+    /// session is up.
+    pub fn send_to(
+        &mut self,
+        now: Instant,
+        peer: &PublicKey,
+        addr: SocketAddr,
+        channel: u8,
+        payload: &[u8],
+        out: &mut [u8],
+    ) -> Result<(SocketAddr, usize), SendError> {
+        match self.seal_for(now, peer, Some(addr), channel, payload, out)? {
+            Some(sent) => Ok(sent),
+            None => Err(SendError::NoSession),
+        }
+    }
+
+    /// Moves the session with `peer` to `addr`: everything it sends from now
+    /// on goes there. This is how a connection switches between a relay
+    /// route and a direct path (`crate::path`); the session itself only
+    /// follows authenticated packets within one kind of path (S6). Returns
+    /// whether a session or handshake with `peer` exists.
+    pub fn set_addr(&mut self, peer: &PublicKey, addr: SocketAddr) -> bool {
+        let Some(&slot) = self.by_key.get(peer) else {
+            return false;
+        };
+        let p = self.peers[slot].as_mut().expect("indexed slot");
+        if p.addr != addr {
+            debug!(peer = %p.key, old = %p.addr, new = %addr, "session address set");
+            p.addr = addr;
+        }
+        true
+    }
+
+    fn seal_for(
+        &mut self,
+        now: Instant,
+        peer: &PublicKey,
+        to: Option<SocketAddr>,
+        channel: u8,
+        payload: &[u8],
+        out: &mut [u8],
+    ) -> Result<Option<(SocketAddr, usize)>, SendError> {
         if channel == 0 {
             return Err(SendError::ReservedChannel);
         }
@@ -404,12 +458,12 @@ impl Endpoint {
                 p.rekey_at = now;
             }
             p.last_sent = now;
-            let addr = p.addr;
+            let addr = to.unwrap_or(p.addr);
             self.stats.packets_sealed += 1;
             self.reschedule(slot);
             return Ok(Some((addr, n)));
         }
-        if p.handshake.is_none() && p.next.is_none() && p.current.is_none() {
+        if to.is_some() || (p.handshake.is_none() && p.next.is_none() && p.current.is_none()) {
             return Err(SendError::NoSession);
         }
         if p.queue.len() >= self.config.queue_len {
@@ -1404,8 +1458,11 @@ impl Endpoint {
             came_up = first;
         }
         let p = self.peers[slot].as_mut().expect("indexed slot");
-        // S6: authenticated and fresh; the session follows it.
-        if p.addr != from {
+        // S6: authenticated and fresh; the session follows it, within one
+        // kind of path: a packet over a relay route never moves a session
+        // off a direct address, nor a direct packet one off a relay route
+        // (that move is the connection's decision, `crate::path`).
+        if p.addr != from && RelayRoute::is_relay(&p.addr) == RelayRoute::is_relay(&from) {
             let old = p.addr;
             p.addr = from;
             debug!(peer = %p.key, %old, new = %from, "peer address changed (S6)");
