@@ -81,6 +81,14 @@ pub mod api {
         ConnectError, DriverStats, EventStream, NodeConfig, NodeError, NodeEvent, PunchOutcome,
         Reclassified, SessionRequestError,
     };
+    pub use crate::connection::{Connection, ConnectionError, ConnectionEvent};
     pub use crate::os_seed;
+    pub use natrix_proto::NatClass;
+    pub use natrix_session::keyfile;
+    pub use natrix_session::path::{
+        ChangeReason, MAX_DATAGRAM, PathConfig, PathEvent, PathInfo, PathKind, PathStats,
+        UpgradeError,
+    };
+    pub use natrix_session::relay::{Quota, Refusal, RelayConfig, RelayStats};
     pub use natrix_session::{Dial, Keypair, PublicKey, SessionConfig, SessionStats};
 }

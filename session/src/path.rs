@@ -42,7 +42,8 @@
 //! upgrade is retried after [`PathConfig::upgrade_first`], doubling up to
 //! [`PathConfig::upgrade_max`]; [`Paths::network_changed`] (a new interface
 //! address, a new reflex, a NAT rebinding) resets the backoff and retries at
-//! once.
+//! once — on an accepted connection too, once. The accepting side also tests
+//! a direct path as soon as the other side's ping arrives over it.
 //!
 //! # Datagram order and loss across a switch
 //!
@@ -418,6 +419,10 @@ struct Conn {
     upgrade_at: Option<Instant>,
     /// A punch is in progress.
     punching: bool,
+    /// Whether the peer's session is up (pings need its keys).
+    session_up: bool,
+    /// A direct address to ping once the session is up.
+    pending_probe: Option<SocketAddr>,
     backoff: Duration,
     last_error: Option<UpgradeError>,
     bytes_sent: u64,
@@ -544,6 +549,8 @@ impl Paths {
             probe: None,
             upgrade_at: dialler.then_some(now),
             punching: false,
+            session_up: false,
+            pending_probe: None,
             backoff: self.config.upgrade_first,
             last_error: None,
             bytes_sent: 0,
@@ -755,6 +762,12 @@ impl Paths {
     }
 
     fn send_ping(&mut self, now: Instant, slot: u32, addr: SocketAddr) {
+        let c = self.conn_mut(slot);
+        if !c.session_up {
+            // No keys to seal with yet: ping when the session is up.
+            c.pending_probe = Some(addr);
+            return;
+        }
         let id = self.next_id();
         let c = self.conn_mut(slot);
         c.probe = Some(Probe {
@@ -773,8 +786,8 @@ impl Paths {
         let c = self.conn_mut(slot);
         c.last_error = Some(error);
         c.punching = false;
+        c.upgrade_at = c.dialler.then(|| now + c.backoff);
         if c.dialler {
-            c.upgrade_at = Some(now + c.backoff);
             c.backoff = (c.backoff * 2).min(cfg.upgrade_max);
         }
         let peer = c.peer;
@@ -978,6 +991,22 @@ impl Paths {
         self.reschedule(slot);
     }
 
+    /// The peer's session is up (or came up again): pings can be sealed.
+    /// A direct address found meanwhile is pinged now.
+    pub fn on_session_up(&mut self, now: Instant, peer: &PublicKey) {
+        let Some(slot) = self.slot_of(peer) else {
+            return;
+        };
+        let c = self.conn_mut(slot);
+        c.session_up = true;
+        if let Some(addr) = c.pending_probe.take() {
+            if c.direct.is_none() && c.probe.is_none() {
+                self.send_ping(now, slot, addr);
+            }
+        }
+        self.reschedule(slot);
+    }
+
     /// The peer's session ended. The connection stays, on the relay route
     /// (the embedder dials again there, or waits for the peer to).
     pub fn on_session_down(&mut self, now: Instant, peer: &PublicKey) {
@@ -988,6 +1017,8 @@ impl Paths {
         let c = self.conn_mut(slot);
         let was_direct = c.direct.take().is_some();
         c.probe = None;
+        c.pending_probe = None;
+        c.session_up = false;
         c.punching = false;
         if c.dialler {
             c.backoff = first;
@@ -1005,14 +1036,17 @@ impl Paths {
     }
 
     /// Something about this node's network changed (a new interface
-    /// address, a new reflex, a NAT rebinding): every relayed connection this
-    /// side drives retries its upgrade now, with the backoff reset.
+    /// address, a new reflex, a NAT rebinding): every relayed connection
+    /// retries its upgrade now, with the backoff reset. This includes the
+    /// connections this side accepted (one attempt: the side that opened
+    /// them keeps driving the retries; a punch both sides ask for at once is
+    /// joined into one by the coordinator, R11).
     pub fn network_changed(&mut self, now: Instant) {
         let first = self.config.upgrade_first;
         let slots: Vec<u32> = self.by_key.values().copied().collect();
         for slot in slots {
             let c = self.conn_mut(slot);
-            if c.direct.is_none() && c.dialler {
+            if c.direct.is_none() {
                 c.backoff = first;
                 if !c.punching {
                     c.upgrade_at = Some(now);

@@ -51,6 +51,7 @@ impl Net {
         let mut paths = Paths::new(config);
         let now = Instant::from_millis(1_000);
         paths.open(now, peer, route(&peer), VIA, true).unwrap();
+        paths.on_session_up(now, &peer);
         Net {
             paths,
             peer,
@@ -222,6 +223,54 @@ fn s4_upgrade_backoff_doubles_and_resets_on_network_change() {
 }
 
 #[test]
+fn s4_accepting_side_waits_but_tries_once_on_a_network_change() {
+    let mut n = Net::new(cfg());
+    let acceptor = key(10);
+    n.paths.close(&n.peer);
+    n.peer = acceptor;
+    n.session_addr = route(&acceptor).addr();
+    n.paths
+        .open(n.now, acceptor, route(&acceptor), VIA, false)
+        .unwrap();
+    n.paths.on_session_up(n.now, &acceptor);
+    n.punchable = false;
+    n.run(Instant::from_millis(120_000), None);
+    assert_eq!(n.punches, 0, "the accepting side does not drive upgrades");
+    n.paths.network_changed(n.now);
+    n.run(Instant::from_millis(600_000), None);
+    assert_eq!(
+        n.punches, 1,
+        "one attempt after a network change, no retries"
+    );
+    assert_eq!(n.kind(), PathKind::Relayed);
+}
+
+#[test]
+fn s4_a_punch_that_ends_before_the_session_is_up_pings_when_it_is() {
+    let peer = key(11);
+    let mut paths = Paths::new(cfg());
+    let now = Instant::from_millis(1_000);
+    paths.open(now, peer, route(&peer), VIA, true).unwrap();
+    paths.handle_timeout(now);
+    assert!(matches!(
+        paths.poll_action(),
+        Some(PathAction::Punch { .. })
+    ));
+    paths.on_punch(now, &peer, Ok(direct()));
+    assert_eq!(paths.poll_action(), None, "no keys yet: no ping");
+    let later = now + Duration::from_millis(300);
+    paths.on_session_up(later, &peer);
+    match paths.poll_action() {
+        Some(PathAction::Ping { addr, id, .. }) => {
+            assert_eq!(addr, direct());
+            paths.on_pong(later, &peer, addr, id);
+        }
+        other => panic!("expected a ping, got {other:?}"),
+    }
+    assert_eq!(paths.info(&peer).unwrap().kind, PathKind::Direct);
+}
+
+#[test]
 fn s4_unanswered_punched_path_is_a_typed_upgrade_failure() {
     let mut n = Net::new(cfg());
     n.answers = false;
@@ -258,24 +307,30 @@ fn d2_path_reports_kind_address_since_rtt_and_bytes() {
     assert_eq!((s.upgrades_attempted, s.upgrades_succeeded), (1, 1));
 }
 
+/// Two endpoints A and B (secrets `n`, `n + 1`), A's relay-route address as
+/// B sees it, and A's direct address.
+fn relay_pair(n: u8) -> (Endpoint, Endpoint, SocketAddr, SocketAddr) {
+    let (ka, kb) = (
+        Keypair::from_secret([n; 32]),
+        Keypair::from_secret([n + 1; 32]),
+    );
+    let a_relay = route(&ka.public()).addr();
+    let a = Endpoint::new(ka, SessionConfig::default(), [n; 32]);
+    let b = Endpoint::new(kb, SessionConfig::default(), [n + 1; 32]);
+    (a, b, a_relay, "192.0.2.1:1000".parse().unwrap())
+}
+
+const WALL: u64 = 1_700_000_000_000;
+
 /// S6 with relays: a packet that came through a relay never moves a
 /// session off its direct address, nor a direct one off its relay route;
 /// only `set_addr` does.
 #[test]
 fn s6_relay_and_direct_packets_never_move_a_session_across_kinds() {
-    let (ka, kb) = (Keypair::from_secret([1; 32]), Keypair::from_secret([2; 32]));
-    let (pa, pb) = (ka.public(), kb.public());
-    let mut a = Endpoint::new(ka, SessionConfig::default(), [1; 32]);
-    let mut b = Endpoint::new(kb, SessionConfig::default(), [2; 32]);
-    let now = Instant::from_millis(1_000);
-    let wall = 1_700_000_000_000;
-    let a_relay = RelayRoute {
-        via: 0,
-        peer: pa.node_id(),
-    }
-    .addr();
+    let (mut a, mut b, a_relay, a_direct) = relay_pair(1);
+    let (pa, pb) = (a.public_key(), b.public_key());
+    let (now, wall) = (Instant::from_millis(1_000), WALL);
     let b_relay = route(&pb).addr();
-    let a_direct: SocketAddr = "192.0.2.1:1000".parse().unwrap();
     // A dials B over the relay route; everything crosses "the relay".
     a.connect(now, wall, pb, b_relay).unwrap();
     let mut out = [0u8; MAX_PACKET];
@@ -397,4 +452,31 @@ proptest! {
             }
         }
     }
+}
+
+/// A handshake through a relay whose first authenticated packet arrives
+/// over a direct path (a path ping racing the handshake) leaves the
+/// responder's session on the relay route: only the connection moves it.
+#[test]
+fn s6_first_packet_over_another_kind_of_path_does_not_place_the_session() {
+    let (mut a, mut b, a_relay, a_direct) = relay_pair(3);
+    let (pa, pb) = (a.public_key(), b.public_key());
+    let (now, wall) = (Instant::from_millis(1_000), WALL);
+    a.connect(now, wall, pb, route(&pb).addr()).unwrap();
+    let mut out = [0u8; MAX_PACKET];
+    // Init through the relay, response back.
+    let (_, n) = a.poll_transmit(&mut out).unwrap();
+    let _ = b.handle_datagram(now, wall, a_relay, &out[..n]);
+    let (_, n) = b.poll_transmit(&mut out).unwrap();
+    let _ = a.handle_datagram(now, wall, route(&pb).addr(), &out[..n]);
+    assert!(a.session(&pb).is_some());
+    // A's first transport packet goes the direct way.
+    let (_, n) = a
+        .send_to(now, &pb, a_direct, 10, b"ping", &mut out)
+        .unwrap();
+    assert!(matches!(
+        b.handle_datagram(now, wall, a_direct, &out[..n]),
+        Received::Data { .. }
+    ));
+    assert_eq!(b.session(&pa).unwrap().addr, a_relay);
 }

@@ -353,6 +353,7 @@ impl SessionControl {
                     self.accept_relayed(now, peer, route);
                     return;
                 }
+                self.paths.on_session_up(now, &peer);
                 self.push_input(ControlInput::SessionUp {
                     peer: node,
                     addr,

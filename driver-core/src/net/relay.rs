@@ -178,6 +178,7 @@ impl SessionControl {
     /// else a peer's connection to accept.
     pub(super) fn accept_relayed(&mut self, now: Instant, peer: PublicKey, route: RelayRoute) {
         if self.paths.contains(&peer) {
+            self.paths.on_session_up(now, &peer);
             return;
         }
         let Some(via) = self.coordinator_slots.get(usize::from(route.via)).copied() else {
@@ -185,6 +186,7 @@ impl SessionControl {
         };
         match self.paths.open(now, peer, route, via.node_id(), false) {
             Ok(_) => {
+                self.paths.on_session_up(now, &peer);
                 debug!(%peer, coordinator = %via, "connection accepted on the relay");
                 self.push_input(ControlInput::Accepted { peer });
             }
@@ -253,9 +255,14 @@ impl SessionControl {
                     ControlError::Session("dial refused by the session layer")
                 })?;
         }
-        self.paths
+        let info = self
+            .paths
             .open(now, peer, route, via.node_id(), true)
-            .map_err(|_| ControlError::Session("too many connections"))
+            .map_err(|_| ControlError::Session("too many connections"))?;
+        if self.endpoint.session(&peer).is_some() {
+            self.paths.on_session_up(now, &peer);
+        }
+        Ok(info)
     }
 
     /// Punch outcomes for connections.

@@ -1449,8 +1449,11 @@ impl Endpoint {
                 p.rtt = Some(now.saturating_duration_since(keys.created));
             }
             let first = !p.up;
-            if first {
-                // A new peer's address is where its first authenticated packet came from.
+            if first && RelayRoute::is_relay(&p.addr) == RelayRoute::is_relay(&from) {
+                // A new peer's address is where its first authenticated
+                // packet came from — within the kind of path its handshake
+                // took (a handshake through a relay stays there until the
+                // connection moves it, `crate::path`).
                 p.addr = from;
             }
             debug!(peer = %p.key, %from, index, "handshake confirmed (responder)");
