@@ -155,8 +155,9 @@ async fn deliver<R: Runtime>(rt: &R, from: &Connection, to: &Connection, msg: &[
 /// S3/S4/D2: a connection starts on the relay (data both ways while the
 /// direct path is blocked; the coordinator forwards it), upgrades to the
 /// direct path once it is unblocked and a network change is reported,
-/// falls back to the relay when the direct path is blocked again (within
-/// 1.5× the dead-path timeout of the last pong), and keeps carrying data
+/// falls back to the relay when the direct path is blocked again (the time
+/// bound is asserted in virtual time: `session/tests/paths.rs`, the
+/// simulator), and keeps carrying data
 /// throughout. The path it reports says all of it.
 pub async fn net_connection_relay_upgrade_fallback<R: Runtime>(rt: R, ip: IpAddr) {
     let s = Setup::new(&rt, ip, RelayConfig::default()).await;
@@ -198,7 +199,6 @@ pub async fn net_connection_relay_upgrade_fallback<R: Runtime>(rt: R, ip: IpAddr
 
     // The direct path goes dark while in use: back to the relay.
     s.blocked.store(true, Ordering::Relaxed);
-    let dead_at = rt.now();
     let keep_busy = async {
         loop {
             let _ = ca.send(b"busy").await;
@@ -214,12 +214,6 @@ pub async fn net_connection_relay_upgrade_fallback<R: Runtime>(rt: R, ip: IpAddr
         ),
     )
     .await;
-    let took = rt.now().saturating_duration_since(dead_at);
-    let bound = test_path_config().dead_after.mul_f64(1.5) + test_path_config().ping_interval;
-    assert!(
-        took <= bound + Duration::from_millis(500),
-        "fallback took {took:?}"
-    );
     assert_eq!(ca.path().await.expect("path").kind, PathKind::Relayed);
     // Data flows over the relay again (after what was still in flight).
     deliver(&rt, &ca, &cb, b"relay again").await;
