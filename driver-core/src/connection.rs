@@ -49,7 +49,9 @@ pub enum ConnectionEvent {
     /// The relay dropped a datagram of ours: which quota, and when it resets
     /// (S3).
     RelayRefused(Refusal),
-    /// The connection ended: its session could not be set up again.
+    /// The connection ended: its session could not be set up again (the
+    /// side that opened it: with the handshake's failure), or its session
+    /// ended (the accepting side: `None`; the other side may open a new one).
     Closed(Option<HandshakeError>),
 }
 

@@ -123,7 +123,8 @@ pub enum ControlInput {
         /// Which quota, and when it resets.
         refusal: Refusal,
     },
-    /// A connection ended: its session could not be set up again.
+    /// A connection ended: its session could not be set up again (the
+    /// side that opened it), or its session ended (the accepting side).
     ConnectionClosed {
         /// The peer.
         peer: PublicKey,

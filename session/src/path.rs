@@ -969,8 +969,7 @@ impl Paths {
     }
 
     /// The peer's session moved to `new` on its own (an authenticated packet
-    /// from a new direct address: NAT rebinding, S6). The connection follows
-    /// and counts it as a network change.
+    /// from a new direct address: NAT rebinding, S6). The connection follows.
     pub fn on_session_moved(&mut self, now: Instant, peer: &PublicKey, new: SocketAddr) {
         let Some(slot) = self.slot_of(peer) else {
             return;

@@ -197,15 +197,23 @@ impl SessionControl {
         }
     }
 
-    /// A connection's session ended: the connection waits on its relay
-    /// route, and the side that opened it dials again there.
+    /// A connection's session ended: the side that opened it dials again
+    /// through the relay (the connection waits there); on the accepting side
+    /// the connection ends (the other side dials again if it still wants it,
+    /// and that is a new connection to accept).
     pub(super) fn connection_session_down(&mut self, now: Instant, peer: PublicKey) {
         let Some(info) = self.paths.info(&peer) else {
             return;
         };
+        if !self.paths.is_dialler(&peer) {
+            debug!(%peer, "accepted connection's session ended; connection closed");
+            self.paths.close(&peer);
+            self.push_input(ControlInput::ConnectionClosed { peer, error: None });
+            return;
+        }
         self.paths.on_session_down(now, &peer);
         let route = self.paths.relay_route(&peer);
-        if let (Some(route), true) = (route, self.paths.is_dialler(&peer)) {
+        if let Some(route) = route {
             debug!(%peer, path = %info.kind, "connection's session ended; dialling again through the relay");
             if let Err(e) = self
                 .endpoint
