@@ -37,13 +37,16 @@
 //! the last pong, or from when pinging resumed), the session moves back to
 //! the relay route. An idle connection sends no pings at all.
 //!
-//! Upgrades (a punch through the coordinator, then a ping to the address the
-//! punch found) are driven by the side that opened the connection. A failed
-//! upgrade is retried after [`PathConfig::upgrade_first`], doubling up to
+//! Upgrades (a punch through the coordinator, or the pair matrix's direct
+//! verdict, then a ping to the address found) are attempted by both sides:
+//! the opening side at once, the accepting side
+//! [`ACCEPTOR_FIRST_UPGRADE`] later (a punch both ask for at once is joined
+//! into one by the coordinator, R11). A side also tests a direct path as soon
+//! as the other side's ping arrives over it. A failed upgrade is retried
+//! after [`PathConfig::upgrade_first`], doubling up to
 //! [`PathConfig::upgrade_max`]; [`Paths::network_changed`] (a new interface
 //! address, a new reflex, a NAT rebinding) resets the backoff and retries at
-//! once — on an accepted connection too, once. The accepting side also tests
-//! a direct path as soon as the other side's ping arrives over it.
+//! once.
 //!
 //! # Datagram order and loss across a switch
 //!
@@ -78,6 +81,12 @@ pub const RELAY_HEADER_LEN: usize = 9;
 /// not change when the path does.
 pub const MAX_DATAGRAM: usize =
     MAX_PAYLOAD - RELAY_HEADER_LEN - (TRANSPORT_HEADER_LEN + 1 + TAG_LEN);
+
+/// How long the accepting side of a connection waits before its first
+/// upgrade attempt: the opening side's attempt (at once) usually makes it
+/// unnecessary, and when the pair matrix lets one side reach the other
+/// without a punch, only the side behind the NAT can open the way.
+pub const ACCEPTOR_FIRST_UPGRADE: Duration = Duration::from_secs(1);
 
 /// Length of an encoded [`PathMessage`].
 pub const PATH_MESSAGE_LEN: usize = 9;
@@ -395,6 +404,8 @@ struct Probe {
     addr: SocketAddr,
     id: u64,
     sent: Instant,
+    /// Whether it went out a second time (at most once).
+    resent: bool,
 }
 
 #[derive(Debug)]
@@ -415,7 +426,7 @@ struct Conn {
     next_ping: Instant,
     /// The outstanding ping on the direct path (liveness or upgrade).
     probe: Option<Probe>,
-    /// Relayed, dialler side: when to attempt the next upgrade.
+    /// Relayed: when to attempt the next upgrade.
     upgrade_at: Option<Instant>,
     /// A punch is in progress.
     punching: bool,
@@ -514,8 +525,9 @@ impl Paths {
 
     /// Opens a connection to `peer` on relay route `relay` through the
     /// coordinator `via` (its node id). `dialler`: this side asked for the
-    /// connection and drives its upgrades (the first at once). Opening a
-    /// connection that exists changes nothing and returns its path.
+    /// connection (it redials a lost session; its first upgrade attempt is
+    /// at once, the accepting side's [`ACCEPTOR_FIRST_UPGRADE`] later).
+    /// Opening a connection that exists changes nothing and returns its path.
     ///
     /// # Errors
     /// [`OpenError::TooMany`] at [`PathConfig::max_connections`].
@@ -547,7 +559,11 @@ impl Paths {
             last_pong: now,
             next_ping: now,
             probe: None,
-            upgrade_at: dialler.then_some(now),
+            upgrade_at: Some(if dialler {
+                now
+            } else {
+                now + ACCEPTOR_FIRST_UPGRADE
+            }),
             punching: false,
             session_up: false,
             pending_probe: None,
@@ -774,6 +790,7 @@ impl Paths {
             addr,
             id,
             sent: now,
+            resent: false,
         });
         let peer = c.peer;
         self.stats.pings_sent += 1;
@@ -786,10 +803,8 @@ impl Paths {
         let c = self.conn_mut(slot);
         c.last_error = Some(error);
         c.punching = false;
-        c.upgrade_at = c.dialler.then(|| now + c.backoff);
-        if c.dialler {
-            c.backoff = (c.backoff * 2).min(cfg.upgrade_max);
-        }
+        c.upgrade_at = Some(now + c.backoff);
+        c.backoff = (c.backoff * 2).min(cfg.upgrade_max);
         let peer = c.peer;
         debug!(%peer, %error, retry_at = ?c.upgrade_at, "upgrade failed; staying on the relay");
         self.events
@@ -805,11 +820,8 @@ impl Paths {
         c.since = now;
         c.probe = None;
         c.rtt = None;
-        if c.dialler {
-            c.backoff = cfg.upgrade_first;
-            c.upgrade_at = Some(now + cfg.upgrade_first);
-            c.backoff = (c.backoff * 2).min(cfg.upgrade_max);
-        }
+        c.upgrade_at = Some(now + cfg.upgrade_first);
+        c.backoff = (cfg.upgrade_first * 2).min(cfg.upgrade_max);
         let (peer, addr) = (c.peer, c.relay.addr());
         self.stats.direct_deaths += 1;
         debug!(%peer, direct = %old, relay = %addr, "direct path dead; back on the relay (S4)");
@@ -884,10 +896,36 @@ impl Paths {
             return;
         };
         let c = self.conn(slot);
-        if c.direct.is_none() && !RelayRoute::is_relay(&from) && c.probe.is_none() {
-            self.stats.upgrades_attempted += 1;
-            self.send_ping(now, slot, from);
-            self.reschedule(slot);
+        if c.direct.is_some() || RelayRoute::is_relay(&from) {
+            return;
+        }
+        // A ping that came in over a direct address is the best evidence
+        // there is: test that address. A probe already in flight to it may
+        // have been filtered by the peer's NAT before the peer's own ping
+        // opened it: it goes out once more, with the same id (so that a pong
+        // to either copy counts, and two sides doing this stop after one
+        // round).
+        match c.probe {
+            Some(p) if p.addr == from => {
+                if !p.resent {
+                    let peer = c.peer;
+                    if let Some(p) = self.conn_mut(slot).probe.as_mut() {
+                        p.resent = true;
+                    }
+                    self.stats.pings_sent += 1;
+                    trace!(%peer, addr = %from, id = p.id, "path ping again");
+                    self.actions.push_back(PathAction::Ping {
+                        peer,
+                        addr: from,
+                        id: p.id,
+                    });
+                }
+            }
+            _ => {
+                self.stats.upgrades_attempted += 1;
+                self.send_ping(now, slot, from);
+                self.reschedule(slot);
+            }
         }
     }
 
@@ -1019,10 +1057,8 @@ impl Paths {
         c.pending_probe = None;
         c.session_up = false;
         c.punching = false;
-        if c.dialler {
-            c.backoff = first;
-            c.upgrade_at = Some(now + first);
-        }
+        c.backoff = first;
+        c.upgrade_at = Some(now + first);
         if was_direct {
             c.since = now;
             let info = self.conn(slot).info();
@@ -1036,10 +1072,7 @@ impl Paths {
 
     /// Something about this node's network changed (a new interface
     /// address, a new reflex, a NAT rebinding): every relayed connection
-    /// retries its upgrade now, with the backoff reset. This includes the
-    /// connections this side accepted (one attempt: the side that opened
-    /// them keeps driving the retries; a punch both sides ask for at once is
-    /// joined into one by the coordinator, R11).
+    /// retries its upgrade now, with the backoff reset.
     pub fn network_changed(&mut self, now: Instant) {
         let first = self.config.upgrade_first;
         let slots: Vec<u32> = self.by_key.values().copied().collect();

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use natrix_proto::{Instant, NodeId, TraversalError};
 use natrix_session::path::{
-    ChangeReason, PathAction, PathConfig, PathEvent, PathKind, Paths, RelayRoute, UpgradeError,
+    ACCEPTOR_FIRST_UPGRADE, ChangeReason, PathAction, PathConfig, PathEvent, PathKind, Paths,
+    RelayRoute, UpgradeError,
 };
 use natrix_session::{Endpoint, Keypair, MAX_PACKET, PublicKey, Received, SessionConfig};
 use proptest::prelude::*;
@@ -223,26 +224,32 @@ fn s4_upgrade_backoff_doubles_and_resets_on_network_change() {
 }
 
 #[test]
-fn s4_accepting_side_waits_but_tries_once_on_a_network_change() {
+fn s4_accepting_side_tries_after_a_second_with_the_same_backoff() {
     let mut n = Net::new(cfg());
     let acceptor = key(10);
     n.paths.close(&n.peer);
     n.peer = acceptor;
     n.session_addr = route(&acceptor).addr();
+    let opened = n.now;
     n.paths
         .open(n.now, acceptor, route(&acceptor), VIA, false)
         .unwrap();
     n.paths.on_session_up(n.now, &acceptor);
     n.punchable = false;
-    n.run(Instant::from_millis(120_000), None);
-    assert_eq!(n.punches, 0, "the accepting side does not drive upgrades");
-    n.paths.network_changed(n.now);
-    n.run(Instant::from_millis(600_000), None);
-    assert_eq!(
-        n.punches, 1,
-        "one attempt after a network change, no retries"
+    n.run(
+        opened + (ACCEPTOR_FIRST_UPGRADE - Duration::from_millis(1)),
+        None,
     );
-    assert_eq!(n.kind(), PathKind::Relayed);
+    assert_eq!(n.punches, 0, "the opening side goes first");
+    // Then 1 s, 6 s, 16 s, 36 s after opening (5 s doubling).
+    n.run(opened + Duration::from_secs(60), None);
+    assert_eq!(n.punches, 4);
+    // A network change: at once, the backoff reset.
+    n.punchable = true;
+    n.paths.network_changed(n.now);
+    n.run(n.now + Duration::from_millis(100), None);
+    assert_eq!(n.punches, 5);
+    assert_eq!(n.kind(), PathKind::Direct);
 }
 
 #[test]

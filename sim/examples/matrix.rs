@@ -1,15 +1,21 @@
 //! Prints the NAT pair matrix: for every preset of A (rows) and B (columns),
 //! the outcome of A's punch to B, the time from `request_punch` to a direct
-//! path, and the keep-alives both sides sent.
+//! path, and the keep-alives both sides sent. Then, for every cell, a
+//! connection end to end (relay first, direct when a punch works): the time
+//! until the first datagram arrives (the slower direction) and until the
+//! connection is direct, or "relayed". Exits non-zero if any cell's peers
+//! did not exchange data both ways.
 //!
 //! `cargo run --release -p natrix-sim --example matrix`
 
-use std::time::Instant as WallClock;
+use std::process::ExitCode;
+use std::time::{Duration, Instant as WallClock};
 
+use natrix_session::path::PathKind;
 use natrix_sim::preset::Preset;
-use natrix_sim::scenario::PairScenario;
+use natrix_sim::scenario::{PairScenario, run_connection};
 
-fn main() {
+fn main() -> ExitCode {
     let started = WallClock::now();
     let w = 20;
     print!("{:<16}", "A \\ B");
@@ -34,5 +40,50 @@ fn main() {
     println!();
     println!("cells: outcome, time to direct path, keep-alive packets (both sides)");
     println!("classes seen: A and B classify themselves through their NATs first");
+    println!();
+    println!("connections (A opens to B through R; data both ways every 20 ms):");
+    print!("{:<16}", "A \\ B");
+    for b in Preset::ALL {
+        print!("{:<w$}", b.name());
+    }
+    println!();
+    let mut failures = Vec::new();
+    for a in Preset::ALL {
+        print!("{:<16}", a.name());
+        for b in Preset::ALL {
+            let c = run_connection(a, b, 1, Duration::from_secs(30));
+            runs += 1;
+            let first = match c.first_datagram {
+                [Some(x), Some(y)] => format!("{}ms", x.max(y).as_millis()),
+                _ => "-".to_owned(),
+            };
+            let path = match (c.kinds.0, c.time_to_direct) {
+                (Some(PathKind::Direct), Some(d)) => format!("{}ms", d.as_millis()),
+                _ => "relayed".to_owned(),
+            };
+            let ok = c.exchanged() && c.report.duplicates == [0, 0];
+            if !ok {
+                failures.push(format!(
+                    "{a} x {b}: {:?} {:?} dups {:?}",
+                    c.kinds, c.report.by_kind, c.report.duplicates
+                ));
+            }
+            let cell = format!("{}{first} {path}", if ok { "⇄ " } else { "✗ " });
+            print!("{cell:<w$}");
+        }
+        println!();
+    }
+    println!();
+    println!(
+        "cells: ⇄ data crossed both ways (✗ it did not), time to the first datagram (slower direction), time to a direct path or \"relayed\""
+    );
     println!("{runs} scenarios in {:.2?} wall time", started.elapsed());
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        for f in &failures {
+            eprintln!("FAILED {f}");
+        }
+        ExitCode::FAILURE
+    }
 }

@@ -6,6 +6,10 @@
 //! derived from the seed) whose packets cross the simulated NATs like any
 //! other datagram. The same seed gives a byte-identical [`World::transcript`].
 //!
+//! * [`conn`] — what a host keeps for its connections (relay first, direct
+//!   when proven: `natrix_session::path`), relay frames through a
+//!   coordinator running a `natrix_session::relay::RelayServer`
+//!   ([`World::open_connection`], [`World::conn_send`]).
 //! * [`nat`] — the RFC 4787 NAT model: mapping, filtering, port allocation,
 //!   hairpinning, binding lifetime; nestable.
 //! * [`world`] — realms, hosts (agent + session endpoint on one socket,
@@ -26,6 +30,7 @@
 //! assert_eq!(r.outcome, Outcome::Punched);
 //! ```
 
+pub mod conn;
 pub mod nat;
 pub mod preset;
 pub mod scenario;

@@ -3,11 +3,14 @@
 //! Both peers classify themselves through their NATs (a real sweep against R
 //! and S), announce, and then A asks R for a punch to B.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use natrix_proto::wire::NodeId;
-use natrix_proto::{Channel, Config, Event, NatClass, PathMethod, TraversalError};
+use natrix_proto::{Channel, Config, Event, Instant, NatClass, PathMethod, TraversalError};
+use natrix_session::path::{ChangeReason, PathEvent, PathKind, UpgradeError};
+use natrix_session::relay::RelayConfig;
 
 use crate::preset::{Placed, Preset, place};
 use crate::world::{HostId, LinkConfig, Realm, World};
@@ -174,7 +177,7 @@ pub const WARM_UP: Duration = Duration::from_secs(1);
 /// a session or a classification from completing.
 pub const WARM_UP_MAX: Duration = Duration::from_secs(30);
 
-/// Builds R, S, A (slot 1) and B (slot 2), has A and B dial R and S (real
+/// Builds R (a relay too, with the default quotas), S, A (slot 1) and B (slot 2), has A and B dial R and S (real
 /// handshakes through their NATs) and lets both peers classify: see
 /// [`warm_up`]. Every clock is right.
 #[must_use]
@@ -240,6 +243,7 @@ fn build(
         server_config(config),
         seed ^ 2,
     );
+    world.enable_relay(r, RelayConfig::default());
     for h in [r, s] {
         let addr = world.host(h).addr;
         world
@@ -453,4 +457,251 @@ pub fn verify_path(
         world.run_for(Duration::from_millis(100));
     }
     world.host(a).app_inbox.len() > before.0 && world.host(b).app_inbox.len() > before.1
+}
+
+// ----------------------------------------------------------- connections
+
+/// Application traffic on one connection: both ends send a numbered
+/// datagram every `interval` (an end sends only once its side of the
+/// connection exists), and the delivered datagrams are checked against what
+/// was sent.
+#[derive(Clone, Debug)]
+pub struct Traffic {
+    /// One end (the dialler).
+    pub a: HostId,
+    /// The other end.
+    pub b: HostId,
+    /// Time between two datagrams of one end.
+    pub interval: Duration,
+    /// Datagram size (at least 8: the sequence number).
+    pub size: usize,
+    /// What each end sent: (sequence number, time); `[0]` is `a`'s.
+    pub sent: [Vec<(u64, Instant)>; 2],
+}
+
+/// What a [`Traffic`] run delivered, per direction (`[0]`: `a` → `b`).
+#[derive(Clone, Debug, Default)]
+pub struct TrafficReport {
+    /// Datagrams sent.
+    pub sent: [usize; 2],
+    /// Distinct datagrams delivered.
+    pub delivered: [usize; 2],
+    /// Datagrams delivered more than once (must be zero).
+    pub duplicates: [usize; 2],
+    /// Delivered datagrams by the kind of path that brought them.
+    pub by_kind: [BTreeMap<&'static str, usize>; 2],
+    /// The longest run of consecutive lost datagrams, as the time between
+    /// the first and the last one's sending (zero: nothing lost).
+    pub loss_window: [Duration; 2],
+    /// Lost datagrams (sent at least a second before the report).
+    pub lost: [usize; 2],
+    /// When the first datagram arrived.
+    pub first_arrival: [Option<Instant>; 2],
+}
+
+impl Traffic {
+    /// Traffic between `a` and `b`, one 64-byte datagram every `interval`
+    /// each way.
+    #[must_use]
+    pub fn new(a: HostId, b: HostId, interval: Duration) -> Self {
+        Traffic {
+            a,
+            b,
+            interval,
+            size: 64,
+            sent: [Vec::new(), Vec::new()],
+        }
+    }
+
+    /// Sends from both ends every `interval` while running `world` for `d`.
+    pub fn run(&mut self, world: &mut World, d: Duration) {
+        let until = world.now() + d;
+        while world.now() < until {
+            self.send_once(world);
+            let step = self
+                .interval
+                .min(until.saturating_duration_since(world.now()));
+            world.run_for(step);
+        }
+    }
+
+    /// One datagram from each end that has a connection.
+    pub fn send_once(&mut self, world: &mut World) {
+        for (i, (from, to)) in [(self.a, self.b), (self.b, self.a)].into_iter().enumerate() {
+            if world.conn_info(from, to).is_none() {
+                continue;
+            }
+            let seq = self.sent[i].len() as u64;
+            let mut bytes = vec![0u8; self.size.max(8)];
+            bytes[..8].copy_from_slice(&seq.to_be_bytes());
+            let now = world.now();
+            if world.conn_send(from, to, &bytes) {
+                self.sent[i].push((seq, now));
+            }
+        }
+    }
+
+    /// Checks what arrived against what was sent.
+    #[must_use]
+    pub fn report(&self, world: &World) -> TrafficReport {
+        let mut r = TrafficReport::default();
+        let now = world.now();
+        for (i, (from, to)) in [(self.a, self.b), (self.b, self.a)].into_iter().enumerate() {
+            let from_id = world.id(from);
+            let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
+            for d in world
+                .host(to)
+                .conns
+                .inbox
+                .iter()
+                .filter(|d| d.from == from_id)
+            {
+                let Some(seq) = d
+                    .bytes
+                    .get(..8)
+                    .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+                else {
+                    continue;
+                };
+                *seen.entry(seq).or_default() += 1;
+                *r.by_kind[i].entry(kind_name(d.kind)).or_default() += 1;
+                if r.first_arrival[i].is_none() {
+                    r.first_arrival[i] = Some(d.at);
+                }
+            }
+            r.sent[i] = self.sent[i].len();
+            r.delivered[i] = seen.len();
+            r.duplicates[i] = seen.values().filter(|&&n| n > 1).count();
+            let mut run: Option<(Instant, Instant)> = None;
+            let mut worst = Duration::ZERO;
+            for &(seq, at) in &self.sent[i] {
+                let settled = now.saturating_duration_since(at) >= Duration::from_secs(1);
+                if seen.contains_key(&seq) || !settled {
+                    run = None;
+                    continue;
+                }
+                r.lost[i] += 1;
+                let (first, _) = *run.get_or_insert((at, at));
+                run = Some((first, at));
+                worst = worst.max(at.saturating_duration_since(first));
+            }
+            r.loss_window[i] = worst;
+        }
+        r
+    }
+}
+
+fn kind_name(k: PathKind) -> &'static str {
+    match k {
+        PathKind::Direct => "direct",
+        PathKind::Relayed => "relayed",
+    }
+}
+
+/// One connection's first seconds, as the matrix example reports them.
+#[derive(Debug)]
+pub struct ConnectionRun {
+    /// Time from opening to the first datagram delivered, each way (`[0]`:
+    /// A → B).
+    pub first_datagram: [Option<Duration>; 2],
+    /// Time from opening until A's connection moved to a direct path.
+    pub time_to_direct: Option<Duration>,
+    /// The path each end is on at the end.
+    pub kinds: (Option<PathKind>, Option<PathKind>),
+    /// Why A's last upgrade failed, if it did.
+    pub upgrade_error: Option<UpgradeError>,
+    /// The traffic's delivery report.
+    pub report: TrafficReport,
+    /// The topology, for inspection.
+    pub topology: Topology,
+}
+
+impl ConnectionRun {
+    /// Whether data crossed both ways, on the path the connection ended on.
+    #[must_use]
+    pub fn exchanged(&self) -> bool {
+        let want = match self.kinds.0 {
+            Some(PathKind::Direct) => "direct",
+            _ => "relayed",
+        };
+        self.report
+            .by_kind
+            .iter()
+            .all(|k| k.get(want).copied().unwrap_or(0) > 0)
+    }
+}
+
+/// Builds the standard topology for `a` × `b` (seed `seed`, no loss, 10 ms
+/// latencies), opens a connection from A to B through R and exchanges a
+/// datagram each way every 20 ms until A's connection is direct and direct
+/// datagrams crossed both ways, or (where no punch works) A's first upgrade
+/// failed and relayed datagrams crossed both ways; at most `max`.
+#[must_use]
+pub fn run_connection(a: Preset, b: Preset, seed: u64, max: Duration) -> ConnectionRun {
+    let config = Config::default();
+    let mut t = topology(
+        seed,
+        a,
+        b,
+        LinkConfig::default(),
+        [Duration::from_millis(10); 3],
+        &config,
+    );
+    let (ha, hb, r) = (t.a.host, t.b.host, t.r);
+    let w = &mut t.world;
+    let t0 = w.now();
+    w.open_connection(ha, hb, r).expect("connection opens");
+    let mut traffic = Traffic::new(ha, hb, Duration::from_millis(20));
+    let mut time_to_direct = None;
+    let give_up = t0 + max;
+    while w.now() < give_up {
+        traffic.run(w, Duration::from_millis(20));
+        if time_to_direct.is_none() {
+            time_to_direct = w.host(ha).conns.events.iter().find_map(|(at, e)| match e {
+                PathEvent::Changed {
+                    reason: ChangeReason::Upgraded,
+                    ..
+                } => Some(at.saturating_duration_since(t0)),
+                _ => None,
+            });
+        }
+        let info = w.conn_info(ha, hb);
+        let rep = traffic.report(w);
+        let both = |k: &str| {
+            rep.by_kind
+                .iter()
+                .all(|m| m.get(k).copied().unwrap_or(0) > 0)
+        };
+        let done = match info {
+            Some(i) if i.kind == PathKind::Direct => both("direct"),
+            Some(i) => i.last_upgrade_error.is_some() && both("relayed"),
+            None => false,
+        };
+        if done {
+            break;
+        }
+    }
+    // Let what is in flight land.
+    world_settle(w);
+    let report = traffic.report(w);
+    let first_datagram = report
+        .first_arrival
+        .map(|t| t.map(|t| t.saturating_duration_since(t0)));
+    let kinds = (
+        w.conn_info(ha, hb).map(|i| i.kind),
+        w.conn_info(hb, ha).map(|i| i.kind),
+    );
+    let upgrade_error = w.conn_info(ha, hb).and_then(|i| i.last_upgrade_error);
+    ConnectionRun {
+        first_datagram,
+        time_to_direct,
+        kinds,
+        upgrade_error,
+        report,
+        topology: t,
+    }
+}
+
+fn world_settle(w: &mut World) {
+    w.run_for(Duration::from_millis(200));
 }

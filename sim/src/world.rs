@@ -79,10 +79,16 @@ use std::time::Duration;
 use blake2::{Blake2s256, Digest};
 use natrix_proto::wire::{NodeId, RendezvousMessage};
 use natrix_proto::{Agent, Channel, Config, DatagramVerdict, Event, Instant, Rng, Transmit};
+use natrix_session::path::{Applied, PathConfig, PathInfo, RelayRoute};
+use natrix_session::relay::{
+    RelayConfig, RelayFrame, RelayServer, encode_forward_into, encode_refused,
+};
 use natrix_session::{
-    DatagramKind, Endpoint, Keypair, MAX_PACKET, PublicKey, Received, SessionConfig, SessionEvent,
+    DatagramKind, Endpoint, Keypair, MAX_PACKET, MAX_PAYLOAD, PublicKey, Received, SendError,
+    SessionConfig, SessionEvent,
 };
 
+use crate::conn::{CH_DATA, CH_RELAY, ConnDatagram, HostConns, RefusalNotice, kind_of};
 use crate::nat::{Nat, NatConfig};
 
 /// Appends a line to the transcript, formatting only when one is recorded.
@@ -189,8 +195,12 @@ pub struct Host {
     /// Datagrams the session endpoint sent (handshakes, sealed control
     /// messages, session keep-alives and clock pings).
     pub session_datagrams_sent: u64,
+    /// Its connections, relay routes and (when it serves) relay server.
+    pub conns: HostConns,
     /// How many times the host took a new identity.
     generation: u32,
+    /// How many times the host restarted ([`World::restart_host`]).
+    restarts: u32,
     /// The agent's seed as given to [`World::add_host`].
     agent_seed: u64,
 }
@@ -221,6 +231,8 @@ pub enum Drop {
     Unroutable,
     /// Hairpinning is off.
     NoHairpin,
+    /// The link between the two hosts is blackholed ([`World::set_blackhole`]).
+    Blackhole,
 }
 
 /// The simulated world.
@@ -256,8 +268,16 @@ pub struct World {
     pub clock_offset_estimates: bool,
     /// The session configuration of hosts added (or re-keyed) from now on.
     pub session_config: SessionConfig,
+    /// The connection configuration of hosts added (or re-keyed) from now on.
+    pub path_config: PathConfig,
+    /// Host pairs whose direct datagrams are dropped (both ways).
+    blackholes: BTreeSet<(HostId, HostId)>,
     /// Seal and poll buffer.
     scratch: Box<[u8]>,
+    /// Relay frame buffer.
+    frame_buf: Box<[u8]>,
+    /// Second seal buffer (a relay frame sealed on a coordinator session).
+    seal_buf: Box<[u8]>,
 }
 
 /// See [`World::control_filter`].
@@ -310,7 +330,11 @@ impl World {
             control_filter: None,
             clock_offset_estimates: true,
             session_config: SessionConfig::default(),
+            path_config: PathConfig::default(),
+            blackholes: BTreeSet::new(),
             scratch: vec![0u8; MAX_PACKET].into_boxed_slice(),
+            frame_buf: vec![0u8; MAX_PAYLOAD].into_boxed_slice(),
+            seal_buf: vec![0u8; MAX_PACKET].into_boxed_slice(),
         }
     }
 
@@ -357,6 +381,11 @@ impl World {
     #[must_use]
     pub fn nat(&self, id: NatId) -> &Nat {
         &self.nats[id.0].nat
+    }
+
+    /// A NAT, to change its behaviour (say, its binding lifetime) mid-run.
+    pub fn nat_mut(&mut self, id: NatId) -> &mut Nat {
+        &mut self.nats[id.0].nat
     }
 
     /// Drops every mapping of a NAT (reboot / rebinding).
@@ -425,7 +454,9 @@ impl World {
             unexplained_sends: Vec::new(),
             datagrams_sent: 0,
             session_datagrams_sent: 0,
+            conns: HostConns::new(self.path_config),
             generation: 0,
+            restarts: 0,
             agent_seed: seed,
         });
         log!(self, "{name} at {addr} is {key} ({id})");
@@ -452,8 +483,41 @@ impl World {
         host.id = id;
         host.endpoint = endpoint;
         host.agent = agent;
+        let relay = host.conns.relay.as_ref().map(|r| *r.config());
+        host.conns = HostConns::new(self.path_config);
+        host.conns.relay = relay.map(RelayServer::new);
         log!(self, "{} is now {key} ({id})", self.hosts[h.0].name);
         id
+    }
+
+    /// Restarts host `h` with the same key: a fresh endpoint, agent,
+    /// connection manager and relay server (same configurations); every
+    /// session, punch, connection and circuit it had is forgotten without a
+    /// word, as when a process restarts. Its peers notice when their
+    /// sessions go silent (and re-dial).
+    pub fn restart_host(&mut self, h: HostId) {
+        let restarts = self.hosts[h.0].restarts + 1;
+        let generation = self.hosts[h.0].generation;
+        let (keypair, _) = self.identity(h.0, generation);
+        let mut seed = derive(b"endpoint-restart/v1", self.seed, h.0, generation);
+        seed[..4].copy_from_slice(&restarts.to_be_bytes());
+        let endpoint = Endpoint::new(keypair, self.session_config.clone(), seed);
+        let host = &self.hosts[h.0];
+        let (id, addr, config) = (host.id, host.addr, host.agent.config().clone());
+        let class = host.agent.classification();
+        let agent_seed = host.agent_seed ^ u64::from(restarts).rotate_left(48);
+        let mut agent = self.new_agent(id, addr, config, agent_seed);
+        if let Some(c) = class {
+            agent.set_local_classification(c.class, c.reflex);
+        }
+        let host = &mut self.hosts[h.0];
+        host.restarts = restarts;
+        host.endpoint = endpoint;
+        host.agent = agent;
+        let relay = host.conns.relay.as_ref().map(|r| *r.config());
+        host.conns = HostConns::new(self.path_config);
+        host.conns.relay = relay.map(RelayServer::new);
+        log!(self, "{} restarted", self.hosts[h.0].name);
     }
 
     /// The host with node id `id`.
@@ -683,9 +747,14 @@ impl World {
             log!(self, "{name} ({src}) -> {dst} {kind}lost");
             return self.count_drop(Drop::Loss);
         }
-        let dst_latency = self
-            .route_down(meet, src, dst, false)
-            .map_or(Duration::from_millis(10), |h| self.hosts[h.0].latency);
+        let dst_host = self.route_down(meet, src, dst, false).ok();
+        if let Some(to) = dst_host {
+            if self.blackholed(from, to) {
+                log!(self, "{name} ({src}) -> {dst} {kind}blackholed");
+                return self.count_drop(Drop::Blackhole);
+            }
+        }
+        let dst_latency = dst_host.map_or(Duration::from_millis(10), |h| self.hosts[h.0].latency);
         let copies = if impaired && self.chance(self.link.duplicate) {
             2
         } else {
@@ -716,6 +785,126 @@ impl World {
         }
     }
 
+    /// Drops every datagram between hosts `a` and `b` (both ways) while
+    /// `on`: a direct path gone dark. Datagrams through a third host (a
+    /// relay) pass; datagrams already in flight arrive.
+    pub fn set_blackhole(&mut self, a: HostId, b: HostId, on: bool) {
+        let pair = (a.min(b), a.max(b));
+        if on {
+            self.blackholes.insert(pair);
+        } else {
+            self.blackholes.remove(&pair);
+        }
+        log!(
+            self,
+            "link {} <-> {} blackholed: {on}",
+            self.hosts[a.0].name,
+            self.hosts[b.0].name
+        );
+    }
+
+    fn blackholed(&self, a: HostId, b: HostId) -> bool {
+        !self.blackholes.is_empty() && self.blackholes.contains(&(a.min(b), a.max(b)))
+    }
+
+    // ---------------------------------------------------------- connections
+
+    /// Makes host `h` a relay (S3): forward frames from its peers are
+    /// forwarded under `config`'s quotas ([`RelayServer`]).
+    pub fn enable_relay(&mut self, h: HostId, config: RelayConfig) {
+        self.hosts[h.0].conns.relay = Some(RelayServer::new(config));
+    }
+
+    /// Opens a connection from `a` to `b` through coordinator `via` (which
+    /// `a` must have dialled, [`connect`](Self::connect)): `a`'s endpoint
+    /// dials `b`'s key over the relay route, and `a`'s connection manager
+    /// starts on the relay and drives upgrades (the first at once, once the
+    /// session is up). `b` accepts when the session comes up there.
+    ///
+    /// # Errors
+    /// When `a` never dialled `via`, or the connection manager is full.
+    pub fn open_connection(
+        &mut self,
+        a: HostId,
+        b: HostId,
+        via: HostId,
+    ) -> Result<PathInfo, String> {
+        let slot = self.hosts[a.0].conns.slot_of(via).ok_or_else(|| {
+            format!(
+                "{} never dialled {}",
+                self.hosts[a.0].name, self.hosts[via.0].name
+            )
+        })?;
+        let (key, node, via_id) = (
+            self.hosts[b.0].key,
+            self.hosts[b.0].id,
+            self.hosts[via.0].id,
+        );
+        let route = RelayRoute {
+            via: slot,
+            peer: node,
+        };
+        let (now, wall) = (self.now, self.wall_ms(a));
+        let host = &mut self.hosts[a.0];
+        let info = host
+            .conns
+            .paths
+            .open(now, key, route, via_id, true)
+            .map_err(|e| e.to_string())?;
+        host.conns.dialled.insert(key, slot);
+        let r = host.endpoint.connect(now, wall, key, route.addr());
+        log!(
+            self,
+            "{} opens a connection to {node} via {via_id}: {r:?}",
+            self.hosts[a.0].name
+        );
+        self.drain(a);
+        Ok(info)
+    }
+
+    /// `a` sends an application datagram to `b` on their connection (the
+    /// session's data channel, over whatever path the connection is on).
+    /// Returns whether it was sent or queued behind the session's handshake.
+    pub fn conn_send(&mut self, a: HostId, b: HostId, bytes: &[u8]) -> bool {
+        let key = self.hosts[b.0].key;
+        let now = self.now;
+        let host = &mut self.hosts[a.0];
+        if host.conns.paths.on_sent(now, &key, bytes.len()).is_none() {
+            return false;
+        }
+        let mut out = std::mem::take(&mut self.scratch);
+        let r = host.endpoint.send(now, &key, CH_DATA, bytes, &mut out);
+        let ok = match r {
+            Ok(Some((to, len))) => {
+                self.send_packet(a, to, &out[..len]);
+                true
+            }
+            Ok(None) => true,
+            Err(SendError::NoSession) => false,
+            Err(e) => {
+                log!(self, "{}: data not sent: {e}", self.hosts[a.0].name);
+                false
+            }
+        };
+        self.scratch = out;
+        self.drain(a);
+        ok
+    }
+
+    /// `a`'s connection to `b`, now (D2).
+    #[must_use]
+    pub fn conn_info(&self, a: HostId, b: HostId) -> Option<PathInfo> {
+        self.hosts[a.0].conns.paths.info(&self.hosts[b.0].key)
+    }
+
+    /// Host `h`'s network changed (a new interface address, a new reflex, a
+    /// rebinding): its relayed connections retry their upgrades now.
+    pub fn network_changed(&mut self, h: HostId) {
+        let now = self.now;
+        self.hosts[h.0].conns.paths.network_changed(now);
+        self.drain(h);
+    }
+
     // ------------------------------------------------------------- sessions
 
     /// `client` dials `server` (which must be on the Internet): its endpoint
@@ -735,6 +924,10 @@ impl World {
             "servers live on the Internet"
         );
         let (key, addr) = (self.hosts[server.0].key, self.hosts[server.0].addr);
+        let conns = &mut self.hosts[client.0].conns;
+        if conns.slot_of(server).is_none() {
+            conns.coordinators.push(server);
+        }
         let (now, wall) = (self.now, self.wall_ms(client));
         let result = self.hosts[client.0].endpoint.connect(now, wall, key, addr);
         log!(
@@ -844,7 +1037,7 @@ impl World {
             let mut buf = std::mem::take(&mut self.scratch);
             let next = self.hosts[h.0].endpoint.poll_transmit(&mut buf);
             if let Some((to, len)) = next {
-                self.send_session_datagram(h, to, &buf[..len]);
+                self.send_packet(h, to, &buf[..len]);
             }
             self.scratch = buf;
             if next.is_none() {
@@ -859,13 +1052,35 @@ impl World {
         any
     }
 
-    /// One session event of host `h`, handed to its agent.
+    /// One session event of host `h`: a connection peer's goes to the
+    /// connection manager, any other to the agent (never one on a relay
+    /// route: the agent must not see a relay route as a session address).
     fn session_event(&mut self, h: HostId, ev: SessionEvent) {
         let now = self.now;
         log!(self, "{} session {ev:?}", self.hosts[h.0].name);
         let estimates = self.clock_offset_estimates;
+        self.hosts[h.0].session_events.push((now, ev.clone()));
+        let conn_peer = match &ev {
+            SessionEvent::Up { peer, addr, .. } => {
+                self.hosts[h.0].conns.paths.contains(peer) || RelayRoute::is_relay(addr)
+            }
+            SessionEvent::AddrChanged { peer, old, new, .. } => {
+                self.hosts[h.0].conns.paths.contains(peer)
+                    || RelayRoute::is_relay(old)
+                    || RelayRoute::is_relay(new)
+            }
+            SessionEvent::ClockOffset { peer, .. } | SessionEvent::Down { peer, .. } => {
+                self.hosts[h.0].conns.paths.contains(peer)
+            }
+            SessionEvent::HandshakeFailed { peer, .. } => {
+                self.hosts[h.0].conns.dialled.contains_key(peer)
+            }
+        };
+        if conn_peer {
+            self.conn_session_event(h, ev);
+            return;
+        }
         let host = &mut self.hosts[h.0];
-        host.session_events.push((now, ev.clone()));
         let agent = &mut host.agent;
         match ev {
             SessionEvent::Up {
@@ -890,10 +1105,132 @@ impl World {
                     let _ = agent.handle_clock_offset(node, offset_ms);
                 }
             }
-            SessionEvent::Down { node, .. } => agent.handle_session_down(now, node),
-            // Handshake failures and future events: recorded only.
+            SessionEvent::Down { peer, node, .. } => {
+                agent.handle_session_down(now, node);
+                if let Some(relay) = host.conns.relay.as_mut() {
+                    relay.peer_gone(now, node);
+                }
+                self.redial(h, &peer);
+            }
+            SessionEvent::HandshakeFailed { peer, .. } => self.redial(h, &peer),
+        }
+    }
+
+    /// A session of `h` with `peer` went down or its handshake failed: a
+    /// connection `h` opened is dialled again over its relay route, and a
+    /// coordinator of a host with connections is dialled again at its
+    /// address, at once (as a driver does). Without connections nothing is
+    /// re-dialled.
+    fn redial(&mut self, h: HostId, peer: &PublicKey) {
+        let (now, wall) = (self.now, self.wall_ms(h));
+        let conns = &self.hosts[h.0].conns;
+        let target = if let Some(&slot) = conns.dialled.get(peer) {
+            RelayRoute {
+                via: slot,
+                peer: peer.node_id(),
+            }
+            .addr()
+        } else {
+            let coordinator = conns
+                .coordinators
+                .iter()
+                .find(|&&c| self.hosts[c.0].key == *peer && !conns.paths.is_empty());
+            match coordinator {
+                Some(&c) => self.hosts[c.0].addr,
+                None => return,
+            }
+        };
+        let r = self.hosts[h.0].endpoint.connect(now, wall, *peer, target);
+        log!(
+            self,
+            "{} re-dials {} at {target}: {r:?}",
+            self.hosts[h.0].name,
+            peer.node_id()
+        );
+    }
+
+    /// A session event about a connection peer (or on a relay route).
+    fn conn_session_event(&mut self, h: HostId, ev: SessionEvent) {
+        let now = self.now;
+        match ev {
+            SessionEvent::Up {
+                peer, node, addr, ..
+            } => {
+                let conns = &mut self.hosts[h.0].conns;
+                if !conns.paths.contains(&peer) {
+                    // Accept: a peer dialled us over a relay route (a
+                    // session whose handshake came that way stays there
+                    // until the connection moves it).
+                    let Some(route) = RelayRoute::from_addr(addr) else {
+                        return;
+                    };
+                    let Some(&coord) = conns.coordinators.get(usize::from(route.via)) else {
+                        return;
+                    };
+                    let via = self.hosts[coord.0].id;
+                    let route = RelayRoute {
+                        via: route.via,
+                        peer: node,
+                    };
+                    let r = self.hosts[h.0]
+                        .conns
+                        .paths
+                        .open(now, peer, route, via, false);
+                    log!(
+                        self,
+                        "{} accepts a connection from {node}: {r:?}",
+                        self.hosts[h.0].name
+                    );
+                }
+                self.hosts[h.0].conns.paths.on_session_up(now, &peer);
+            }
+            SessionEvent::AddrChanged { peer, new, .. } => {
+                self.hosts[h.0]
+                    .conns
+                    .paths
+                    .on_session_moved(now, &peer, new);
+            }
+            // As the driver does: the side that opened the connection dials
+            // again through the relay (the connection waits there), the
+            // accepting side's connection ends; a connection whose
+            // handshake fails ends.
+            SessionEvent::Down { peer, .. } => {
+                let conns = &mut self.hosts[h.0].conns;
+                if conns.dialled.contains_key(&peer) {
+                    conns.paths.on_session_down(now, &peer);
+                } else {
+                    conns.paths.close(&peer);
+                }
+                self.redial(h, &peer);
+            }
+            SessionEvent::HandshakeFailed { peer, .. } => {
+                let conns = &mut self.hosts[h.0].conns;
+                if conns.dialled.remove(&peer).is_some() {
+                    conns.paths.close(&peer);
+                }
+                self.redial(h, &peer);
+            }
             _ => {}
         }
+    }
+
+    /// Asks `h`'s agent for an upgrade punch to `peer` through `via` (the
+    /// path ping that follows waits for the session's keys: `Paths`).
+    fn request_upgrade(&mut self, h: HostId, peer: PublicKey, via: NodeId) {
+        let now = self.now;
+        let host = &mut self.hosts[h.0];
+        let node = peer.node_id();
+        let conns = &mut host.conns;
+        HostConns::push(&mut conns.punches, &mut conns.log_overflow, (now, node));
+        let r = host.agent.request_punch(now, node, via);
+        if let Err(e) = r {
+            host.conns.paths.on_punch(now, &peer, Err(e));
+        }
+        log!(
+            self,
+            "{} upgrade punch to {node} via {via}: {r:?}",
+            self.hosts[h.0].name
+        );
     }
 
     /// Drains one host: the endpoint's datagrams and events, the agent's
@@ -934,6 +1271,17 @@ impl World {
                 let now = self.now;
                 log!(self, "{} event {e:?}", self.hosts[h.0].name);
                 self.hosts[h.0].events.push((now, e));
+                let outcome = match e {
+                    Event::PunchSucceeded { peer, path, .. } => Some((peer, Ok(path))),
+                    Event::PunchFailed { peer, error, .. } => Some((peer, Err(error))),
+                    _ => None,
+                };
+                if let Some((node, outcome)) = outcome {
+                    let host = &mut self.hosts[h.0];
+                    if let Some(key) = host.endpoint.peer_by_node_id(node) {
+                        host.conns.paths.on_punch(now, &key, outcome);
+                    }
+                }
                 if let Event::ClassificationChanged { class, reflex } = e {
                     let id = self.hosts[h.0].id;
                     for other in 0..self.hosts.len() {
@@ -945,8 +1293,189 @@ impl World {
                     }
                 }
             }
+            any |= self.pump_paths(h);
             if !any {
                 break;
+            }
+        }
+    }
+
+    /// Carries out what `h`'s connection manager asks for (path pings and
+    /// pongs through the transmit function, session moves, upgrade punches)
+    /// and records its events. Returns whether there was anything.
+    fn pump_paths(&mut self, h: HostId) -> bool {
+        let mut any = false;
+        let now = self.now;
+        while let Some(action) = self.hosts[h.0].conns.paths.poll_action() {
+            any = true;
+            let mut buf = std::mem::take(&mut self.scratch);
+            let host = &mut self.hosts[h.0];
+            let applied = host
+                .conns
+                .paths
+                .apply(&mut host.endpoint, now, action, &mut buf);
+            log!(
+                self,
+                "{} path {action:?}: {applied:?}",
+                self.hosts[h.0].name
+            );
+            match applied {
+                Applied::Send(to, len) => self.send_packet(h, to, &buf[..len]),
+                Applied::Punch { peer, via } => self.request_upgrade(h, peer, via),
+                Applied::Nothing => {}
+            }
+            self.scratch = buf;
+        }
+        while let Some(e) = self.hosts[h.0].conns.paths.poll_event() {
+            any = true;
+            log!(self, "{} path event {e:?}", self.hosts[h.0].name);
+            let conns = &mut self.hosts[h.0].conns;
+            HostConns::push(&mut conns.events, &mut conns.log_overflow, (now, e));
+        }
+        any
+    }
+
+    /// The one transmit function of host `h`'s endpoint: a packet for a
+    /// relay route goes to the route's coordinator as a forward frame, sealed
+    /// (unreliably) on the coordinator's session on [`CH_RELAY`]; anything
+    /// else is a UDP datagram.
+    fn send_packet(&mut self, h: HostId, to: SocketAddr, bytes: &[u8]) {
+        let Some(route) = RelayRoute::from_addr(to) else {
+            self.send_session_datagram(h, to, bytes);
+            return;
+        };
+        let Some(&coord) = self.hosts[h.0]
+            .conns
+            .coordinators
+            .get(usize::from(route.via))
+        else {
+            log!(
+                self,
+                "{} -> {to}: no coordinator in slot {}",
+                self.hosts[h.0].name,
+                route.via
+            );
+            return;
+        };
+        let coord_key = self.hosts[coord.0].key;
+        let mut frame = std::mem::take(&mut self.frame_buf);
+        let mut out = std::mem::take(&mut self.seal_buf);
+        match encode_forward_into(route.peer, bytes, &mut frame) {
+            Ok(n) => {
+                let now = self.now;
+                let r =
+                    self.hosts[h.0]
+                        .endpoint
+                        .send(now, &coord_key, CH_RELAY, &frame[..n], &mut out);
+                match r {
+                    Ok(Some((addr, len))) => self.send_session_datagram(h, addr, &out[..len]),
+                    Ok(None) => {}
+                    Err(e) => log!(
+                        self,
+                        "{} -> {to}: relay frame not sent: {e}",
+                        self.hosts[h.0].name
+                    ),
+                }
+            }
+            Err(e) => log!(self, "{} -> {to}: {e}", self.hosts[h.0].name),
+        }
+        self.frame_buf = frame;
+        self.seal_buf = out;
+    }
+
+    /// A relay frame from `from` (node `node`) at host `h`: served when `h`
+    /// runs a relay, unwrapped when it comes from one of `h`'s coordinators.
+    fn relay_frame(&mut self, h: HostId, node: NodeId, payload: &[u8]) {
+        let now = self.now;
+        let Ok(frame) = RelayFrame::decode(payload) else {
+            log!(
+                self,
+                "{}: bad relay frame from {node}",
+                self.hosts[h.0].name
+            );
+            return;
+        };
+        if self.hosts[h.0].conns.relay.is_some() {
+            let RelayFrame::Forward { peer: to, packet } = frame else {
+                return;
+            };
+            let host = &mut self.hosts[h.0];
+            let to_key = host.endpoint.peer_by_node_id(to);
+            let online = to_key.is_some_and(|k| host.endpoint.session(&k).is_some());
+            let relay = host.conns.relay.as_mut().expect("serves");
+            let mut out = std::mem::take(&mut self.seal_buf);
+            let mut buf = std::mem::take(&mut self.frame_buf);
+            match relay.forward(now, node, to, packet.len(), online) {
+                Ok(()) => {
+                    host.conns.relayed += 1;
+                    let key = to_key.expect("online");
+                    let n = encode_forward_into(node, packet, &mut buf).expect("fits");
+                    if let Ok(Some((addr, len))) =
+                        host.endpoint.send(now, &key, CH_RELAY, &buf[..n], &mut out)
+                    {
+                        self.send_session_datagram(h, addr, &out[..len]);
+                    }
+                }
+                Err(refused) => {
+                    host.conns.refused += 1;
+                    log!(
+                        self,
+                        "{} relay {node} -> {to} refused: {}",
+                        self.hosts[h.0].name,
+                        refused.refusal
+                    );
+                    if refused.notify {
+                        let notice = encode_refused(to, refused.refusal);
+                        let host = &mut self.hosts[h.0];
+                        if let Some(key) = host.endpoint.peer_by_node_id(node) {
+                            if let Ok(Some((addr, len))) =
+                                host.endpoint.send(now, &key, CH_RELAY, &notice, &mut out)
+                            {
+                                self.send_session_datagram(h, addr, &out[..len]);
+                            }
+                        }
+                    }
+                }
+            }
+            self.seal_buf = out;
+            self.frame_buf = buf;
+            return;
+        }
+        let Some(slot) = self
+            .hosts
+            .iter()
+            .position(|x| x.id == node)
+            .and_then(|c| self.hosts[h.0].conns.slot_of(HostId(c)))
+        else {
+            log!(
+                self,
+                "{}: relay frame from {node}, not a coordinator",
+                self.hosts[h.0].name
+            );
+            return;
+        };
+        match frame {
+            RelayFrame::Forward { peer, packet } => {
+                let from = RelayRoute { via: slot, peer }.addr();
+                if let DatagramKind::Session(_) = natrix_session::classify(packet) {
+                    self.deliver_session(h, from, packet);
+                }
+            }
+            RelayFrame::Refused { peer, .. } => {
+                let refusal = frame.refusal().expect("a refusal");
+                log!(
+                    self,
+                    "{} relay to {peer} refused by {node}: {refusal}",
+                    self.hosts[h.0].name
+                );
+                let conns = &mut self.hosts[h.0].conns;
+                let notice = RefusalNotice {
+                    at: now,
+                    coordinator: node,
+                    peer,
+                    refusal,
+                };
+                HostConns::push(&mut conns.refusals, &mut conns.log_overflow, notice);
             }
         }
     }
@@ -960,12 +1489,12 @@ impl World {
         let received = host.endpoint.handle_datagram(now, wall, src, bytes);
         let (data, verdict) = match received {
             Received::Data {
+                peer,
                 node,
                 from,
                 channel,
                 payload,
-                ..
-            } => (Some((node, from, channel, payload.to_vec())), None),
+            } => (Some((peer, node, from, channel, payload.to_vec())), None),
             Received::Consumed => (None, None),
             Received::Dropped(reason) => (None, Some(reason)),
         };
@@ -974,15 +1503,54 @@ impl World {
             "{} <- {src} session {}",
             self.hosts[h.0].name,
             match (&data, verdict) {
-                (Some((_, _, ch, _)), _) => format!("data on channel {ch}"),
+                (Some((_, _, _, ch, _)), _) => format!("data on channel {ch}"),
                 (None, Some(reason)) => format!("dropped: {reason:?}"),
                 (None, None) => "consumed".to_owned(),
             }
         );
         self.pump_endpoint(h);
-        let Some((node, from, ch, payload)) = data else {
+        let Some((peer, node, from, ch, payload)) = data else {
             return;
         };
+        match ch {
+            CH_RELAY => {
+                self.relay_frame(h, node, &payload);
+                self.drain(h);
+                return;
+            }
+            natrix_session::path::CH_PATH => {
+                let mut out = std::mem::take(&mut self.scratch);
+                let host = &mut self.hosts[h.0];
+                let reply = host.conns.paths.handle_message(
+                    &mut host.endpoint,
+                    now,
+                    &peer,
+                    from,
+                    &payload,
+                    &mut out,
+                );
+                if let Some((to, len)) = reply {
+                    self.send_packet(h, to, &out[..len]);
+                }
+                self.scratch = out;
+                self.drain(h);
+                return;
+            }
+            CH_DATA if self.hosts[h.0].conns.paths.contains(&peer) => {
+                let conns = &mut self.hosts[h.0].conns;
+                conns.paths.on_received(now, &peer, from, payload.len());
+                let item = ConnDatagram {
+                    at: now,
+                    from: node,
+                    kind: kind_of(from),
+                    bytes: payload,
+                };
+                HostConns::push(&mut conns.inbox, &mut conns.log_overflow, item);
+                self.drain(h);
+                return;
+            }
+            _ => {}
+        }
         let Some(channel) = Channel::from_wire_byte(ch) else {
             log!(
                 self,
@@ -1009,6 +1577,13 @@ impl World {
             dst,
             bytes,
         } = item;
+        if RelayRoute::is_relay(&src) {
+            log!(
+                self,
+                "{src} -> {dst} dropped: a relay-route source from the network"
+            );
+            return self.count_drop(Drop::Unroutable);
+        }
         match self.route_down(realm, src, dst, true) {
             Ok(h) => {
                 self.hosts[h.0].observed.insert(src);
@@ -1041,7 +1616,14 @@ impl World {
             .hosts
             .iter()
             .filter_map(|h| {
-                natrix_proto::time::earliest(h.agent.poll_timeout(), h.endpoint.poll_timeout())
+                let conns = natrix_proto::time::earliest(
+                    h.conns.paths.poll_timeout(),
+                    h.conns.relay.as_ref().and_then(RelayServer::poll_timeout),
+                );
+                natrix_proto::time::earliest(
+                    natrix_proto::time::earliest(h.agent.poll_timeout(), h.endpoint.poll_timeout()),
+                    conns,
+                )
             })
             .min();
         natrix_proto::time::earliest(q, timers)
@@ -1079,6 +1661,13 @@ impl World {
                 let host = &self.hosts[h];
                 let agent_due = host.agent.poll_timeout().is_some_and(|t| t <= now);
                 let session_due = host.endpoint.poll_timeout().is_some_and(|t| t <= now);
+                let paths_due = host.conns.paths.poll_timeout().is_some_and(|t| t <= now);
+                let relay_due = host
+                    .conns
+                    .relay
+                    .as_ref()
+                    .and_then(RelayServer::poll_timeout)
+                    .is_some_and(|t| t <= now);
                 if agent_due {
                     self.hosts[h].agent.handle_timeout(now);
                 }
@@ -1086,7 +1675,15 @@ impl World {
                     let wall = self.wall_ms(HostId(h));
                     self.hosts[h].endpoint.handle_timeout(now, wall);
                 }
-                if agent_due || session_due {
+                if paths_due {
+                    self.hosts[h].conns.paths.handle_timeout(now);
+                }
+                if relay_due {
+                    if let Some(relay) = self.hosts[h].conns.relay.as_mut() {
+                        relay.handle_timeout(now);
+                    }
+                }
+                if agent_due || session_due || paths_due {
                     self.drain(HostId(h));
                 }
             }
