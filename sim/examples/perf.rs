@@ -7,16 +7,21 @@
 //!    run to the deadline (acks withheld, as in the original protocol);
 //! 7. simulator speed: the full pair matrix, and 10,000 simulated punches
 //!    (every run dials four real Noise IK sessions, so most of the time is
-//!    the sessions' crypto).
+//!    the sessions' crypto);
+//! 8. connections (issue #13): the one-way latency the relay adds, and the
+//!    time from a direct path going dark to traffic on the relay, against
+//!    the configured dead-path timeout.
 //!
 //! `cargo run --release -p natrix-sim --example perf`
 
 use std::time::{Duration, Instant as WallClock};
 
 use natrix_proto::Config;
+use natrix_session::path::{ChangeReason, PathConfig, PathEvent, PathKind};
 use natrix_sim::LinkConfig;
 use natrix_sim::preset::Preset;
-use natrix_sim::scenario::{Outcome, PairScenario};
+use natrix_sim::scenario::{Outcome, PairScenario, Traffic, topology};
+use natrix_sim::{HostId, World};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1_000.0
@@ -116,4 +121,116 @@ fn main() {
         "   10,000 simulated punches (10% loss, each with its own topology, four session handshakes and classification): {:.1?} ({punched} punched)",
         t.elapsed()
     );
+
+    println!();
+    connections();
+}
+
+/// Mean one-way latency of the datagrams `to` received from `from` over
+/// `kind`, among those sent at or after `since`.
+fn latency(
+    w: &World,
+    tr: &Traffic,
+    dir: usize,
+    to: HostId,
+    from: HostId,
+    kind: PathKind,
+    since: natrix_proto::Instant,
+) -> Option<Duration> {
+    let from = w.id(from);
+    let (mut sum, mut n) = (Duration::ZERO, 0u32);
+    for d in w
+        .host(to)
+        .conns
+        .inbox
+        .iter()
+        .filter(|d| d.from == from && d.kind == kind)
+    {
+        let seq = u64::from_be_bytes(d.bytes.get(..8)?.try_into().ok()?);
+        let sent = tr.sent_at(dir, seq)?;
+        if sent >= since {
+            sum += d.at.saturating_duration_since(sent);
+            n += 1;
+        }
+    }
+    (n > 0).then(|| sum / n)
+}
+
+fn connections() {
+    println!(
+        "8. Connections (restricted cone x port-restricted cone; every access link 10 ms one way)"
+    );
+    let config = Config::default();
+    let dead_after = PathConfig::default().dead_after;
+    let (mut direct, mut relayed) = (Vec::new(), Vec::new());
+    let mut fallbacks = Vec::new();
+    let mut worst_gap = Duration::ZERO;
+    let seeds = 20u64;
+    for seed in 0..seeds {
+        let mut t = topology(
+            seed,
+            Preset::RestrictedCone,
+            Preset::PortRestrictedCone,
+            LinkConfig::default(),
+            [Duration::from_millis(10); 3],
+            &config,
+        );
+        let (a, b, r) = (t.a.host, t.b.host, t.r);
+        let w = &mut t.world;
+        w.open_connection(a, b, r).expect("opens");
+        let mut tr = Traffic::new(a, b, Duration::from_millis(20));
+        tr.run(w, Duration::from_secs(3));
+        let steady = w.now();
+        tr.run(w, Duration::from_secs(3));
+        if let Some(l) = latency(w, &tr, 0, b, a, PathKind::Direct, steady) {
+            direct.push(l);
+        }
+        let dark = w.now();
+        w.set_blackhole(a, b, true);
+        tr.run(w, Duration::from_secs(12));
+        for h in [a, b] {
+            let moved = w.host(h).conns.events.iter().find_map(|(at, e)| match e {
+                PathEvent::Changed {
+                    reason: ChangeReason::DirectDead,
+                    ..
+                } if *at >= dark => Some(*at),
+                _ => None,
+            });
+            if let Some(m) = moved {
+                fallbacks.push(m.saturating_duration_since(dark));
+            }
+        }
+        let on_relay = dark + Duration::from_secs(9);
+        if let Some(l) = latency(w, &tr, 0, b, a, PathKind::Relayed, on_relay) {
+            relayed.push(l);
+        }
+        w.run_for(Duration::from_secs(1));
+        worst_gap = worst_gap.max(tr.report(w).loss_window[0]);
+    }
+    let mean =
+        |v: &[Duration]| v.iter().sum::<Duration>() / u32::try_from(v.len().max(1)).unwrap_or(1);
+    let (d, r) = (mean(&direct), mean(&relayed));
+    println!(
+        "   one-way latency, steady state ({seeds} seeds): direct {:.1} ms, relayed {:.1} ms: the relay adds {:.1} ms ({:.2}x)",
+        ms(d),
+        ms(r),
+        ms(r.saturating_sub(d)),
+        r.as_secs_f64() / d.as_secs_f64().max(f64::EPSILON)
+    );
+    let max = fallbacks.iter().max().copied().unwrap_or_default();
+    let min = fallbacks.iter().min().copied().unwrap_or_default();
+    println!(
+        "   direct path dark -> traffic on the relay ({} ends): min {:.0} ms, mean {:.0} ms, max {:.0} ms; dead_after {:.0} ms; max / dead_after = {:.2} (goal <= 1.5)",
+        fallbacks.len(),
+        ms(min),
+        ms(mean(&fallbacks)),
+        ms(max),
+        ms(dead_after),
+        max.as_secs_f64() / dead_after.as_secs_f64()
+    );
+    println!(
+        "   longest run of lost datagrams (A -> B, any seed): {:.0} ms",
+        ms(worst_gap)
+    );
+    assert_eq!(fallbacks.len(), 2 * seeds as usize, "every end fell back");
 }

@@ -497,6 +497,10 @@ pub struct TrafficReport {
     pub lost: [usize; 2],
     /// When the first datagram arrived.
     pub first_arrival: [Option<Instant>; 2],
+    /// Mean one-way latency (sending to delivery) of the datagrams each
+    /// kind of path delivered: `[direction][0]` direct, `[direction][1]`
+    /// relayed.
+    pub mean_latency: [[Option<Duration>; 2]; 2],
 }
 
 impl Traffic {
@@ -541,6 +545,13 @@ impl Traffic {
         }
     }
 
+    /// When datagram `seq` of direction `dir` (`0`: a → b) was sent.
+    #[must_use]
+    pub fn sent_at(&self, dir: usize, seq: u64) -> Option<Instant> {
+        let at = self.sent.get(dir)?.get(usize::try_from(seq).ok()?)?;
+        (at.0 == seq).then_some(at.1)
+    }
+
     /// Checks what arrived against what was sent.
     #[must_use]
     pub fn report(&self, world: &World) -> TrafficReport {
@@ -549,6 +560,7 @@ impl Traffic {
         for (i, (from, to)) in [(self.a, self.b), (self.b, self.a)].into_iter().enumerate() {
             let from_id = world.id(from);
             let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
+            let mut latency = [(Duration::ZERO, 0u32); 2];
             for d in world
                 .host(to)
                 .conns
@@ -565,9 +577,19 @@ impl Traffic {
                 };
                 *seen.entry(seq).or_default() += 1;
                 *r.by_kind[i].entry(kind_name(d.kind)).or_default() += 1;
+                if let Some(&(_, sent_at)) =
+                    usize::try_from(seq).ok().and_then(|s| self.sent[i].get(s))
+                {
+                    let k = usize::from(d.kind == PathKind::Relayed);
+                    latency[k].0 += d.at.saturating_duration_since(sent_at);
+                    latency[k].1 += 1;
+                }
                 if r.first_arrival[i].is_none() {
                     r.first_arrival[i] = Some(d.at);
                 }
+            }
+            for (k, (sum, n)) in latency.into_iter().enumerate() {
+                r.mean_latency[i][k] = (n > 0).then(|| sum / n);
             }
             r.sent[i] = self.sent[i].len();
             r.delivered[i] = seen.len();
