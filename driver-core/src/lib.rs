@@ -32,8 +32,8 @@
 pub mod batch;
 pub mod buf;
 pub mod clock;
-pub mod control;
 pub mod connection;
+pub mod control;
 pub mod coordinator;
 pub mod net;
 pub mod node;
@@ -42,10 +42,10 @@ pub mod testkit;
 
 pub use buf::{BufPool, PooledBuf, SmallBytes};
 pub use clock::Clock;
+pub use connection::{Connection, ConnectionError, ConnectionEvent};
 pub use control::{
     ControlError, ControlInput, ControlPlane, HubFilter, InProcessControl, InProcessHub,
 };
-pub use connection::{Connection, ConnectionError, ConnectionEvent};
 pub use coordinator::{Coordinator, CoordinatorConfig};
 pub use net::{SessionControl, SessionControlConfig};
 pub use node::{
@@ -72,6 +72,7 @@ pub use runtime::{BoxFuture, Runtime, UdpSocket};
 /// What an application uses from a driver crate; `natrix-tokio` and
 /// `natrix-smol` re-export it whole, next to their `Node` alias.
 pub mod api {
+    pub use crate::connection::{Connection, ConnectionError, ConnectionEvent};
     pub use crate::control::{
         ControlError, ControlInput, ControlPlane, InProcessControl, InProcessHub,
     };
@@ -81,7 +82,6 @@ pub mod api {
         ConnectError, DriverStats, EventStream, NodeConfig, NodeError, NodeEvent, PunchOutcome,
         Reclassified, SessionRequestError,
     };
-    pub use crate::connection::{Connection, ConnectionError, ConnectionEvent};
     pub use crate::os_seed;
     pub use natrix_proto::NatClass;
     pub use natrix_session::keyfile;

@@ -901,17 +901,21 @@ macro_rules! e2e_suite {
         }
         #[test]
         fn s3_s4_d2_connection_relay_upgrade_fallback_v4() {
-            $block_on($crate::testkit::conn::net_connection_relay_upgrade_fallback(
-                $rt,
-                $crate::testkit::V4,
-            ))
+            $block_on(
+                $crate::testkit::conn::net_connection_relay_upgrade_fallback(
+                    $rt,
+                    $crate::testkit::V4,
+                ),
+            )
         }
         #[test]
         fn s3_s4_d2_connection_relay_upgrade_fallback_v6() {
-            $block_on($crate::testkit::conn::net_connection_relay_upgrade_fallback(
-                $rt,
-                $crate::testkit::V6,
-            ))
+            $block_on(
+                $crate::testkit::conn::net_connection_relay_upgrade_fallback(
+                    $rt,
+                    $crate::testkit::V6,
+                ),
+            )
         }
         #[test]
         fn s3_relay_quota_reaches_the_sender_v4() {
