@@ -76,7 +76,10 @@ pub enum ConnectionError {
 }
 
 /// A connection to one peer (see the [module docs](self)). Dropping it does
-/// not close it; [`close`](Self::close) does.
+/// not close it; [`close`](Self::close) does. Clones share the connection
+/// (a sending task and a receiving task, say): each datagram and each event
+/// goes to one of them.
+#[derive(Clone)]
 pub struct Connection {
     peer: PublicKey,
     commands: async_channel::Sender<Command>,
