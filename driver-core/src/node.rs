@@ -23,6 +23,8 @@ use natrix_session::path::{PathEvent, PathInfo, PathStats};
 use natrix_session::relay::{Refusal, RelayStats};
 use natrix_session::{HandshakeError, PublicKey, SessionInfo, SessionStats};
 
+use tracing::{debug, info, info_span};
+
 use crate::buf::{Inbox, InboxSender};
 use crate::clock::Clock;
 use crate::connection::ConnectionEvent;
@@ -1227,6 +1229,8 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
             }
             ControlInput::SessionDown { peer } => self.agent.handle_session_down(now, peer),
             ControlInput::RequestPunch { peer, via } => {
+                let _span = info_span!("connection", %peer).entered();
+                debug!(coordinator = %via, "upgrade: punch requested");
                 if let Err(e) = self.agent.request_punch(now, peer.node_id(), via) {
                     self.control.punch_outcome(now, peer.node_id(), Err(e));
                 }
@@ -1257,12 +1261,22 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                     PathEvent::Changed { info, .. } => info.peer,
                     PathEvent::UpgradeFailed { peer, .. } => peer,
                 };
+                let _span = info_span!("connection", %peer).entered();
+                match ev {
+                    PathEvent::Changed { info, reason } => {
+                        info!(path = %info.kind, remote = %info.remote, ?reason, rtt = ?info.rtt, "path");
+                    }
+                    PathEvent::UpgradeFailed { error, .. } => {
+                        info!(%error, "upgrade failed; staying on the relay");
+                    }
+                }
                 if let Some(sinks) = self.conns.get(&peer) {
                     let _ = sinks.events.try_send(ConnectionEvent::Path(ev));
                 }
                 self.publish(NodeEvent::Path(ev));
             }
             ControlInput::RelayRefused { peer, refusal } => {
+                info!(%peer, %refusal, "relay refused a frame (S3)");
                 if let Some(sinks) = self
                     .conns
                     .iter()
@@ -1276,6 +1290,7 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                 self.publish(NodeEvent::RelayRefused { peer, refusal });
             }
             ControlInput::ConnectionClosed { peer, error } => {
+                info!(%peer, ?error, "connection closed");
                 if let Some(sinks) = self.conns.remove(&peer) {
                     let _ = sinks.events.try_send(ConnectionEvent::Closed(error));
                 }
@@ -1373,11 +1388,28 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
             // Every punch outcome, either role, is news for a connection to
             // that peer (S4 upgrades).
             match e {
-                Event::PunchSucceeded { peer, path, .. } => {
+                Event::PunchSucceeded {
+                    peer,
+                    punch_id,
+                    role,
+                    path,
+                    method,
+                    elapsed,
+                } => {
+                    let _span = info_span!("punch", %peer, punch_id, ?role).entered();
+                    info!(%path, ?method, ?elapsed, "direct path found");
                     let now = self.now();
                     self.control.punch_outcome(now, peer, Ok(path));
                 }
-                Event::PunchFailed { peer, error, .. } => {
+                Event::PunchFailed {
+                    peer,
+                    punch_id,
+                    role,
+                    error,
+                    elapsed,
+                } => {
+                    let _span = info_span!("punch", %peer, punch_id, ?role).entered();
+                    info!(%error, ?elapsed, "no direct path; the relay stays in use");
                     let now = self.now();
                     self.control.punch_outcome(now, peer, Err(error));
                 }

@@ -1,0 +1,131 @@
+//! `natrix coordinator`: rendezvous, reflex answers, the directory and the
+//! relay, until interrupted.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use natrix_tokio::{Coordinator, CoordinatorConfig, RelayConfig, Tokio, os_seed};
+
+use crate::common::{default_key_path, load_or_create_key, wait_for_signal};
+use crate::error::{CliError, CliResult, Exit};
+
+/// `natrix coordinator` options.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Example:\n  natrix coordinator --listen 0.0.0.0:7000 --public-addr 203.0.113.7:7000\n  \
+natrix1q…@203.0.113.7:7000   (the dial string, on stdout: peers pass it to --coordinator)"
+)]
+pub(crate) struct Args {
+    /// UDP address to listen on.
+    #[arg(long, short, default_value = "0.0.0.0:7000")]
+    pub listen: SocketAddr,
+    /// The address peers reach this coordinator at, when it differs from
+    /// --listen (a wildcard listen address, a port forward).
+    #[arg(long)]
+    pub public_addr: Option<SocketAddr>,
+    /// Key file (created with a new identity if missing). Default: $NATRIX_KEY,
+    /// else ~/.config/natrix/key.
+    #[arg(long, short)]
+    pub key: Option<PathBuf>,
+    /// Do not relay (peers that cannot punch get a typed refusal).
+    #[arg(long)]
+    pub no_relay: bool,
+    /// Relay quota: bytes per second per circuit.
+    #[arg(long, default_value_t = 128 * 1024)]
+    pub relay_rate: u64,
+    /// Relay quota: circuits a peer may open.
+    #[arg(long, default_value_t = 8)]
+    pub relay_circuits_per_peer: usize,
+    /// Relay quota: circuits in all.
+    #[arg(long, default_value_t = 1024)]
+    pub relay_circuits: usize,
+    /// Relay quota: seconds a circuit may stay idle.
+    #[arg(long, default_value_t = 60)]
+    pub relay_idle_secs: u64,
+    /// Relay quota: bytes a circuit may carry (none by default).
+    #[arg(long)]
+    pub relay_max_bytes: Option<u64>,
+    /// Relay quota: seconds a circuit may live (none by default).
+    #[arg(long)]
+    pub relay_max_secs: Option<u64>,
+    /// Stop after this many seconds (default: run until interrupted).
+    #[arg(long)]
+    pub run_for: Option<u64>,
+}
+
+impl Args {
+    fn relay(&self) -> CliResult<Option<RelayConfig>> {
+        if self.no_relay {
+            return Ok(None);
+        }
+        let config = RelayConfig {
+            rate_bytes_per_sec: self.relay_rate,
+            burst_bytes: self
+                .relay_rate
+                .max(natrix_session::relay::MAX_RELAYED_PACKET as u64),
+            idle_close: Duration::from_secs(self.relay_idle_secs),
+            circuits_per_peer: self.relay_circuits_per_peer,
+            max_circuits: self.relay_circuits,
+            max_bytes: self.relay_max_bytes,
+            max_duration: self.relay_max_secs.map(Duration::from_secs),
+        };
+        config
+            .validate()
+            .map_err(|e| CliError::usage(format!("bad relay quota: {e}")))?;
+        Ok(Some(config))
+    }
+}
+
+/// Runs the coordinator until Ctrl-C (or `--run-for`), then shuts it down.
+///
+/// # Errors
+/// Key file, bad quota, or a socket that cannot be bound.
+pub(crate) async fn run(args: &Args, quiet: bool) -> CliResult<Exit> {
+    let path = args.key.clone().unwrap_or_else(default_key_path);
+    let (keypair, created) = load_or_create_key(&path)?;
+    if created && !quiet {
+        eprintln!("created a new identity in {}", path.display());
+    }
+    let mut config = CoordinatorConfig::new(args.listen);
+    config.public_addr = args.public_addr;
+    config.relay = args.relay()?;
+    let coordinator = Coordinator::spawn(Tokio, keypair, config, os_seed()).map_err(|e| {
+        CliError::failure(format!("cannot listen on {}: {e}", args.listen))
+            .hint("is the port in use? pick another with --listen")
+    })?;
+    let public = coordinator.public_addr();
+    if public.ip().is_unspecified() && !quiet {
+        eprintln!(
+            "warning: listening on a wildcard address; peers need a real one: pass --public-addr IP:{}",
+            public.port()
+        );
+    }
+    outln!("{}", coordinator.dial());
+    if !quiet {
+        eprintln!(
+            "coordinator running on {} (relay {}); Ctrl-C stops it",
+            coordinator.node().local_addr(),
+            if args.no_relay { "off" } else { "on" }
+        );
+    }
+    match args.run_for {
+        Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
+        None => wait_for_signal().await,
+    }
+    let stats = coordinator.stats();
+    let relay = coordinator.node().relay_stats().unwrap_or_default();
+    let sessions = coordinator.session_stats();
+    coordinator.shutdown().await;
+    if !quiet {
+        eprintln!(
+            "stopped: {} sessions live, {} punches mediated, {} frames relayed ({} B), {} refused",
+            sessions.sessions_live,
+            stats.requests_mediated,
+            relay.frames_forwarded,
+            relay.bytes_forwarded,
+            relay.refused_total()
+        );
+    }
+    Ok(Exit::Ok)
+}
