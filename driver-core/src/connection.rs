@@ -189,7 +189,9 @@ impl Connection {
         self.events.try_recv().ok()
     }
 
-    /// Closes the connection and its session.
+    /// Closes the connection and its session, and tells the peer, whose
+    /// side reports [`ConnectionEvent::Closed`]`(None)` (unless both copies
+    /// of the close message are lost: then its session times out).
     pub async fn close(self) {
         let _ = self
             .commands

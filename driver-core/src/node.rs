@@ -1257,10 +1257,7 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                 }
             }
             ControlInput::Path(ev) => {
-                let peer = match ev {
-                    PathEvent::Changed { info, .. } => info.peer,
-                    PathEvent::UpgradeFailed { peer, .. } => peer,
-                };
+                let peer = ev.peer();
                 let _span = info_span!("connection", %peer).entered();
                 match ev {
                     PathEvent::Changed { info, reason } => {
@@ -1269,6 +1266,7 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                     PathEvent::UpgradeFailed { error, .. } => {
                         info!(%error, "upgrade failed; staying on the relay");
                     }
+                    PathEvent::ClosedByPeer { .. } => info!("closed by the peer"),
                 }
                 if let Some(sinks) = self.conns.get(&peer) {
                     let _ = sinks.events.try_send(ConnectionEvent::Path(ev));

@@ -158,6 +158,9 @@ pub enum PathMessage {
     Ping(u64),
     /// The answer to the ping with this id.
     Pong(u64),
+    /// "I closed this connection" (the id is zero): the receiver ends its
+    /// side at once instead of waiting for the session to time out.
+    Close,
 }
 
 impl PathMessage {
@@ -167,6 +170,7 @@ impl PathMessage {
         let (kind, id) = match self {
             PathMessage::Ping(id) => (1u8, id),
             PathMessage::Pong(id) => (2u8, id),
+            PathMessage::Close => (3u8, 0),
         };
         let mut out = [0u8; PATH_MESSAGE_LEN];
         out[0] = kind;
@@ -181,6 +185,7 @@ impl PathMessage {
         match bytes[0] {
             1 => Some(PathMessage::Ping(id)),
             2 => Some(PathMessage::Pong(id)),
+            3 if id == 0 => Some(PathMessage::Close),
             _ => None,
         }
     }
@@ -312,6 +317,23 @@ pub enum PathEvent {
         /// Why.
         error: UpgradeError,
     },
+    /// The peer closed the connection ([`PathMessage::Close`]); it is gone
+    /// here too (the embedder closes the session).
+    ClosedByPeer {
+        /// The peer.
+        peer: PublicKey,
+    },
+}
+
+impl PathEvent {
+    /// The peer the event is about.
+    #[must_use]
+    pub fn peer(&self) -> PublicKey {
+        match self {
+            PathEvent::Changed { info, .. } => info.peer,
+            PathEvent::UpgradeFailed { peer, .. } | PathEvent::ClosedByPeer { peer } => *peer,
+        }
+    }
 }
 
 /// Work for the embedder.
@@ -1145,6 +1167,14 @@ impl Paths {
                 self.on_pong(now, peer, from, id);
                 None
             }
+            PathMessage::Close => {
+                if self.close(peer) {
+                    debug!(%peer, "the peer closed the connection");
+                    self.events
+                        .push_back(PathEvent::ClosedByPeer { peer: *peer });
+                }
+                None
+            }
         }
     }
 
@@ -1176,12 +1206,17 @@ mod tests {
 
     #[test]
     fn path_messages_round_trip_and_reject_garbage() {
-        for m in [PathMessage::Ping(7), PathMessage::Pong(u64::MAX)] {
+        for m in [
+            PathMessage::Ping(7),
+            PathMessage::Pong(u64::MAX),
+            PathMessage::Close,
+        ] {
             assert_eq!(PathMessage::decode(&m.encode()), Some(m));
         }
         assert_eq!(PathMessage::decode(&[]), None);
         assert_eq!(PathMessage::decode(&[1, 2, 3]), None);
         assert_eq!(PathMessage::decode(&[3; 9]), None);
+        assert_eq!(PathMessage::decode(&[4, 0, 0, 0, 0, 0, 0, 0, 0]), None);
         assert_eq!(PathMessage::decode(&[1; 10]), None);
     }
 }

@@ -187,7 +187,7 @@ fn d2_path_reports_kind_address_since_rtt_and_bytes() {
         .iter()
         .filter_map(|(_, e)| match e {
             PathEvent::Changed { reason, .. } => Some(*reason),
-            PathEvent::UpgradeFailed { .. } => None,
+            PathEvent::UpgradeFailed { .. } | PathEvent::ClosedByPeer { .. } => None,
         })
         .collect();
     assert_eq!(reasons, [ChangeReason::Opened, ChangeReason::Upgraded]);

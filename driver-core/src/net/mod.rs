@@ -37,7 +37,8 @@ use std::time::Duration;
 use natrix_proto::wire::{NodeId, RendezvousMessage};
 use natrix_proto::{Channel, Instant, NatClass, TraversalError};
 use natrix_session::path::{
-    CH_PATH, MAX_DATAGRAM, PATH_MESSAGE_LEN, PathConfig, PathInfo, PathStats, Paths, RelayRoute,
+    CH_PATH, MAX_DATAGRAM, PATH_MESSAGE_LEN, PathConfig, PathInfo, PathMessage, PathStats, Paths,
+    RelayRoute,
 };
 use natrix_session::relay::{CH_RELAY, NoticeLimiter, RelayConfig, RelayServer, RelayStats};
 use natrix_session::{
@@ -824,6 +825,16 @@ impl ControlPlane for SessionControl {
 
     fn close_connection(&mut self, now: Instant, peer: &PublicKey) {
         if self.paths.close(peer) {
+            // Tell the peer (twice: it is one unreliable datagram, and a
+            // lost one only costs the peer a session timeout).
+            let close = PathMessage::Close.encode();
+            for _ in 0..2 {
+                let mut buf = self.packet_buffer();
+                match self.endpoint.send(now, peer, CH_PATH, &close, &mut buf) {
+                    Ok(Some((to, len))) => self.push_datagram(now, to, len, buf),
+                    _ => self.recycle(buf),
+                }
+            }
             self.endpoint.close(now, peer);
             self.drain_endpoint(now);
         }

@@ -10,7 +10,7 @@
 
 use natrix_proto::wire::NodeId;
 use natrix_proto::{Instant, TraversalError};
-use natrix_session::path::{Applied, PathInfo, RelayRoute};
+use natrix_session::path::{Applied, PathEvent, PathInfo, RelayRoute};
 use natrix_session::relay::{
     CH_RELAY, MAX_RELAYED_PACKET, Quota, Refusal, RelayFrame, encode_forward_into, encode_refused,
 };
@@ -170,7 +170,12 @@ impl SessionControl {
             }
         }
         while let Some(ev) = self.paths.poll_event() {
-            self.push_input(ControlInput::Path(ev));
+            if let PathEvent::ClosedByPeer { peer } = ev {
+                self.endpoint.close(now, &peer);
+                self.push_input(ControlInput::ConnectionClosed { peer, error: None });
+            } else {
+                self.push_input(ControlInput::Path(ev));
+            }
         }
     }
 

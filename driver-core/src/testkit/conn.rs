@@ -302,3 +302,33 @@ pub async fn net_relay_refuses_offline_targets<R: Runtime>(rt: R, ip: IpAddr) {
     exchange(&rt, &ca, &cb, b"unaffected").await;
     s.shutdown().await;
 }
+
+/// Closing a connection tells the peer: its side ends at once (no session
+/// timeout), with `Closed(None)`, and its reads end.
+pub async fn net_close_reaches_the_peer<R: Runtime>(rt: R, ip: IpAddr) {
+    let s = Setup::new(&rt, ip, RelayConfig::default()).await;
+    let (ca, cb) = s.connect(&rt).await;
+    exchange(&rt, &ca, &cb, b"before the close").await;
+    ca.close().await;
+    within(&rt, Duration::from_secs(3), async {
+        loop {
+            match cb.next_event().await {
+                Some(ConnectionEvent::Closed(None)) => break,
+                Some(ConnectionEvent::Closed(Some(e))) => {
+                    panic!("closed by a handshake failure: {e}")
+                }
+                Some(_) => {}
+                None => panic!("events ended without Closed"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        within(&rt, Duration::from_secs(3), cb.recv())
+            .await
+            .is_err(),
+        "reads end once the connection is closed"
+    );
+    assert!(s.b.session(test_keypair(1).public()).await.is_none());
+    s.shutdown().await;
+}

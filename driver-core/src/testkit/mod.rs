@@ -946,6 +946,20 @@ macro_rules! e2e_suite {
             ))
         }
         #[test]
+        fn s4_close_reaches_the_peer_v4() {
+            $block_on($crate::testkit::conn::net_close_reaches_the_peer(
+                $rt,
+                $crate::testkit::V4,
+            ))
+        }
+        #[test]
+        fn s4_close_reaches_the_peer_v6() {
+            $block_on($crate::testkit::conn::net_close_reaches_the_peer(
+                $rt,
+                $crate::testkit::V6,
+            ))
+        }
+        #[test]
         fn garbage_v4() {
             $block_on($crate::testkit::garbage_on_the_socket(
                 $rt,
