@@ -624,7 +624,7 @@ impl<'a> Pipe<'a> {
                             let Some(c) = self.conns.remove(&id) else { continue };
                             let why = match why {
                                 Some(ConnectionEvent::Closed(e)) => closed_reason(e),
-                                _ => "the peer is gone (its session timed out or the node stopped)".to_owned(),
+                                _ => "the peer closed it, or is gone (its session ended)".to_owned(),
                             };
                             let text = format!("connection with {} ended: {why}", c.peer());
                             if self.current == Some(id) {
@@ -857,7 +857,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 fn closed_reason(e: Option<natrix_session::HandshakeError>) -> String {
     match e {
         Some(e) => format!("the session could not be set up again ({e})"),
-        None => "its session ended".to_owned(),
+        None => "the peer closed it, or its session ended".to_owned(),
     }
 }
 
