@@ -230,7 +230,13 @@ fn listen_and_connect_pipe_lines_both_ways() {
         "{}",
         connect.stderr
     );
-    assert!(connect.stderr.contains("stdin ended"), "{}", connect.stderr);
+    // It ended on its own stdin's end, or on the listener's close (both
+    // linger after their stdin ends; whichever closes first tells the other).
+    assert!(
+        connect.stderr.contains("stdin ended") || connect.stderr.contains("the peer closed it"),
+        "{}",
+        connect.stderr
+    );
     // The connecting side created its identity and said so.
     assert!(
         connect.stderr.contains("created a new identity"),

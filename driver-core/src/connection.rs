@@ -53,6 +53,8 @@ pub enum ConnectionEvent {
     /// side that opened it: with the handshake's failure), or its session
     /// ended (the accepting side: `None`; the other side may open a new one).
     Closed(Option<HandshakeError>),
+    /// The peer closed the connection ([`Connection::close`] on its side).
+    ClosedByPeer,
 }
 
 /// Why a connection operation failed.
@@ -190,8 +192,9 @@ impl Connection {
     }
 
     /// Closes the connection and its session, and tells the peer, whose
-    /// side reports [`ConnectionEvent::Closed`]`(None)` (unless both copies
-    /// of the close message are lost: then its session times out).
+    /// side reports [`ConnectionEvent::ClosedByPeer`] (unless both copies
+    /// of the close message are lost: then its session times out and it
+    /// reports [`ConnectionEvent::Closed`]).
     pub async fn close(self) {
         let _ = self
             .commands

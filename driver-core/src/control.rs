@@ -130,6 +130,8 @@ pub enum ControlInput {
         peer: PublicKey,
         /// The handshake failure that ended it, if one did.
         error: Option<HandshakeError>,
+        /// The peer closed it (its close message arrived).
+        by_peer: bool,
     },
 }
 

@@ -1287,10 +1287,18 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                 }
                 self.publish(NodeEvent::RelayRefused { peer, refusal });
             }
-            ControlInput::ConnectionClosed { peer, error } => {
+            ControlInput::ConnectionClosed {
+                peer,
+                error,
+                by_peer,
+            } => {
                 info!(%peer, ?error, "connection closed");
                 if let Some(sinks) = self.conns.remove(&peer) {
-                    let _ = sinks.events.try_send(ConnectionEvent::Closed(error));
+                    let _ = sinks.events.try_send(if by_peer {
+                        ConnectionEvent::ClosedByPeer
+                    } else {
+                        ConnectionEvent::Closed(error)
+                    });
                 }
             }
             ControlInput::Announcement {

@@ -496,7 +496,10 @@ struct Pipe<'a> {
 enum End {
     Eof,
     Interrupted,
+    /// The peer vanished (its session ended): exit 5 on `connect`.
     PeerGone(String),
+    /// The peer closed the connection: a normal end.
+    PeerClosed(String),
     StdoutClosed,
 }
 
@@ -543,12 +546,23 @@ impl<'a> Pipe<'a> {
                             }
                         }
                         Err(_) => {
-                            let _ = tx.send(Msg::Ended(id, None)).await;
+                            // The end's event is queued before the data
+                            // stops: say why it ended if it says so.
+                            let mut why = None;
+                            while let Some(ev) = c.try_event() {
+                                if matches!(
+                                    ev,
+                                    ConnectionEvent::Closed(_) | ConnectionEvent::ClosedByPeer
+                                ) {
+                                    why = Some(ev);
+                                }
+                            }
+                            let _ = tx.send(Msg::Ended(id, why)).await;
                             return;
                         }
                     },
                     ev = c.next_event() => match ev {
-                        Some(ev @ ConnectionEvent::Closed(_)) => {
+                        Some(ev @ (ConnectionEvent::Closed(_) | ConnectionEvent::ClosedByPeer)) => {
                             // Whatever arrived before the end still goes out.
                             while let Ok(Some(bytes)) =
                                 tokio::time::timeout(Duration::ZERO, c.recv()).await.map(Result::ok)
@@ -622,16 +636,22 @@ impl<'a> Pipe<'a> {
                         }
                         Msg::Ended(id, why) => {
                             let Some(c) = self.conns.remove(&id) else { continue };
+                            let closed_by_peer = matches!(why, Some(ConnectionEvent::ClosedByPeer));
                             let why = match why {
                                 Some(ConnectionEvent::Closed(e)) => closed_reason(e),
-                                _ => "the peer closed it, or is gone (its session ended)".to_owned(),
+                                Some(ConnectionEvent::ClosedByPeer) => "the peer closed it".to_owned(),
+                                _ => "the peer is gone (its session ended)".to_owned(),
                             };
                             let text = format!("connection with {} ended: {why}", c.peer());
                             if self.current == Some(id) {
                                 self.current = self.conns.keys().max().copied();
                             }
                             if !self.keep {
-                                break End::PeerGone(text);
+                                break if closed_by_peer {
+                                    End::PeerClosed(text)
+                                } else {
+                                    End::PeerGone(text)
+                                };
                             }
                             st.line(&text);
                         }
@@ -699,7 +719,7 @@ impl<'a> Pipe<'a> {
                 return Err(CliError::new(Exit::PeerUnreachable, text)
                     .hint("run `natrix connect` again once the peer is back"));
             }
-            End::PeerGone(text) => st.end(&text),
+            End::PeerGone(text) | End::PeerClosed(text) => st.end(&text),
         }
         Ok(Exit::Ok)
     }
@@ -762,6 +782,7 @@ impl<'a> Pipe<'a> {
                 format!("relay: refused a datagram: {} ({retry})", r.quota)
             }
             ConnectionEvent::Closed(e) => format!("connection closed: {}", closed_reason(e)),
+            ConnectionEvent::ClosedByPeer => "connection closed by the peer".to_owned(),
             other => format!("{other:?}"),
         };
         st.line(&format!("{who}{text}"));
@@ -857,7 +878,7 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 fn closed_reason(e: Option<natrix_session::HandshakeError>) -> String {
     match e {
         Some(e) => format!("the session could not be set up again ({e})"),
-        None => "the peer closed it, or its session ended".to_owned(),
+        None => "its session ended".to_owned(),
     }
 }
 

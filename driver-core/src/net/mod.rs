@@ -408,6 +408,7 @@ impl SessionControl {
                     self.push_input(ControlInput::ConnectionClosed {
                         peer,
                         error: Some(error),
+                        by_peer: false,
                     });
                 }
                 self.push_input(ControlInput::SessionFailed {

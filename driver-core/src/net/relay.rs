@@ -172,7 +172,11 @@ impl SessionControl {
         while let Some(ev) = self.paths.poll_event() {
             if let PathEvent::ClosedByPeer { peer } = ev {
                 self.endpoint.close(now, &peer);
-                self.push_input(ControlInput::ConnectionClosed { peer, error: None });
+                self.push_input(ControlInput::ConnectionClosed {
+                    peer,
+                    error: None,
+                    by_peer: true,
+                });
             } else {
                 self.push_input(ControlInput::Path(ev));
             }
@@ -213,7 +217,11 @@ impl SessionControl {
         if !self.paths.is_dialler(&peer) {
             debug!(%peer, "accepted connection's session ended; connection closed");
             self.paths.close(&peer);
-            self.push_input(ControlInput::ConnectionClosed { peer, error: None });
+            self.push_input(ControlInput::ConnectionClosed {
+                peer,
+                error: None,
+                by_peer: false,
+            });
             return;
         }
         self.paths.on_session_down(now, &peer);

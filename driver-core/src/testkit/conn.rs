@@ -304,7 +304,7 @@ pub async fn net_relay_refuses_offline_targets<R: Runtime>(rt: R, ip: IpAddr) {
 }
 
 /// Closing a connection tells the peer: its side ends at once (no session
-/// timeout), with `Closed(None)`, and its reads end.
+/// timeout), with `ClosedByPeer`, and its reads end.
 pub async fn net_close_reaches_the_peer<R: Runtime>(rt: R, ip: IpAddr) {
     let s = Setup::new(&rt, ip, RelayConfig::default()).await;
     let (ca, cb) = s.connect(&rt).await;
@@ -313,9 +313,9 @@ pub async fn net_close_reaches_the_peer<R: Runtime>(rt: R, ip: IpAddr) {
     within(&rt, Duration::from_secs(3), async {
         loop {
             match cb.next_event().await {
-                Some(ConnectionEvent::Closed(None)) => break,
-                Some(ConnectionEvent::Closed(Some(e))) => {
-                    panic!("closed by a handshake failure: {e}")
+                Some(ConnectionEvent::ClosedByPeer) => break,
+                Some(ConnectionEvent::Closed(e)) => {
+                    panic!("closed, not by the peer: {e:?}")
                 }
                 Some(_) => {}
                 None => panic!("events ended without Closed"),
