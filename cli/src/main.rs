@@ -6,6 +6,7 @@ mod out;
 mod cmd;
 mod common;
 mod error;
+mod report;
 
 use std::process::ExitCode;
 

@@ -79,6 +79,7 @@ use crate::common::{
     spawn_peer, wait_coordinators, wait_for_signal,
 };
 use crate::error::{CliError, CliResult, Exit};
+use crate::report::Record;
 
 /// How stdin and stdout map onto datagrams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -146,6 +147,11 @@ pub(crate) struct PeerArgs {
     /// `nc -q`).
     #[arg(long, value_name = "SECS", default_value_t = 0.5)]
     pub(crate) linger: f64,
+    /// Write a JSON record of the run to FILE when the command ends: the
+    /// classification, path changes, first datagram, punch counters (see
+    /// docs/cli.md).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) report: Option<PathBuf>,
 }
 
 /// `natrix listen` options.
@@ -200,18 +206,47 @@ pub(crate) async fn listen(args: &ListenArgs, quiet: bool) -> CliResult<Exit> {
     })
     .await?;
     st.update("waiting for a peer to connect; Ctrl-C stops");
-    let first = tokio::select! {
-        r = peer.node.accept() => r.map_err(|e| CliError::failure(format!("the node stopped: {e}")))?,
+    let mut record = Record::default();
+    let mut path = None;
+    let exit = tokio::select! {
+        r = peer.node.accept() => match r {
+            Ok(first) => {
+                let mut pipe = Pipe::new(&peer, &args.peer, args.keep, false, &mut record);
+                pipe.add(first, &mut st, "accepted");
+                let exit = pipe.run(&mut st, None).await;
+                path = pipe.final_path().await;
+                pipe.close_all().await;
+                exit
+            }
+            Err(e) => Err(CliError::failure(format!("the node stopped: {e}"))),
+        },
         () = wait_for_signal() => {
             st.end("interrupted");
-            peer.node.shutdown().await;
-            return Ok(Exit::Ok);
+            Ok(Exit::Ok)
         }
     };
-    let mut pipe = Pipe::new(&peer, &args.peer, args.keep, false);
-    pipe.add(first, &mut st, "accepted");
-    let exit = pipe.run(&mut st, None).await;
-    pipe.close_all().await;
+    finish(&peer, &args.peer, "listen", &record, path, exit).await
+}
+
+/// Writes the `--report` (if asked for) and stops the node.
+async fn finish(
+    peer: &Peer,
+    args: &PeerArgs,
+    role: &str,
+    record: &Record,
+    path: Option<PathInfo>,
+    exit: CliResult<Exit>,
+) -> CliResult<Exit> {
+    if let Some(file) = &args.report {
+        let code = match &exit {
+            Ok(e) => *e as i32,
+            Err(e) => e.exit as i32,
+        };
+        if let Err(e) = record.write(file, role, &peer.node, code, path) {
+            peer.node.shutdown().await;
+            return exit.and(Err(e));
+        }
+    }
     peer.node.shutdown().await;
     exit
 }
@@ -234,9 +269,10 @@ pub(crate) async fn connect(args: &ConnectArgs, quiet: bool) -> CliResult<Exit> 
         return Err(CliError::usage("that is this node's own public key")
             .hint("pass the key `natrix listen` printed on the other machine"));
     }
-    let result = connect_and_pipe(&peer, args, target, &mut st).await;
-    peer.node.shutdown().await;
-    result
+    let mut record = Record::default();
+    let mut path = None;
+    let result = connect_and_pipe(&peer, args, target, &mut st, &mut record, &mut path).await;
+    finish(&peer, &args.peer, "connect", &record, path, result).await
 }
 
 async fn connect_and_pipe(
@@ -244,6 +280,8 @@ async fn connect_and_pipe(
     args: &ConnectArgs,
     target: PublicKey,
     st: &mut Status,
+    record: &mut Record,
+    path: &mut Option<PathInfo>,
 ) -> CliResult<Exit> {
     let patience = Duration::from_secs(args.peer.wait);
     let started = Instant::now();
@@ -289,7 +327,8 @@ async fn connect_and_pipe(
             }
         }
     };
-    let mut pipe = Pipe::new(peer, &args.peer, false, true);
+    let mut pipe = Pipe::new(peer, &args.peer, false, true, record);
+    pipe.record.opened(peer.node_secs());
     // The connection exists on the relay; wait for the peer's session (it has
     // accepted) before sending anything.
     let deadline = started + patience.max(Duration::from_secs(1));
@@ -330,6 +369,7 @@ async fn connect_and_pipe(
         .then(|| Duration::from_secs(args.direct_timeout));
     pipe.add(conn, st, "connected to");
     let exit = pipe.run(st, direct_by).await;
+    *path = pipe.final_path().await;
     pipe.close_all().await;
     exit
 }
@@ -451,6 +491,11 @@ impl Peer {
         let nanos = self.started.elapsed().as_nanos();
         natrix_proto::Instant::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
+
+    /// The node clock's `now`, in seconds.
+    fn node_secs(&self) -> f64 {
+        self.node_now().since_origin().as_secs_f64()
+    }
 }
 
 /// This node's address as a peer on the same network reaches it: the bound
@@ -490,6 +535,8 @@ struct Pipe<'a> {
     tx: mpsc::Sender<Msg>,
     rx: mpsc::Receiver<Msg>,
     stdin: Option<mpsc::Receiver<Vec<u8>>>,
+    /// What `--report` writes.
+    record: &'a mut Record,
 }
 
 /// Why the pipe ended.
@@ -504,7 +551,13 @@ enum End {
 }
 
 impl<'a> Pipe<'a> {
-    fn new(peer: &'a Peer, args: &PeerArgs, keep: bool, dialer: bool) -> Self {
+    fn new(
+        peer: &'a Peer,
+        args: &PeerArgs,
+        keep: bool,
+        dialer: bool,
+        record: &'a mut Record,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(256);
         Pipe {
             peer,
@@ -518,6 +571,7 @@ impl<'a> Pipe<'a> {
             tx,
             rx,
             stdin: None,
+            record,
         }
     }
 
@@ -529,6 +583,7 @@ impl<'a> Pipe<'a> {
     fn add(&mut self, conn: Connection, st: &mut Status, verb: &str) {
         let id = self.next_id;
         self.next_id += 1;
+        self.record.opened(self.peer.node_secs());
         st.end(&format!(
             "{verb} {}; stdin goes to the peer, its datagrams to stdout",
             conn.peer()
@@ -617,6 +672,7 @@ impl<'a> Pipe<'a> {
                     let Some(msg) = msg else { break End::PeerGone("the node stopped".into()) };
                     match msg {
                         Msg::Data(bytes) => {
+                            self.record.received(self.peer.node_secs());
                             if write_out(&mut stdout, &bytes, self.framing).is_err() {
                                 break End::StdoutClosed;
                             }
@@ -643,6 +699,7 @@ impl<'a> Pipe<'a> {
                                 _ => "the peer is gone (its session ended)".to_owned(),
                             };
                             let text = format!("connection with {} ended: {why}", c.peer());
+                            self.record.note(self.peer.node_secs(), "ended", why.clone());
                             if self.current == Some(id) {
                                 self.current = self.conns.keys().max().copied();
                             }
@@ -663,6 +720,8 @@ impl<'a> Pipe<'a> {
                             if let Some(c) = self.current_conn() {
                                 if let Err(e) = c.send(&bytes).await {
                                     st.line(&format!("could not send {} bytes: {e}", bytes.len()));
+                                } else {
+                                    self.record.sent();
                                 }
                             } else {
                                 st.line(&format!("no connection: {} bytes of stdin dropped", bytes.len()));
@@ -728,8 +787,13 @@ impl<'a> Pipe<'a> {
         self.current.and_then(|id| self.conns.get(&id))
     }
 
-    /// One status line for `ev`.
-    async fn show_event(&self, conn: &Connection, ev: ConnectionEvent, st: &mut Status) {
+    /// The current connection's path, for the report.
+    async fn final_path(&self) -> Option<PathInfo> {
+        self.current_conn()?.path().await.ok()
+    }
+
+    /// One status line for `ev` (and its entry in the report).
+    async fn show_event(&mut self, conn: &Connection, ev: ConnectionEvent, st: &mut Status) {
         let who = if self.multi() {
             format!("[{}] ", short(&conn.peer()))
         } else {
@@ -737,6 +801,7 @@ impl<'a> Pipe<'a> {
         };
         let text = match ev {
             ConnectionEvent::Path(PathEvent::Changed { info, reason }) => {
+                self.record.path(&info, reason);
                 let since = info.since.since_origin().as_secs_f64();
                 let why = match reason {
                     ChangeReason::Opened => "opened",
@@ -771,6 +836,8 @@ impl<'a> Pipe<'a> {
                     ),
                     _ => String::new(),
                 };
+                self.record
+                    .note(self.peer.node_secs(), "upgrade_failed", error.to_string());
                 format!("path: upgrade to direct failed: {error}; staying on the relay{next}")
             }
             ConnectionEvent::RelayRefused(r) => {
@@ -779,7 +846,10 @@ impl<'a> Pipe<'a> {
                 } else {
                     format!("retry in {}", ms(r.retry_after))
                 };
-                format!("relay: refused a datagram: {} ({retry})", r.quota)
+                let text = format!("relay: refused a datagram: {} ({retry})", r.quota);
+                self.record
+                    .note(self.peer.node_secs(), "relay_refused", text.clone());
+                text
             }
             ConnectionEvent::Closed(e) => format!("connection closed: {}", closed_reason(e)),
             ConnectionEvent::ClosedByPeer => "connection closed by the peer".to_owned(),
