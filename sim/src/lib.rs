@@ -17,7 +17,9 @@
 //!   use the sessions' reliable delivery), per-host wall-clock skew measured
 //!   by the sessions, the bounded run loop, the transcript.
 //! * [`preset`] — named NAT presets (open, full cone, restricted cone,
-//!   port-restricted cone, symmetric, symmetric with sequential ports, double NAT).
+//!   port-restricted cone, symmetric, symmetric with sequential ports, double NAT),
+//!   and, outside the pair matrix, a stateful firewall without NAT (the
+//!   IPv6 home router's: [`Preset::LAB_EXTRA`](preset::Preset::LAB_EXTRA)).
 //! * [`scenario`] — the standard two-peer topology (coordinator, reflex
 //!   server, A and B behind presets, sessions dialled over the network) and a
 //!   punch run with its outcome.

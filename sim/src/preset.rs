@@ -28,6 +28,21 @@ pub enum Preset {
     /// A port-restricted home NAT behind a carrier-grade NAT (endpoint-
     /// independent mapping and filtering, sequential ports, 100.64/10 inside).
     DoubleNat,
+    /// No NAT, but a stateful firewall that drops unsolicited inbound (the
+    /// typical IPv6 home router): the host has a public address, nothing is
+    /// translated, and only replies to what the host sent — from the same
+    /// remote IP and port — get in (address-and-port-dependent filtering,
+    /// two-minute bindings refreshed by outbound traffic). Modelled as an
+    /// endpoint-independent, port-preserving [`Nat`](crate::nat::Nat) whose
+    /// external IP is the host's own IP, with the host inside it at that very
+    /// address ([`place`]), so every mapping is the identity and a server
+    /// sees the host's own address: it classifies itself
+    /// [`NatClass::Open`]. As with the other presets, the filter state
+    /// belongs to the host's one mapping (not to each flow, as a conntrack
+    /// entry would): a remote the host sent to stays admitted while the host
+    /// sends to anyone at least every two minutes. Not in
+    /// [`ALL`](Self::ALL): see [`LAB_EXTRA`](Self::LAB_EXTRA).
+    Firewall,
 }
 
 impl Preset {
@@ -42,6 +57,11 @@ impl Preset {
         Preset::DoubleNat,
     ];
 
+    /// Presets outside the 7×7 pair matrix ([`ALL`](Self::ALL)), for
+    /// comparing a real-NAT lab's peers with the simulator's predictions:
+    /// the IPv6-style stateful firewall ([`Preset::Firewall`]).
+    pub const LAB_EXTRA: [Preset; 1] = [Preset::Firewall];
+
     /// A short name.
     #[must_use]
     pub fn name(self) -> &'static str {
@@ -53,6 +73,7 @@ impl Preset {
             Preset::Symmetric => "symmetric",
             Preset::SymmetricSequential => "symmetric-seq",
             Preset::DoubleNat => "double-nat",
+            Preset::Firewall => "firewall",
         }
     }
 
@@ -89,14 +110,30 @@ impl Preset {
                 NatConfig::new(M::EndpointIndependent, F::EndpointIndependent)
                     .allocation(PortAllocation::Sequential),
             ],
+            // One internal address, endpoint-independent mapping and port
+            // preservation: the one mapping always keeps the host's port
+            // (4000, free and above the NAT's reserved range), and `place`
+            // makes the external IP the host's own.
+            Preset::Firewall => vec![NatConfig::new(
+                M::EndpointIndependent,
+                F::AddressAndPortDependent,
+            )],
         }
+    }
+
+    /// Whether the host keeps its own (public) address behind the preset's
+    /// NATs: true for [`Open`](Self::Open) (no NAT) and
+    /// [`Firewall`](Self::Firewall) (a filter that translates nothing).
+    #[must_use]
+    pub fn host_is_public(self) -> bool {
+        matches!(self, Preset::Open | Preset::Firewall)
     }
 
     /// The class a correct classification must find behind this preset.
     #[must_use]
     pub fn expected_class(self) -> NatClass {
         match self {
-            Preset::Open => NatClass::Open,
+            Preset::Open | Preset::Firewall => NatClass::Open,
             Preset::FullCone
             | Preset::RestrictedCone
             | Preset::PortRestrictedCone
@@ -123,7 +160,10 @@ pub struct Placed {
 
 /// Puts host number `slot` (1..=200) behind `preset`: public addresses are
 /// `203.0.113.(100 + slot)`, the home network `10.(slot).0.0/24`, the carrier
-/// network `100.64.(slot).0/24`. The host's key and node id come from the
+/// network `100.64.(slot).0/24`. A host behind a preset that translates
+/// nothing ([`Preset::host_is_public`]) sits at the public address itself,
+/// `203.0.113.(100 + slot):4000` — behind [`Preset::Firewall`]'s filter, the
+/// filter's external IP is that same address. The host's key and node id come from the
 /// world ([`World::add_host`]).
 pub fn place(
     world: &mut World,
@@ -151,10 +191,75 @@ pub fn place(
         realm = Realm::Behind(n);
     }
     nats.reverse();
-    let addr = match realm {
-        Realm::Internet => SocketAddr::new(public, 4000),
-        Realm::Behind(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, slot, 0, 2)), 4000),
+    let addr = if preset.host_is_public() {
+        SocketAddr::new(public, 4000)
+    } else {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, slot, 0, 2)), 4000)
     };
     let host = world.add_host(name, realm, addr, latency, config, seed);
     Placed { host, nats }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nat::Nat;
+
+    #[test]
+    fn the_firewall_is_a_lab_extra() {
+        assert_eq!(Preset::ALL.len(), 7);
+        assert!(!Preset::ALL.contains(&Preset::Firewall));
+        assert_eq!(Preset::LAB_EXTRA, [Preset::Firewall]);
+        assert_eq!(Preset::Firewall.name(), "firewall");
+        assert_eq!(Preset::Firewall.expected_class(), NatClass::Open);
+        assert!(Preset::Firewall.host_is_public() && Preset::Open.host_is_public());
+        assert!(
+            Preset::ALL[1..]
+                .iter()
+                .all(|p| !p.host_is_public() && !p.nats().is_empty())
+        );
+    }
+
+    #[test]
+    fn the_firewall_translates_nothing_and_filters_by_address_and_port() {
+        let mut w = World::new(1);
+        let p = place(
+            &mut w,
+            Preset::Firewall,
+            1,
+            "F",
+            Duration::from_millis(10),
+            Config::default(),
+            2,
+        );
+        let own: SocketAddr = "203.0.113.101:4000".parse().unwrap();
+        assert_eq!(w.host(p.host).addr, own);
+        assert_eq!(p.nats.len(), 1);
+        assert_eq!(w.host(p.host).realm, Realm::Behind(p.nats[0]));
+        let cfg = w.nat(p.nats[0]).config;
+        assert_eq!(cfg, Preset::Firewall.nats()[0]);
+        assert_eq!(cfg.filtering, Filtering::AddressAndPortDependent);
+
+        // The one mapping is the identity, whatever the destination, and it
+        // comes back the same after expiring.
+        let mut nat = Nat::new(cfg, own.ip());
+        let mut rng = natrix_proto::Rng::new(3);
+        let t0 = natrix_proto::Instant::ZERO;
+        let x: SocketAddr = "198.51.100.7:5000".parse().unwrap();
+        let y: SocketAddr = "198.51.100.8:6000".parse().unwrap();
+        assert_eq!(nat.outbound(t0, own, x, &mut rng), Some(own));
+        assert_eq!(nat.outbound(t0, own, y, &mut rng), Some(own));
+        assert_eq!(nat.inbound(t0, x, own.port()), Some(own));
+        assert_eq!(
+            nat.inbound(t0, "198.51.100.7:5001".parse().unwrap(), own.port()),
+            None
+        );
+        assert_eq!(
+            nat.inbound(t0, "198.51.100.9:5000".parse().unwrap(), own.port()),
+            None
+        );
+        let later = t0 + cfg.binding_lifetime + Duration::from_secs(1);
+        assert_eq!(nat.inbound(later, x, own.port()), None);
+        assert_eq!(nat.outbound(later, own, y, &mut rng), Some(own));
+    }
 }
