@@ -466,6 +466,27 @@ impl Peer {
         st.active = !st.quiet;
         let names: Vec<String> = coordinators.iter().map(|(_, a)| a.to_string()).collect();
         st.end(&format!("coordinator session up ({})", names.join(", ")));
+        let measuring = explicit.is_none() && args.nat_class.is_none() && coordinators.len() > 1;
+        if measuring {
+            // Announce only a measured class: a peer that punched us before
+            // the sweep ended would aim at a guess.
+            let patience = Duration::from_secs(args.wait);
+            let waited = Instant::now();
+            loop {
+                if let Some(a) = node.classification() {
+                    st.line(&format!("NAT class: {:?}, public address {}", a.class, a.reflex));
+                    break;
+                }
+                if waited.elapsed() >= patience {
+                    st.line(&format!(
+                        "NAT class not measured within {patience:?}; going on without it (no direct path until it is)"
+                    ));
+                    break;
+                }
+                st.update("measuring the NAT class");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         Ok(Peer {
             node,
             key,
