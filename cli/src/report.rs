@@ -66,6 +66,11 @@ impl Record {
 
     /// The path changed.
     pub(crate) fn path(&mut self, info: &PathInfo, reason: ChangeReason) {
+        if reason == ChangeReason::Opened {
+            // The connection's own record of its opening is the earliest.
+            let t = info.since.since_origin().as_secs_f64();
+            self.opened = Some(self.opened.map_or(t, |o| o.min(t)));
+        }
         let mut ev = path_json(info);
         ev["event"] = json!("path");
         ev["t"] = json!(info.since.since_origin().as_secs_f64());

@@ -352,6 +352,12 @@ impl SessionControl {
                     // A session through a relay: a connection (accepted
                     // here unless we opened it), never the agent's business.
                     self.accept_relayed(now, peer, route);
+                    // Tell the peer our class and reflex: an accepting side
+                    // learns the dialler's only this way (the dialler found
+                    // ours in its lookup), and without it the pair matrix
+                    // sees an Unknown peer and punches where a direct
+                    // exchange would do (found on real NAT: natrix-lab).
+                    self.send_own_announcement(now, &peer);
                     return;
                 }
                 self.paths.on_session_up(now, &peer);

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_lite::future;
+use natrix_proto::NatClass;
 use natrix_session::PublicKey;
 use natrix_session::path::{ChangeReason, PathConfig, PathEvent, PathKind};
 use natrix_session::relay::{Quota, RelayConfig};
@@ -331,4 +332,44 @@ pub async fn net_close_reaches_the_peer<R: Runtime>(rt: R, ip: IpAddr) {
     );
     assert!(s.b.session(test_keypair(1).public()).await.is_none());
     s.shutdown().await;
+}
+
+/// The accepting side learns the dialler's class and reflex over their
+/// relayed session (it never looks the dialler up): with A open and A's own
+/// direct datagrams blocked, B's upgrade is the pair matrix's Direct verdict
+/// (a path ping to A), not a punch toward an Unknown peer. Found on real NAT
+/// by natrix-lab (open × port-restricted punched where the simulator
+/// predicted a direct exchange).
+pub async fn net_acceptor_learns_the_dialler_announcement<R: Runtime>(rt: R, ip: IpAddr) {
+    let r = coordinator(&rt, ip, RelayConfig::default());
+    let a = peer(&rt, ip, 1, &r, Arc::new(AtomicBool::new(true)));
+    let b = peer(&rt, ip, 2, &r, Arc::new(AtomicBool::new(false)));
+    a.set_local_classification(NatClass::Open, a.local_addr());
+    wait_session(&rt, &a, r.public_key()).await;
+    wait_session(&rt, &b, r.public_key()).await;
+    sleep(&rt, Duration::from_millis(50)).await;
+    let (ca, cb) = within(
+        &rt,
+        Duration::from_secs(5),
+        future::zip(a.connect(test_keypair(2).public()), b.accept()),
+    )
+    .await;
+    let (ca, cb) = (ca.expect("connect"), cb.expect("accept"));
+    // B's first upgrade comes ACCEPTOR_FIRST_UPGRADE after it accepted.
+    within(&rt, Duration::from_secs(5), async {
+        while b.stats().upgrades_attempted == 0 {
+            sleep(&rt, Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let st = b.stats();
+    assert_eq!(
+        st.punches_attempted, 0,
+        "B punched: it did not know A's class"
+    );
+    assert!(st.direct_paths >= 1, "B's verdict was not Direct: {st:?}");
+    drop((ca, cb));
+    a.shutdown().await;
+    b.shutdown().await;
+    r.shutdown().await;
 }

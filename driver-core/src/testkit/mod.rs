@@ -960,6 +960,24 @@ macro_rules! e2e_suite {
             ))
         }
         #[test]
+        fn s4_acceptor_learns_the_dialler_announcement_v4() {
+            $block_on(
+                $crate::testkit::conn::net_acceptor_learns_the_dialler_announcement(
+                    $rt,
+                    $crate::testkit::V4,
+                ),
+            )
+        }
+        #[test]
+        fn s4_acceptor_learns_the_dialler_announcement_v6() {
+            $block_on(
+                $crate::testkit::conn::net_acceptor_learns_the_dialler_announcement(
+                    $rt,
+                    $crate::testkit::V6,
+                ),
+            )
+        }
+        #[test]
         fn garbage_v4() {
             $block_on($crate::testkit::garbage_on_the_socket(
                 $rt,
