@@ -19,7 +19,7 @@ use natrix_proto::{
     PathMethod, ProbeError, ReclassifyOutcome, Role, Stats, SweepOutcome, Transmit, TraversalError,
 };
 use natrix_session::demux::{DatagramKind, classify};
-use natrix_session::path::{PathEvent, PathInfo, PathStats};
+use natrix_session::path::{ChangeReason, PathEvent, PathInfo, PathStats};
 use natrix_session::relay::{Refusal, RelayStats};
 use natrix_session::{HandshakeError, PublicKey, SessionInfo, SessionStats};
 
@@ -837,6 +837,24 @@ struct Task<R: Runtime, C> {
 
 impl<R: Runtime, C: ControlPlane> Task<R, C> {
     /// The agent's `now`, on the runtime's clock.
+    /// C7: a direct path died or an upgrade failed, perhaps because this
+    /// node's NAT mapping changed (rebinding: the peer filters the new
+    /// port, and the reflex this node announced is stale). One reflex probe
+    /// at the first live coordinator; the agent sweeps if the answer differs
+    /// from the published reflex (at most once per reflex-change cooldown),
+    /// and the new classification is announced (to the peer too) and retries
+    /// the upgrades. Found by the kernel-NAT lab's rebinding scenario.
+    fn check_own_reflex(&mut self) {
+        let Some(coordinator) = self.control.coordinators().first().copied() else {
+            return;
+        };
+        let now = self.now();
+        match self.agent.probe_reflex(now, coordinator.node_id()) {
+            Ok(_) => debug!(%coordinator, "checking this node's reflex after a path failure (C7)"),
+            Err(e) => debug!(%coordinator, error = %e, "no reflex check after a path failure"),
+        }
+    }
+
     fn now(&self) -> Instant {
         self.clock.to_agent(self.rt.now())
     }
@@ -1267,6 +1285,15 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                         info!(%error, "upgrade failed; staying on the relay");
                     }
                     PathEvent::ClosedByPeer { .. } => info!("closed by the peer"),
+                }
+                if matches!(
+                    ev,
+                    PathEvent::Changed {
+                        reason: ChangeReason::DirectDead,
+                        ..
+                    } | PathEvent::UpgradeFailed { .. }
+                ) {
+                    self.check_own_reflex();
                 }
                 if let Some(sinks) = self.conns.get(&peer) {
                     let _ = sinks.events.try_send(ConnectionEvent::Path(ev));

@@ -62,7 +62,14 @@
 //!   (class, reflex), every other host learns it at once, and a host added
 //!   later learns every announcement already made (the mesh's gossip — a
 //!   driver's channel 4 — is not modelled; announcements are assumed
-//!   authenticated by the mesh).
+//!   authenticated by the mesh). As in a driver, a new classification is
+//!   also a network change for the host's own connections: relayed ones
+//!   retry their upgrades at once ([`World::network_changed`]).
+//! * **Reflex checks** (C7, as the driver does): when a host's direct path
+//!   dies or an upgrade fails, the host sends one standalone reflex probe to
+//!   its first coordinator with a live session (answer discarded); a reflex
+//!   that moved (a NAT rebinding) makes the agent sweep, and the new
+//!   classification is announced and retries the upgrade.
 //!
 //! Everything random — loss, jitter, NAT ports, keys, Noise ephemerals,
 //! session indices, reliable-delivery streams — derives from the world seed,
@@ -79,7 +86,7 @@ use std::time::Duration;
 use blake2::{Blake2s256, Digest};
 use natrix_proto::wire::{NodeId, RendezvousMessage};
 use natrix_proto::{Agent, Channel, Config, DatagramVerdict, Event, Instant, Rng, Transmit};
-use natrix_session::path::{Applied, PathConfig, PathInfo, RelayRoute};
+use natrix_session::path::{Applied, ChangeReason, PathConfig, PathEvent, PathInfo, RelayRoute};
 use natrix_session::relay::{
     RelayConfig, RelayFrame, RelayServer, encode_forward_into, encode_refused,
 };
@@ -1291,6 +1298,10 @@ impl World {
                                 .handle_peer_announcement(id, reflex, class);
                         }
                     }
+                    // As the driver does: a new classification is a network
+                    // change, so relayed connections retry their upgrades
+                    // now (with this reflex in the punch request).
+                    self.hosts[h.0].conns.paths.network_changed(now);
                 }
             }
             any |= self.pump_paths(h);
@@ -1329,10 +1340,47 @@ impl World {
         while let Some(e) = self.hosts[h.0].conns.paths.poll_event() {
             any = true;
             log!(self, "{} path event {e:?}", self.hosts[h.0].name);
+            if matches!(
+                e,
+                PathEvent::Changed {
+                    reason: ChangeReason::DirectDead,
+                    ..
+                } | PathEvent::UpgradeFailed { .. }
+            ) {
+                self.check_own_reflex(h);
+            }
             let conns = &mut self.hosts[h.0].conns;
             HostConns::push(&mut conns.events, &mut conns.log_overflow, (now, e));
         }
         any
+    }
+
+    /// C7, as the driver does (`check_own_reflex`): a direct path of `h`
+    /// died or an upgrade failed, perhaps because `h`'s NAT mapping changed
+    /// (a rebinding: the peer filters the new port, and the reflex `h`
+    /// announced is stale). One standalone reflex probe at `h`'s first
+    /// coordinator with a live session; its answer is discarded, but the
+    /// agent sweeps when it differs from the published reflex, and the new
+    /// classification is announced and retries the upgrades ([`drain`](Self::drain)).
+    fn check_own_reflex(&mut self, h: HostId) {
+        let host = &self.hosts[h.0];
+        let Some(coordinator) = host
+            .conns
+            .coordinators
+            .iter()
+            .map(|c| &self.hosts[c.0])
+            .find(|c| host.endpoint.session(&c.key).is_some())
+            .map(|c| c.id)
+        else {
+            return;
+        };
+        let now = self.now;
+        let r = self.hosts[h.0].agent.probe_reflex(now, coordinator);
+        log!(
+            self,
+            "{} checks its reflex at {coordinator} after a path failure (C7): {r:?}",
+            self.hosts[h.0].name
+        );
     }
 
     /// The one transmit function of host `h`'s endpoint: a packet for a

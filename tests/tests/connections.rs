@@ -8,9 +8,10 @@
 
 use std::time::Duration;
 
-use natrix_proto::{Config, Instant};
+use natrix_proto::{Config, Event, Instant};
 use natrix_session::path::{ChangeReason, PathEvent, PathKind, RelayRoute};
 use natrix_session::relay::{Quota, RelayConfig};
+use natrix_sim::nat::PortAllocation;
 use natrix_sim::preset::{Preset, place};
 use natrix_sim::scenario::{
     Outcome, Topology, Traffic, TrafficReport, run_connection, topology, warm_up,
@@ -297,6 +298,116 @@ fn s4_dead_direct_path_falls_back_to_relay_within_bound() {
     let r = traffic.report(&t.world);
     assert_clean(&r, "dark path");
     assert!(r.lost[0] > 0, "the dark period loses something: {r:?}");
+}
+
+// ----------------------------------------------- (c') a NAT rebinds a peer
+
+#[test]
+fn c7_rebinding_behind_a_filter_recovers_the_direct_path() {
+    // A's NAT rebinds A to a new public port while B sits behind a
+    // port-restricted NAT: B's filter drops A's new port, the direct path
+    // dies, and a re-punch to A's announced (stale) reflex cannot work. The
+    // reflex check after the failure (C7) finds the new port, A reclassifies
+    // and announces, and the upgrade retried at once punches to the new
+    // port: direct again well before the periodic reclassification (60 s).
+    let mut t = std_topology(
+        17,
+        Preset::PortRestrictedCone,
+        Preset::PortRestrictedCone,
+        LinkConfig::default(),
+    );
+    let (a, b, r) = (t.a.host, t.b.host, t.r);
+    let r_addr = t.world.host(r).addr;
+    let mut traffic = Traffic::new(a, b, Duration::from_millis(50));
+    open_direct(&mut t, &mut traffic);
+    traffic.run(&mut t.world, Duration::from_secs(2));
+    let old = t.world.mapping(a, r_addr).expect("A is mapped");
+    assert_eq!(
+        t.world.agent(a).classification().map(|c| c.reflex),
+        Some(old)
+    );
+    assert_eq!(
+        t.world.conn_info(b, a).map(|i| i.remote),
+        Some(old),
+        "B's direct path points at A's first mapping"
+    );
+
+    // The rebinding: every mapping of A's NAT is gone, and the next one gets
+    // another port (sequential allocation, not the internal port).
+    let rebind = t.world.now();
+    let nat = t.a.nats[0];
+    t.world.nat_mut(nat).config.allocation = PortAllocation::Sequential;
+    t.world.flush_nat(nat);
+    let give_up = rebind + Duration::from_secs(30);
+    while t.world.now() < give_up
+        && changed_at(&t.world, a, ChangeReason::Upgraded, rebind).is_none()
+    {
+        traffic.run(&mut t.world, Duration::from_millis(100));
+        assert_one_path(&t.world, a, b);
+    }
+    let fell_back =
+        changed_at(&t.world, a, ChangeReason::DirectDead, rebind).expect("fell back to the relay");
+    let direct = changed_at(&t.world, a, ChangeReason::Upgraded, rebind)
+        .expect("upgraded to direct again after the rebinding");
+    let new = t.world.mapping(a, r_addr).expect("A is mapped again");
+    let reclassified = t.world.host(a).events.iter().find_map(|(at, e)| match e {
+        Event::ClassificationChanged { reflex, .. } if *at >= rebind && *reflex == new => Some(*at),
+        _ => None,
+    });
+    let (to_fallback, to_direct) = (
+        fell_back.saturating_duration_since(rebind),
+        direct.saturating_duration_since(rebind),
+    );
+    println!(
+        "rebinding {old} -> {new}: fallback after {to_fallback:?}, reclassified after {:?}, \
+         direct again after {to_direct:?}",
+        reclassified.map(|at| at.saturating_duration_since(rebind))
+    );
+    assert_ne!(new, old, "the NAT gave A another public port");
+    assert!(fell_back < direct, "relay first, then direct");
+    assert!(
+        to_fallback <= dead_after() + RELAY_TRANSIT,
+        "{to_fallback:?}"
+    );
+    let reclassified = reclassified.expect("A reclassified to its new port");
+    assert!(
+        fell_back <= reclassified && reclassified <= direct,
+        "the reflex check after the failure found the new port: {reclassified:?}"
+    );
+    assert!(
+        to_direct < dead_after() + Duration::from_secs(2),
+        "direct again after {to_direct:?}"
+    );
+
+    // Data crosses both ways on the new direct path, B's pointing at A's
+    // new public address.
+    traffic.run(&mut t.world, Duration::from_secs(3));
+    t.world.run_for(Duration::from_secs(1));
+    assert_eq!(kind(&t.world, a, b), Some(PathKind::Direct));
+    assert_eq!(kind(&t.world, b, a), Some(PathKind::Direct));
+    assert_eq!(t.world.conn_info(b, a).map(|i| i.remote), Some(new));
+    assert_eq!(
+        t.world.agent(a).classification().map(|c| c.reflex),
+        Some(new)
+    );
+    assert_one_path(&t.world, a, b);
+    for (from, to) in [(a, b), (b, a)] {
+        let from_id = t.world.id(from);
+        let after = t
+            .world
+            .host(to)
+            .conns
+            .inbox
+            .iter()
+            .filter(|d| d.from == from_id && d.at > direct && d.kind == PathKind::Direct)
+            .count();
+        assert!(
+            after >= 40,
+            "{from:?} -> {to:?}: {after} direct datagrams after"
+        );
+    }
+    let rep = traffic.report(&t.world);
+    assert_clean(&rep, "rebinding");
 }
 
 // ------------------------------------------------- (d) coordinator restarts
