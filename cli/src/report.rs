@@ -27,7 +27,9 @@
 //! `null` if that never happened. `events` lists every path change, failed
 //! upgrade, relay refusal and end, in order. `stats` holds the node's
 //! punching counters (`natrix_proto::Stats`): requester and responder punch
-//! counts, keep-alives, matrix verdicts and path upgrades.
+//! counts, keep-alives, matrix verdicts and path upgrades. `path` is the
+//! connection's path when the command ended, `null` if the connection had
+//! already ended (its last `path` event then says where it was).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -157,11 +159,7 @@ fn reason_name(r: ChangeReason) -> &'static str {
     }
 }
 
+/// `open`, `cone`, `symmetric` or `unknown`.
 fn class_name(c: NatClass) -> &'static str {
-    match c {
-        NatClass::Open => "open",
-        NatClass::Cone => "cone",
-        NatClass::Symmetric => "symmetric",
-        NatClass::Unknown => "unknown",
-    }
+    c.tag().trim_start_matches("nat:")
 }

@@ -474,7 +474,10 @@ impl Peer {
             let waited = Instant::now();
             loop {
                 if let Some(a) = node.classification() {
-                    st.line(&format!("NAT class: {:?}, public address {}", a.class, a.reflex));
+                    st.line(&format!(
+                        "NAT class: {:?}, public address {}",
+                        a.class, a.reflex
+                    ));
                     break;
                 }
                 if waited.elapsed() >= patience {
