@@ -38,6 +38,12 @@ pub enum Kind {
     Masquerade,
     /// Address-and-port-dependent mapping: `masquerade fully-random`.
     Symmetric,
+    /// `masquerade` with no firewall at all: an unsolicited datagram
+    /// reaches the gateway's own stack and conntrack keeps it, claiming the
+    /// tuple the peer's own outbound datagram would use (see
+    /// [`Layer::MasqueradeBare`]). Not in the matrix: the outcome depends on
+    /// which keep-alive reaches which gateway first (a scenario covers it).
+    MasqueradeBare,
     /// A home router's `masquerade` behind a second `masquerade` (10/8
     /// between them).
     Double,
@@ -66,6 +72,9 @@ pub enum Layer {
     Masquerade,
     /// `masquerade fully-random`.
     FullyRandom,
+    /// `masquerade` without the home router's firewall: nothing drops
+    /// unsolicited inbound before conntrack confirms it.
+    MasqueradeBare,
     /// No translation (IPv6): only a stateful firewall.
     Firewall,
 }
@@ -96,6 +105,7 @@ impl Kind {
             Kind::PortRestricted => "port-restricted",
             Kind::Masquerade => "masquerade",
             Kind::Symmetric => "symmetric",
+            Kind::MasqueradeBare => "masquerade-bare",
             Kind::Double => "double",
             Kind::Cgnat => "cgnat",
             Kind::V6Open => "v6-open",
@@ -119,6 +129,7 @@ impl Kind {
             Kind::PortRestricted => &[Layer::StaticPortRestricted],
             Kind::Masquerade => &[Layer::Masquerade],
             Kind::Symmetric => &[Layer::FullyRandom],
+            Kind::MasqueradeBare => &[Layer::MasqueradeBare],
             Kind::Double => &[Layer::Masquerade, Layer::Masquerade],
             Kind::Cgnat => &[Layer::StaticFullCone, Layer::StaticPortRestricted],
             Kind::V6Firewall => &[Layer::Firewall],
@@ -138,7 +149,9 @@ impl Kind {
             Kind::Open | Kind::V6Open => Preset::Open,
             Kind::FullCone => Preset::FullCone,
             Kind::Restricted => Preset::RestrictedCone,
-            Kind::PortRestricted | Kind::Masquerade | Kind::Double => Preset::PortRestrictedCone,
+            Kind::PortRestricted | Kind::Masquerade | Kind::MasqueradeBare | Kind::Double => {
+                Preset::PortRestrictedCone
+            }
             Kind::Symmetric => Preset::Symmetric,
             Kind::Cgnat => Preset::DoubleNat,
             Kind::V6Firewall => Preset::Firewall,
@@ -155,6 +168,7 @@ impl Kind {
             Kind::PortRestricted => "snat of the peer's port, replies only",
             Kind::Masquerade => "masquerade, replies only",
             Kind::Symmetric => "masquerade fully-random",
+            Kind::MasqueradeBare => "masquerade, no firewall",
             Kind::Double => "masquerade behind masquerade (10/8 between)",
             Kind::Cgnat => "port-restricted home NAT behind a full-cone carrier NAT (100.64/10)",
             Kind::V6Open => "IPv6 public address, no firewall",
@@ -176,6 +190,7 @@ impl std::str::FromStr for Kind {
         Kind::V4
             .into_iter()
             .chain(Kind::V6)
+            .chain([Kind::MasqueradeBare])
             .find(|k| k.name() == s)
             .ok_or_else(|| format!("unknown NAT kind {s:?}"))
     }
@@ -187,6 +202,9 @@ pub fn firewall_ruleset(layer: Layer) -> String {
     let mut r = String::from("table inet natrix_fw {\n");
     if layer == Layer::StaticRestricted {
         r += "  set contacted { type ipv4_addr; flags dynamic,timeout; timeout 120s; }\n";
+    }
+    if layer == Layer::MasqueradeBare {
+        return String::new();
     }
     if layer != Layer::Firewall {
         r += "  chain input { type filter hook input priority 0; policy accept;\n";
@@ -235,7 +253,9 @@ pub fn nat_ruleset(layer: Layer, inner: &str, wan_ip: &str, public_port: u16) ->
             );
             post += "    oifname \"wan\" masquerade\n";
         }
-        Layer::Masquerade => post += "    oifname \"wan\" masquerade\n",
+        Layer::Masquerade | Layer::MasqueradeBare => {
+            post += "    oifname \"wan\" masquerade\n";
+        }
         Layer::FullyRandom => post += "    oifname \"wan\" masquerade fully-random\n",
     }
     Some(format!(

@@ -161,6 +161,8 @@ fn run(args: &Args) -> Result<bool> {
             Kind::Masquerade,
             Kind::PortRestricted,
             Kind::PortRestricted,
+            Kind::MasqueradeBare,
+            Kind::MasqueradeBare,
         ]
         .into_iter()
         .enumerate()
@@ -234,7 +236,10 @@ fn run(args: &Args) -> Result<bool> {
             let h4 =
                 scope.spawn(move || scenarios::coordinator_restart(nx_ref, inet, &s[6], &s[7], rc));
             let h5 = scope.spawn(move || scenarios::rebinding(lab_ref, nx_ref, &s[8], &s[9], d4r));
-            [h1, h2, h5, h3, h4]
+            let h6 = scope.spawn(move || {
+                scenarios::simultaneous_open_race(lab_ref, nx_ref, &s[10], &s[11], d4r)
+            });
+            [h1, h2, h5, h3, h4, h6]
                 .into_iter()
                 .map(|h| {
                     h.join()

@@ -492,3 +492,83 @@ pub fn coordinator_restart(
     s.check("both ends exited cleanly", ra.exit == 0 && rb.exit == 0);
     Ok(s)
 }
+
+/// Two peers behind `masquerade` gateways with no firewall: at the shared
+/// fire time each side's keep-alive can reach the other gateway before that
+/// gateway's own peer has sent; the gateway's conntrack keeps the stray
+/// datagram (it reached the gateway's own stack) and so claims the tuple
+/// the local peer's outbound datagram needs, and masquerade gives that
+/// outbound another port. The other side's filter never saw that port, so
+/// the punch fails and the connection stays on the relay. The simulator,
+/// whose NATs have no such claim and whose links have 10 ms latency,
+/// predicts a punch: the documented difference (docs/nat-matrix.md). The
+/// scenario asserts the real outcome, the mechanism (a claim entry in a
+/// gateway's conntrack table) and that the relay carries the data.
+///
+/// # Errors
+/// Setup failures, a hung peer.
+pub fn simultaneous_open_race(
+    lab: &Lab,
+    nx: &Natrix,
+    a: &Site,
+    b: &Site,
+    coordinators: &[&str],
+) -> Result<Scenario> {
+    let mut s = Scenario::new("simultaneous open through bare masquerade", a, b);
+    let cell = crate::matrix::run_cell(nx, a, b, coordinators)?;
+    // The mechanism: in a gateway, the local peer's flow to the other
+    // peer left from another public port than PEER_PORT (the tuple was
+    // taken by the other side's stray keep-alive).
+    let mut moved = Vec::new();
+    for (label, site, peer) in [("A", a, b), ("B", b, a)] {
+        let Some(gw) = site.edge() else { continue };
+        let table = lab.exec(
+            &gw.ns,
+            &[
+                "conntrack",
+                "-L",
+                "-p",
+                "udp",
+                "--orig-src",
+                &site.peer_ip.to_string(),
+                "--orig-dst",
+                &peer.public_ip.to_string(),
+            ],
+        )?;
+        for line in table.lines() {
+            // The reply half's `dport` is the public port the flow got.
+            let ports: Vec<&str> = line
+                .split_whitespace()
+                .filter_map(|w| w.strip_prefix("dport="))
+                .collect();
+            if let Some(p) = ports.get(1).filter(|p| **p != PEER_PORT.to_string()) {
+                moved.push(format!("{label}'s gateway gave the flow port {p}"));
+            }
+        }
+    }
+    s.measure(format!(
+        "outcome {} (simulator: {}); keep-alives {}+{}; {}",
+        cell.outcome,
+        cell.predicted.outcome,
+        cell.keepalives.0,
+        cell.keepalives.1,
+        if moved.is_empty() {
+            "no flow moved off its port".to_owned()
+        } else {
+            moved.join(", ")
+        }
+    ));
+    s.check(
+        "the punch fails and the connection stays relayed (the simulator predicts punched)",
+        cell.outcome == crate::matrix::Outcome::Relayed,
+    );
+    s.check(
+        format!("a gateway gave its peer's flow to the other peer a port other than {PEER_PORT}"),
+        !moved.is_empty(),
+    );
+    s.check(
+        "the relay carried datagrams both ways",
+        cell.received.0 > 0 && cell.received.1 > 0,
+    );
+    Ok(s)
+}

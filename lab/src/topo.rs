@@ -219,9 +219,10 @@ impl Site {
 /// `nft` rejects a ruleset.
 pub fn load_rules(lab: &Lab, gw: &Gateway, public_port: u16) -> Result<()> {
     let ns = &gw.ns;
-    if lab
-        .exec(ns, &["nft", "list", "table", "inet", "natrix_fw"])
-        .is_err()
+    if gw.layer != Layer::MasqueradeBare
+        && lab
+            .exec(ns, &["nft", "list", "table", "inet", "natrix_fw"])
+            .is_err()
     {
         lab.nft(ns, "fw", &firewall_ruleset(gw.layer))?;
     }
