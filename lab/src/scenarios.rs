@@ -502,8 +502,9 @@ pub fn coordinator_restart(
 /// the punch fails and the connection stays on the relay. The simulator,
 /// whose NATs have no such claim and whose links have 10 ms latency,
 /// predicts a punch: the documented difference (docs/nat-matrix.md). The
-/// scenario asserts the real outcome, the mechanism (a claim entry in a
-/// gateway's conntrack table) and that the relay carries the data.
+/// scenario asserts the real outcome, the mechanism (a gateway's conntrack
+/// shows its peer's flow to the other peer on another public port) and that
+/// the relay carries the data.
 ///
 /// # Errors
 /// Setup failures, a hung peer.
