@@ -47,6 +47,8 @@ enum Command {
     Connect(cmd::netcat::ConnectArgs),
     /// Report what the network and the NAT in front of this host do.
     Netcheck(cmd::netcheck::Args),
+    /// Install a port mapping on the gateway (PCP, NAT-PMP, UPnP-IGD), renew it, delete it on exit.
+    Map(cmd::map::Args),
     /// Run the NAT pair matrix on the simulator.
     Sim(cmd::sim::Args),
     /// A coordinator and two peers in one process on loopback: relay, then direct.
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
                     Command::Listen(a) => cmd::netcat::listen(&a, quiet).await,
                     Command::Connect(a) => cmd::netcat::connect(&a, quiet).await,
                     Command::Netcheck(a) => cmd::netcheck::run(&a, quiet).await,
+                    Command::Map(a) => cmd::map::run(&a, quiet).await,
                     Command::Demo(a) => cmd::demo::run(&a, quiet).await,
                     Command::Keygen(_) | Command::Sim(_) => unreachable!("handled above"),
                 }

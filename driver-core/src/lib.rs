@@ -37,6 +37,7 @@ pub mod control;
 pub mod coordinator;
 pub mod net;
 pub mod node;
+pub mod portmap;
 pub mod runtime;
 pub mod testkit;
 
@@ -83,6 +84,10 @@ pub mod api {
         Reclassified, SessionRequestError,
     };
     pub use crate::os_seed;
+    pub use crate::portmap::{
+        PortMapConfig, PortMapError, PortMapEvent, PortMapState, PortMapper, default_gateway,
+    };
+    pub use natrix_portmap::{Mapping, Protocol as PortMapProtocol};
     pub use natrix_proto::NatClass;
     pub use natrix_session::keyfile;
     pub use natrix_session::path::{

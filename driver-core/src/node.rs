@@ -13,6 +13,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use futures_lite::Stream;
 use futures_lite::future::poll_fn;
+use natrix_portmap::supervisor::SupervisorEvent;
 use natrix_proto::wire::NodeId;
 use natrix_proto::{
     Agent, Announcement, Config, CoordinatorCandidate, DatagramVerdict, Event, Instant, NatClass,
@@ -30,6 +31,7 @@ use crate::clock::Clock;
 use crate::connection::ConnectionEvent;
 use crate::control::{ControlError, ControlInput, ControlPlane};
 use crate::net::wire::LookupAnswer;
+use crate::portmap::{PortMapConfig, PortMapEvent, PortMapState, PortMapper};
 use crate::runtime::{BoxFuture, RecvBatch, Runtime, UdpSocket};
 
 /// Decides whether to drop an outgoing datagram (destination, bytes): a test
@@ -49,6 +51,10 @@ pub struct NodeConfig {
     pub seed: u64,
     /// Drops matching outgoing datagrams (tests only).
     pub datagram_filter: Option<DatagramFilter>,
+    /// Port mapping (PCP, NAT-PMP, UPnP-IGD against the routing table's
+    /// default gateway): off (`None`) by default. When on, an installed
+    /// mapping that is not double NAT becomes the reflex override (C6, P7).
+    pub port_mapping: Option<PortMapConfig>,
 }
 
 impl fmt::Debug for NodeConfig {
@@ -59,6 +65,7 @@ impl fmt::Debug for NodeConfig {
             .field("agent", &self.agent)
             .field("seed", &self.seed)
             .field("datagram_filter", &self.datagram_filter.is_some())
+            .field("port_mapping", &self.port_mapping)
             .finish()
     }
 }
@@ -73,6 +80,7 @@ impl NodeConfig {
             agent: Config::default(),
             seed: id.0 ^ 0x6e61_7472_6978,
             datagram_filter: None,
+            port_mapping: None,
         }
     }
 
@@ -122,6 +130,10 @@ pub enum NodeEvent {
         /// Which quota, and when it resets.
         refusal: Refusal,
     },
+    /// Port mapping (when on): a mapping installed, renewed, lost, deleted;
+    /// every protocol failed; the gateway restarted; it could not start.
+    /// [`Node::port_mapping`] has the details.
+    PortMapping(PortMapEvent),
     /// A socket operation failed; the node goes on.
     SocketError {
         /// Which operation.
@@ -129,6 +141,44 @@ pub enum NodeEvent {
         /// The error kind.
         kind: io::ErrorKind,
     },
+}
+
+/// Starts the port mapper (a failure to start is logged and reported as a
+/// `NodeEvent::PortMapping` of `Unavailable`, never fatal to the node) and
+/// the task that turns its events into the reflex override.
+fn start_port_mapping<R: Runtime>(
+    rt: &R,
+    port: u16,
+    config: &PortMapConfig,
+    seed: u64,
+    commands: &async_channel::Sender<Command>,
+) -> PortMapping<R> {
+    match PortMapper::spawn(rt, port, config, seed) {
+        Ok((mapper, task)) => {
+            let mapper = Arc::new(mapper);
+            let m = mapper.clone();
+            let commands = commands.clone();
+            let glue = rt.spawn(Box::pin(async move {
+                while let Some(ev) = m.next_event().await {
+                    let reflex = m.state().reflex_override();
+                    if commands
+                        .send(Command::PortMapping(ev, reflex))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }));
+            (mapper, Mutex::new(vec![task, glue]))
+        }
+        Err(e) => {
+            info!(error = %e, "port mapping not started");
+            let _ = commands.try_send(Command::PortMappingFailed(e.to_string()));
+            let (mapper, task) = PortMapper::stopped(rt);
+            (Arc::new(mapper), Mutex::new(vec![task]))
+        }
+    }
 }
 
 /// Errors of the node handle.
@@ -191,6 +241,10 @@ pub enum ConnectError {
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub(crate) enum Command {
+    /// A port-mapping event, and the reflex override it leaves (P7).
+    PortMapping(SupervisorEvent, Option<SocketAddr>),
+    /// Port mapping could not start.
+    PortMappingFailed(String),
     Punch {
         req: u64,
         target: NodeId,
@@ -341,7 +395,12 @@ pub struct Node<R: Runtime> {
     data: Arc<DataInbox>,
     next_req: AtomicU64,
     pub(crate) accepts: async_channel::Receiver<AcceptedConn>,
+    /// The port mapper and its tasks, when port mapping is on.
+    portmap: Option<PortMapping<R>>,
 }
+
+/// A node's port mapper and the tasks that run it.
+type PortMapping<R> = (Arc<PortMapper>, Mutex<Vec<<R as Runtime>::Task>>);
 
 impl<R: Runtime> fmt::Debug for Node<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -409,6 +468,16 @@ impl<R: Runtime> Node<R> {
             accepts: accepts_tx,
         };
         let handle = rt.spawn(Box::pin(task.run()));
+        let portmap = match &config.port_mapping {
+            Some(cfg) => Some(start_port_mapping(
+                &rt,
+                local_addr.port(),
+                cfg,
+                config.seed,
+                &commands,
+            )),
+            None => None,
+        };
         Ok(Node {
             rt,
             id: config.id,
@@ -422,7 +491,15 @@ impl<R: Runtime> Node<R> {
             data,
             next_req: AtomicU64::new(1),
             accepts,
+            portmap,
         })
+    }
+
+    /// The port mapping's state (active mapping, external address, renewals,
+    /// why protocols failed), when port mapping is on.
+    #[must_use]
+    pub fn port_mapping(&self) -> Option<PortMapState> {
+        self.portmap.as_ref().map(|(m, _)| m.state())
     }
 
     /// This node's id.
@@ -727,6 +804,18 @@ impl<R: Runtime> Node<R> {
     /// reclassifications with `Closed`, the task ends and its socket and timer
     /// are dropped. Waits for all of it.
     pub async fn shutdown(&self) {
+        if let Some((mapper, tasks)) = &self.portmap {
+            // P4: the mapping is deleted before the node goes.
+            mapper.shutdown().await;
+            let tasks: Vec<R::Task> = std::mem::take(
+                &mut *tasks
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            for t in tasks {
+                t.await;
+            }
+        }
         let _ = self.commands.send(Command::Shutdown).await;
         let task = self
             .task
@@ -1110,6 +1199,25 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                 let _ = reply.try_send(self.agent.select_coordinator(target, &candidates));
             }
             Command::Override(r) => self.agent.set_reflex_override(r),
+            Command::PortMapping(ev, reflex) => {
+                if matches!(
+                    ev,
+                    SupervisorEvent::Installed { .. }
+                        | SupervisorEvent::Renewed { .. }
+                        | SupervisorEvent::Lost { .. }
+                        | SupervisorEvent::Deleted(_)
+                        | SupervisorEvent::DeleteFailed { .. }
+                ) {
+                    // C6/P7: the mapping is the reflex; losing it restores
+                    // classification.
+                    self.agent.set_reflex_override(reflex);
+                }
+                self.publish(NodeEvent::PortMapping(PortMapEvent::from(&ev)));
+            }
+            Command::PortMappingFailed(why) => {
+                debug!(%why, "port mapping not started");
+                self.publish(NodeEvent::PortMapping(PortMapEvent::NotStarted));
+            }
             Command::Classify(class, reflex) => self.agent.set_local_classification(class, reflex),
             Command::RefreshInterfaces => {
                 self.agent.set_interface_addrs(&interface_addrs());

@@ -1,0 +1,936 @@
+//! The UPnP-IGD machine against canned miniupnpd-like answers.
+
+use super::xml::samples::{MINIUPNPD_DESC, XML_BOMB, desc_v1, soap_fault, soap_ok};
+use super::*;
+use proptest::prelude::*;
+
+const GW: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
+const EVIL: Ipv4Addr = Ipv4Addr::new(6, 6, 6, 6);
+const EXT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+const IP2: &str = "urn:schemas-upnp-org:service:WANIPConnection:2";
+const IP1: &str = "urn:schemas-upnp-org:service:WANIPConnection:1";
+
+fn gw_ssdp() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(GW), 1900)
+}
+
+fn request() -> MappingRequest {
+    MappingRequest::new("192.168.1.20:4000".parse().expect("literal")).expect("valid")
+}
+
+fn client() -> UpnpClient {
+    UpnpClient::new(GW, request(), Duration::from_secs(2)).expect("valid")
+}
+
+fn ms(n: u64) -> Instant {
+    Instant::from_millis(n)
+}
+
+fn ssdp_answer(location: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nCACHE-CONTROL: max-age=120\r\nST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\nUSN: uuid:1234::urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\nEXT:\r\nSERVER: OpenWRT/23.05 UPnP/1.1 MiniUPnPd/2.3.3\r\nLOCATION: {location}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn http(status: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/xml; charset=\"utf-8\"\r\nConnection: close\r\nContent-Length: {}\r\nServer: OpenWRT/23.05 UPnP/1.1 MiniUPnPd/2.3.3\r\nExt:\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn ok(body: &str) -> Vec<u8> {
+    http("200 OK", body)
+}
+
+fn fault(code: u16, desc: &str) -> Vec<u8> {
+    http("500 Internal Server Error", &soap_fault(code, desc))
+}
+
+/// Records every transmit so P1 can be checked at the end.
+struct Harness {
+    c: UpnpClient,
+    sent: Vec<Transmit>,
+}
+
+impl Harness {
+    fn new(c: UpnpClient) -> Self {
+        Harness {
+            c,
+            sent: Vec::new(),
+        }
+    }
+
+    fn drain(&mut self) -> Vec<Transmit> {
+        let out: Vec<Transmit> = std::iter::from_fn(|| self.c.poll_transmit()).collect();
+        self.sent.extend(out.iter().cloned());
+        out
+    }
+
+    fn events(&mut self) -> Vec<Event> {
+        std::iter::from_fn(|| self.c.poll_event()).collect()
+    }
+
+    /// The one HTTP transmit pending: (id, to, request text).
+    fn http(&mut self) -> (u64, SocketAddr, String) {
+        let t = self.drain();
+        assert_eq!(t.len(), 1, "{t:?}");
+        match &t[0] {
+            Transmit::Http {
+                id, to, request, ..
+            } => (*id, *to, String::from_utf8(request.clone()).expect("ascii")),
+            other => panic!("expected HTTP, got {other:?}"),
+        }
+    }
+
+    fn answer(&mut self, now: Instant, bytes: &[u8]) -> (u64, SocketAddr, String) {
+        let (id, to, req) = self.http();
+        self.c.handle_http(now, id, Ok(bytes));
+        (id, to, req)
+    }
+
+    /// Start and SSDP up to the description GET (not answered yet).
+    fn discover(&mut self) {
+        self.c.start(ms(0));
+        let t = self.drain();
+        assert_eq!(t.len(), SEARCH_TARGETS.len());
+        self.c.handle_udp(
+            ms(10),
+            gw_ssdp(),
+            &ssdp_answer("http://192.168.1.1:5000/rootDesc.xml"),
+        );
+    }
+
+    fn assert_p1(&self) {
+        for t in &self.sent {
+            match t {
+                Transmit::Udp { to, .. } => assert_eq!(*to, SSDP_GROUP_V4),
+                Transmit::Http { to, .. } => assert_eq!(to.ip(), IpAddr::V4(GW), "{t:?}"),
+            }
+        }
+    }
+
+    /// Discovery, description, external IP, AddAnyPortMapping → 4000.
+    fn install(&mut self) -> Mapping {
+        self.discover();
+        self.answer(ms(20), &ok(MINIUPNPD_DESC));
+        self.answer(
+            ms(30),
+            &ok(&soap_ok(
+                "GetExternalIPAddress",
+                IP2,
+                &[("NewExternalIPAddress", "203.0.113.7")],
+            )),
+        );
+        self.answer(
+            ms(40),
+            &ok(&soap_ok(
+                "AddAnyPortMapping",
+                IP2,
+                &[("NewReservedPort", "4000")],
+            )),
+        );
+        match self.events().as_slice() {
+            [Event::Installed(m)] => *m,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn soap_text(action: &str, service: &str, args: &str) -> String {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\r\n<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" s:encodingStyle=\"http://schemas.xmlsoap.org/soap/encoding/\"><s:Body><u:{action} xmlns:u=\"{service}\">{args}</u:{action}></s:Body></s:Envelope>\r\n"
+    );
+    format!(
+        "POST /ctl/IPConn HTTP/1.1\r\nHost: 192.168.1.1:5000\r\nContent-Type: text/xml; charset=\"utf-8\"\r\nContent-Length: {}\r\nSOAPAction: \"{service}#{action}\"\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn add_args(port: u16, lease: u32) -> String {
+    format!(
+        "<NewRemoteHost></NewRemoteHost><NewExternalPort>{port}</NewExternalPort><NewProtocol>UDP</NewProtocol><NewInternalPort>4000</NewInternalPort><NewInternalClient>192.168.1.20</NewInternalClient><NewEnabled>1</NewEnabled><NewPortMappingDescription>natrix</NewPortMappingDescription><NewLeaseDuration>{lease}</NewLeaseDuration>"
+    )
+}
+
+#[test]
+fn new_refuses_bad_internal_addresses_and_gateways() {
+    let v6 = MappingRequest {
+        internal: "[2001:db8::2]:4000".parse().expect("literal"),
+        lifetime: Duration::from_secs(60),
+    };
+    assert!(matches!(
+        UpnpClient::new(GW, v6, Duration::from_secs(2)),
+        Err(MapError::BadInternalAddress(_))
+    ));
+    let lo = MappingRequest {
+        internal: "127.0.0.1:4000".parse().expect("literal"),
+        lifetime: Duration::from_secs(60),
+    };
+    assert!(matches!(
+        UpnpClient::new(GW, lo, Duration::from_secs(2)),
+        Err(MapError::BadInternalAddress(_))
+    ));
+    assert_eq!(
+        UpnpClient::new(Ipv4Addr::UNSPECIFIED, request(), Duration::from_secs(2)).err(),
+        Some(MapError::NoGateway)
+    );
+}
+
+#[test]
+fn full_install_against_a_miniupnpd_like_gateway_sends_exact_requests() {
+    let mut h = Harness::new(client());
+    h.c.start(ms(0));
+    assert_eq!(h.c.protocol(), Protocol::UpnpIgd);
+    let searches = h.drain();
+    assert_eq!(searches.len(), 2);
+    let payloads: Vec<String> = searches
+        .iter()
+        .map(|t| match t {
+            Transmit::Udp { to, payload } => {
+                assert_eq!(*to, SSDP_GROUP_V4);
+                String::from_utf8(payload.clone()).expect("ascii")
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(payloads[0].contains("ST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n"));
+    assert!(payloads[1].contains("ST: upnp:rootdevice\r\n"));
+
+    h.c.handle_udp(
+        ms(10),
+        gw_ssdp(),
+        &ssdp_answer("http://192.168.1.1:5000/rootDesc.xml"),
+    );
+    let (_, to, req) = h.answer(ms(20), &ok(MINIUPNPD_DESC));
+    assert_eq!(to, "192.168.1.1:5000".parse().expect("literal"));
+    assert_eq!(
+        req,
+        "GET /rootDesc.xml HTTP/1.1\r\nHost: 192.168.1.1:5000\r\nConnection: close\r\nAccept: text/xml, application/xml\r\n\r\n"
+    );
+
+    let (_, to, req) = h.answer(
+        ms(30),
+        &ok(&soap_ok(
+            "GetExternalIPAddress",
+            IP2,
+            &[("NewExternalIPAddress", "203.0.113.7")],
+        )),
+    );
+    assert_eq!(to, "192.168.1.1:5000".parse().expect("literal"));
+    assert_eq!(req, soap_text("GetExternalIPAddress", IP2, ""));
+
+    let (_, _, req) = h.answer(
+        ms(40),
+        &ok(&soap_ok(
+            "AddAnyPortMapping",
+            IP2,
+            &[("NewReservedPort", "4000")],
+        )),
+    );
+    assert_eq!(
+        req,
+        soap_text("AddAnyPortMapping", IP2, &add_args(4000, 3600))
+    );
+
+    let want = Mapping {
+        protocol: Protocol::UpnpIgd,
+        internal: "192.168.1.20:4000".parse().expect("literal"),
+        external: SocketAddr::new(IpAddr::V4(EXT), 4000),
+        lifetime: Duration::from_secs(3600),
+        granted_at: ms(40),
+    };
+    assert_eq!(h.events(), vec![Event::Installed(want)]);
+    assert_eq!(h.c.mapping(), Some(want));
+    assert_eq!(h.c.poll_timeout(), Some(ms(40 + 1_800_000)));
+    assert!(h.drain().is_empty());
+    h.assert_p1();
+}
+
+#[test]
+fn p3_the_reserved_port_is_the_one_reported() {
+    let mut h = Harness::new(client());
+    h.discover();
+    h.answer(ms(20), &ok(MINIUPNPD_DESC));
+    h.answer(
+        ms(30),
+        &ok(&soap_ok(
+            "GetExternalIPAddress",
+            IP2,
+            &[("NewExternalIPAddress", "203.0.113.7")],
+        )),
+    );
+    h.answer(
+        ms(40),
+        &ok(&soap_ok(
+            "AddAnyPortMapping",
+            IP2,
+            &[("NewReservedPort", "40123")],
+        )),
+    );
+    let m = h.c.mapping().expect("installed");
+    assert_eq!(m.external, SocketAddr::new(IpAddr::V4(EXT), 40123));
+}
+
+#[test]
+fn add_any_fault_falls_back_to_add_port_mapping() {
+    let mut h = Harness::new(client());
+    h.discover();
+    h.answer(ms(20), &ok(MINIUPNPD_DESC));
+    h.answer(
+        ms(30),
+        &ok(&soap_ok(
+            "GetExternalIPAddress",
+            IP2,
+            &[("NewExternalIPAddress", "203.0.113.7")],
+        )),
+    );
+    let (_, _, req) = h.answer(ms(40), &fault(401, "Invalid Action"));
+    assert!(req.contains("#AddAnyPortMapping"));
+    let (_, _, req) = h.answer(ms(50), &ok(&soap_ok("AddPortMapping", IP2, &[])));
+    assert_eq!(req, soap_text("AddPortMapping", IP2, &add_args(4000, 3600)));
+    let m = h.c.mapping().expect("installed");
+    assert_eq!(m.external.port(), 4000);
+    assert_eq!(h.events(), vec![Event::Installed(m)]);
+    h.assert_p1();
+}
+
+#[test]
+fn v1_service_uses_add_port_mapping_and_tries_other_ports_on_conflict() {
+    let mut h = Harness::new(client());
+    h.discover();
+    h.answer(ms(20), &ok(&desc_v1()));
+    let (_, _, req) = h.answer(
+        ms(30),
+        &ok(&soap_ok(
+            "GetExternalIPAddress",
+            IP1,
+            &[("NewExternalIPAddress", "203.0.113.7")],
+        )),
+    );
+    assert_eq!(req, soap_text("GetExternalIPAddress", IP1, ""));
+    let (_, _, req) = h.answer(ms(40), &fault(718, "ConflictInMappingEntry"));
+    assert_eq!(req, soap_text("AddPortMapping", IP1, &add_args(4000, 3600)));
+    let (_, _, req) = h.http();
+    let alt = h.c.alternative_port(1);
+    assert_ne!(alt, 4000);
+    assert!(alt >= 1024);
+    assert_eq!(req, soap_text("AddPortMapping", IP1, &add_args(alt, 3600)));
+    // Answer that request.
+    let id = match h.sent.last() {
+        Some(Transmit::Http { id, .. }) => *id,
+        other => panic!("{other:?}"),
+    };
+    h.c.handle_http(ms(50), id, Ok(&ok(&soap_ok("AddPortMapping", IP1, &[]))));
+    let m = h.c.mapping().expect("installed");
+    assert_eq!(m.external.port(), alt, "P3: the granted port is reported");
+    h.assert_p1();
+}
+
+#[test]
+fn conflicts_are_bounded() {
+    let mut h = Harness::new(client());
+    h.discover();
+    h.answer(ms(20), &ok(&desc_v1()));
+    h.answer(
+        ms(30),
+        &ok(&soap_ok(
+            "GetExternalIPAddress",
+            IP1,
+            &[("NewExternalIPAddress", "203.0.113.7")],
+        )),
+    );
+    for i in 0..MAX_PORT_ATTEMPTS {
+        let (_, _, req) = h.answer(ms(40 + i as u64), &fault(718, "ConflictInMappingEntry"));
+        assert!(req.contains("#AddPortMapping"));
+    }
+    assert!(h.drain().is_empty());
+    match h.events().as_slice() {
+        [Event::Failed(MapError::Refused { reason, .. })] => assert!(reason.contains("718")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.c.mapping(), None);
+    assert_eq!(h.c.poll_timeout(), None);
+}
+
+#[test]
+fn only_permanent_leases_are_retried_with_lease_zero_and_refreshed_hourly() {
+    let mut h = Harness::new(client());
+    h.discover();
+    h.answer(ms(20), &ok(&desc_v1()));
+    h.answer(
+        ms(30),
+        &ok(&soap_ok(
+            "GetExternalIPAddress",
+            IP1,
+            &[("NewExternalIPAddress", "203.0.113.7")],
+        )),
+    );
+    h.answer(ms(40), &fault(725, "OnlyPermanentLeasesSupported"));
+    let (_, _, req) = h.answer(ms(50), &ok(&soap_ok("AddPortMapping", IP1, &[])));
+    assert_eq!(req, soap_text("AddPortMapping", IP1, &add_args(4000, 0)));
+    let m = h.c.mapping().expect("installed");
+    assert_eq!(m.lifetime, PERMANENT_REFRESH * 2);
+    assert_eq!(m.renew_at(), ms(50).saturating_add(PERMANENT_REFRESH));
+    // The refresh re-adds with lease 0.
+    let t = m.renew_at();
+    h.c.handle_timeout(t);
+    h.answer(
+        t,
+        &ok(&soap_ok(
+            "GetExternalIPAddress",
+            IP1,
+            &[("NewExternalIPAddress", "203.0.113.7")],
+        )),
+    );
+    let (_, _, req) = h.http();
+    assert_eq!(req, soap_text("AddPortMapping", IP1, &add_args(4000, 0)));
+}
+
+#[test]
+fn p4_renewal_at_half_the_lifetime_re_adds_the_same_port() {
+    let mut h = Harness::new(client());
+    let m = h.install();
+    let t = m.renew_at();
+    assert_eq!(h.c.poll_timeout(), Some(t));
+    h.c.handle_timeout(t.saturating_sub(Duration::from_millis(1)));
+    assert!(h.drain().is_empty());
+    h.c.handle_timeout(t);
+    let (_, _, req) = h.answer(
+        t,
+        &ok(&soap_ok(
+            "GetExternalIPAddress",
+            IP2,
+            &[("NewExternalIPAddress", "198.51.100.9")],
+        )),
+    );
+    assert_eq!(req, soap_text("GetExternalIPAddress", IP2, ""));
+    let (_, _, req) = h.answer(t, &ok(&soap_ok("AddPortMapping", IP2, &[])));
+    assert_eq!(req, soap_text("AddPortMapping", IP2, &add_args(4000, 3600)));
+    let renewed = h.c.mapping().expect("renewed");
+    assert_eq!(renewed.granted_at, t);
+    assert_eq!(
+        renewed.external,
+        "198.51.100.9:4000".parse().expect("literal"),
+        "P3: the external address is re-read"
+    );
+    assert_eq!(h.events(), vec![Event::Installed(renewed)]);
+    h.assert_p1();
+}
+
+#[test]
+fn a_failed_renewal_keeps_the_mapping_and_retries_until_it_expires() {
+    let mut h = Harness::new(client());
+    let m = h.install();
+    let mut t = m.renew_at();
+    h.c.handle_timeout(t);
+    h.http();
+    // Slow gateway: the exchange times out.
+    t = t.saturating_add(HTTP_TIMEOUT);
+    h.c.handle_timeout(t);
+    assert!(h.events().is_empty());
+    assert_eq!(h.c.mapping(), Some(m));
+    assert_eq!(h.c.poll_timeout(), Some(t.saturating_add(RENEW_RETRY)));
+    // Keep failing: eventually the mapping is lost.
+    let mut rounds = 0;
+    while let Some(next) = h.c.poll_timeout() {
+        h.c.handle_timeout(next);
+        for tr in h.drain() {
+            if let Transmit::Http { id, .. } = tr {
+                h.c.handle_http(next, id, Err("connection refused".into()));
+            }
+        }
+        rounds += 1;
+        assert!(rounds < 1000);
+    }
+    match h.events().as_slice() {
+        [Event::Failed(MapError::Http(msg))] => assert!(msg.contains("refused")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.c.mapping(), None);
+}
+
+#[test]
+fn delete_sends_delete_port_mapping_and_reports_deleted() {
+    let mut h = Harness::new(client());
+    h.install();
+    h.c.delete(ms(100));
+    let (_, _, req) = h.answer(ms(110), &ok(&soap_ok("DeletePortMapping", IP2, &[])));
+    assert_eq!(
+        req,
+        soap_text(
+            "DeletePortMapping",
+            IP2,
+            "<NewRemoteHost></NewRemoteHost><NewExternalPort>4000</NewExternalPort><NewProtocol>UDP</NewProtocol>"
+        )
+    );
+    assert_eq!(h.events(), vec![Event::Deleted(Protocol::UpnpIgd)]);
+    assert_eq!(h.c.mapping(), None);
+    assert_eq!(h.c.poll_timeout(), None);
+    h.assert_p1();
+}
+
+#[test]
+fn delete_of_an_unknown_entry_counts_as_deleted() {
+    let mut h = Harness::new(client());
+    h.install();
+    h.c.delete(ms(100));
+    h.answer(ms(110), &fault(714, "NoSuchEntryInArray"));
+    assert_eq!(h.events(), vec![Event::Deleted(Protocol::UpnpIgd)]);
+}
+
+#[test]
+fn delete_before_install_reports_deleted_at_once() {
+    let mut h = Harness::new(client());
+    h.discover();
+    h.drain();
+    h.c.delete(ms(15));
+    assert_eq!(h.events(), vec![Event::Deleted(Protocol::UpnpIgd)]);
+    assert!(h.drain().is_empty());
+    assert_eq!(h.c.poll_timeout(), None);
+}
+
+#[test]
+fn delete_during_add_deletes_what_the_add_granted() {
+    let mut h = Harness::new(client());
+    h.discover();
+    h.answer(ms(20), &ok(MINIUPNPD_DESC));
+    h.answer(
+        ms(30),
+        &ok(&soap_ok(
+            "GetExternalIPAddress",
+            IP2,
+            &[("NewExternalIPAddress", "203.0.113.7")],
+        )),
+    );
+    let (id, _, _) = h.http();
+    h.c.delete(ms(35));
+    h.c.handle_http(
+        ms(40),
+        id,
+        Ok(&ok(&soap_ok(
+            "AddAnyPortMapping",
+            IP2,
+            &[("NewReservedPort", "4555")],
+        ))),
+    );
+    let (_, _, req) = h.answer(ms(50), &ok(&soap_ok("DeletePortMapping", IP2, &[])));
+    assert!(req.contains("<NewExternalPort>4555</NewExternalPort>"));
+    assert_eq!(h.events(), vec![Event::Deleted(Protocol::UpnpIgd)]);
+}
+
+#[test]
+fn p1_ssdp_answer_pointing_elsewhere_is_refused() {
+    let mut h = Harness::new(client());
+    h.c.start(ms(0));
+    h.drain();
+    // From the gateway, but LOCATION elsewhere: refused.
+    h.c.handle_udp(ms(5), gw_ssdp(), &ssdp_answer("http://6.6.6.6:80/desc.xml"));
+    // A host name: refused too (no resolver chooses a target).
+    h.c.handle_udp(
+        ms(6),
+        gw_ssdp(),
+        &ssdp_answer("http://evil.example:80/desc.xml"),
+    );
+    // From another source, even naming the gateway: ignored.
+    h.c.handle_udp(
+        ms(7),
+        "192.168.1.66:1900".parse().expect("literal"),
+        &ssdp_answer("http://192.168.1.1:5000/rootDesc.xml"),
+    );
+    h.c.handle_udp(
+        ms(8),
+        "6.6.6.6:1900".parse().expect("literal"),
+        &ssdp_answer("http://6.6.6.6:80/desc.xml"),
+    );
+    let mut now = ms(8);
+    while let Some(t) = h.c.poll_timeout() {
+        assert!(t >= now);
+        now = t;
+        h.c.handle_timeout(now);
+        h.drain();
+    }
+    assert_eq!(
+        h.events(),
+        vec![Event::Failed(MapError::NotTheGateway {
+            protocol: Protocol::UpnpIgd,
+            addr: IpAddr::V4(EVIL),
+        })]
+    );
+    assert!(
+        h.sent.iter().all(|t| matches!(t, Transmit::Udp { .. })),
+        "no HTTP at all: {:?}",
+        h.sent
+    );
+    assert_eq!(
+        h.sent.len(),
+        usize::from(SEARCH_ROUNDS) * SEARCH_TARGETS.len()
+    );
+    h.assert_p1();
+}
+
+#[test]
+fn a_good_answer_after_a_refused_one_is_used() {
+    let mut h = Harness::new(client());
+    h.c.start(ms(0));
+    h.drain();
+    h.c.handle_udp(ms(5), gw_ssdp(), &ssdp_answer("http://6.6.6.6:80/desc.xml"));
+    assert!(h.drain().is_empty());
+    h.c.handle_udp(
+        ms(6),
+        SocketAddr::new(IpAddr::V6(GW.to_ipv6_mapped()), 1900),
+        &ssdp_answer("http://192.168.1.1:5000/rootDesc.xml"),
+    );
+    let (_, to, _) = h.http();
+    assert_eq!(to.ip(), IpAddr::V4(GW));
+    h.assert_p1();
+}
+
+#[test]
+fn ssdp_retransmits_then_times_out() {
+    let mut h = Harness::new(client());
+    h.c.start(ms(0));
+    assert_eq!(h.drain().len(), 2);
+    assert_eq!(h.c.poll_timeout(), Some(ms(500)));
+    h.c.handle_timeout(ms(500));
+    assert_eq!(h.drain().len(), 2);
+    assert_eq!(h.c.poll_timeout(), Some(ms(1000)));
+    h.c.handle_timeout(ms(1000));
+    assert_eq!(h.drain().len(), 2);
+    assert_eq!(h.c.poll_timeout(), Some(ms(2000)));
+    h.c.handle_timeout(ms(1999));
+    assert!(h.events().is_empty());
+    h.c.handle_timeout(ms(2000));
+    assert_eq!(
+        h.events(),
+        vec![Event::Failed(MapError::Timeout(Protocol::UpnpIgd))]
+    );
+    assert!(h.drain().is_empty());
+    assert_eq!(h.c.poll_timeout(), None);
+    // A late answer changes nothing.
+    h.c.handle_udp(
+        ms(2100),
+        gw_ssdp(),
+        &ssdp_answer("http://192.168.1.1:5000/rootDesc.xml"),
+    );
+    assert!(h.drain().is_empty());
+}
+
+#[test]
+fn p1_control_url_on_another_host_is_refused() {
+    let mut h = Harness::new(client());
+    h.discover();
+    let desc = MINIUPNPD_DESC.replace(
+        "<controlURL>/ctl/IPConn</controlURL>",
+        "<controlURL>http://6.6.6.6:5000/ctl/IPConn</controlURL>",
+    );
+    h.answer(ms(20), &ok(&desc));
+    assert!(h.drain().is_empty());
+    assert_eq!(
+        h.events(),
+        vec![Event::Failed(MapError::NotTheGateway {
+            protocol: Protocol::UpnpIgd,
+            addr: IpAddr::V4(EVIL),
+        })]
+    );
+    h.assert_p1();
+}
+
+#[test]
+fn control_url_host_name_is_refused() {
+    let mut h = Harness::new(client());
+    h.discover();
+    let desc = MINIUPNPD_DESC.replace(
+        "<controlURL>/ctl/IPConn</controlURL>",
+        "<controlURL>http://router.lan:5000/ctl/IPConn</controlURL>",
+    );
+    h.answer(ms(20), &ok(&desc));
+    assert!(h.drain().is_empty());
+    assert!(matches!(
+        h.events().as_slice(),
+        [Event::Failed(MapError::Malformed { .. })]
+    ));
+}
+
+#[test]
+fn absolute_control_url_on_the_gateway_any_port_is_used() {
+    let mut h = Harness::new(client());
+    h.discover();
+    let desc = MINIUPNPD_DESC.replace(
+        "<controlURL>/ctl/IPConn</controlURL>",
+        "<controlURL>http://192.168.1.1:49000/upnp/control/wanipconn</controlURL>",
+    );
+    h.answer(ms(20), &ok(&desc));
+    let (_, to, req) = h.http();
+    assert_eq!(to, "192.168.1.1:49000".parse().expect("literal"));
+    assert!(
+        req.starts_with("POST /upnp/control/wanipconn HTTP/1.1\r\nHost: 192.168.1.1:49000\r\n")
+    );
+}
+
+#[test]
+fn url_base_elsewhere_is_ignored_and_on_the_gateway_is_honoured() {
+    let mut h = Harness::new(client());
+    h.discover();
+    let desc = MINIUPNPD_DESC.replace(
+        "<specVersion>",
+        "<URLBase>http://6.6.6.6:80/</URLBase><specVersion>",
+    );
+    h.answer(ms(20), &ok(&desc));
+    let (_, to, _) = h.http();
+    assert_eq!(to, "192.168.1.1:5000".parse().expect("literal"));
+    h.assert_p1();
+
+    let mut h = Harness::new(client());
+    h.discover();
+    let desc = MINIUPNPD_DESC.replace(
+        "<specVersion>",
+        "<URLBase>http://192.168.1.1:8080/</URLBase><specVersion>",
+    );
+    h.answer(ms(20), &ok(&desc));
+    let (_, to, _) = h.http();
+    assert_eq!(to, "192.168.1.1:8080".parse().expect("literal"));
+}
+
+#[test]
+fn p1_redirects_are_not_followed() {
+    let mut h = Harness::new(client());
+    h.discover();
+    h.answer(
+        ms(20),
+        b"HTTP/1.1 302 Found\r\nLocation: http://6.6.6.6/rootDesc.xml\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(h.drain().is_empty());
+    match h.events().as_slice() {
+        [Event::Failed(MapError::Http(msg))] => {
+            assert!(msg.contains("302") && msg.contains("not followed"), "{msg}");
+        }
+        other => panic!("{other:?}"),
+    }
+    h.assert_p1();
+
+    // A redirect in answer to a SOAP action: the same.
+    let mut h = Harness::new(client());
+    h.discover();
+    h.answer(ms(20), &ok(MINIUPNPD_DESC));
+    h.answer(
+        ms(30),
+        b"HTTP/1.1 301 Moved Permanently\r\nLocation: http://6.6.6.6/ctl\r\n\r\n",
+    );
+    assert!(h.drain().is_empty());
+    assert!(matches!(
+        h.events().as_slice(),
+        [Event::Failed(MapError::Http(_))]
+    ));
+    h.assert_p1();
+}
+
+#[test]
+fn xml_bomb_description_is_a_malformed_error_quickly() {
+    let mut h = Harness::new(client());
+    h.discover();
+    let start = std::time::Instant::now();
+    h.answer(ms(20), &ok(XML_BOMB));
+    assert!(start.elapsed() < Duration::from_secs(1));
+    match h.events().as_slice() {
+        [Event::Failed(MapError::Malformed { reason, .. })] => {
+            assert!(reason.contains("DTD"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn description_without_wan_service_is_refused() {
+    let mut h = Harness::new(client());
+    h.discover();
+    let desc = MINIUPNPD_DESC.replace("WANIPConnection:2", "WANIPv6FirewallControl:9");
+    h.answer(ms(20), &ok(&desc));
+    assert!(matches!(
+        h.events().as_slice(),
+        [Event::Failed(MapError::Refused { .. })]
+    ));
+}
+
+#[test]
+fn oversized_and_truncated_descriptions_are_typed_errors() {
+    let mut h = Harness::new(client());
+    h.discover();
+    let mut big = ok(MINIUPNPD_DESC);
+    big.resize(MAX_DESCRIPTION_RESPONSE + 10, b' ');
+    h.answer(ms(20), &big);
+    assert!(matches!(
+        h.events().as_slice(),
+        [Event::Failed(MapError::Http(_))]
+    ));
+
+    let mut h = Harness::new(client());
+    h.discover();
+    let full = ok(MINIUPNPD_DESC);
+    h.answer(ms(20), &full[..full.len() - 100]);
+    match h.events().as_slice() {
+        [Event::Failed(MapError::Malformed { reason, .. })] => {
+            assert!(reason.contains("truncated"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn chunked_description_is_decoded() {
+    let mut h = Harness::new(client());
+    h.discover();
+    let mut resp =
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for chunk in MINIUPNPD_DESC.as_bytes().chunks(700) {
+        resp.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        resp.extend_from_slice(chunk);
+        resp.extend_from_slice(b"\r\n");
+    }
+    resp.extend_from_slice(b"0\r\n\r\n");
+    h.answer(ms(20), &resp);
+    let (_, _, req) = h.http();
+    assert!(req.contains("#GetExternalIPAddress"));
+}
+
+#[test]
+fn slow_drip_times_out_and_the_late_answer_is_ignored() {
+    let mut h = Harness::new(client());
+    h.discover();
+    let (id, _, _) = h.http();
+    assert_eq!(
+        h.c.poll_timeout(),
+        Some(ms(10).saturating_add(HTTP_TIMEOUT))
+    );
+    h.c.handle_timeout(ms(10).saturating_add(HTTP_TIMEOUT));
+    assert_eq!(
+        h.events(),
+        vec![Event::Failed(MapError::Timeout(Protocol::UpnpIgd))]
+    );
+    h.c.handle_http(ms(9000), id, Ok(&ok(MINIUPNPD_DESC)));
+    assert!(h.events().is_empty());
+    assert!(h.drain().is_empty());
+    assert_eq!(h.c.mapping(), None);
+}
+
+#[test]
+fn a_stale_id_is_ignored() {
+    let mut h = Harness::new(client());
+    h.discover();
+    let (id, _, _) = h.http();
+    h.c.handle_http(ms(20), id + 1, Ok(&ok(MINIUPNPD_DESC)));
+    assert!(h.drain().is_empty());
+    assert!(h.events().is_empty());
+    h.c.handle_http(ms(21), id, Ok(&ok(MINIUPNPD_DESC)));
+    assert_eq!(h.drain().len(), 1);
+}
+
+#[test]
+fn a_failing_first_location_falls_back_to_the_next() {
+    let mut h = Harness::new(client());
+    h.c.start(ms(0));
+    h.drain();
+    h.c.handle_udp(
+        ms(5),
+        gw_ssdp(),
+        &b"HTTP/1.1 200 OK\r\nST: upnp:rootdevice\r\nLOCATION: http://192.168.1.1:8200/rootDesc.xml\r\n\r\n"[..],
+    );
+    let (id, to, _) = h.http();
+    assert_eq!(to.port(), 8200);
+    h.c.handle_udp(
+        ms(6),
+        gw_ssdp(),
+        &ssdp_answer("http://192.168.1.1:5000/rootDesc.xml"),
+    );
+    // A media server's description: no WAN service.
+    h.c.handle_http(
+        ms(7),
+        id,
+        Ok(&ok(
+            &MINIUPNPD_DESC.replace("WANIPConnection:2", "ContentDirectory:1")
+        )),
+    );
+    let (_, to, _) = h.http();
+    assert_eq!(to.port(), 5000);
+}
+
+#[test]
+fn get_external_ip_fault_is_a_typed_refusal() {
+    let mut h = Harness::new(client());
+    h.discover();
+    h.answer(ms(20), &ok(MINIUPNPD_DESC));
+    h.answer(ms(30), &fault(501, "Action Failed"));
+    match h.events().as_slice() {
+        [Event::Failed(MapError::Refused { reason, .. })] => {
+            assert!(
+                reason.contains("501") && reason.contains("Action Failed"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn unconnected_wan_ip_falls_back_to_ppp() {
+    let mut h = Harness::new(client());
+    h.discover();
+    let desc = MINIUPNPD_DESC.replace(
+        "<service>\n                <serviceType>urn:schemas-upnp-org:service:WANIPv6FirewallControl:1</serviceType>",
+        "<service><serviceType>urn:schemas-upnp-org:service:WANPPPConnection:1</serviceType><controlURL>/ctl/PPPConn</controlURL></service>\n<service>\n                <serviceType>urn:schemas-upnp-org:service:WANIPv6FirewallControl:1</serviceType>",
+    );
+    assert!(desc.contains("WANPPPConnection"));
+    h.answer(ms(20), &ok(&desc));
+    h.answer(
+        ms(30),
+        &ok(&soap_ok(
+            "GetExternalIPAddress",
+            IP2,
+            &[("NewExternalIPAddress", "0.0.0.0")],
+        )),
+    );
+    let (_, _, req) = h.http();
+    assert!(req.starts_with("POST /ctl/PPPConn HTTP/1.1"));
+    assert!(req.contains("WANPPPConnection:1#GetExternalIPAddress"));
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_at_every_step_never_panic(
+        ssdp in proptest::collection::vec(any::<u8>(), 0..600),
+        bodies in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..600), 1..6),
+        step in 0usize..4,
+    ) {
+        let mut h = Harness::new(client());
+        h.discover();
+        h.c.handle_udp(ms(11), gw_ssdp(), &ssdp);
+        let canned = [
+            ok(MINIUPNPD_DESC),
+            ok(&soap_ok("GetExternalIPAddress", IP2, &[("NewExternalIPAddress", "203.0.113.7")])),
+            ok(&soap_ok("AddAnyPortMapping", IP2, &[("NewReservedPort", "4000")])),
+        ];
+        for c in canned.iter().take(step) {
+            let t = h.drain();
+            for tr in t {
+                if let Transmit::Http { id, .. } = tr {
+                    h.c.handle_http(ms(20), id, Ok(c));
+                }
+            }
+        }
+        for b in &bodies {
+            for tr in h.drain() {
+                if let Transmit::Http { id, .. } = tr {
+                    h.c.handle_http(ms(30), id, Ok(b));
+                }
+            }
+            if let Some(t) = h.c.poll_timeout() {
+                h.c.handle_timeout(t);
+            }
+        }
+        h.drain();
+        h.events();
+        h.assert_p1();
+    }
+}
