@@ -13,7 +13,8 @@
 //! - [`matrix`]: every pair of kinds, classified, connected, compared with
 //!   the simulator cell by cell;
 //! - [`scenarios`]: failures the simulator cannot fake (conntrack flush,
-//!   rebinding, a blackholed path, a coordinator restart).
+//!   rebinding, a blackholed path, a coordinator restart);
+//! - [`portmap`]: `natrix map` against miniupnpd (PCP, NAT-PMP, UPnP-IGD).
 //!
 //! `docs/nat-lab.md` describes the lab and how to run it.
 
@@ -21,6 +22,7 @@ pub mod kinds;
 pub mod matrix;
 pub mod natrix;
 pub mod netns;
+pub mod portmap;
 pub mod proc;
 pub mod scenarios;
 pub mod topo;

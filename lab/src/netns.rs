@@ -88,6 +88,7 @@ pub fn preflight() -> Result<()> {
         ("ip", "-V", "iproute2"),
         ("nft", "--version", "nftables"),
         ("conntrack", "--version", "conntrack"),
+        ("miniupnpd", "--version", "miniupnpd"),
     ] {
         if Command::new(tool).arg(arg).output().is_err() {
             return Err(LabError::Preflight(format!(

@@ -26,8 +26,8 @@ use crate::{LabError, Result};
 pub struct Scenario {
     /// Its name.
     pub name: &'static str,
-    /// The sites' kinds (A, B).
-    pub kinds: (crate::kinds::Kind, crate::kinds::Kind),
+    /// The sites' kinds (A, B), for the scenarios between two sites.
+    pub kinds: Option<(crate::kinds::Kind, crate::kinds::Kind)>,
     /// Each check and whether it held.
     pub checks: Vec<(String, bool)>,
     /// What was measured.
@@ -37,18 +37,27 @@ pub struct Scenario {
 impl Scenario {
     fn new(name: &'static str, a: &Site, b: &Site) -> Scenario {
         Scenario {
+            kinds: Some((a.kind, b.kind)),
+            ..Scenario::named(name)
+        }
+    }
+
+    /// A scenario that is not between two sites.
+    #[must_use]
+    pub fn named(name: &'static str) -> Scenario {
+        Scenario {
             name,
-            kinds: (a.kind, b.kind),
+            kinds: None,
             checks: Vec::new(),
             measured: Vec::new(),
         }
     }
 
-    fn check(&mut self, what: impl Into<String>, ok: bool) {
+    pub(crate) fn check(&mut self, what: impl Into<String>, ok: bool) {
         self.checks.push((what.into(), ok));
     }
 
-    fn measure(&mut self, what: impl Into<String>) {
+    pub(crate) fn measure(&mut self, what: impl Into<String>) {
         self.measured.push(what.into());
     }
 
