@@ -123,6 +123,8 @@ pub(crate) struct PeerOptions {
     pub filter: Option<DatagramFilter>,
     /// The agent's configuration (punch deadline, budgets).
     pub agent: natrix_proto::Config,
+    /// Port mapping on the gateway (off unless asked for).
+    pub port_mapping: Option<natrix_tokio::PortMapConfig>,
 }
 
 impl PeerOptions {
@@ -136,6 +138,7 @@ impl PeerOptions {
             classification: None,
             filter: None,
             agent: natrix_proto::Config::default(),
+            port_mapping: None,
         }
     }
 }
@@ -170,6 +173,7 @@ pub(crate) fn spawn_peer(keypair: Keypair, opts: &PeerOptions) -> CliResult<Node
     let mut config = NodeConfig::for_key(&key, opts.bind);
     config.datagram_filter = opts.filter.clone();
     config.agent = opts.agent.clone();
+    config.port_mapping.clone_from(&opts.port_mapping);
     let node = Node::spawn(Tokio, config, control).map_err(|e| {
         CliError::failure(format!("cannot start the node on {}: {e}", opts.bind))
             .hint("is the port in use? pick another with --bind, or use port 0")

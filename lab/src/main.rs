@@ -257,7 +257,7 @@ fn run(args: &Args) -> Result<bool> {
         eprintln!("scenarios: {:.1} s", t.elapsed().as_secs_f64());
         let t = Instant::now();
         println!("## Port mapping against miniupnpd\n");
-        for sc in natrix_lab::portmap::miniupnpd(&mut lab, &nx, &internet)? {
+        for sc in natrix_lab::portmap::miniupnpd(&mut lab, &nx, &internet, &d4)? {
             print_scenario(&sc);
             ok &= sc.passed();
             results.push(sc);

@@ -122,14 +122,23 @@ impl MapSite {
 ///
 /// # Errors
 /// Setup failures, a hung process.
-pub fn miniupnpd(lab: &mut Lab, nx: &Natrix, internet: &Internet) -> Result<Vec<Scenario>> {
+pub fn miniupnpd(
+    lab: &mut Lab,
+    nx: &Natrix,
+    internet: &Internet,
+    coordinators: &[&str],
+) -> Result<Vec<Scenario>> {
+    let coordinator = coordinators.first().copied().unwrap_or_default();
     let mut sites = Vec::new();
     for i in 1..=3u8 {
         let mut s = MapSite::build(lab, internet, i)?;
         s.start_daemon(lab, 0)?;
         sites.push(s);
     }
+    let mut node_site = MapSite::build(lab, internet, 4)?;
+    node_site.start_daemon(lab, 0)?;
     let lab_ref = &*lab;
+    let mut out = vec![netcheck(lab_ref, nx, &sites[0], coordinator)?];
     let results: Vec<Result<Scenario>> = std::thread::scope(|scope| {
         let handles: Vec<_> = sites
             .iter_mut()
@@ -145,7 +154,164 @@ pub fn miniupnpd(lab: &mut Lab, nx: &Natrix, internet: &Internet) -> Result<Vec<
             })
             .collect()
     });
-    results.into_iter().collect()
+    for r in results {
+        out.push(r?);
+    }
+    out.push(node_override(lab_ref, nx, &mut node_site, coordinators)?);
+    Ok(out)
+}
+
+/// P7 on a node: `natrix listen --port-mapping` behind miniupnpd announces
+/// the mapping's public address as Open; when the gateway loses the mapping
+/// (miniupnpd gone, its rules flushed), the node measures its class again.
+fn node_override(
+    lab: &Lab,
+    nx: &Natrix,
+    site: &mut MapSite,
+    coordinators: &[&str],
+) -> Result<Scenario> {
+    let mut s = Scenario::named("a node's port mapping becomes its public address (P7)");
+    let (key, _) = nx.keygen("p7-listen")?;
+    let mut args: Vec<String> = vec!["listen".into()];
+    for c in coordinators {
+        args.push("-c".into());
+        args.push((*c).to_owned());
+    }
+    for a in [
+        "--key",
+        &key.to_string_lossy(),
+        "--bind",
+        "0.0.0.0:4000",
+        "--port-mapping",
+        "--port-mapping-lifetime",
+        "6",
+        "--report",
+        &nx.report_path("p7-listen").to_string_lossy(),
+        "-v",
+    ] {
+        args.push(a.to_owned());
+    }
+    let mut p = Proc::spawn(&site.peer, "p7-listen", &nx.dir, &nx.bin, &args, None)?;
+    let want = format!("{}:{PORT}", site.wan);
+    let mapped = p
+        .wait_log(
+            &format!("port mapping: {want} via PCP"),
+            Duration::from_secs(15),
+        )
+        .is_ok();
+    let open = p
+        .wait_log(
+            &format!("NAT class: Open, public address {want}"),
+            Duration::from_secs(15),
+        )
+        .is_ok();
+    s.check(
+        format!("the node got the mapping {want} via PCP (the first in the probe order)"),
+        mapped,
+    );
+    s.check(
+        format!("and announced itself Open at {want} (the reflex override, C6)"),
+        open,
+    );
+    // The gateway loses the mapping: miniupnpd stops and its rules go.
+    if let Some(mut d) = site.daemon.take() {
+        d.terminate();
+        d.wait_exit(Duration::from_secs(5))?;
+    }
+    lab.exec(
+        &site.gw,
+        &[
+            "nft",
+            "flush",
+            "chain",
+            "inet",
+            "filter",
+            "prerouting_miniupnpd",
+        ],
+    )?;
+    let lost = p
+        .wait_log("port mapping lost", Duration::from_secs(20))
+        .is_ok();
+    // Time for the sweep the lost override lets run again.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        if !p.running() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p.terminate();
+    p.wait_exit(Duration::from_secs(10))?;
+    let report = nx.report("p7-listen")?;
+    s.measure(format!(
+        "after the loss: class {} at {}",
+        report.class.as_deref().unwrap_or("?"),
+        report.reflex.as_deref().unwrap_or("?")
+    ));
+    s.check("the renewal failed and the mapping was reported lost", lost);
+    s.check(
+        "losing it restored classification: the node measured itself again (cone behind the gateway's masquerade)",
+        lost && report.class.as_deref() == Some("cone"),
+    );
+    Ok(s)
+}
+
+/// D1: `natrix netcheck` behind miniupnpd reports all three services, and
+/// installs nothing.
+fn netcheck(lab: &Lab, nx: &Natrix, site: &MapSite, coordinator: &str) -> Result<Scenario> {
+    let mut s = Scenario::named("netcheck behind miniupnpd (D1)");
+    let args: Vec<String> = [
+        "netcheck",
+        "--coordinator",
+        coordinator,
+        "--json",
+        "--timeout",
+        "2",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let mut p = Proc::spawn(
+        &site.peer,
+        "netcheck-portmap",
+        &nx.dir,
+        &nx.bin,
+        &args,
+        None,
+    )?;
+    p.wait_exit(Duration::from_secs(20))?;
+    let text: String = p.received().into_iter().map(|(_, l)| l + "\n").collect();
+    let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| LabError::Report {
+        file: "netcheck stdout".into(),
+        detail: e.to_string(),
+    })?;
+    let mut answered = Vec::new();
+    for key in ["pcp", "nat_pmp", "upnp_igd"] {
+        let m = &doc["port_mapping"][key];
+        s.measure(format!(
+            "{key}: {} ({})",
+            m["value"].as_str().unwrap_or("?"),
+            m["detail"].as_str().unwrap_or("")
+        ));
+        answered.push(m["value"].as_str() == Some("answers"));
+    }
+    s.check(
+        "PCP, NAT-PMP and UPnP-IGD are each reported as answering",
+        answered.iter().all(|a| *a),
+    );
+    s.check(
+        format!(
+            "NAT-PMP reports the gateway's external address {}",
+            site.wan
+        ),
+        doc["port_mapping"]["nat_pmp"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(&site.wan)),
+    );
+    s.check(
+        "nothing was installed: the gateway has no mapping rule",
+        site.rules(lab, PORT)? == 0,
+    );
+    Ok(s)
 }
 
 const PORT: u16 = 4000;

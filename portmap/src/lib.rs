@@ -27,6 +27,7 @@
 
 pub mod natpmp;
 pub mod pcp;
+pub mod probe;
 pub mod supervisor;
 pub mod upnp;
 

@@ -147,6 +147,14 @@ pub(crate) struct PeerArgs {
     /// `nc -q`).
     #[arg(long, value_name = "SECS", default_value_t = 0.5)]
     pub(crate) linger: f64,
+    /// Ask the gateway for a port mapping (PCP, NAT-PMP, UPnP-IGD): once
+    /// installed, its public address is this node's (announced as Open),
+    /// and it is deleted on exit.
+    #[arg(long)]
+    pub(crate) port_mapping: bool,
+    /// The lease --port-mapping asks for, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    pub(crate) port_mapping_lifetime: u64,
     /// Write a JSON record of the run to FILE when the command ends: the
     /// classification, path changes, first datagram, punch counters (see
     /// docs/cli.md).
@@ -424,6 +432,10 @@ impl Peer {
             .map(|r| (args.nat_class.map_or(NatClass::Cone, NatClass::from), r));
         let opts = PeerOptions {
             classification: explicit,
+            port_mapping: args.port_mapping.then(|| natrix_tokio::PortMapConfig {
+                lifetime: Duration::from_secs(args.port_mapping_lifetime.max(1)),
+                ..natrix_tokio::PortMapConfig::default()
+            }),
             ..PeerOptions::new(bind, coordinators.clone())
         };
         let started = Instant::now();
@@ -466,6 +478,35 @@ impl Peer {
         st.active = !st.quiet;
         let names: Vec<String> = coordinators.iter().map(|(_, a)| a.to_string()).collect();
         st.end(&format!("coordinator session up ({})", names.join(", ")));
+        if args.port_mapping {
+            // The probe order's timeouts add up to 4 s.
+            let waited = Instant::now();
+            loop {
+                let Some(state) = node.port_mapping() else {
+                    st.line("port mapping: could not start; going on without");
+                    break;
+                };
+                if let Some(m) = state.mapping {
+                    st.line(&format!(
+                        "port mapping: {} via {}{}",
+                        m.external,
+                        m.protocol,
+                        if state.double_nat {
+                            " (double NAT: not used as this node's address)"
+                        } else {
+                            ""
+                        }
+                    ));
+                    break;
+                }
+                if !state.errors.is_empty() || waited.elapsed() > Duration::from_secs(5) {
+                    st.line("port mapping: no gateway service answered; going on without");
+                    break;
+                }
+                st.update("asking the gateway for a port mapping");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         let measuring = explicit.is_none() && args.nat_class.is_none() && coordinators.len() > 1;
         if measuring {
             // Announce only a measured class: a peer that punched us before

@@ -38,9 +38,8 @@ pub(crate) const REPORT_VERSION: u32 = 1;
 
 /// The issue that brings behaviour discovery (C8).
 const C8_ISSUE: &str = "needs NAT behaviour discovery (C8, issue #17)";
-/// What the port-mapping rows say until issue #16.
-const PORT_MAPPING_NOT_PROBED: &str =
-    "port-mapping probes are not implemented yet (issue #16); netcheck installs nothing (D1)";
+/// How long netcheck waits for the gateway's port-mapping services.
+const PORT_MAPPING_WAIT: Duration = Duration::from_secs(2);
 /// Why a family's class and mapping need more coordinators.
 const NEEDS_TWO_IPS: &str = "needs two coordinators at different IPs";
 
@@ -66,6 +65,10 @@ pub(crate) struct Args {
     /// probes, the classification sweep.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     pub(crate) timeout: f64,
+    /// Do not ask the gateway about port mapping (PCP, NAT-PMP, UPnP-IGD);
+    /// by default netcheck asks, with questions that install nothing (D1).
+    #[arg(long)]
+    pub(crate) no_port_mapping: bool,
     /// Use this key file's identity instead of a fresh throwaway one (the
     /// file must exist; a node running elsewhere with the same key may lose
     /// its coordinator sessions while netcheck runs).
@@ -292,8 +295,10 @@ impl Measure {
     }
 }
 
-/// Port-mapping services on the gateway (UPnP-IGD, NAT-PMP, PCP): each
-/// `"not_probed"` until issue #16. Probe only when they are (D1).
+/// Port-mapping services on the gateway (UPnP-IGD, NAT-PMP, PCP): whether
+/// each answered a question that installs nothing (D1: a PCP ANNOUNCE, a
+/// NAT-PMP external-address request, an SSDP search), and what it said.
+/// `"not_measured"` without a default gateway.
 #[derive(Debug, Serialize)]
 pub(crate) struct PortMapping {
     /// UPnP Internet Gateway Device.
@@ -354,6 +359,9 @@ pub(crate) async fn run(args: &Args, quiet: bool) -> CliResult<Exit> {
     let targets = resolve_targets(&args.coordinators)?;
     let mut progress = Progress::new(quiet);
 
+    // The gateway's port-mapping services, meanwhile (D1: nothing installed).
+    let port_mapping =
+        (!args.no_port_mapping).then(|| tokio::spawn(probe_port_mapping(PORT_MAPPING_WAIT)));
     let mut check = Check::start(targets, key.as_ref(), timeout);
     check.wait_sessions(&mut progress).await;
     check.probe_reflexes(&mut progress).await;
@@ -363,7 +371,23 @@ pub(crate) async fn run(args: &Args, quiet: bool) -> CliResult<Exit> {
         "netcheck: done in {:.1}s",
         check.started.elapsed().as_secs_f64()
     ));
-    let report = check.report(outcomes, key.is_none());
+    let mut report = check.report(outcomes, key.is_none());
+    match port_mapping {
+        Some(task) => {
+            if let Ok(pm) = task.await {
+                report.port_mapping = pm;
+            }
+        }
+        None => {
+            let skipped = Measure::not_probed("not asked (--no-port-mapping)");
+            report.port_mapping = PortMapping {
+                upnp_igd: skipped.clone(),
+                nat_pmp: skipped.clone(),
+                pcp: skipped,
+            };
+        }
+    }
+    report.summary = summary(&report);
 
     if args.json {
         let doc = serde_json::to_string_pretty(&report)
@@ -383,6 +407,88 @@ pub(crate) async fn run(args: &Args, quiet: bool) -> CliResult<Exit> {
             "is the coordinator running and reachable over UDP (a firewall?), \
              and is the dial string the one `natrix coordinator` printed?",
         ))
+    }
+}
+
+/// D1: asks the routing table's default gateway which port-mapping
+/// services it offers, with questions that install nothing
+/// (`natrix_portmap::probe`), for at most `wait`.
+async fn probe_port_mapping(wait: Duration) -> PortMapping {
+    use natrix_portmap::probe::Probe;
+    let gateway = natrix_tokio::default_gateway();
+    let Some(gw) = gateway.v4.map(IpAddr::V4).or(gateway.v6.map(IpAddr::V6)) else {
+        let none = Measure::not_measured("no default gateway in the routing table");
+        return PortMapping {
+            upnp_igd: none.clone(),
+            nat_pmp: none.clone(),
+            pcp: none,
+        };
+    };
+    let bind: SocketAddr = if gw.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let failed = |why: String| PortMapping {
+        upnp_igd: Measure::not_measured(why.clone()),
+        nat_pmp: Measure::not_measured(why.clone()),
+        pcp: Measure::not_measured(why),
+    };
+    let socket = match tokio::net::UdpSocket::bind(bind).await {
+        Ok(s) => s,
+        Err(e) => return failed(format!("cannot bind a socket: {e}")),
+    };
+    let client_ip = match natrix_driver_core::portmap::local_ip_toward(gw) {
+        Ok(ip) => ip,
+        Err(e) => return failed(format!("no route to the gateway {gw}: {e}")),
+    };
+    let started = Instant::now();
+    let now = || {
+        natrix_proto::Instant::from_nanos(
+            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        )
+    };
+    let mut probe = Probe::new(gw, client_ip, wait);
+    probe.start(now());
+    while let Some(natrix_portmap::Transmit::Udp { to, payload }) = probe.poll_transmit() {
+        let _ = socket.send_to(&payload, to).await;
+    }
+    let mut buf = [0u8; 2048];
+    while !probe.is_done() {
+        let left = wait.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, socket.recv_from(&mut buf)).await {
+            Ok(Ok((n, from))) => probe.handle_udp(now(), from, &buf[..n]),
+            Ok(Err(_)) => {}
+            Err(_) => probe.handle_timeout(now()),
+        }
+    }
+    let r = probe.report();
+    let silent = || Measure {
+        status: Status::Measured,
+        value: Some("no answer"),
+        detail: Some(format!("gateway {gw}, {}", secs(wait))),
+    };
+    let answered = |detail: String| Measure {
+        status: Status::Measured,
+        value: Some("answers"),
+        detail: Some(detail),
+    };
+    PortMapping {
+        upnp_igd: r.upnp.as_ref().map_or_else(silent, |(loc, server)| {
+            answered(match server {
+                Some(sv) => format!("{loc} ({sv})"),
+                None => loc.clone(),
+            })
+        }),
+        nat_pmp: r.natpmp.as_ref().map_or_else(silent, |(result, ext)| {
+            answered(match ext {
+                Some(ip) => format!("external address {ip}"),
+                None => format!("result {result}"),
+            })
+        }),
+        pcp: r.pcp.as_ref().map_or_else(silent, |(result, epoch)| {
+            answered(format!("result {result}, epoch {epoch} s"))
+        }),
     }
 }
 
@@ -616,7 +722,7 @@ impl Check {
                 Family::Ipv6 => ipv6 = Some(report),
             }
         }
-        let not_probed = Measure::not_probed(PORT_MAPPING_NOT_PROBED);
+        let not_probed = Measure::not_probed("the probe did not run");
         let mut report = Report {
             version: REPORT_VERSION,
             ok: coordinators.iter().any(|c| c.reachable),
@@ -978,15 +1084,8 @@ fn human(r: &Report) -> String {
         ("NAT-PMP", &pm.nat_pmp),
         ("PCP", &pm.pcp),
     ];
-    if services.iter().all(|(_, m)| m.status == Status::NotProbed) {
-        rows.push(Row::kv(
-            "services",
-            format!("UPnP-IGD, NAT-PMP, PCP not probed: {PORT_MAPPING_NOT_PROBED}"),
-        ));
-    } else {
-        for (name, m) in services {
-            rows.push(Row::kv(name, m.human()));
-        }
+    for (name, m) in services {
+        rows.push(Row::kv(name, m.human()));
     }
 
     let width = rows

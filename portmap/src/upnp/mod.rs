@@ -29,7 +29,8 @@ pub use http::{
     HttpError, HttpResponse, MAX_DESCRIPTION_RESPONSE, MAX_SOAP_RESPONSE, parse_http_response,
 };
 pub use ssdp::{
-    MAX_SSDP_RESPONSE, SEARCH_MX, SEARCH_TARGETS, SsdpError, SsdpResponse, parse_ssdp_response,
+    MAX_SSDP_RESPONSE, SEARCH_MX, SEARCH_TARGETS, SsdpError, SsdpResponse, m_search,
+    parse_ssdp_response,
 };
 pub use url::{HttpUrl, UrlError, parse_http_url};
 pub use xml::{

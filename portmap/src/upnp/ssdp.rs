@@ -70,7 +70,7 @@ pub enum SsdpError {
 
 /// Builds the M-SEARCH request for `st`.
 #[must_use]
-pub(crate) fn m_search(st: &str) -> Vec<u8> {
+pub fn m_search(st: &str) -> Vec<u8> {
     format!(
         "M-SEARCH * HTTP/1.1\r\n\
          HOST: 239.255.255.250:1900\r\n\
