@@ -70,7 +70,7 @@ impl Probe {
 
     /// A datagram arrived.
     pub fn handle_udp(&mut self, _now: Instant, from: SocketAddr, datagram: &[u8]) {
-        if canonical(from.ip()) != canonical(self.gateway) {
+        if from.ip().to_canonical() != self.gateway.to_canonical() {
             return;
         }
         if from.port() == PCP_PORT {
@@ -94,7 +94,7 @@ impl Probe {
         }
         if let Ok(answer) = parse_ssdp_response(datagram) {
             let on_gateway = parse_http_url(&answer.location)
-                .is_ok_and(|u| IpAddr::V4(u.host) == canonical(self.gateway));
+                .is_ok_and(|u| IpAddr::V4(u.host) == self.gateway.to_canonical());
             if on_gateway && answer.is_igd() {
                 self.report.upnp = Some((answer.location, answer.server));
             }
@@ -132,13 +132,6 @@ impl Probe {
     #[must_use]
     pub fn report(&self) -> &ProbeReport {
         &self.report
-    }
-}
-
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 

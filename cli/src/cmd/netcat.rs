@@ -570,10 +570,11 @@ fn own_address(local: SocketAddr, towards: SocketAddr) -> SocketAddr {
     if !local.ip().is_unspecified() {
         return local;
     }
-    let probe = std::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0))
-        .and_then(|s| s.connect(towards).and_then(|()| s.local_addr()));
-    match probe {
-        Ok(a) => SocketAddr::new(a.ip(), local.port()),
+    if local.is_ipv4() != towards.is_ipv4() {
+        return local;
+    }
+    match natrix_driver_core::portmap::local_ip_toward(towards.ip()) {
+        Ok(ip) => SocketAddr::new(ip, local.port()),
         Err(_) => local,
     }
 }
