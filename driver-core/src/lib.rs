@@ -87,7 +87,7 @@ pub mod api {
     pub use crate::portmap::{
         PortMapConfig, PortMapError, PortMapEvent, PortMapState, PortMapper, default_gateway,
     };
-    pub use natrix_portmap::{Mapping, Protocol as PortMapProtocol};
+    pub use natrix_portmap::{MapError, Mapping, Protocol as PortMapProtocol};
     pub use natrix_proto::NatClass;
     pub use natrix_session::keyfile;
     pub use natrix_session::path::{

@@ -805,8 +805,9 @@ impl<R: Runtime> Node<R> {
     /// are dropped. Waits for all of it.
     pub async fn shutdown(&self) {
         if let Some((mapper, tasks)) = &self.portmap {
-            // P4: the mapping is deleted before the node goes.
-            mapper.shutdown().await;
+            // P4: the mapping is deleted before the node goes (the
+            // mapper logs how that ended).
+            let _ = mapper.shutdown().await;
             let tasks: Vec<R::Task> = std::mem::take(
                 &mut *tasks
                     .lock()

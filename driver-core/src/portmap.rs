@@ -23,7 +23,7 @@ use natrix_portmap::upnp::UpnpClient;
 use natrix_portmap::{
     Client, Gateway, Instant, MapError, Mapping, MappingRequest, Protocol, Transmit,
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::runtime::{Runtime, UdpSocket};
 
@@ -164,6 +164,10 @@ pub struct PortMapState {
     pub errors: Vec<(Protocol, MapError)>,
     /// The gateway it talks to.
     pub gateway: Option<IpAddr>,
+    /// How the shutdown ended, once it has: `Ok(Some(protocol))` when the
+    /// gateway confirmed the deletion, `Ok(None)` when there was nothing
+    /// to delete, `Err` when the deletion was not confirmed.
+    pub shutdown: Option<Result<Option<Protocol>, (Protocol, MapError)>>,
 }
 
 impl PortMapState {
@@ -333,9 +337,14 @@ impl PortMapper {
 
     /// Deletes the mapping (P4) and stops; waits until the gateway
     /// confirmed or the supervisor's shutdown deadline passed.
-    pub async fn shutdown(&self) {
+    ///
+    /// # Errors
+    /// The deletion was not confirmed (the gateway refused or did not
+    /// answer in time): the mapping then expires with its lease.
+    pub async fn shutdown(&self) -> Result<Option<Protocol>, (Protocol, MapError)> {
         let _ = self.stop.try_send(());
         let _ = self.done.recv().await;
+        lock(&self.state).shutdown.clone().unwrap_or(Ok(None))
     }
 }
 
@@ -491,14 +500,28 @@ impl<R: Runtime> Task<R> {
                         st.double_nat = false;
                     }
                     SupervisorEvent::Unavailable { errors } => {
-                        info!(?errors, "no port mapping protocol answered");
+                        if errors.iter().any(|(_, e)| e.is_double_nat()) {
+                            warn!(
+                                ?errors,
+                                "port mapping: the gateway has no public address of its own (double NAT); no mapping"
+                            );
+                        } else {
+                            info!(?errors, "no port mapping protocol answered");
+                        }
                         st.errors.clone_from(errors);
                     }
                     SupervisorEvent::GatewayRestarted(p) => {
                         info!(protocol = %p, "gateway restarted; re-installing the mapping");
                     }
-                    SupervisorEvent::Deleted(_) | SupervisorEvent::DeleteFailed { .. } => {
+                    SupervisorEvent::Deleted(p) => {
+                        info!(protocol = ?p, "port mapping deleted");
                         st.mapping = None;
+                        st.shutdown = Some(Ok(*p));
+                    }
+                    SupervisorEvent::DeleteFailed { protocol, error } => {
+                        warn!(%protocol, %error, "port mapping: the deletion was not confirmed; it expires with its lease");
+                        st.mapping = None;
+                        st.shutdown = Some(Err((*protocol, error.clone())));
                     }
                 }
                 st.status = Some(self.supervisor.status());

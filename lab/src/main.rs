@@ -27,6 +27,11 @@ struct Args {
     /// The natrix binary. Default: `natrix` next to this program.
     #[arg(long, global = true, value_name = "PATH")]
     natrix: Option<PathBuf>,
+    /// The `smol_map` example (the port mapper on smol). Default:
+    /// `examples/smol_map` next to this program (`cargo build --release -p
+    /// natrix-smol --example smol_map`).
+    #[arg(long, global = true, value_name = "PATH")]
+    smol_map: Option<PathBuf>,
     /// Where logs, keys, reports and results go (emptied first).
     #[arg(long, global = true, value_name = "DIR", default_value = "target/lab")]
     dir: PathBuf,
@@ -101,16 +106,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn natrix_binary(args: &Args) -> Result<PathBuf> {
-    let bin = match &args.natrix {
+/// `given`, or `default` (a path relative to this program's folder); it
+/// must exist, or the preflight fails with how to build it.
+fn binary(given: Option<&PathBuf>, default: &str, build: &str, flag: &str) -> Result<PathBuf> {
+    let bin = match given {
         Some(p) => p.clone(),
         None => std::env::current_exe()
             .map_err(|e| LabError::Setup(format!("cannot find this program: {e}")))?
-            .with_file_name("natrix"),
+            .with_file_name(default),
     };
     if !bin.is_file() {
         return Err(LabError::Preflight(format!(
-            "no natrix binary at {} (build it: cargo build --release -p natrix-cli, or pass --natrix)",
+            "no {default} at {} (build it: {build}, or pass {flag})",
             bin.display()
         )));
     }
@@ -119,7 +126,12 @@ fn natrix_binary(args: &Args) -> Result<PathBuf> {
 
 /// Runs what `args` asks for; whether every check held.
 fn run(args: &Args) -> Result<bool> {
-    let bin = natrix_binary(args)?;
+    let bin = binary(
+        args.natrix.as_ref(),
+        "natrix",
+        "cargo build --release -p natrix-cli",
+        "--natrix",
+    )?;
     let _ = std::fs::remove_dir_all(&args.dir);
     let mut lab = Lab::new(&args.dir)?;
     let nx = Natrix {
@@ -257,7 +269,13 @@ fn run(args: &Args) -> Result<bool> {
         eprintln!("scenarios: {:.1} s", t.elapsed().as_secs_f64());
         let t = Instant::now();
         println!("## Port mapping against miniupnpd\n");
-        for sc in natrix_lab::portmap::miniupnpd(&mut lab, &nx, &internet, &d4)? {
+        let smol_map = binary(
+            args.smol_map.as_ref(),
+            "examples/smol_map",
+            "cargo build --release -p natrix-smol --example smol_map",
+            "--smol-map",
+        )?;
+        for sc in natrix_lab::portmap::miniupnpd(&mut lab, &nx, &internet, &d4, &smol_map)? {
             print_scenario(&sc);
             ok &= sc.passed();
             results.push(sc);

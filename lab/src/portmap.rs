@@ -10,6 +10,7 @@
 //! address, but only on veths of the lab's own namespaces (the guide's
 //! second recipe); nothing is routed anywhere else.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::natrix::Natrix;
@@ -47,13 +48,39 @@ struct MapSite {
 
 impl MapSite {
     fn build(lab: &mut Lab, internet: &Internet, i: u8) -> Result<MapSite> {
+        Self::build_behind(lab, internet, i, false)
+    }
+
+    /// With `double`, miniupnpd's gateway sits behind a second one (a
+    /// masquerading home router with its firewall, WAN `11.0.i.2`): its own
+    /// WAN address is then the private `10.0.i.2` — double NAT.
+    fn build_behind(lab: &mut Lab, internet: &Internet, i: u8, double: bool) -> Result<MapSite> {
         let gw = lab.add_ns(&format!("m{i}g"))?;
         let peer = lab.add_ns(&format!("m{i}p"))?;
         let up = format!("u{i}");
-        lab.veth(&internet.ns, &up, &gw, "wan")?;
-        lab.addr(&internet.ns, &up, &format!("11.0.{i}.1/24"))?;
-        lab.addr(&gw, "wan", &format!("11.0.{i}.2/24"))?;
-        lab.route(&gw, "default", &format!("11.0.{i}.1"))?;
+        let wan = if double {
+            let outer = lab.add_ns(&format!("m{i}o"))?;
+            lab.veth(&internet.ns, &up, &outer, "wan")?;
+            lab.addr(&internet.ns, &up, &format!("11.0.{i}.1/24"))?;
+            lab.addr(&outer, "wan", &format!("11.0.{i}.2/24"))?;
+            lab.route(&outer, "default", &format!("11.0.{i}.1"))?;
+            lab.veth(&outer, "lan", &gw, "wan")?;
+            lab.addr(&outer, "lan", &format!("10.0.{i}.1/24"))?;
+            lab.addr(&gw, "wan", &format!("10.0.{i}.2/24"))?;
+            lab.route(&gw, "default", &format!("10.0.{i}.1"))?;
+            let layer = crate::kinds::Layer::Masquerade;
+            lab.nft(&outer, "fw", &crate::kinds::firewall_ruleset(layer))?;
+            if let Some(nat) = crate::kinds::nat_ruleset(layer, "", "", 0) {
+                lab.nft(&outer, "nat", &nat)?;
+            }
+            format!("10.0.{i}.2")
+        } else {
+            lab.veth(&internet.ns, &up, &gw, "wan")?;
+            lab.addr(&internet.ns, &up, &format!("11.0.{i}.1/24"))?;
+            lab.addr(&gw, "wan", &format!("11.0.{i}.2/24"))?;
+            lab.route(&gw, "default", &format!("11.0.{i}.1"))?;
+            format!("11.0.{i}.2")
+        };
         let n = 200 + u16::from(i);
         lab.veth(&gw, "lan", &peer, "eth0")?;
         lab.addr(&gw, "lan", &format!("192.168.{n}.1/24"))?;
@@ -66,7 +93,7 @@ impl MapSite {
         Ok(MapSite {
             gw,
             peer,
-            wan: format!("11.0.{i}.2"),
+            wan,
             conf: conf.to_string_lossy().into_owned(),
             daemon: None,
             index: i,
@@ -127,6 +154,7 @@ pub fn miniupnpd(
     nx: &Natrix,
     internet: &Internet,
     coordinators: &[&str],
+    smol_map: &Path,
 ) -> Result<Vec<Scenario>> {
     let coordinator = coordinators.first().copied().unwrap_or_default();
     let mut sites = Vec::new();
@@ -137,13 +165,32 @@ pub fn miniupnpd(
     }
     let mut node_site = MapSite::build(lab, internet, 4)?;
     node_site.start_daemon(lab, 0)?;
+    let mut double_site = MapSite::build_behind(lab, internet, 5, true)?;
+    double_site.start_daemon(lab, 0)?;
+    for i in 6..=7u8 {
+        let mut s = MapSite::build(lab, internet, i)?;
+        s.start_daemon(lab, 0)?;
+        sites.push(s);
+    }
     let lab_ref = &*lab;
-    let mut out = vec![netcheck(lab_ref, nx, &sites[0], coordinator)?];
+    let mut out = vec![
+        netcheck(lab_ref, nx, &sites[0], coordinator)?,
+        double_nat(lab_ref, nx, &mut double_site, coordinator)?,
+    ];
+    let runs = [
+        ("pcp", Mapper::Cli),
+        ("natpmp", Mapper::Cli),
+        ("upnp", Mapper::Cli),
+        ("upnp", Mapper::Smol),
+        ("natpmp", Mapper::AsyncStd),
+    ];
     let results: Vec<Result<Scenario>> = std::thread::scope(|scope| {
         let handles: Vec<_> = sites
             .iter_mut()
-            .zip(["pcp", "natpmp", "upnp"])
-            .map(|(site, proto)| scope.spawn(move || one(lab_ref, nx, internet, site, proto)))
+            .zip(runs)
+            .map(|(site, (proto, mapper))| {
+                scope.spawn(move || one(lab_ref, nx, internet, site, proto, mapper, smol_map))
+            })
             .collect();
         handles
             .into_iter()
@@ -256,10 +303,57 @@ fn node_override(
     Ok(s)
 }
 
-/// D1: `natrix netcheck` behind miniupnpd reports all three services, and
-/// installs nothing.
-fn netcheck(lab: &Lab, nx: &Natrix, site: &MapSite, coordinator: &str) -> Result<Scenario> {
-    let mut s = Scenario::named("netcheck behind miniupnpd (D1)");
+/// P6 against a real gateway: miniupnpd behind a second NAT has a private
+/// WAN address. It answers, but has no public address to offer (NAT-PMP
+/// "network failure", an empty UPnP external address, PCP refusing):
+/// `natrix netcheck` says double NAT, `natrix map` fails naming it, and
+/// nothing is installed or advertised.
+fn double_nat(lab: &Lab, nx: &Natrix, site: &mut MapSite, coordinator: &str) -> Result<Scenario> {
+    let mut s = Scenario::named("double NAT: miniupnpd behind a second gateway (P6)");
+    let doc = netcheck_json(nx, site, coordinator, "netcheck-double")?;
+    let row = &doc["port_mapping"]["double_nat"];
+    s.measure(format!(
+        "netcheck double NAT: {} ({})",
+        row["value"].as_str().unwrap_or("?"),
+        row["detail"].as_str().unwrap_or("")
+    ));
+    s.check(
+        "netcheck reports the gateway as double NAT",
+        row["value"].as_str() == Some("yes"),
+    );
+    let args: Vec<String> = ["map", "--port", "4000", "--lifetime", "60"]
+        .map(str::to_owned)
+        .to_vec();
+    let mut map = Proc::spawn(&site.peer, "map-double", &nx.dir, &nx.bin, &args, None)?;
+    let status = map.wait_exit(Duration::from_secs(20))?;
+    let log = map.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or("(no error line)");
+    s.measure(format!("natrix map: exit {:?}: {line}", status.code()));
+    s.check(
+        "natrix map failed (exit 1) and named double NAT as the reason",
+        status.code() == Some(1) && line.contains("double NAT"),
+    );
+    s.check(
+        "no address was printed as a mapping, and the gateway holds no rule",
+        map.received().is_empty() && site.rules(lab, PORT)? == 0,
+    );
+    if let Some(mut d) = site.daemon.take() {
+        d.terminate();
+        let _ = d.wait_exit(Duration::from_secs(5));
+    }
+    Ok(s)
+}
+
+/// `natrix netcheck --json` behind `site`, parsed.
+fn netcheck_json(
+    nx: &Natrix,
+    site: &MapSite,
+    coordinator: &str,
+    name: &str,
+) -> Result<serde_json::Value> {
     let args: Vec<String> = [
         "netcheck",
         "--coordinator",
@@ -270,20 +364,20 @@ fn netcheck(lab: &Lab, nx: &Natrix, site: &MapSite, coordinator: &str) -> Result
     ]
     .map(str::to_owned)
     .to_vec();
-    let mut p = Proc::spawn(
-        &site.peer,
-        "netcheck-portmap",
-        &nx.dir,
-        &nx.bin,
-        &args,
-        None,
-    )?;
+    let mut p = Proc::spawn(&site.peer, name, &nx.dir, &nx.bin, &args, None)?;
     p.wait_exit(Duration::from_secs(20))?;
     let text: String = p.received().into_iter().map(|(_, l)| l + "\n").collect();
-    let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| LabError::Report {
-        file: "netcheck stdout".into(),
+    serde_json::from_str(&text).map_err(|e| LabError::Report {
+        file: format!("{name} stdout"),
         detail: e.to_string(),
-    })?;
+    })
+}
+
+/// D1: `natrix netcheck` behind miniupnpd reports all three services, and
+/// installs nothing.
+fn netcheck(lab: &Lab, nx: &Natrix, site: &MapSite, coordinator: &str) -> Result<Scenario> {
+    let mut s = Scenario::named("netcheck behind miniupnpd (D1)");
+    let doc = netcheck_json(nx, site, coordinator, "netcheck-portmap")?;
     let mut answered = Vec::new();
     for key in ["pcp", "nat_pmp", "upnp_igd"] {
         let m = &doc["port_mapping"][key];
@@ -308,6 +402,10 @@ fn netcheck(lab: &Lab, nx: &Natrix, site: &MapSite, coordinator: &str) -> Result
             .is_some_and(|d| d.contains(&site.wan)),
     );
     s.check(
+        "and the gateway is not behind another NAT",
+        doc["port_mapping"]["double_nat"]["value"].as_str() == Some("no"),
+    );
+    s.check(
         "nothing was installed: the gateway has no mapping rule",
         site.rules(lab, PORT)? == 0,
     );
@@ -316,41 +414,68 @@ fn netcheck(lab: &Lab, nx: &Natrix, site: &MapSite, coordinator: &str) -> Result
 
 const PORT: u16 = 4000;
 
+/// A port-mapping client the lab runs: `natrix map` (tokio), or the
+/// `smol_map` example on smol or inside async-std.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mapper {
+    /// `natrix map --protocol …`.
+    Cli,
+    /// `smol_map` on smol's executor.
+    Smol,
+    /// `smol_map --async-std`: the smol driver inside async-std.
+    AsyncStd,
+}
+
+/// `proto` through `mapper`: install, reach the node through the mapping,
+/// renew, survive a gateway restart, delete when stopped.
 fn one(
     lab: &Lab,
     nx: &Natrix,
     internet: &Internet,
     site: &mut MapSite,
     proto: &'static str,
+    mapper: Mapper,
+    smol_map: &Path,
 ) -> Result<Scenario> {
-    let name = match proto {
-        "pcp" => "port mapping: PCP against miniupnpd",
-        "natpmp" => "port mapping: NAT-PMP against miniupnpd",
-        _ => "port mapping: UPnP-IGD against miniupnpd",
+    let protocol = match proto {
+        "pcp" => "PCP",
+        "natpmp" => "NAT-PMP",
+        _ => "UPnP-IGD",
     };
-    let mut s = Scenario::named(name);
+    let runtime = match mapper {
+        Mapper::Cli => "",
+        Mapper::Smol => ", the smol driver",
+        Mapper::AsyncStd => ", the smol driver inside async-std",
+    };
+    let mut s = Scenario::named(format!(
+        "port mapping: {protocol} against miniupnpd{runtime}"
+    ));
     // A short lease, so a renewal comes within the check: renewed at half.
-    let args: Vec<String> = [
-        "map",
-        "--port",
-        "4000",
-        "--protocol",
-        proto,
-        "--echo",
-        "--lifetime",
-        "6",
-        "-v",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    let mut map = Proc::spawn(
-        &site.peer,
-        &format!("map-{proto}"),
-        &nx.dir,
-        &nx.bin,
-        &args,
-        None,
-    )?;
+    let mut args: Vec<String> = ["--port", "4000", "--protocol", proto, "--lifetime", "6"]
+        .map(str::to_owned)
+        .to_vec();
+    let label = format!("map-{proto}-{mapper:?}");
+    let mut map = match mapper {
+        Mapper::Cli => {
+            args.splice(0..0, ["map".to_owned()]);
+            args.extend(["--echo", "-v"].map(str::to_owned));
+            Proc::spawn(&site.peer, &label, &nx.dir, &nx.bin, &args, None)?
+        }
+        Mapper::Smol | Mapper::AsyncStd => {
+            if mapper == Mapper::AsyncStd {
+                args.push("--async-std".to_owned());
+            }
+            // It stops (and deletes) at the end of its stdin.
+            Proc::spawn(
+                &site.peer,
+                &label,
+                &nx.dir,
+                smol_map,
+                &args,
+                Some("keep".to_owned()),
+            )?
+        }
+    };
     let t0 = Instant::now();
     map.wait_for(
         "the external address on stdout",
@@ -452,11 +577,15 @@ fn one(
         );
     }
     // Stop: the mapping is deleted (P4).
-    map.terminate();
+    if mapper == Mapper::Cli {
+        map.terminate();
+    } else {
+        map.stop_feeding();
+    }
     map.wait_exit(Duration::from_secs(10))?;
     let deleted = map.log_text().contains("deleted the mapping") && site.rules(lab, PORT)? == 0;
     s.check(
-        "stopping natrix map deleted the mapping: the gateway's rule is gone (P4)",
+        "stopping the client deleted the mapping: the gateway's rule is gone (P4)",
         deleted,
     );
     if let Some(mut d) = site.daemon.take() {

@@ -25,7 +25,7 @@ use crate::{LabError, Result};
 #[derive(Debug, Clone)]
 pub struct Scenario {
     /// Its name.
-    pub name: &'static str,
+    pub name: String,
     /// The sites' kinds (A, B), for the scenarios between two sites.
     pub kinds: Option<(crate::kinds::Kind, crate::kinds::Kind)>,
     /// Each check and whether it held.
@@ -44,9 +44,9 @@ impl Scenario {
 
     /// A scenario that is not between two sites.
     #[must_use]
-    pub fn named(name: &'static str) -> Scenario {
+    pub fn named(name: impl Into<String>) -> Scenario {
         Scenario {
-            name,
+            name: name.into(),
             kinds: None,
             checks: Vec::new(),
             measured: Vec::new(),

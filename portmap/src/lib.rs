@@ -252,6 +252,27 @@ pub enum MapError {
     /// The HTTP exchange failed (connect, reset, too large).
     #[error("HTTP to the gateway failed: {0}")]
     Http(String),
+    /// P6: the gateway answered that it has no usable public address of its
+    /// own — what a gateway behind another NAT says (miniupnpd on a private
+    /// WAN: NAT-PMP "network failure", an empty UPnP external address). A
+    /// mapping there could not be reached from the Internet: double NAT.
+    #[error(
+        "{protocol}: the gateway has no public address of its own ({detail}); it is probably behind another NAT (double NAT)"
+    )]
+    NoExternalAddress {
+        /// Which protocol.
+        protocol: Protocol,
+        /// What the gateway said.
+        detail: String,
+    },
+}
+
+impl MapError {
+    /// The gateway said it has no public address: double NAT (P6).
+    #[must_use]
+    pub fn is_double_nat(&self) -> bool {
+        matches!(self, MapError::NoExternalAddress { .. })
+    }
 }
 
 /// What a machine reports.

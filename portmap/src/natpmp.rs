@@ -570,12 +570,17 @@ impl NatPmpClient {
                 let lost = self.observe_epoch(r.epoch, now);
                 if lost && exchange.purpose == Purpose::Renew {
                     self.restart_detected(now);
+                } else if r.result == ResultCode::NetworkFailure {
+                    self.fail(MapError::NoExternalAddress {
+                        protocol: Protocol::NatPmp,
+                        detail: r.result.to_string(),
+                    });
                 } else if r.result != ResultCode::Success {
                     self.refused(r.result);
                 } else if r.external_ip.is_unspecified() {
-                    self.fail(MapError::Refused {
+                    self.fail(MapError::NoExternalAddress {
                         protocol: Protocol::NatPmp,
-                        reason: "the gateway has no external address".to_owned(),
+                        detail: "external address 0.0.0.0".to_owned(),
                     });
                 } else {
                     exchange.address = Some(r.external_ip);
@@ -1129,41 +1134,56 @@ mod tests {
         assert!(matches!(events(&mut c).as_slice(), [Event::Installed(_)]));
     }
 
-    #[test]
-    fn error_results_and_no_external_address_fail() {
+    /// The events after the gateway's first answer is `datagram`.
+    fn events_after(datagram: &[u8]) -> Vec<Event> {
         let mut c = client();
         c.start(at(0));
-        c.handle_udp(
-            at(10),
-            gw_addr(),
-            &map_answer(ResultCode::NotAuthorized, 5, 0, 0),
-        );
+        c.handle_udp(at(10), gw_addr(), datagram);
+        events(&mut c)
+    }
+
+    #[test]
+    fn p6_network_failure_on_the_address_request_is_double_nat() {
+        // What miniupnpd answers when its WAN address is private.
+        let failure = Response::ExternalAddress(ExternalAddressResponse {
+            result: ResultCode::NetworkFailure,
+            epoch: 5,
+            external_ip: Ipv4Addr::UNSPECIFIED,
+        })
+        .encode();
+        match events_after(&failure).as_slice() {
+            [Event::Failed(e)] => {
+                assert!(e.is_double_nat(), "{e:?}");
+                assert!(e.to_string().contains("double NAT"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // So is an external address of 0.0.0.0.
+        assert!(matches!(
+            events_after(&address_answer(5, Ipv4Addr::UNSPECIFIED)).as_slice(),
+            [Event::Failed(MapError::NoExternalAddress {
+                protocol: Protocol::NatPmp,
+                ..
+            })]
+        ));
+        // Any other refusal is not taken for double NAT.
+        assert!(matches!(
+            events_after(&map_answer(ResultCode::OutOfResources, 5, 0, 0)).as_slice(),
+            [Event::Failed(MapError::Refused { .. })]
+        ));
+    }
+
+    #[test]
+    fn error_results_fail() {
         assert_eq!(
-            events(&mut c),
+            events_after(&map_answer(ResultCode::NotAuthorized, 5, 0, 0)),
             vec![Event::Failed(MapError::Refused {
                 protocol: Protocol::NatPmp,
                 reason: "not authorized/refused (2)".to_owned()
             })]
         );
-        let mut c = client();
-        c.start(at(0));
-        c.handle_udp(at(10), gw_addr(), &address_answer(5, Ipv4Addr::UNSPECIFIED));
         assert!(matches!(
-            events(&mut c).as_slice(),
-            [Event::Failed(MapError::Refused {
-                protocol: Protocol::NatPmp,
-                ..
-            })]
-        ));
-        let mut c = client();
-        c.start(at(0));
-        c.handle_udp(
-            at(10),
-            gw_addr(),
-            &map_answer(ResultCode::Success, 5, 0, 60),
-        );
-        assert!(matches!(
-            events(&mut c).as_slice(),
+            events_after(&map_answer(ResultCode::Success, 5, 0, 60)).as_slice(),
             [Event::Failed(MapError::Malformed {
                 protocol: Protocol::NatPmp,
                 ..

@@ -784,7 +784,12 @@ impl PcpClient {
             }
             Purpose::Renew if lost => self.restart_detected(now),
             Purpose::Install | Purpose::Renew => {
-                if resp.result != ResultCode::Success {
+                if resp.result == ResultCode::NetworkFailure {
+                    self.fail(MapError::NoExternalAddress {
+                        protocol: Protocol::Pcp,
+                        detail: resp.result.to_string(),
+                    });
+                } else if resp.result != ResultCode::Success {
                     self.fail(MapError::Refused {
                         protocol: Protocol::Pcp,
                         reason: resp.result.to_string(),
@@ -1420,30 +1425,39 @@ mod tests {
         assert!(matches!(events(&mut c).as_slice(), [Event::Installed(_)]));
     }
 
-    #[test]
-    fn error_result_is_refused_with_the_rfc_name() {
+    /// The events after the gateway answers the first MAP with `result`;
+    /// the client must then have no timer left.
+    fn events_after_result(result: ResultCode) -> Vec<Event> {
         let mut c = client();
         c.start(at(0));
         let req = sent(&mut c).pop().expect("request");
         c.handle_udp(
             at(10),
             gw_addr(),
-            &answer(
-                &req,
-                ResultCode::NotAuthorized,
-                30,
-                5,
-                SocketAddr::new(gw(), 0),
-            ),
+            &answer(&req, result, 30, 5, SocketAddr::new(gw(), 0)),
         );
+        let out = events(&mut c);
+        assert_eq!(c.poll_timeout(), None, "a failed probe keeps no timer");
+        out
+    }
+
+    #[test]
+    fn p6_network_failure_is_double_nat() {
+        match events_after_result(ResultCode::NetworkFailure).as_slice() {
+            [Event::Failed(e)] => assert!(e.is_double_nat(), "{e:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn error_result_is_refused_with_the_rfc_name() {
         assert_eq!(
-            events(&mut c),
+            events_after_result(ResultCode::NotAuthorized),
             vec![Event::Failed(MapError::Refused {
                 protocol: Protocol::Pcp,
                 reason: "NOT_AUTHORIZED (2)".to_owned()
             })]
         );
-        assert_eq!(c.poll_timeout(), None);
     }
 
     #[test]

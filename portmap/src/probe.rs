@@ -135,6 +135,24 @@ impl Probe {
     }
 }
 
+impl ProbeReport {
+    /// P6 from the NAT-PMP answer, the one that names the gateway's external
+    /// address: `Some(true)` when that address is private or shared, or the
+    /// gateway says it has none ("network failure", what a gateway behind
+    /// another NAT answers); `Some(false)` for a public one; `None` without
+    /// a NAT-PMP answer that tells.
+    #[must_use]
+    pub fn double_nat(&self) -> Option<bool> {
+        match &self.natpmp {
+            Some((_, Some(ip))) => Some(crate::is_double_nat_address(IpAddr::V4(*ip))),
+            Some((result, None)) => {
+                (result == natpmp::ResultCode::NetworkFailure.name()).then_some(true)
+            }
+            None => None,
+        }
+    }
+}
+
 /// A PCP ANNOUNCE request (RFC 6887 §14.1): the 24-byte common header with
 /// opcode 0 and lifetime 0. It asks for nothing to be installed.
 #[must_use]
@@ -223,6 +241,37 @@ mod tests {
         assert!(!p.is_done(), "PCP has not answered");
         p.handle_timeout(Instant::ZERO.saturating_add(Duration::from_secs(2)));
         assert!(p.is_done());
+    }
+
+    #[test]
+    fn p6_the_probe_tells_double_nat_from_the_nat_pmp_answer() {
+        let answer = |result: natpmp::ResultCode, ip: Ipv4Addr| {
+            let mut p = started();
+            p.handle_udp(
+                Instant::from_millis(5),
+                SocketAddr::new(gw(), PCP_PORT),
+                &natpmp::Response::ExternalAddress(natpmp::ExternalAddressResponse {
+                    result,
+                    epoch: 1,
+                    external_ip: ip,
+                })
+                .encode(),
+            );
+            p.report().double_nat()
+        };
+        let ok = natpmp::ResultCode::Success;
+        assert_eq!(answer(ok, Ipv4Addr::new(203, 0, 113, 9)), Some(false));
+        assert_eq!(answer(ok, Ipv4Addr::new(10, 9, 0, 2)), Some(true));
+        assert_eq!(answer(ok, Ipv4Addr::new(100, 64, 3, 4)), Some(true));
+        assert_eq!(
+            answer(natpmp::ResultCode::NetworkFailure, Ipv4Addr::UNSPECIFIED),
+            Some(true)
+        );
+        assert_eq!(
+            answer(natpmp::ResultCode::NotAuthorized, Ipv4Addr::UNSPECIFIED),
+            None
+        );
+        assert_eq!(started().report().double_nat(), None);
     }
 
     #[test]

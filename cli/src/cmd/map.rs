@@ -40,7 +40,7 @@ impl From<ProtoArg> for PortMapProtocol {
 #[command(after_help = "Examples:\n  natrix map --port 4000\n  \
 natrix map --port 4000 --protocol natpmp --echo\n\
 stdout: the external address and port, one line, once installed.\n\
-Exit codes: 0 ok (deleted on exit), 1 no gateway or no protocol answered, 2 bad arguments.")]
+Exit codes: 0 ok (deleted on exit), 1 no gateway, no mapping granted, or the deletion not confirmed, 2 bad arguments.")]
 pub(crate) struct Args {
     /// The local UDP port to map (bound by this command while it runs).
     /// 0 picks a free one.
@@ -156,29 +156,59 @@ pub(crate) async fn run(args: &Args, quiet: bool) -> CliResult<Exit> {
                     PortMapEvent::Renewed(m) if !quiet => eprintln!("renewed: {} for {} s", m.external, m.lifetime.as_secs()),
                     PortMapEvent::GatewayRestarted(p) if !quiet => eprintln!("the gateway restarted ({p} epoch); installing again"),
                     PortMapEvent::Lost(p) => eprintln!("lost the {p} mapping; probing again"),
-                    PortMapEvent::Unavailable if !installed => {
-                        let errors: Vec<String> = mapper
-                            .state()
-                            .errors
-                            .iter()
-                            .map(|(p, e)| format!("{p}: {e}"))
-                            .collect();
-                        break Err(CliError::new(
-                            Exit::Failure,
-                            format!("no port mapping service answered ({})", errors.join("; ")),
-                        )
-                        .hint("the gateway may not offer PCP, NAT-PMP or UPnP-IGD, or has it turned off"));
-                    }
+                    PortMapEvent::Unavailable if !installed => break Err(unavailable(&mapper.state().errors)),
                     _ => {}
                 }
             }
             () = &mut stop => break Ok(()),
         }
     };
-    mapper.shutdown().await;
+    let deleted = mapper.shutdown().await;
     task.await;
-    if installed && !quiet {
-        eprintln!("deleted the mapping");
+    outcome?;
+    match deleted {
+        Ok(Some(p)) => {
+            if !quiet {
+                eprintln!("deleted the mapping ({p})");
+            }
+            Ok(Exit::Ok)
+        }
+        Ok(None) => Ok(Exit::Ok),
+        Err((p, e)) => Err(CliError::new(
+            Exit::Failure,
+            format!("the gateway did not confirm deleting the {p} mapping: {e}"),
+        )
+        .hint("it expires on its own at the end of its lease")),
     }
-    outcome.map(|()| Exit::Ok)
+}
+
+/// Why no mapping could be installed, from each protocol's error: a
+/// gateway behind another NAT (P6) is named as such.
+fn unavailable(errors: &[(PortMapProtocol, natrix_tokio::MapError)]) -> CliError {
+    let list: Vec<String> = errors.iter().map(|(p, e)| format!("{p}: {e}")).collect();
+    if errors.iter().any(|(_, e)| e.is_double_nat()) {
+        CliError::new(
+            Exit::Failure,
+            format!(
+                "double NAT: the gateway has no public address of its own, so no mapping on it can be reached from the Internet ({})",
+                list.join("; ")
+            ),
+        )
+        .hint("the gateway is itself behind another NAT (an ISP router or carrier-grade NAT); map on the outer gateway, or rely on hole punching and the relay")
+    } else if errors
+        .iter()
+        .all(|(_, e)| matches!(e, natrix_tokio::MapError::Timeout(_)))
+    {
+        CliError::new(
+            Exit::Failure,
+            format!("no port mapping service answered ({})", list.join("; ")),
+        )
+        .hint("the gateway may not offer PCP, NAT-PMP or UPnP-IGD, or has it turned off")
+    } else {
+        CliError::new(
+            Exit::Failure,
+            format!("the gateway did not grant a mapping ({})", list.join("; ")),
+        )
+        .hint("the gateway answered but refused; its port-mapping settings (allowed ports and clients) decide")
+    }
 }

@@ -307,6 +307,22 @@ pub(crate) struct PortMapping {
     pub(crate) nat_pmp: Measure,
     /// PCP (RFC 6887).
     pub(crate) pcp: Measure,
+    /// P6: whether the gateway is itself behind another NAT, from the
+    /// NAT-PMP answer: `"yes"` when its external address is private or
+    /// shared (100.64/10) or it says it has none, `"no"` for a public one.
+    pub(crate) double_nat: Measure,
+}
+
+impl PortMapping {
+    /// The same measure in every row (no gateway, not asked…).
+    fn all(m: &Measure) -> Self {
+        PortMapping {
+            upnp_igd: m.clone(),
+            nat_pmp: m.clone(),
+            pcp: m.clone(),
+            double_nat: m.clone(),
+        }
+    }
 }
 
 // ------------------------------------------------------------ measuring
@@ -379,12 +395,8 @@ pub(crate) async fn run(args: &Args, quiet: bool) -> CliResult<Exit> {
             }
         }
         None => {
-            let skipped = Measure::not_probed("not asked (--no-port-mapping)");
-            report.port_mapping = PortMapping {
-                upnp_igd: skipped.clone(),
-                nat_pmp: skipped.clone(),
-                pcp: skipped,
-            };
+            report.port_mapping =
+                PortMapping::all(&Measure::not_probed("not asked (--no-port-mapping)"));
         }
     }
     report.summary = summary(&report);
@@ -417,23 +429,16 @@ async fn probe_port_mapping(wait: Duration) -> PortMapping {
     use natrix_portmap::probe::Probe;
     let gateway = natrix_tokio::default_gateway();
     let Some(gw) = gateway.v4.map(IpAddr::V4).or(gateway.v6.map(IpAddr::V6)) else {
-        let none = Measure::not_measured("no default gateway in the routing table");
-        return PortMapping {
-            upnp_igd: none.clone(),
-            nat_pmp: none.clone(),
-            pcp: none,
-        };
+        return PortMapping::all(&Measure::not_measured(
+            "no default gateway in the routing table",
+        ));
     };
     let bind: SocketAddr = if gw.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let failed = |why: String| PortMapping {
-        upnp_igd: Measure::not_measured(why.clone()),
-        nat_pmp: Measure::not_measured(why.clone()),
-        pcp: Measure::not_measured(why),
-    };
+    let failed = |why: String| PortMapping::all(&Measure::not_measured(why));
     let socket = match tokio::net::UdpSocket::bind(bind).await {
         Ok(s) => s,
         Err(e) => return failed(format!("cannot bind a socket: {e}")),
@@ -489,6 +494,24 @@ async fn probe_port_mapping(wait: Duration) -> PortMapping {
         pcp: r.pcp.as_ref().map_or_else(silent, |(result, epoch)| {
             answered(format!("result {result}, epoch {epoch} s"))
         }),
+        double_nat: match (r.double_nat(), &r.natpmp) {
+            (Some(true), Some((_, Some(ip)))) => Measure {
+                status: Status::Measured,
+                value: Some("yes"),
+                detail: Some(format!(
+                    "the gateway's external address {ip} is private or shared: a mapping there is not reachable from the Internet"
+                )),
+            },
+            (Some(true), _) => Measure {
+                status: Status::Measured,
+                value: Some("yes"),
+                detail: Some(
+                    "the gateway says it has no public address (NAT-PMP network failure): it is behind another NAT".to_owned(),
+                ),
+            },
+            (Some(false), _) => Measure::measured("no"),
+            (None, _) => Measure::not_measured("no NAT-PMP answer names the gateway's external address"),
+        },
     }
 }
 
@@ -732,11 +755,7 @@ impl Check {
             coordinators,
             ipv4,
             ipv6,
-            port_mapping: PortMapping {
-                upnp_igd: not_probed.clone(),
-                nat_pmp: not_probed.clone(),
-                pcp: not_probed,
-            },
+            port_mapping: PortMapping::all(&not_probed),
             summary: String::new(),
         };
         report.summary = summary(&report);
@@ -1083,6 +1102,7 @@ fn human(r: &Report) -> String {
         ("UPnP-IGD", &pm.upnp_igd),
         ("NAT-PMP", &pm.nat_pmp),
         ("PCP", &pm.pcp),
+        ("double NAT", &pm.double_nat),
     ];
     for (name, m) in services {
         rows.push(Row::kv(name, m.human()));

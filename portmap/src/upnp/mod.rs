@@ -530,6 +530,13 @@ impl UpnpClient {
                 let text = arg(&args, "NewExternalIPAddress").unwrap_or("");
                 match text.parse::<Ipv4Addr>() {
                     Ok(ip) if !ip.is_unspecified() => Ok(ip),
+                    // miniupnpd on a private WAN answers with an empty one.
+                    _ if text.trim().is_empty() || text.trim() == "0.0.0.0" => {
+                        Err(MapError::NoExternalAddress {
+                            protocol: P,
+                            detail: format!("GetExternalIPAddress gave {text:?}"),
+                        })
+                    }
                     _ => Err(malformed(format!(
                         "GetExternalIPAddress: no usable external address ({text:?})"
                     ))),

@@ -112,8 +112,8 @@ impl Harness {
         }
     }
 
-    /// Discovery, description, external IP, AddAnyPortMapping → 4000.
-    fn install(&mut self) -> Mapping {
+    /// Discovery, description, and the answer to GetExternalIPAddress.
+    fn external_ip(&mut self, ip: &str) {
         self.discover();
         self.answer(ms(20), &ok(MINIUPNPD_DESC));
         self.answer(
@@ -121,9 +121,14 @@ impl Harness {
             &ok(&soap_ok(
                 "GetExternalIPAddress",
                 IP2,
-                &[("NewExternalIPAddress", "203.0.113.7")],
+                &[("NewExternalIPAddress", ip)],
             )),
         );
+    }
+
+    /// Discovery, description, external IP, AddAnyPortMapping → 4000.
+    fn install(&mut self) -> Mapping {
+        self.external_ip("203.0.113.7");
         self.answer(
             ms(40),
             &ok(&soap_ok(
@@ -252,16 +257,7 @@ fn full_install_against_a_miniupnpd_like_gateway_sends_exact_requests() {
 #[test]
 fn p3_the_reserved_port_is_the_one_reported() {
     let mut h = Harness::new(client());
-    h.discover();
-    h.answer(ms(20), &ok(MINIUPNPD_DESC));
-    h.answer(
-        ms(30),
-        &ok(&soap_ok(
-            "GetExternalIPAddress",
-            IP2,
-            &[("NewExternalIPAddress", "203.0.113.7")],
-        )),
-    );
+    h.external_ip("203.0.113.7");
     h.answer(
         ms(40),
         &ok(&soap_ok(
@@ -932,5 +928,20 @@ proptest! {
         h.drain();
         h.events();
         h.assert_p1();
+    }
+}
+
+#[test]
+fn p6_an_empty_external_address_is_double_nat() {
+    // miniupnpd on a private WAN (behind another NAT) answers
+    // GetExternalIPAddress with an empty address, and nothing is added.
+    for empty in ["", "0.0.0.0"] {
+        let mut h = Harness::new(client());
+        h.external_ip(empty);
+        assert!(h.drain().is_empty(), "no AddPortMapping after {empty:?}");
+        match h.events().as_slice() {
+            [Event::Failed(e)] => assert!(e.is_double_nat(), "{e:?}"),
+            other => panic!("{empty:?}: {other:?}"),
+        }
     }
 }
