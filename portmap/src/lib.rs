@@ -31,6 +31,10 @@ pub mod probe;
 pub mod supervisor;
 pub mod upnp;
 
+#[cfg(test)]
+mod testing;
+mod udp_client;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 

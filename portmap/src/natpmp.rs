@@ -41,15 +41,14 @@
 //! undefined (absent fields decode as 0). Bytes after the fixed part are
 //! ignored, for forward compatibility: nothing is read from them.
 
-use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use crate::pcp::{EpochSample, Retransmit, gateway_restarted, is_from_gateway};
-use crate::{
-    Client, Event, Instant, MapError, Mapping, MappingRequest, PCP_PORT, Protocol, Transmit,
-    check_internal,
+use crate::udp_client::{
+    Exchange, Lifecycle, Purpose, Requests, State, canonical_internal_ip, check_grant,
+    requested_lifetime,
 };
+use crate::{Client, Event, Instant, MapError, Mapping, MappingRequest, Protocol, Transmit};
 
 /// The NAT-PMP version.
 pub const VERSION: u8 = 0;
@@ -371,45 +370,69 @@ fn fixed<const N: usize>(data: &[u8]) -> Result<[u8; N], DecodeError> {
         })
 }
 
+/// The NAT-PMP requests of one exchange, and which are answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Purpose {
-    Install,
-    Renew,
-    Delete,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Exchange {
-    purpose: Purpose,
+struct Pending {
     map_payload: [u8; MAP_REQUEST_LEN],
-    retransmit: Retransmit,
     /// The external address, once answered (not asked when deleting).
     address: Option<Ipv4Addr>,
     /// The mapped port and lifetime, once answered.
     map: Option<(u16, u32)>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    Idle,
-    Requesting(Exchange),
-    Installed { renew_at: Instant },
+/// The NAT-PMP requests: the external address request and the UDP mapping
+/// request.
+#[derive(Debug)]
+struct NatPmpRequests {
+    internal_port: u16,
+    /// The lifetime asked for, seconds.
+    lifetime: u32,
+    /// The port last mapped, suggested on renewal.
+    last_port: Option<u16>,
+}
+
+impl Requests for NatPmpRequests {
+    type Pending = Pending;
+
+    const PROTOCOL: Protocol = Protocol::NatPmp;
+
+    /// RFC 6886 §3.6: any step back.
+    const EPOCH_SLACK: u32 = 0;
+
+    fn pending(&self, purpose: Purpose) -> Pending {
+        let (suggested_external_port, lifetime) = match purpose {
+            Purpose::Install | Purpose::Renew => {
+                (self.last_port.unwrap_or(self.internal_port), self.lifetime)
+            }
+            Purpose::Delete => (0, 0),
+        };
+        let map = MapRequest {
+            opcode: OP_MAP_UDP,
+            internal_port: self.internal_port,
+            suggested_external_port,
+            lifetime,
+        };
+        Pending {
+            map_payload: map.encode(),
+            address: None,
+            map: None,
+        }
+    }
+
+    fn outstanding(pending: &Pending, purpose: Purpose, mut send: impl FnMut(&[u8])) {
+        if purpose != Purpose::Delete && pending.address.is_none() {
+            send(&encode_external_address_request());
+        }
+        if pending.map.is_none() {
+            send(&pending.map_payload);
+        }
+    }
 }
 
 /// The NAT-PMP [`Client`]: one UDP mapping through one IPv4 gateway.
 #[derive(Debug)]
 pub struct NatPmpClient {
-    gateway: Ipv4Addr,
-    request: MappingRequest,
-    lifetime: u32,
-    timeout: Duration,
-    state: State,
-    mapping: Option<Mapping>,
-    /// The port last mapped, suggested on renewal.
-    last_port: Option<u16>,
-    epoch: Option<EpochSample>,
-    transmits: VecDeque<Transmit>,
-    events: VecDeque<Event>,
+    core: Lifecycle<NatPmpRequests>,
 }
 
 impl NatPmpClient {
@@ -427,163 +450,62 @@ impl NatPmpClient {
         request: MappingRequest,
         timeout: Duration,
     ) -> Result<Self, MapError> {
-        check_internal(request.internal)?;
-        let internal_ip = request.internal.ip().to_canonical();
-        if !internal_ip.is_ipv4() {
+        if !canonical_internal_ip(request.internal)?.is_ipv4() {
             return Err(MapError::BadInternalAddress(request.internal));
         }
-        check_internal(SocketAddr::new(internal_ip, request.internal.port()))
-            .map_err(|_| MapError::BadInternalAddress(request.internal))?;
         if gateway.is_unspecified() || gateway.is_broadcast() || gateway.is_multicast() {
             return Err(MapError::NoGateway);
         }
-        let lifetime = u32::try_from(request.lifetime.as_secs())
-            .unwrap_or(u32::MAX)
-            .max(1);
-        Ok(NatPmpClient {
-            gateway,
-            request,
-            lifetime,
-            timeout,
-            state: State::Idle,
-            mapping: None,
+        let requests = NatPmpRequests {
+            internal_port: request.internal.port(),
+            lifetime: requested_lifetime(&request),
             last_port: None,
-            epoch: None,
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
+        };
+        Ok(NatPmpClient {
+            core: Lifecycle::new(requests, IpAddr::V4(gateway), request.internal, timeout),
         })
     }
 
-    fn send(&mut self, payload: &[u8]) {
-        self.transmits.push_back(Transmit::Udp {
-            to: SocketAddr::new(IpAddr::V4(self.gateway), PCP_PORT),
-            payload: payload.to_vec(),
-        });
-    }
-
-    /// Sends what the exchange still waits for.
-    fn send_outstanding(&mut self, exchange: &Exchange) {
-        if exchange.purpose != Purpose::Delete && exchange.address.is_none() {
-            self.send(&encode_external_address_request());
-        }
-        if exchange.map.is_none() {
-            self.send(&exchange.map_payload);
-        }
-    }
-
-    fn begin(&mut self, now: Instant, purpose: Purpose) {
-        let timeout_at = now.saturating_add(self.timeout);
-        let internal_port = self.request.internal.port();
-        let (map, deadline) = match purpose {
-            Purpose::Install | Purpose::Renew => (
-                MapRequest {
-                    opcode: OP_MAP_UDP,
-                    internal_port,
-                    suggested_external_port: self.last_port.unwrap_or(internal_port),
-                    lifetime: self.lifetime,
-                },
-                if purpose == Purpose::Renew {
-                    self.mapping
-                        .map_or(timeout_at, |m| m.expires_at().max(timeout_at))
-                } else {
-                    timeout_at
-                },
-            ),
-            Purpose::Delete => (
-                MapRequest {
-                    opcode: OP_MAP_UDP,
-                    internal_port,
-                    suggested_external_port: 0,
-                    lifetime: 0,
-                },
-                timeout_at,
-            ),
-        };
-        let exchange = Exchange {
-            purpose,
-            map_payload: map.encode(),
-            retransmit: Retransmit::new(now, deadline),
-            address: None,
-            map: None,
-        };
-        self.send_outstanding(&exchange);
-        self.state = State::Requesting(exchange);
-    }
-
-    fn fail(&mut self, error: MapError) {
-        self.mapping = None;
-        self.state = State::Idle;
-        self.events.push_back(Event::Failed(error));
-    }
-
-    fn deleted(&mut self) {
-        self.mapping = None;
-        self.state = State::Idle;
-        self.events.push_back(Event::Deleted(Protocol::NatPmp));
-    }
-
-    fn refused(&mut self, result: ResultCode) {
-        self.fail(MapError::Refused {
-            protocol: Protocol::NatPmp,
-            reason: result.to_string(),
-        });
-    }
-
-    fn restart_detected(&mut self, now: Instant) {
-        tracing::debug!(gateway = %self.gateway, "NAT-PMP epoch went back: re-installing");
-        self.mapping = None;
-        self.events
-            .push_back(Event::GatewayRestarted(Protocol::NatPmp));
-        self.begin(now, Purpose::Install);
-    }
-
-    /// Checks the epoch rule and records the sample.
-    fn observe_epoch(&mut self, server: u32, now: Instant) -> bool {
-        let lost = gateway_restarted(self.epoch, server, now, 0);
-        self.epoch = Some(EpochSample { server, local: now });
-        lost
-    }
-
     fn on_external_address(&mut self, now: Instant, r: ExternalAddressResponse) {
-        match self.state {
+        match self.core.state() {
             State::Idle => {}
             State::Installed { .. } => {
                 // An unsolicited announcement (or a late duplicate).
                 if r.result != ResultCode::Success {
                     return;
                 }
-                let lost = self.observe_epoch(r.epoch, now);
+                let lost = self.core.observe_epoch(r.epoch, now);
                 let moved = self
-                    .mapping
+                    .core
+                    .mapping()
                     .is_some_and(|m| m.external.ip() != IpAddr::V4(r.external_ip));
                 if lost {
-                    self.restart_detected(now);
+                    self.core.restart_detected(now);
                 } else if moved {
-                    self.mapping = None;
-                    self.begin(now, Purpose::Install);
+                    self.core.start(now);
                 }
             }
             State::Requesting(mut exchange) => {
-                if exchange.purpose == Purpose::Delete || exchange.address.is_some() {
+                if exchange.purpose == Purpose::Delete || exchange.pending.address.is_some() {
                     return;
                 }
-                let lost = self.observe_epoch(r.epoch, now);
+                let lost = self.core.observe_epoch(r.epoch, now);
                 if lost && exchange.purpose == Purpose::Renew {
-                    self.restart_detected(now);
+                    self.core.restart_detected(now);
                 } else if r.result == ResultCode::NetworkFailure {
-                    self.fail(MapError::NoExternalAddress {
+                    self.core.fail(MapError::NoExternalAddress {
                         protocol: Protocol::NatPmp,
                         detail: r.result.to_string(),
                     });
                 } else if r.result != ResultCode::Success {
-                    self.refused(r.result);
+                    self.core.refused(r.result);
                 } else if r.external_ip.is_unspecified() {
-                    self.fail(MapError::NoExternalAddress {
+                    self.core.fail(MapError::NoExternalAddress {
                         protocol: Protocol::NatPmp,
                         detail: "external address 0.0.0.0".to_owned(),
                     });
                 } else {
-                    exchange.address = Some(r.external_ip);
+                    exchange.pending.address = Some(r.external_ip);
                     self.progress(now, exchange);
                 }
             }
@@ -591,17 +513,17 @@ impl NatPmpClient {
     }
 
     fn on_map(&mut self, now: Instant, r: MapResponse) {
-        let port = self.request.internal.port();
+        let port = self.core.requests.internal_port;
         let for_us =
             r.internal_port == port || (r.result != ResultCode::Success && r.internal_port == 0);
         if r.opcode != OP_MAP_UDP || !for_us {
-            tracing::debug!(gateway = %self.gateway, "ignoring a NAT-PMP answer for another mapping");
+            tracing::debug!(gateway = %self.core.gateway(), "ignoring a NAT-PMP answer for another mapping");
             return;
         }
-        let State::Requesting(mut exchange) = self.state else {
+        let State::Requesting(mut exchange) = self.core.state() else {
             return;
         };
-        if exchange.map.is_some() {
+        if exchange.pending.map.is_some() {
             return;
         }
         if exchange.purpose == Purpose::Delete {
@@ -609,51 +531,33 @@ impl NatPmpClient {
                 // A late answer to the mapping request before the deletion.
                 return;
             }
-            self.observe_epoch(r.epoch, now);
-            if r.result != ResultCode::Success {
-                tracing::debug!(result = %r.result, "NAT-PMP deletion refused; the mapping expires on its own");
-            }
-            self.deleted();
+            let refusal = (r.result != ResultCode::Success).then_some(r.result);
+            self.core.deletion_answered(now, r.epoch, refusal);
             return;
         }
-        let lost = self.observe_epoch(r.epoch, now);
+        let lost = self.core.observe_epoch(r.epoch, now);
         if lost && exchange.purpose == Purpose::Renew {
-            self.restart_detected(now);
+            self.core.restart_detected(now);
         } else if r.result != ResultCode::Success {
-            self.refused(r.result);
-        } else if r.lifetime == 0 || r.external_port == 0 {
-            self.fail(MapError::Malformed {
-                protocol: Protocol::NatPmp,
-                reason: format!(
-                    "success with lifetime {} and external port {}",
-                    r.lifetime, r.external_port
-                ),
-            });
+            self.core.refused(r.result);
+        } else if let Err(e) = check_grant(Protocol::NatPmp, r.lifetime, r.external_port) {
+            self.core.fail(e);
         } else {
-            exchange.map = Some((r.external_port, r.lifetime));
+            exchange.pending.map = Some((r.external_port, r.lifetime));
             self.progress(now, exchange);
         }
     }
 
     /// Installs once both answers are in, or waits for the other.
-    fn progress(&mut self, now: Instant, exchange: Exchange) {
-        let (Some(ip), Some((port, lifetime))) = (exchange.address, exchange.map) else {
-            self.state = State::Requesting(exchange);
+    fn progress(&mut self, now: Instant, exchange: Exchange<Pending>) {
+        let (Some(ip), Some((port, lifetime))) = (exchange.pending.address, exchange.pending.map)
+        else {
+            self.core.keep_waiting(exchange);
             return;
         };
-        let mapping = Mapping {
-            protocol: Protocol::NatPmp,
-            internal: self.request.internal,
-            external: SocketAddr::new(IpAddr::V4(ip), port),
-            lifetime: Duration::from_secs(u64::from(lifetime)),
-            granted_at: now,
-        };
-        self.mapping = Some(mapping);
-        self.last_port = Some(port);
-        self.state = State::Installed {
-            renew_at: mapping.renew_at(),
-        };
-        self.events.push_back(Event::Installed(mapping));
+        self.core.requests.last_port = Some(port);
+        self.core
+            .install(now, SocketAddr::new(IpAddr::V4(ip), port), lifetime);
     }
 }
 
@@ -663,19 +567,18 @@ impl Client for NatPmpClient {
     }
 
     fn start(&mut self, now: Instant) {
-        self.mapping = None;
-        self.begin(now, Purpose::Install);
+        self.core.start(now);
     }
 
     fn handle_udp(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        if !is_from_gateway(from, IpAddr::V4(self.gateway)) || self.state == State::Idle {
+        if !self.core.accepts(from) {
             return;
         }
         match Response::decode(datagram) {
             Ok(Response::ExternalAddress(r)) => self.on_external_address(now, r),
             Ok(Response::Map(r)) => self.on_map(now, r),
             Err(error) => {
-                tracing::debug!(%error, gateway = %self.gateway, "ignoring a malformed NAT-PMP answer");
+                tracing::debug!(%error, gateway = %self.core.gateway(), "ignoring a malformed NAT-PMP answer");
             }
         }
     }
@@ -683,67 +586,35 @@ impl Client for NatPmpClient {
     fn handle_http(&mut self, _now: Instant, _id: u64, _response: Result<&[u8], String>) {}
 
     fn handle_timeout(&mut self, now: Instant) {
-        match self.state {
-            State::Idle => {}
-            State::Installed { renew_at } => {
-                if now >= renew_at {
-                    self.begin(now, Purpose::Renew);
-                }
-            }
-            State::Requesting(mut exchange) => {
-                if exchange.retransmit.expired(now) {
-                    match exchange.purpose {
-                        Purpose::Install | Purpose::Renew => {
-                            self.fail(MapError::Timeout(Protocol::NatPmp));
-                        }
-                        Purpose::Delete => self.deleted(),
-                    }
-                } else if exchange.retransmit.fire(now) {
-                    self.send_outstanding(&exchange);
-                    self.state = State::Requesting(exchange);
-                }
-            }
-        }
+        self.core.handle_timeout(now);
     }
 
     fn delete(&mut self, now: Instant) {
-        match self.state {
-            State::Idle => self.deleted(),
-            State::Requesting(Exchange {
-                purpose: Purpose::Delete,
-                ..
-            }) => {}
-            State::Installed { .. } | State::Requesting(_) => {
-                self.mapping = None;
-                self.begin(now, Purpose::Delete);
-            }
-        }
+        self.core.delete(now);
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        self.core.poll_transmit()
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        match self.state {
-            State::Idle => None,
-            State::Requesting(exchange) => Some(exchange.retransmit.poll_timeout()),
-            State::Installed { renew_at } => Some(renew_at),
-        }
+        self.core.poll_timeout()
     }
 
     fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.core.poll_event()
     }
 
     fn mapping(&self) -> Option<Mapping> {
-        self.mapping
+        self.core.mapping()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::PCP_PORT;
+    use crate::testing::{self, at, events, unchecked_request};
     use proptest::prelude::*;
 
     fn gw() -> Ipv4Addr {
@@ -762,10 +633,6 @@ mod tests {
         Ipv4Addr::new(203, 0, 113, 7)
     }
 
-    fn at(ms: u64) -> Instant {
-        Instant::from_millis(ms)
-    }
-
     fn client_with(timeout: Duration) -> NatPmpClient {
         let request = MappingRequest::new(internal()).expect("valid");
         NatPmpClient::new(gw(), request, timeout).expect("valid")
@@ -776,21 +643,7 @@ mod tests {
     }
 
     fn sent(c: &mut NatPmpClient) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        while let Some(t) = c.poll_transmit() {
-            match t {
-                Transmit::Udp { to, payload } => {
-                    assert_eq!(to, gw_addr(), "P1");
-                    out.push(payload);
-                }
-                Transmit::Http { .. } => panic!("NAT-PMP never speaks HTTP"),
-            }
-        }
-        out
-    }
-
-    fn events(c: &mut NatPmpClient) -> Vec<Event> {
-        std::iter::from_fn(|| c.poll_event()).collect()
+        testing::sent(c, gw_addr())
     }
 
     fn address_answer(epoch: u32, ip: Ipv4Addr) -> Vec<u8> {
@@ -803,11 +656,23 @@ mod tests {
     }
 
     fn map_answer(result: ResultCode, epoch: u32, port: u16, lifetime: u32) -> Vec<u8> {
+        map_answer_for(OP_MAP_UDP, internal().port(), result, epoch, port, lifetime)
+    }
+
+    /// A mapping answer for `opcode` and `internal_port`.
+    fn map_answer_for(
+        opcode: u8,
+        internal_port: u16,
+        result: ResultCode,
+        epoch: u32,
+        port: u16,
+        lifetime: u32,
+    ) -> Vec<u8> {
         Response::Map(MapResponse {
-            opcode: OP_MAP_UDP,
+            opcode,
             result,
             epoch,
-            internal_port: internal().port(),
+            internal_port,
             external_port: port,
             lifetime,
         })
@@ -1020,22 +885,14 @@ mod tests {
             NatPmpClient::new(gw(), v6, timeout).map(|_| ()),
             Err(MapError::BadInternalAddress(v6.internal))
         );
-        let mapped_loopback = MappingRequest {
-            internal: "[::ffff:127.0.0.1]:4000".parse().expect("literal"),
-            lifetime: Duration::from_secs(60),
-        };
-        assert_eq!(
-            NatPmpClient::new(gw(), mapped_loopback, timeout).map(|_| ()),
-            Err(MapError::BadInternalAddress(mapped_loopback.internal))
-        );
-        let zero = MappingRequest {
-            internal: "192.168.1.20:0".parse().expect("literal"),
-            lifetime: Duration::from_secs(60),
-        };
-        assert_eq!(
-            NatPmpClient::new(gw(), zero, timeout).map(|_| ()),
-            Err(MapError::BadInternalAddress(zero.internal))
-        );
+        for bad in ["[::ffff:127.0.0.1]:4000", "192.168.1.20:0"] {
+            let request = unchecked_request(bad);
+            assert_eq!(
+                NatPmpClient::new(gw(), request, timeout).map(|_| ()),
+                Err(MapError::BadInternalAddress(request.internal)),
+                "{bad}"
+            );
+        }
         let ok = MappingRequest::new(internal()).expect("valid");
         assert_eq!(
             NatPmpClient::new(Ipv4Addr::UNSPECIFIED, ok, timeout).map(|_| ()),
@@ -1098,24 +955,8 @@ mod tests {
         let mut c = client();
         c.start(at(0));
         sent(&mut c);
-        let other_port = Response::Map(MapResponse {
-            opcode: OP_MAP_UDP,
-            result: ResultCode::Success,
-            epoch: 5,
-            internal_port: 4001,
-            external_port: 61000,
-            lifetime: 60,
-        })
-        .encode();
-        let tcp = Response::Map(MapResponse {
-            opcode: OP_MAP_TCP,
-            result: ResultCode::Success,
-            epoch: 5,
-            internal_port: 4000,
-            external_port: 61000,
-            lifetime: 60,
-        })
-        .encode();
+        let other_port = map_answer_for(OP_MAP_UDP, 4001, ResultCode::Success, 5, 61000, 60);
+        let tcp = map_answer_for(OP_MAP_TCP, 4000, ResultCode::Success, 5, 61000, 60);
         c.handle_udp(at(10), gw_addr(), &other_port);
         c.handle_udp(at(10), gw_addr(), &tcp);
         for from in ["192.168.1.2:5351", "192.168.1.1:5350"] {

@@ -40,16 +40,17 @@
 //!   still reported: the client holds nothing and the gateway drops the
 //!   mapping when its lifetime runs out.
 
-use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use natrix_proto::Rng;
 
-use crate::{
-    Client, Event, Instant, MapError, Mapping, MappingRequest, PCP_PORT, Protocol, Transmit,
-    check_internal,
+use crate::udp_client::{
+    Exchange, Lifecycle, Purpose, Requests, State, canonical_internal_ip, check_grant,
+    requested_lifetime,
 };
+pub use crate::udp_client::{INITIAL_RTO, MAX_RTO};
+use crate::{Client, Event, Instant, MapError, Mapping, MappingRequest, Protocol, Transmit};
 
 /// The PCP version this client speaks.
 pub const VERSION: u8 = 2;
@@ -71,10 +72,6 @@ pub const MAX_MESSAGE_LEN: usize = 1100;
 pub const NONCE_LEN: usize = 12;
 /// IANA protocol number of UDP, the only protocol this client maps.
 pub const PROTOCOL_UDP: u8 = 17;
-/// The first retransmission interval.
-pub const INITIAL_RTO: Duration = Duration::from_millis(250);
-/// The longest retransmission interval.
-pub const MAX_RTO: Duration = Duration::from_secs(64);
 
 /// A PCP result code (RFC 6887 §7.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -285,11 +282,16 @@ impl MapRequest {
         b[1] = OPCODE_MAP;
         b[4..8].copy_from_slice(&self.lifetime.to_be_bytes());
         b[8..24].copy_from_slice(&self.client_ip.octets());
-        b[24..36].copy_from_slice(&self.nonce);
-        b[36] = self.protocol;
-        b[40..42].copy_from_slice(&self.internal_port.to_be_bytes());
-        b[42..44].copy_from_slice(&self.suggested_external_port.to_be_bytes());
-        b[44..60].copy_from_slice(&self.suggested_external_ip.octets());
+        encode_map_data(
+            &mut b,
+            &MapPayload {
+                nonce: self.nonce,
+                protocol: self.protocol,
+                internal_port: self.internal_port,
+                external_port: self.suggested_external_port,
+                external_ip: self.suggested_external_ip,
+            },
+        );
         b
     }
 
@@ -298,36 +300,21 @@ impl MapRequest {
     /// # Errors
     /// A [`DecodeError`] saying what is wrong.
     pub fn decode(data: &[u8]) -> Result<Self, DecodeError> {
-        let len = data.len();
-        if len > MAX_MESSAGE_LEN {
-            return Err(DecodeError::TooLong(len));
-        }
-        if len < 4 {
-            return Err(DecodeError::Truncated { len, need: 4 });
-        }
-        if data[1] & RESPONSE_BIT != 0 {
-            return Err(DecodeError::NotARequest);
-        }
-        if data[0] != VERSION {
-            return Err(DecodeError::UnsupportedVersion(data[0]));
-        }
-        if len % 4 != 0 {
-            return Err(DecodeError::NotMultipleOfFour(len));
-        }
-        let opcode = data[1] & !RESPONSE_BIT;
+        let opcode = check_header(data, Direction::Request)?;
         if opcode != OPCODE_MAP {
             return Err(DecodeError::UnsupportedOpcode(opcode));
         }
         let b = fixed::<MAP_MESSAGE_LEN>(data)?;
         check_options(data, MAP_MESSAGE_LEN)?;
+        let m = decode_map_data(&b);
         Ok(MapRequest {
             lifetime: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
             client_ip: ipv6_at(&b, 8),
-            nonce: nonce_at(&b, 24),
-            protocol: b[36],
-            internal_port: u16::from_be_bytes([b[40], b[41]]),
-            suggested_external_port: u16::from_be_bytes([b[42], b[43]]),
-            suggested_external_ip: ipv6_at(&b, 44),
+            nonce: m.nonce,
+            protocol: m.protocol,
+            internal_port: m.internal_port,
+            suggested_external_port: m.external_port,
+            suggested_external_ip: m.external_ip,
         })
     }
 }
@@ -373,24 +360,20 @@ impl Response {
     /// The response's bytes (no options).
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
+        let mut b = [0u8; MAP_MESSAGE_LEN];
         let (opcode, len) = match self.body {
             ResponseBody::Announce => (OPCODE_ANNOUNCE, HEADER_LEN),
-            ResponseBody::Map(_) => (OPCODE_MAP, MAP_MESSAGE_LEN),
+            ResponseBody::Map(m) => {
+                encode_map_data(&mut b, &m);
+                (OPCODE_MAP, MAP_MESSAGE_LEN)
+            }
         };
-        let mut b = vec![0u8; len];
         b[0] = VERSION;
         b[1] = RESPONSE_BIT | opcode;
         b[3] = self.result.to_u8();
         b[4..8].copy_from_slice(&self.lifetime.to_be_bytes());
         b[8..12].copy_from_slice(&self.epoch.to_be_bytes());
-        if let ResponseBody::Map(m) = self.body {
-            b[24..36].copy_from_slice(&m.nonce);
-            b[36] = m.protocol;
-            b[40..42].copy_from_slice(&m.internal_port.to_be_bytes());
-            b[42..44].copy_from_slice(&m.external_port.to_be_bytes());
-            b[44..60].copy_from_slice(&m.external_ip.octets());
-        }
-        b
+        b[..len].to_vec()
     }
 
     /// Parses a response: ANNOUNCE or MAP, options checked and skipped.
@@ -400,30 +383,12 @@ impl Response {
     /// (NAT-PMP's `UNSUPP_VERSION` answer) is
     /// [`DecodeError::VersionMismatch`].
     pub fn decode(data: &[u8]) -> Result<Self, DecodeError> {
-        let len = data.len();
-        if len > MAX_MESSAGE_LEN {
-            return Err(DecodeError::TooLong(len));
-        }
-        if len < 4 {
-            return Err(DecodeError::Truncated { len, need: 4 });
-        }
-        if data[1] & RESPONSE_BIT == 0 {
-            return Err(DecodeError::NotAResponse);
-        }
-        if data[0] != VERSION {
-            return Err(DecodeError::VersionMismatch {
-                version: data[0],
-                result: ResultCode::from_u8(data[3]),
-            });
-        }
-        if len % 4 != 0 {
-            return Err(DecodeError::NotMultipleOfFour(len));
-        }
+        let opcode = check_header(data, Direction::Response)?;
         let h = fixed::<HEADER_LEN>(data)?;
         let result = ResultCode::from_u8(h[3]);
         let lifetime = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
         let epoch = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
-        let body = match h[1] & !RESPONSE_BIT {
+        let body = match opcode {
             OPCODE_ANNOUNCE => {
                 check_options(data, HEADER_LEN)?;
                 ResponseBody::Announce
@@ -431,13 +396,7 @@ impl Response {
             OPCODE_MAP => {
                 let b = fixed::<MAP_MESSAGE_LEN>(data)?;
                 check_options(data, MAP_MESSAGE_LEN)?;
-                ResponseBody::Map(MapPayload {
-                    nonce: nonce_at(&b, 24),
-                    protocol: b[36],
-                    internal_port: u16::from_be_bytes([b[40], b[41]]),
-                    external_port: u16::from_be_bytes([b[42], b[43]]),
-                    external_ip: ipv6_at(&b, 44),
-                })
+                ResponseBody::Map(decode_map_data(&b))
             }
             other => return Err(DecodeError::UnsupportedOpcode(other)),
         };
@@ -447,6 +406,64 @@ impl Response {
             epoch,
             body,
         })
+    }
+}
+
+/// Which way a message goes: the R bit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    Request,
+    Response,
+}
+
+/// The checks every message passes first, in this order: at most 1100
+/// bytes, at least 4, the R bit as `direction` has it, version 2 (a response
+/// of another version is [`DecodeError::VersionMismatch`]), a multiple of
+/// four bytes. Returns the opcode.
+fn check_header(data: &[u8], direction: Direction) -> Result<u8, DecodeError> {
+    let len = data.len();
+    if len > MAX_MESSAGE_LEN {
+        return Err(DecodeError::TooLong(len));
+    }
+    let [version, op, _, result] = fixed::<4>(data)?;
+    match (direction, op & RESPONSE_BIT != 0) {
+        (Direction::Request, true) => return Err(DecodeError::NotARequest),
+        (Direction::Response, false) => return Err(DecodeError::NotAResponse),
+        _ => {}
+    }
+    if version != VERSION {
+        return Err(match direction {
+            Direction::Request => DecodeError::UnsupportedVersion(version),
+            Direction::Response => DecodeError::VersionMismatch {
+                version,
+                result: ResultCode::from_u8(result),
+            },
+        });
+    }
+    if len % 4 != 0 {
+        return Err(DecodeError::NotMultipleOfFour(len));
+    }
+    Ok(op & !RESPONSE_BIT)
+}
+
+/// Writes the MAP opcode data (RFC 6887 §11.1), laid out alike in a
+/// request (suggested external port and address) and a response (assigned).
+fn encode_map_data(b: &mut [u8; MAP_MESSAGE_LEN], m: &MapPayload) {
+    b[24..36].copy_from_slice(&m.nonce);
+    b[36] = m.protocol;
+    b[40..42].copy_from_slice(&m.internal_port.to_be_bytes());
+    b[42..44].copy_from_slice(&m.external_port.to_be_bytes());
+    b[44..60].copy_from_slice(&m.external_ip.octets());
+}
+
+/// Reads the MAP opcode data ([`encode_map_data`]'s layout).
+fn decode_map_data(b: &[u8; MAP_MESSAGE_LEN]) -> MapPayload {
+    MapPayload {
+        nonce: nonce_at(b, 24),
+        protocol: b[36],
+        internal_port: u16::from_be_bytes([b[40], b[41]]),
+        external_port: u16::from_be_bytes([b[42], b[43]]),
+        external_ip: ipv6_at(b, 44),
     }
 }
 
@@ -494,121 +511,65 @@ fn check_options(data: &[u8], mut at: usize) -> Result<(), DecodeError> {
     Ok(())
 }
 
-/// A request's retransmission schedule and deadline (shared with NAT-PMP).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Retransmit {
-    next: Instant,
-    rto: Duration,
-    deadline: Instant,
+/// The PCP requests: one MAP, the same nonce every time.
+#[derive(Debug)]
+struct PcpRequests {
+    /// The internal address as the MAP request carries it.
+    internal_ip: IpAddr,
+    internal_port: u16,
+    /// The lifetime asked for, seconds.
+    lifetime: u32,
+    nonce: [u8; NONCE_LEN],
+    /// The last assigned external address, suggested on renewal.
+    last_external: Option<SocketAddr>,
 }
 
-impl Retransmit {
-    /// The first request went out at `now`.
-    pub(crate) fn new(now: Instant, deadline: Instant) -> Self {
-        Retransmit {
-            next: now.saturating_add(INITIAL_RTO),
-            rto: INITIAL_RTO,
-            deadline,
+impl PcpRequests {
+    fn map_request(&self, lifetime: u32) -> MapRequest {
+        let (suggested_external_ip, suggested_external_port) = match self.last_external {
+            Some(ext) => (to_wire_ip(ext.ip()), ext.port()),
+            None => (any_address(self.internal_ip.is_ipv4()), 0),
+        };
+        MapRequest {
+            lifetime,
+            client_ip: to_wire_ip(self.internal_ip),
+            nonce: self.nonce,
+            protocol: PROTOCOL_UDP,
+            internal_port: self.internal_port,
+            suggested_external_port,
+            suggested_external_ip,
         }
     }
+}
 
-    /// When something is due.
-    pub(crate) fn poll_timeout(&self) -> Instant {
-        self.next.min(self.deadline)
+impl Requests for PcpRequests {
+    /// The MAP request, sent until answered.
+    type Pending = [u8; MAP_MESSAGE_LEN];
+
+    const PROTOCOL: Protocol = Protocol::Pcp;
+
+    /// RFC 6887 §8.5: back by more than one second.
+    const EPOCH_SLACK: u32 = 1;
+
+    fn pending(&self, purpose: Purpose) -> Self::Pending {
+        let lifetime = match purpose {
+            Purpose::Install | Purpose::Renew => self.lifetime,
+            Purpose::Delete => 0,
+        };
+        self.map_request(lifetime).encode()
     }
 
-    /// Whether the deadline has passed.
-    pub(crate) fn expired(&self, now: Instant) -> bool {
-        now >= self.deadline
+    fn outstanding(pending: &Self::Pending, _purpose: Purpose, mut send: impl FnMut(&[u8])) {
+        send(pending);
     }
-
-    /// Whether to send again now; if so the interval doubles.
-    pub(crate) fn fire(&mut self, now: Instant) -> bool {
-        if now < self.next {
-            return false;
-        }
-        self.rto = (self.rto * 2).min(MAX_RTO);
-        self.next = now.saturating_add(self.rto);
-        true
-    }
-}
-
-/// A server epoch and the local time it arrived (shared with NAT-PMP).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct EpochSample {
-    pub(crate) server: u32,
-    pub(crate) local: Instant,
-}
-
-/// The epoch rule (RFC 6886 §3.6, RFC 6887 §8.5): the server lost its state
-/// when its epoch went back by more than `backwards_slack` seconds, or is
-/// less than `previous + 7/8 × elapsed − 2 s`.
-pub(crate) fn gateway_restarted(
-    prev: Option<EpochSample>,
-    server: u32,
-    now: Instant,
-    backwards_slack: u32,
-) -> bool {
-    let Some(prev) = prev else {
-        return false;
-    };
-    if u64::from(server) + u64::from(backwards_slack) < u64::from(prev.server) {
-        return true;
-    }
-    let elapsed_ms = now.saturating_duration_since(prev.local).as_millis();
-    let expected_plus_2s = u128::from(prev.server) * 1000 + elapsed_ms * 7 / 8;
-    u128::from(server) * 1000 + 2000 < expected_plus_2s
-}
-
-/// The gateway's address as the driver may report it (IPv4-mapped sources
-/// from a dual-stack socket count as IPv4).
-pub(crate) fn is_from_gateway(from: SocketAddr, gateway: IpAddr) -> bool {
-    from.port() == PCP_PORT && from.ip().to_canonical() == gateway
-}
-
-/// What an outstanding request is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Purpose {
-    Install,
-    Renew,
-    Delete,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Exchange {
-    purpose: Purpose,
-    payload: [u8; MAP_MESSAGE_LEN],
-    retransmit: Retransmit,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    /// Not started, failed, or deleted.
-    Idle,
-    /// A request is outstanding.
-    Requesting(Exchange),
-    /// Installed; renew at `renew_at`.
-    Installed { renew_at: Instant },
 }
 
 /// The PCP [`Client`]: MAP for one UDP port through one gateway.
 #[derive(Debug)]
 pub struct PcpClient {
-    gateway: IpAddr,
-    request: MappingRequest,
-    internal_ip: IpAddr,
-    lifetime: u32,
-    timeout: Duration,
-    nonce: [u8; NONCE_LEN],
-    state: State,
-    mapping: Option<Mapping>,
-    /// The last assigned external address, suggested on renewal.
-    last_external: Option<SocketAddr>,
-    epoch: Option<EpochSample>,
+    core: Lifecycle<PcpRequests>,
     /// A version-2 answer with our nonce was accepted.
     spoke_v2: bool,
-    transmits: VecDeque<Transmit>,
-    events: VecDeque<Event>,
 }
 
 impl PcpClient {
@@ -627,10 +588,7 @@ impl PcpClient {
         seed: u64,
         timeout: Duration,
     ) -> Result<Self, MapError> {
-        check_internal(request.internal)?;
-        let internal_ip = request.internal.ip().to_canonical();
-        check_internal(SocketAddr::new(internal_ip, request.internal.port()))
-            .map_err(|_| MapError::BadInternalAddress(request.internal))?;
+        let internal_ip = canonical_internal_ip(request.internal)?;
         let gateway = gateway.to_canonical();
         if gateway.is_unspecified() || gateway.is_multicast() {
             return Err(MapError::NoGateway);
@@ -642,184 +600,76 @@ impl PcpClient {
         let mut nonce = [0u8; NONCE_LEN];
         nonce[..8].copy_from_slice(&rng.next_u64().to_be_bytes());
         nonce[8..].copy_from_slice(&rng.next_u32().to_be_bytes());
-        let lifetime = u32::try_from(request.lifetime.as_secs())
-            .unwrap_or(u32::MAX)
-            .max(1);
-        Ok(PcpClient {
-            gateway,
-            request,
+        let requests = PcpRequests {
             internal_ip,
-            lifetime,
-            timeout,
+            internal_port: request.internal.port(),
+            lifetime: requested_lifetime(&request),
             nonce,
-            state: State::Idle,
-            mapping: None,
             last_external: None,
-            epoch: None,
+        };
+        Ok(PcpClient {
+            core: Lifecycle::new(requests, gateway, request.internal, timeout),
             spoke_v2: false,
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
         })
     }
 
     /// The mapping nonce (the same for every request of this client).
     #[must_use]
     pub fn nonce(&self) -> [u8; NONCE_LEN] {
-        self.nonce
-    }
-
-    fn target(&self) -> SocketAddr {
-        SocketAddr::new(self.gateway, PCP_PORT)
-    }
-
-    fn map_request(&self, lifetime: u32) -> MapRequest {
-        let (suggested_external_ip, suggested_external_port) = match self.last_external {
-            Some(ext) => (to_wire_ip(ext.ip()), ext.port()),
-            None => (any_address(self.internal_ip.is_ipv4()), 0),
-        };
-        MapRequest {
-            lifetime,
-            client_ip: to_wire_ip(self.internal_ip),
-            nonce: self.nonce,
-            protocol: PROTOCOL_UDP,
-            internal_port: self.request.internal.port(),
-            suggested_external_port,
-            suggested_external_ip,
-        }
-    }
-
-    fn send(&mut self, payload: &[u8]) {
-        self.transmits.push_back(Transmit::Udp {
-            to: self.target(),
-            payload: payload.to_vec(),
-        });
-    }
-
-    fn begin(&mut self, now: Instant, purpose: Purpose) {
-        let timeout_at = now.saturating_add(self.timeout);
-        let (lifetime, deadline) = match purpose {
-            Purpose::Install => (self.lifetime, timeout_at),
-            Purpose::Renew => (
-                self.lifetime,
-                self.mapping
-                    .map_or(timeout_at, |m| m.expires_at().max(timeout_at)),
-            ),
-            Purpose::Delete => (0, timeout_at),
-        };
-        let payload = self.map_request(lifetime).encode();
-        self.send(&payload);
-        self.state = State::Requesting(Exchange {
-            purpose,
-            payload,
-            retransmit: Retransmit::new(now, deadline),
-        });
-    }
-
-    fn fail(&mut self, error: MapError) {
-        self.mapping = None;
-        self.state = State::Idle;
-        self.events.push_back(Event::Failed(error));
-    }
-
-    fn deleted(&mut self) {
-        self.mapping = None;
-        self.state = State::Idle;
-        self.events.push_back(Event::Deleted(Protocol::Pcp));
-    }
-
-    fn restart_detected(&mut self, now: Instant) {
-        tracing::debug!(gateway = %self.gateway, "PCP server epoch went back: re-installing");
-        self.mapping = None;
-        self.events
-            .push_back(Event::GatewayRestarted(Protocol::Pcp));
-        self.begin(now, Purpose::Install);
-    }
-
-    /// Checks the epoch rule and records the sample.
-    fn observe_epoch(&mut self, server: u32, now: Instant) -> bool {
-        let lost = gateway_restarted(self.epoch, server, now, 1);
-        self.epoch = Some(EpochSample { server, local: now });
-        lost
+        self.core.requests.nonce
     }
 
     fn on_response(&mut self, now: Instant, resp: Response) {
         let map = match resp.body {
             ResponseBody::Announce => {
-                if resp.result != ResultCode::Success || self.state == State::Idle {
+                if resp.result != ResultCode::Success || self.core.state() == State::Idle {
                     return;
                 }
-                let lost = self.observe_epoch(resp.epoch, now);
-                if lost && self.mapping.is_some() {
-                    self.restart_detected(now);
+                let lost = self.core.observe_epoch(resp.epoch, now);
+                if lost && self.core.mapping().is_some() {
+                    self.core.restart_detected(now);
                 }
                 return;
             }
             ResponseBody::Map(map) => map,
         };
-        if map.nonce != self.nonce
+        if map.nonce != self.core.requests.nonce
             || map.protocol != PROTOCOL_UDP
-            || map.internal_port != self.request.internal.port()
+            || map.internal_port != self.core.requests.internal_port
         {
-            tracing::debug!(gateway = %self.gateway, "ignoring a PCP answer for another mapping (P5)");
+            tracing::debug!(gateway = %self.core.gateway(), "ignoring a PCP answer for another mapping (P5)");
             return;
         }
-        let State::Requesting(exchange) = self.state else {
+        let State::Requesting(exchange) = self.core.state() else {
             return;
         };
-        if exchange.purpose == Purpose::Delete
-            && resp.result == ResultCode::Success
-            && resp.lifetime != 0
-        {
-            // A late answer to the MAP before the deletion.
+        if exchange.purpose == Purpose::Delete {
+            if resp.result == ResultCode::Success && resp.lifetime != 0 {
+                // A late answer to the MAP before the deletion.
+                return;
+            }
+            self.spoke_v2 = true;
+            let refusal = (resp.result != ResultCode::Success).then_some(resp.result);
+            self.core.deletion_answered(now, resp.epoch, refusal);
             return;
         }
         self.spoke_v2 = true;
-        let lost = self.observe_epoch(resp.epoch, now);
-        match exchange.purpose {
-            Purpose::Delete => {
-                if resp.result != ResultCode::Success {
-                    tracing::debug!(result = %resp.result, "PCP deletion refused; the mapping expires on its own");
-                }
-                self.deleted();
-            }
-            Purpose::Renew if lost => self.restart_detected(now),
-            Purpose::Install | Purpose::Renew => {
-                if resp.result == ResultCode::NetworkFailure {
-                    self.fail(MapError::NoExternalAddress {
-                        protocol: Protocol::Pcp,
-                        detail: resp.result.to_string(),
-                    });
-                } else if resp.result != ResultCode::Success {
-                    self.fail(MapError::Refused {
-                        protocol: Protocol::Pcp,
-                        reason: resp.result.to_string(),
-                    });
-                } else if resp.lifetime == 0 || map.external_port == 0 {
-                    self.fail(MapError::Malformed {
-                        protocol: Protocol::Pcp,
-                        reason: format!(
-                            "success with lifetime {} and external port {}",
-                            resp.lifetime, map.external_port
-                        ),
-                    });
-                } else {
-                    let external =
-                        SocketAddr::new(from_wire_ip(map.external_ip), map.external_port);
-                    let mapping = Mapping {
-                        protocol: Protocol::Pcp,
-                        internal: self.request.internal,
-                        external,
-                        lifetime: Duration::from_secs(u64::from(resp.lifetime)),
-                        granted_at: now,
-                    };
-                    self.mapping = Some(mapping);
-                    self.last_external = Some(external);
-                    self.state = State::Installed {
-                        renew_at: mapping.renew_at(),
-                    };
-                    self.events.push_back(Event::Installed(mapping));
-                }
-            }
+        let lost = self.core.observe_epoch(resp.epoch, now);
+        if lost && exchange.purpose == Purpose::Renew {
+            self.core.restart_detected(now);
+        } else if resp.result == ResultCode::NetworkFailure {
+            self.core.fail(MapError::NoExternalAddress {
+                protocol: Protocol::Pcp,
+                detail: resp.result.to_string(),
+            });
+        } else if resp.result != ResultCode::Success {
+            self.core.refused(resp.result);
+        } else if let Err(e) = check_grant(Protocol::Pcp, resp.lifetime, map.external_port) {
+            self.core.fail(e);
+        } else {
+            let external = SocketAddr::new(from_wire_ip(map.external_ip), map.external_port);
+            self.core.requests.last_external = Some(external);
+            self.core.install(now, external, resp.lifetime);
         }
     }
 }
@@ -830,12 +680,11 @@ impl Client for PcpClient {
     }
 
     fn start(&mut self, now: Instant) {
-        self.mapping = None;
-        self.begin(now, Purpose::Install);
+        self.core.start(now);
     }
 
     fn handle_udp(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        if !is_from_gateway(from, self.gateway) || self.state == State::Idle {
+        if !self.core.accepts(from) {
             return;
         }
         match Response::decode(datagram) {
@@ -845,21 +694,20 @@ impl Client for PcpClient {
                 result: ResultCode::UnsuppVersion,
             }) => {
                 let installing = matches!(
-                    self.state,
+                    self.core.state(),
                     State::Requesting(Exchange {
                         purpose: Purpose::Install,
                         ..
                     })
                 );
                 if installing && !self.spoke_v2 {
-                    self.fail(MapError::Refused {
-                        protocol: Protocol::Pcp,
-                        reason: format!("UNSUPP_VERSION: the server speaks version {version}"),
-                    });
+                    self.core.refused(format!(
+                        "UNSUPP_VERSION: the server speaks version {version}"
+                    ));
                 }
             }
             Err(error) => {
-                tracing::debug!(%error, gateway = %self.gateway, "ignoring a malformed PCP answer");
+                tracing::debug!(%error, gateway = %self.core.gateway(), "ignoring a malformed PCP answer");
             }
         }
     }
@@ -867,67 +715,35 @@ impl Client for PcpClient {
     fn handle_http(&mut self, _now: Instant, _id: u64, _response: Result<&[u8], String>) {}
 
     fn handle_timeout(&mut self, now: Instant) {
-        match self.state {
-            State::Idle => {}
-            State::Installed { renew_at } => {
-                if now >= renew_at {
-                    self.begin(now, Purpose::Renew);
-                }
-            }
-            State::Requesting(mut exchange) => {
-                if exchange.retransmit.expired(now) {
-                    match exchange.purpose {
-                        Purpose::Install | Purpose::Renew => {
-                            self.fail(MapError::Timeout(Protocol::Pcp));
-                        }
-                        Purpose::Delete => self.deleted(),
-                    }
-                } else if exchange.retransmit.fire(now) {
-                    self.send(&exchange.payload);
-                    self.state = State::Requesting(exchange);
-                }
-            }
-        }
+        self.core.handle_timeout(now);
     }
 
     fn delete(&mut self, now: Instant) {
-        match self.state {
-            State::Idle => self.deleted(),
-            State::Requesting(Exchange {
-                purpose: Purpose::Delete,
-                ..
-            }) => {}
-            State::Installed { .. } | State::Requesting(_) => {
-                self.mapping = None;
-                self.begin(now, Purpose::Delete);
-            }
-        }
+        self.core.delete(now);
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        self.core.poll_transmit()
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        match self.state {
-            State::Idle => None,
-            State::Requesting(exchange) => Some(exchange.retransmit.poll_timeout()),
-            State::Installed { renew_at } => Some(renew_at),
-        }
+        self.core.poll_timeout()
     }
 
     fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.core.poll_event()
     }
 
     fn mapping(&self) -> Option<Mapping> {
-        self.mapping
+        self.core.mapping()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::PCP_PORT;
+    use crate::testing::{self, at, events, unchecked_request};
     use proptest::prelude::*;
 
     const SEED: u64 = 7;
@@ -948,10 +764,6 @@ mod tests {
         "203.0.113.7:61000".parse().expect("literal")
     }
 
-    fn at(ms: u64) -> Instant {
-        Instant::from_millis(ms)
-    }
-
     fn client_with(timeout: Duration) -> PcpClient {
         let request = MappingRequest::new(internal()).expect("valid");
         PcpClient::new(gw(), request, SEED, timeout).expect("valid")
@@ -962,21 +774,7 @@ mod tests {
     }
 
     fn sent(c: &mut PcpClient) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        while let Some(t) = c.poll_transmit() {
-            match t {
-                Transmit::Udp { to, payload } => {
-                    assert_eq!(to, gw_addr(), "P1");
-                    out.push(payload);
-                }
-                Transmit::Http { .. } => panic!("PCP never speaks HTTP"),
-            }
-        }
-        out
-    }
-
-    fn events(c: &mut PcpClient) -> Vec<Event> {
-        std::iter::from_fn(|| c.poll_event()).collect()
+        testing::sent(c, gw_addr())
     }
 
     fn answer(
@@ -1217,25 +1015,6 @@ mod tests {
     }
 
     #[test]
-    fn epoch_rule() {
-        let prev = Some(EpochSample {
-            server: 1000,
-            local: at(0),
-        });
-        assert!(!gateway_restarted(None, 0, at(0), 1));
-        // Kept pace, or 7/8 of the pace minus 2 s: fine.
-        assert!(!gateway_restarted(prev, 1100, at(100_000), 1));
-        // (7/8 of 100 s is 87.5 s.)
-        assert!(!gateway_restarted(prev, 1086, at(100_000), 1));
-        // Slower than that: restarted.
-        assert!(gateway_restarted(prev, 1085, at(100_000), 1));
-        // Backwards: more than the slack.
-        assert!(!gateway_restarted(prev, 999, at(0), 1));
-        assert!(gateway_restarted(prev, 998, at(0), 1));
-        assert!(gateway_restarted(prev, 999, at(0), 0));
-    }
-
-    #[test]
     fn p3_install_sends_the_exact_map_request_and_reports_the_granted_port() {
         let mut c = client();
         assert_eq!(c.poll_timeout(), None);
@@ -1305,25 +1084,18 @@ mod tests {
     #[test]
     fn p2_bad_internal_addresses_and_a_family_mismatch_are_refused() {
         let timeout = Duration::from_secs(1);
-        for bad in ["[::ffff:127.0.0.1]:4000", "[::ffff:0.0.0.0]:4000"] {
-            let a: SocketAddr = bad.parse().expect("literal");
-            let request = MappingRequest {
-                internal: a,
-                lifetime: Duration::from_secs(60),
-            };
+        for bad in [
+            "[::ffff:127.0.0.1]:4000",
+            "[::ffff:0.0.0.0]:4000",
+            "127.0.0.1:4000",
+        ] {
+            let request = unchecked_request(bad);
             assert_eq!(
                 PcpClient::new(gw(), request, 1, timeout).map(|_| ()),
-                Err(MapError::BadInternalAddress(a))
+                Err(MapError::BadInternalAddress(request.internal)),
+                "{bad}"
             );
         }
-        let loopback = MappingRequest {
-            internal: "127.0.0.1:4000".parse().expect("literal"),
-            lifetime: Duration::from_secs(60),
-        };
-        assert_eq!(
-            PcpClient::new(gw(), loopback, 1, timeout).map(|_| ()),
-            Err(MapError::BadInternalAddress(loopback.internal))
-        );
         let v6 =
             MappingRequest::new("[2001:db8::2]:4000".parse().expect("literal")).expect("valid");
         assert_eq!(
@@ -1781,7 +1553,7 @@ mod tests {
             let mut c = client();
             let mut now = at(0);
             c.start(now);
-            let mut last_request = c.map_request(3600).encode().to_vec();
+            let mut last_request = c.core.requests.map_request(3600).encode().to_vec();
             for (from_gateway, ip, port, mut bytes, advance_ms, kind) in steps {
                 now = now.saturating_add(Duration::from_millis(advance_ms));
                 let from = if from_gateway {

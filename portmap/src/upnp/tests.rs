@@ -112,36 +112,63 @@ impl Harness {
         }
     }
 
+    /// Discovery, the description `desc`, and the answer `ip` to
+    /// GetExternalIPAddress on `service`; returns that request.
+    fn external_ip_from(&mut self, desc: &str, service: &str, ip: &str) -> String {
+        self.discover();
+        self.answer(ms(20), &ok(desc));
+        let (_, _, req) = self.answer(ms(30), &external_ip_ok(service, ip));
+        req
+    }
+
     /// Discovery, description, and the answer to GetExternalIPAddress.
     fn external_ip(&mut self, ip: &str) {
-        self.discover();
-        self.answer(ms(20), &ok(MINIUPNPD_DESC));
-        self.answer(
-            ms(30),
-            &ok(&soap_ok(
-                "GetExternalIPAddress",
-                IP2,
-                &[("NewExternalIPAddress", ip)],
-            )),
-        );
+        self.external_ip_from(MINIUPNPD_DESC, IP2, ip);
     }
 
     /// Discovery, description, external IP, AddAnyPortMapping → 4000.
     fn install(&mut self) -> Mapping {
         self.external_ip("203.0.113.7");
-        self.answer(
-            ms(40),
-            &ok(&soap_ok(
-                "AddAnyPortMapping",
-                IP2,
-                &[("NewReservedPort", "4000")],
-            )),
-        );
+        self.answer(ms(40), &add_any_ok("4000"));
         match self.events().as_slice() {
             [Event::Installed(m)] => *m,
             other => panic!("{other:?}"),
         }
     }
+
+    /// The one event pending, which must be `Failed`: its error.
+    fn failure(&mut self) -> MapError {
+        match self.events().as_slice() {
+            [Event::Failed(e)] => e.clone(),
+            other => panic!("expected one Failed, got {other:?}"),
+        }
+    }
+}
+
+/// The answer `ip` to GetExternalIPAddress on `service`.
+fn external_ip_ok(service: &str, ip: &str) -> Vec<u8> {
+    ok(&soap_ok(
+        "GetExternalIPAddress",
+        service,
+        &[("NewExternalIPAddress", ip)],
+    ))
+}
+
+/// The answer to AddAnyPortMapping: `port` reserved.
+fn add_any_ok(port: &str) -> Vec<u8> {
+    ok(&soap_ok(
+        "AddAnyPortMapping",
+        IP2,
+        &[("NewReservedPort", port)],
+    ))
+}
+
+/// The miniupnpd description with the WAN service's control URL `url`.
+fn desc_with_control_url(url: &str) -> String {
+    MINIUPNPD_DESC.replace(
+        "<controlURL>/ctl/IPConn</controlURL>",
+        &format!("<controlURL>{url}</controlURL>"),
+    )
 }
 
 fn soap_text(action: &str, service: &str, args: &str) -> String {
@@ -216,25 +243,11 @@ fn full_install_against_a_miniupnpd_like_gateway_sends_exact_requests() {
         "GET /rootDesc.xml HTTP/1.1\r\nHost: 192.168.1.1:5000\r\nConnection: close\r\nAccept: text/xml, application/xml\r\n\r\n"
     );
 
-    let (_, to, req) = h.answer(
-        ms(30),
-        &ok(&soap_ok(
-            "GetExternalIPAddress",
-            IP2,
-            &[("NewExternalIPAddress", "203.0.113.7")],
-        )),
-    );
+    let (_, to, req) = h.answer(ms(30), &external_ip_ok(IP2, "203.0.113.7"));
     assert_eq!(to, "192.168.1.1:5000".parse().expect("literal"));
     assert_eq!(req, soap_text("GetExternalIPAddress", IP2, ""));
 
-    let (_, _, req) = h.answer(
-        ms(40),
-        &ok(&soap_ok(
-            "AddAnyPortMapping",
-            IP2,
-            &[("NewReservedPort", "4000")],
-        )),
-    );
+    let (_, _, req) = h.answer(ms(40), &add_any_ok("4000"));
     assert_eq!(
         req,
         soap_text("AddAnyPortMapping", IP2, &add_args(4000, 3600))
@@ -258,14 +271,7 @@ fn full_install_against_a_miniupnpd_like_gateway_sends_exact_requests() {
 fn p3_the_reserved_port_is_the_one_reported() {
     let mut h = Harness::new(client());
     h.external_ip("203.0.113.7");
-    h.answer(
-        ms(40),
-        &ok(&soap_ok(
-            "AddAnyPortMapping",
-            IP2,
-            &[("NewReservedPort", "40123")],
-        )),
-    );
+    h.answer(ms(40), &add_any_ok("40123"));
     let m = h.c.mapping().expect("installed");
     assert_eq!(m.external, SocketAddr::new(IpAddr::V4(EXT), 40123));
 }
@@ -273,16 +279,7 @@ fn p3_the_reserved_port_is_the_one_reported() {
 #[test]
 fn add_any_fault_falls_back_to_add_port_mapping() {
     let mut h = Harness::new(client());
-    h.discover();
-    h.answer(ms(20), &ok(MINIUPNPD_DESC));
-    h.answer(
-        ms(30),
-        &ok(&soap_ok(
-            "GetExternalIPAddress",
-            IP2,
-            &[("NewExternalIPAddress", "203.0.113.7")],
-        )),
-    );
+    h.external_ip("203.0.113.7");
     let (_, _, req) = h.answer(ms(40), &fault(401, "Invalid Action"));
     assert!(req.contains("#AddAnyPortMapping"));
     let (_, _, req) = h.answer(ms(50), &ok(&soap_ok("AddPortMapping", IP2, &[])));
@@ -296,16 +293,7 @@ fn add_any_fault_falls_back_to_add_port_mapping() {
 #[test]
 fn v1_service_uses_add_port_mapping_and_tries_other_ports_on_conflict() {
     let mut h = Harness::new(client());
-    h.discover();
-    h.answer(ms(20), &ok(&desc_v1()));
-    let (_, _, req) = h.answer(
-        ms(30),
-        &ok(&soap_ok(
-            "GetExternalIPAddress",
-            IP1,
-            &[("NewExternalIPAddress", "203.0.113.7")],
-        )),
-    );
+    let req = h.external_ip_from(&desc_v1(), IP1, "203.0.113.7");
     assert_eq!(req, soap_text("GetExternalIPAddress", IP1, ""));
     let (_, _, req) = h.answer(ms(40), &fault(718, "ConflictInMappingEntry"));
     assert_eq!(req, soap_text("AddPortMapping", IP1, &add_args(4000, 3600)));
@@ -328,25 +316,17 @@ fn v1_service_uses_add_port_mapping_and_tries_other_ports_on_conflict() {
 #[test]
 fn conflicts_are_bounded() {
     let mut h = Harness::new(client());
-    h.discover();
-    h.answer(ms(20), &ok(&desc_v1()));
-    h.answer(
-        ms(30),
-        &ok(&soap_ok(
-            "GetExternalIPAddress",
-            IP1,
-            &[("NewExternalIPAddress", "203.0.113.7")],
-        )),
-    );
+    h.external_ip_from(&desc_v1(), IP1, "203.0.113.7");
     for i in 0..MAX_PORT_ATTEMPTS {
         let (_, _, req) = h.answer(ms(40 + i as u64), &fault(718, "ConflictInMappingEntry"));
         assert!(req.contains("#AddPortMapping"));
     }
     assert!(h.drain().is_empty());
-    match h.events().as_slice() {
-        [Event::Failed(MapError::Refused { reason, .. })] => assert!(reason.contains("718")),
-        other => panic!("{other:?}"),
-    }
+    let e = h.failure();
+    assert!(
+        matches!(&e, MapError::Refused { reason, .. } if reason.contains("718")),
+        "{e:?}"
+    );
     assert_eq!(h.c.mapping(), None);
     assert_eq!(h.c.poll_timeout(), None);
 }
@@ -354,16 +334,7 @@ fn conflicts_are_bounded() {
 #[test]
 fn only_permanent_leases_are_retried_with_lease_zero_and_refreshed_hourly() {
     let mut h = Harness::new(client());
-    h.discover();
-    h.answer(ms(20), &ok(&desc_v1()));
-    h.answer(
-        ms(30),
-        &ok(&soap_ok(
-            "GetExternalIPAddress",
-            IP1,
-            &[("NewExternalIPAddress", "203.0.113.7")],
-        )),
-    );
+    h.external_ip_from(&desc_v1(), IP1, "203.0.113.7");
     h.answer(ms(40), &fault(725, "OnlyPermanentLeasesSupported"));
     let (_, _, req) = h.answer(ms(50), &ok(&soap_ok("AddPortMapping", IP1, &[])));
     assert_eq!(req, soap_text("AddPortMapping", IP1, &add_args(4000, 0)));
@@ -373,14 +344,7 @@ fn only_permanent_leases_are_retried_with_lease_zero_and_refreshed_hourly() {
     // The refresh re-adds with lease 0.
     let t = m.renew_at();
     h.c.handle_timeout(t);
-    h.answer(
-        t,
-        &ok(&soap_ok(
-            "GetExternalIPAddress",
-            IP1,
-            &[("NewExternalIPAddress", "203.0.113.7")],
-        )),
-    );
+    h.answer(t, &external_ip_ok(IP1, "203.0.113.7"));
     let (_, _, req) = h.http();
     assert_eq!(req, soap_text("AddPortMapping", IP1, &add_args(4000, 0)));
 }
@@ -394,14 +358,7 @@ fn p4_renewal_at_half_the_lifetime_re_adds_the_same_port() {
     h.c.handle_timeout(t.saturating_sub(Duration::from_millis(1)));
     assert!(h.drain().is_empty());
     h.c.handle_timeout(t);
-    let (_, _, req) = h.answer(
-        t,
-        &ok(&soap_ok(
-            "GetExternalIPAddress",
-            IP2,
-            &[("NewExternalIPAddress", "198.51.100.9")],
-        )),
-    );
+    let (_, _, req) = h.answer(t, &external_ip_ok(IP2, "198.51.100.9"));
     assert_eq!(req, soap_text("GetExternalIPAddress", IP2, ""));
     let (_, _, req) = h.answer(t, &ok(&soap_ok("AddPortMapping", IP2, &[])));
     assert_eq!(req, soap_text("AddPortMapping", IP2, &add_args(4000, 3600)));
@@ -441,10 +398,11 @@ fn a_failed_renewal_keeps_the_mapping_and_retries_until_it_expires() {
         rounds += 1;
         assert!(rounds < 1000);
     }
-    match h.events().as_slice() {
-        [Event::Failed(MapError::Http(msg))] => assert!(msg.contains("refused")),
-        other => panic!("{other:?}"),
-    }
+    let e = h.failure();
+    assert!(
+        matches!(&e, MapError::Http(msg) if msg.contains("refused")),
+        "{e:?}"
+    );
     assert_eq!(h.c.mapping(), None);
 }
 
@@ -491,27 +449,10 @@ fn delete_before_install_reports_deleted_at_once() {
 #[test]
 fn delete_during_add_deletes_what_the_add_granted() {
     let mut h = Harness::new(client());
-    h.discover();
-    h.answer(ms(20), &ok(MINIUPNPD_DESC));
-    h.answer(
-        ms(30),
-        &ok(&soap_ok(
-            "GetExternalIPAddress",
-            IP2,
-            &[("NewExternalIPAddress", "203.0.113.7")],
-        )),
-    );
+    h.external_ip("203.0.113.7");
     let (id, _, _) = h.http();
     h.c.delete(ms(35));
-    h.c.handle_http(
-        ms(40),
-        id,
-        Ok(&ok(&soap_ok(
-            "AddAnyPortMapping",
-            IP2,
-            &[("NewReservedPort", "4555")],
-        ))),
-    );
+    h.c.handle_http(ms(40), id, Ok(&add_any_ok("4555")));
     let (_, _, req) = h.answer(ms(50), &ok(&soap_ok("DeletePortMapping", IP2, &[])));
     assert!(req.contains("<NewExternalPort>4555</NewExternalPort>"));
     assert_eq!(h.events(), vec![Event::Deleted(Protocol::UpnpIgd)]);
@@ -618,10 +559,7 @@ fn ssdp_retransmits_then_times_out() {
 fn p1_control_url_on_another_host_is_refused() {
     let mut h = Harness::new(client());
     h.discover();
-    let desc = MINIUPNPD_DESC.replace(
-        "<controlURL>/ctl/IPConn</controlURL>",
-        "<controlURL>http://6.6.6.6:5000/ctl/IPConn</controlURL>",
-    );
+    let desc = desc_with_control_url("http://6.6.6.6:5000/ctl/IPConn");
     h.answer(ms(20), &ok(&desc));
     assert!(h.drain().is_empty());
     assert_eq!(
@@ -638,26 +576,17 @@ fn p1_control_url_on_another_host_is_refused() {
 fn control_url_host_name_is_refused() {
     let mut h = Harness::new(client());
     h.discover();
-    let desc = MINIUPNPD_DESC.replace(
-        "<controlURL>/ctl/IPConn</controlURL>",
-        "<controlURL>http://router.lan:5000/ctl/IPConn</controlURL>",
-    );
+    let desc = desc_with_control_url("http://router.lan:5000/ctl/IPConn");
     h.answer(ms(20), &ok(&desc));
     assert!(h.drain().is_empty());
-    assert!(matches!(
-        h.events().as_slice(),
-        [Event::Failed(MapError::Malformed { .. })]
-    ));
+    assert!(matches!(h.failure(), MapError::Malformed { .. }));
 }
 
 #[test]
 fn absolute_control_url_on_the_gateway_any_port_is_used() {
     let mut h = Harness::new(client());
     h.discover();
-    let desc = MINIUPNPD_DESC.replace(
-        "<controlURL>/ctl/IPConn</controlURL>",
-        "<controlURL>http://192.168.1.1:49000/upnp/control/wanipconn</controlURL>",
-    );
+    let desc = desc_with_control_url("http://192.168.1.1:49000/upnp/control/wanipconn");
     h.answer(ms(20), &ok(&desc));
     let (_, to, req) = h.http();
     assert_eq!(to, "192.168.1.1:49000".parse().expect("literal"));
@@ -699,12 +628,11 @@ fn p1_redirects_are_not_followed() {
         b"HTTP/1.1 302 Found\r\nLocation: http://6.6.6.6/rootDesc.xml\r\nContent-Length: 0\r\n\r\n",
     );
     assert!(h.drain().is_empty());
-    match h.events().as_slice() {
-        [Event::Failed(MapError::Http(msg))] => {
-            assert!(msg.contains("302") && msg.contains("not followed"), "{msg}");
-        }
-        other => panic!("{other:?}"),
-    }
+    let e = h.failure();
+    let MapError::Http(msg) = &e else {
+        panic!("{e:?}");
+    };
+    assert!(msg.contains("302") && msg.contains("not followed"), "{msg}");
     h.assert_p1();
 
     // A redirect in answer to a SOAP action: the same.
@@ -716,10 +644,7 @@ fn p1_redirects_are_not_followed() {
         b"HTTP/1.1 301 Moved Permanently\r\nLocation: http://6.6.6.6/ctl\r\n\r\n",
     );
     assert!(h.drain().is_empty());
-    assert!(matches!(
-        h.events().as_slice(),
-        [Event::Failed(MapError::Http(_))]
-    ));
+    assert!(matches!(h.failure(), MapError::Http(_)));
     h.assert_p1();
 }
 
@@ -730,12 +655,11 @@ fn xml_bomb_description_is_a_malformed_error_quickly() {
     let start = std::time::Instant::now();
     h.answer(ms(20), &ok(XML_BOMB));
     assert!(start.elapsed() < Duration::from_secs(1));
-    match h.events().as_slice() {
-        [Event::Failed(MapError::Malformed { reason, .. })] => {
-            assert!(reason.contains("DTD"), "{reason}");
-        }
-        other => panic!("{other:?}"),
-    }
+    let e = h.failure();
+    assert!(
+        matches!(&e, MapError::Malformed { reason, .. } if reason.contains("DTD")),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -744,10 +668,7 @@ fn description_without_wan_service_is_refused() {
     h.discover();
     let desc = MINIUPNPD_DESC.replace("WANIPConnection:2", "WANIPv6FirewallControl:9");
     h.answer(ms(20), &ok(&desc));
-    assert!(matches!(
-        h.events().as_slice(),
-        [Event::Failed(MapError::Refused { .. })]
-    ));
+    assert!(matches!(h.failure(), MapError::Refused { .. }));
 }
 
 #[test]
@@ -757,21 +678,17 @@ fn oversized_and_truncated_descriptions_are_typed_errors() {
     let mut big = ok(MINIUPNPD_DESC);
     big.resize(MAX_DESCRIPTION_RESPONSE + 10, b' ');
     h.answer(ms(20), &big);
-    assert!(matches!(
-        h.events().as_slice(),
-        [Event::Failed(MapError::Http(_))]
-    ));
+    assert!(matches!(h.failure(), MapError::Http(_)));
 
     let mut h = Harness::new(client());
     h.discover();
     let full = ok(MINIUPNPD_DESC);
     h.answer(ms(20), &full[..full.len() - 100]);
-    match h.events().as_slice() {
-        [Event::Failed(MapError::Malformed { reason, .. })] => {
-            assert!(reason.contains("truncated"), "{reason}");
-        }
-        other => panic!("{other:?}"),
-    }
+    let e = h.failure();
+    assert!(
+        matches!(&e, MapError::Malformed { reason, .. } if reason.contains("truncated")),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -858,15 +775,14 @@ fn get_external_ip_fault_is_a_typed_refusal() {
     h.discover();
     h.answer(ms(20), &ok(MINIUPNPD_DESC));
     h.answer(ms(30), &fault(501, "Action Failed"));
-    match h.events().as_slice() {
-        [Event::Failed(MapError::Refused { reason, .. })] => {
-            assert!(
-                reason.contains("501") && reason.contains("Action Failed"),
-                "{reason}"
-            );
-        }
-        other => panic!("{other:?}"),
-    }
+    let e = h.failure();
+    let MapError::Refused { reason, .. } = &e else {
+        panic!("{e:?}");
+    };
+    assert!(
+        reason.contains("501") && reason.contains("Action Failed"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -879,14 +795,7 @@ fn unconnected_wan_ip_falls_back_to_ppp() {
     );
     assert!(desc.contains("WANPPPConnection"));
     h.answer(ms(20), &ok(&desc));
-    h.answer(
-        ms(30),
-        &ok(&soap_ok(
-            "GetExternalIPAddress",
-            IP2,
-            &[("NewExternalIPAddress", "0.0.0.0")],
-        )),
-    );
+    h.answer(ms(30), &external_ip_ok(IP2, "0.0.0.0"));
     let (_, _, req) = h.http();
     assert!(req.starts_with("POST /ctl/PPPConn HTTP/1.1"));
     assert!(req.contains("WANPPPConnection:1#GetExternalIPAddress"));
@@ -904,8 +813,8 @@ proptest! {
         h.c.handle_udp(ms(11), gw_ssdp(), &ssdp);
         let canned = [
             ok(MINIUPNPD_DESC),
-            ok(&soap_ok("GetExternalIPAddress", IP2, &[("NewExternalIPAddress", "203.0.113.7")])),
-            ok(&soap_ok("AddAnyPortMapping", IP2, &[("NewReservedPort", "4000")])),
+            external_ip_ok(IP2, "203.0.113.7"),
+            add_any_ok("4000"),
         ];
         for c in canned.iter().take(step) {
             let t = h.drain();
