@@ -20,8 +20,9 @@
 //!   [`MapError::BadInternalAddress`], in every build.
 //! - P3: the granted external port is the one reported, and the external
 //!   address is read at install.
-//! - P4: renewal at half the granted lifetime; a gateway restart (epoch)
-//!   re-installs; [`supervisor::Supervisor::shutdown`] deletes.
+//! - P4: renewal at half the granted lifetime; a gateway restart (the
+//!   PCP/NAT-PMP epoch, UPnP-IGD's missing entry) re-installs;
+//!   [`supervisor::Supervisor::shutdown`] deletes.
 //! - P5: a PCP answer whose nonce does not match is ignored.
 //! - P6: a private or shared (100.64/10) external address is double NAT.
 
@@ -286,7 +287,8 @@ pub enum Event {
     Installed(Mapping),
     /// The protocol is not available or the mapping failed.
     Failed(MapError),
-    /// The gateway restarted (NAT-PMP/PCP epoch went back, P4); the machine
+    /// The gateway restarted (P4): the NAT-PMP/PCP epoch went back, or the
+    /// UPnP-IGD gateway no longer holds the mapping's entry. The machine
     /// re-installs on its own and reports `Installed` again.
     GatewayRestarted(Protocol),
     /// The mapping was deleted (on request).

@@ -154,7 +154,7 @@ pub(crate) async fn run(args: &Args, quiet: bool) -> CliResult<Exit> {
                         }
                     }
                     PortMapEvent::Renewed(m) if !quiet => eprintln!("renewed: {} for {} s", m.external, m.lifetime.as_secs()),
-                    PortMapEvent::GatewayRestarted(p) if !quiet => eprintln!("the gateway restarted ({p} epoch); installing again"),
+                    PortMapEvent::GatewayRestarted(p) if !quiet => eprintln!("the gateway restarted ({p}: it lost the mapping); installing again"),
                     PortMapEvent::Lost(p) => eprintln!("lost the {p} mapping; probing again"),
                     PortMapEvent::Unavailable if !installed => break Err(unavailable(&mapper.state().errors)),
                     _ => {}

@@ -8,6 +8,18 @@
 //! re-added at half its lifetime (P4) and deleted with `DeletePortMapping`
 //! on [`Client::delete`].
 //!
+//! P4, gateway restarts: UPnP has no epoch, so while installed the client
+//! asks the gateway with `GetSpecificPortMappingEntry` whether it still
+//! holds the mapping — every [`DEFAULT_CHECK_INTERVAL`] (see
+//! [`UpnpClient::with_check_interval`]; never more often than half the
+//! lease) and right before each renewal. A `714 NoSuchEntryInArray` fault,
+//! or an entry that now maps to another internal address, means the gateway
+//! lost it: [`Event::GatewayRestarted`], then the same external port is
+//! added again (`GetExternalIPAddress`, `AddAnyPortMapping` suggesting it or
+//! `AddPortMapping` of it) and [`Event::Installed`] reported. A check that
+//! fails (HTTP error, timeout, another fault) proves nothing: the mapping
+//! is kept and checked again at the next interval.
+//!
 //! P1: every [`Transmit`] goes to the SSDP group or to the gateway's own
 //! IPv4 address. An SSDP answer from another source is ignored; an answer,
 //! `URLBase` or `controlURL` naming another host (or a host name) is
@@ -68,6 +80,13 @@ pub const PERMANENT_REFRESH: Duration = Duration::from_secs(3600);
 /// mapping has not expired).
 pub const RENEW_RETRY: Duration = Duration::from_secs(30);
 
+/// How often an installed mapping is checked on the gateway by default
+/// (`GetSpecificPortMappingEntry`, P4): a gateway restart is noticed within
+/// this, one small HTTP exchange each time. The period used is at most half
+/// the granted lifetime (so a short lease is checked at its renewals), and
+/// the mapping is also checked right before each renewal.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+
 /// The most SSDP locations kept to try.
 const MAX_LOCATIONS: usize = 4;
 /// The most WAN services tried from one description.
@@ -116,9 +135,46 @@ impl ControlPoint {
 enum Op {
     Describe,
     GetExternalIp,
-    AddAny,
-    Add { port: u16 },
-    Delete { port: u16 },
+    /// `AddAnyPortMapping` suggesting external `port`.
+    AddAny {
+        port: u16,
+    },
+    Add {
+        port: u16,
+    },
+    Delete {
+        port: u16,
+    },
+    /// `GetSpecificPortMappingEntry` of external `port` (P4); the renewal
+    /// follows the answer when `renew_at` has come.
+    Check {
+        port: u16,
+        renew_at: Instant,
+    },
+}
+
+/// What the chain of exchanges in flight (external address, then add) is
+/// for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chain {
+    /// The first install: a failing service or location gives way to the
+    /// next one.
+    Install,
+    /// The renewal of the installed mapping: on failure it is kept and
+    /// retried until it expires.
+    Renew,
+    /// Adding external `port` again after the gateway lost it (P4): nothing
+    /// is held meanwhile, a failure is final.
+    Reinstall { port: u16 },
+}
+
+/// What `GetSpecificPortMappingEntry` said about the mapping.
+#[derive(Debug)]
+enum Entry {
+    /// The gateway holds it, for us.
+    Ours,
+    /// The gateway lost it: why we think so.
+    Gone(String),
 }
 
 #[derive(Clone, Debug)]
@@ -136,6 +192,9 @@ enum State {
     },
     Installed {
         renew_at: Instant,
+        /// When the mapping is next checked on the gateway (P4); never
+        /// after `renew_at`.
+        check_at: Instant,
     },
     Stopped,
 }
@@ -222,6 +281,9 @@ pub struct UpnpClient {
     request: MappingRequest,
     internal: (Ipv4Addr, u16),
     timeout: Duration,
+    /// How often an installed mapping is checked (P4); zero: only before
+    /// each renewal.
+    check_interval: Duration,
     state: State,
     next_id: u64,
     transmits: VecDeque<Transmit>,
@@ -251,8 +313,8 @@ pub struct UpnpClient {
     lease_secs: u32,
     /// External ports tried by `AddPortMapping` for this install.
     port_attempts: usize,
-    /// Whether the exchange chain in flight renews an installed mapping.
-    renewing: bool,
+    /// What the exchange chain in flight is for.
+    chain: Chain,
     /// Whether [`Client::delete`] was called while an add was in flight.
     delete_requested: bool,
 }
@@ -261,6 +323,8 @@ impl UpnpClient {
     /// A client mapping `request` through the IGD at `gateway` (the
     /// routing table's default gateway, P1). `timeout` bounds discovery
     /// (the spec's 2 s); each HTTP exchange is bounded by [`HTTP_TIMEOUT`].
+    /// The installed mapping is checked every [`DEFAULT_CHECK_INTERVAL`]
+    /// ([`UpnpClient::with_check_interval`] changes it).
     ///
     /// # Errors
     /// [`MapError::BadInternalAddress`] for an unspecified, loopback or
@@ -290,6 +354,7 @@ impl UpnpClient {
             request,
             internal,
             timeout,
+            check_interval: DEFAULT_CHECK_INTERVAL,
             state: State::Idle,
             next_id: 1,
             transmits: VecDeque::new(),
@@ -306,9 +371,20 @@ impl UpnpClient {
             external_ip: None,
             lease_secs: lease_secs(request.lifetime),
             port_attempts: 0,
-            renewing: false,
+            chain: Chain::Install,
             delete_requested: false,
         })
+    }
+
+    /// Checks the installed mapping on the gateway every `interval`
+    /// (`GetSpecificPortMappingEntry`, P4) instead of
+    /// [`DEFAULT_CHECK_INTERVAL`]. The period used is at most half the
+    /// granted lifetime; the mapping is also checked right before each
+    /// renewal. [`Duration::ZERO`] keeps only that check before renewal.
+    #[must_use]
+    pub fn with_check_interval(mut self, interval: Duration) -> Self {
+        self.check_interval = interval;
+        self
     }
 
     /// The lease asked for, in seconds, before any `725` downgrade.
@@ -359,9 +435,10 @@ impl UpnpClient {
         let lease = self.lease_secs;
         let action = match op {
             Op::GetExternalIp => Action::get_external_ip(),
-            Op::AddAny => Action::add_any(self.internal.1, self.internal, lease),
+            Op::AddAny { port } => Action::add_any(port, self.internal, lease),
             Op::Add { port } => Action::add(port, self.internal, lease),
             Op::Delete { port } => Action::delete(port),
+            Op::Check { port, .. } => Action::get_specific(port),
             Op::Describe => return,
         };
         let body = action.envelope(service.service_type);
@@ -547,7 +624,7 @@ impl UpnpClient {
                 self.external_ip = Some(ip);
                 self.add(now);
             }
-            Err(e) if !self.renewing => {
+            Err(e) if self.chain == Chain::Install => {
                 tracing::debug!(error = %e, "UPnP: GetExternalIPAddress failed");
                 self.last_error = Some(e);
                 self.next_service(now);
@@ -559,7 +636,8 @@ impl UpnpClient {
     /// Starts adding (or re-adding) the mapping.
     fn add(&mut self, now: Instant) {
         self.port_attempts = 0;
-        if let (true, Some(m)) = (self.renewing, self.mapping) {
+        let add_any = self.service.as_ref().is_some_and(ControlPoint::has_add_any);
+        if let (Chain::Renew, Some(m)) = (self.chain, self.mapping) {
             self.port_attempts = 1;
             self.send_action(
                 now,
@@ -567,8 +645,22 @@ impl UpnpClient {
                     port: m.external.port(),
                 },
             );
-        } else if self.service.as_ref().is_some_and(ControlPoint::has_add_any) {
-            self.send_action(now, Op::AddAny);
+        } else if let Chain::Reinstall { port } = self.chain {
+            // The port the gateway lost: asked for again, as the install
+            // does (another one if it is taken meanwhile, P3).
+            if add_any {
+                self.send_action(now, Op::AddAny { port });
+            } else {
+                self.port_attempts = 1;
+                self.send_action(now, Op::Add { port });
+            }
+        } else if add_any {
+            self.send_action(
+                now,
+                Op::AddAny {
+                    port: self.internal.1,
+                },
+            );
         } else {
             self.port_attempts = 1;
             self.send_action(
@@ -580,7 +672,7 @@ impl UpnpClient {
         }
     }
 
-    fn on_add_any(&mut self, now: Instant, response: Result<&[u8], MapError>) {
+    fn on_add_any(&mut self, now: Instant, suggested: u16, response: Result<&[u8], MapError>) {
         match read_soap(response, "AddAnyPortMapping") {
             Ok(args) => match arg(&args, "NewReservedPort").and_then(|p| p.parse::<u16>().ok()) {
                 Some(port) if port != 0 => self.install(now, port),
@@ -595,12 +687,7 @@ impl UpnpClient {
                     self.lease_secs = 0;
                 }
                 self.port_attempts = 1;
-                self.send_action(
-                    now,
-                    Op::Add {
-                        port: self.internal.1,
-                    },
-                );
+                self.send_action(now, Op::Add { port: suggested });
             }
             Err(f) => self.fail(now, f.into_error("AddAnyPortMapping")),
         }
@@ -663,20 +750,102 @@ impl UpnpClient {
             granted_at: now,
         };
         self.mapping = Some(mapping);
-        self.renewing = false;
+        self.chain = Chain::Install;
         if self.delete_requested {
             self.start_delete(now);
             return;
         }
         self.events.push_back(Event::Installed(mapping));
-        self.state = State::Installed {
-            renew_at: mapping.renew_at(),
+        self.installed(now, mapping.renew_at());
+    }
+
+    /// Installed: renew at `renew_at`, check the mapping on the gateway
+    /// before that (P4).
+    fn installed(&mut self, now: Instant, renew_at: Instant) {
+        let period = self.mapping.map_or(self.check_interval, |m| {
+            self.check_interval.min(m.lifetime / 2)
+        });
+        let check_at = if period.is_zero() {
+            renew_at
+        } else {
+            now.saturating_add(period).min(renew_at)
         };
+        self.state = State::Installed { renew_at, check_at };
     }
 
     fn renew(&mut self, now: Instant) {
-        self.renewing = true;
+        self.chain = Chain::Renew;
         self.send_action(now, Op::GetExternalIp);
+    }
+
+    /// Asks the gateway whether it still holds the mapping (P4); the
+    /// renewal follows when `renew_at` has come.
+    fn check(&mut self, now: Instant, renew_at: Instant) {
+        match self.mapping {
+            Some(m) => self.send_action(
+                now,
+                Op::Check {
+                    port: m.external.port(),
+                    renew_at,
+                },
+            ),
+            None => self.fail(now, malformed("no mapping to check")),
+        }
+    }
+
+    /// Reads the answer to `GetSpecificPortMappingEntry`: `Err` when it
+    /// proves nothing either way.
+    fn read_entry(&self, response: Result<&[u8], MapError>) -> Result<Entry, MapError> {
+        const ACTION: &str = "GetSpecificPortMappingEntry";
+        match read_soap(response, ACTION) {
+            Ok(args) => {
+                let client =
+                    arg(&args, "NewInternalClient").and_then(|c| c.trim().parse::<Ipv4Addr>().ok());
+                let port = arg(&args, "NewInternalPort").and_then(|p| p.trim().parse::<u16>().ok());
+                match (client, port) {
+                    (Some(ip), Some(port)) if (ip, port) == self.internal => Ok(Entry::Ours),
+                    (Some(ip), Some(port)) => {
+                        Ok(Entry::Gone(format!("the entry now maps to {ip}:{port}")))
+                    }
+                    _ => Err(malformed(format!(
+                        "{ACTION}: no valid NewInternalClient and NewInternalPort"
+                    ))),
+                }
+            }
+            Err(SoapFailure::Fault(Some(ERR_NO_SUCH_ENTRY), desc)) => Ok(Entry::Gone(format!(
+                "UPnP error {ERR_NO_SUCH_ENTRY} {desc}"
+            ))),
+            Err(f) => Err(f.into_error(ACTION)),
+        }
+    }
+
+    fn on_check(&mut self, now: Instant, renew_at: Instant, response: Result<&[u8], MapError>) {
+        let Some(m) = self.mapping else {
+            self.fail(now, malformed("no mapping to check"));
+            return;
+        };
+        match self.read_entry(response) {
+            Ok(Entry::Ours) => {}
+            Ok(Entry::Gone(why)) => {
+                tracing::debug!(gateway = %self.gateway, external = %m.external, %why,
+                    "UPnP: the gateway lost the mapping (restarted): adding it again");
+                self.mapping = None;
+                self.events.push_back(Event::GatewayRestarted(P));
+                self.chain = Chain::Reinstall {
+                    port: m.external.port(),
+                };
+                self.send_action(now, Op::GetExternalIp);
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "UPnP: mapping check failed; kept, checked again later");
+            }
+        }
+        if now >= renew_at {
+            self.renew(now);
+        } else {
+            self.installed(now, renew_at);
+        }
     }
 
     fn start_delete(&mut self, now: Instant) {
@@ -714,17 +883,17 @@ impl UpnpClient {
             self.start_delete(now);
             return;
         }
-        if let (true, Some(m)) = (self.renewing, self.mapping) {
+        if let (Chain::Renew, Some(m)) = (self.chain, self.mapping) {
             let retry = now.saturating_add(RENEW_RETRY);
             if retry < m.expires_at() {
                 tracing::debug!(error = %err, "UPnP: renewal failed, retrying");
-                self.state = State::Installed { renew_at: retry };
+                self.installed(now, retry);
                 return;
             }
         }
         tracing::debug!(error = %err, "UPnP: failed");
         self.mapping = None;
-        self.renewing = false;
+        self.chain = Chain::Install;
         self.state = State::Stopped;
         self.events.push_back(Event::Failed(err));
     }
@@ -733,9 +902,10 @@ impl UpnpClient {
         match op {
             Op::Describe => self.on_description(now, response),
             Op::GetExternalIp => self.on_external_ip(now, response),
-            Op::AddAny => self.on_add_any(now, response),
+            Op::AddAny { port } => self.on_add_any(now, port, response),
             Op::Add { port } => self.on_add(now, port, response),
             Op::Delete { .. } => self.on_delete(now, response),
+            Op::Check { renew_at, .. } => self.on_check(now, renew_at, response),
         }
     }
 }
@@ -758,7 +928,7 @@ impl Client for UpnpClient {
         self.external_ip = None;
         self.lease_secs = self.requested_lease();
         self.port_attempts = 0;
-        self.renewing = false;
+        self.chain = Chain::Install;
         self.delete_requested = false;
         self.discovery_deadline = Some(deadline);
         self.state = State::Discovering {
@@ -818,7 +988,9 @@ impl Client for UpnpClient {
             State::Waiting { op, deadline, .. } if now >= deadline => {
                 self.on_response(now, op, Err(MapError::Timeout(P)));
             }
-            State::Installed { renew_at } if now >= renew_at => self.renew(now),
+            State::Installed { renew_at, check_at } if now >= check_at.min(renew_at) => {
+                self.check(now, renew_at);
+            }
             _ => {}
         }
     }
@@ -831,12 +1003,12 @@ impl Client for UpnpClient {
                 ..
             } => {}
             State::Waiting {
-                op: Op::AddAny | Op::Add { .. },
+                op: Op::AddAny { .. } | Op::Add { .. },
                 ..
             } => self.delete_requested = true,
             State::Waiting { .. } if self.mapping.is_some() => {
-                // A renewal's GetExternalIPAddress: abandon it.
-                self.renewing = false;
+                // A check or a renewal's GetExternalIPAddress: abandon it.
+                self.chain = Chain::Install;
                 self.start_delete(now);
             }
             State::Idle | State::Discovering { .. } | State::Waiting { .. } | State::Stopped => {
@@ -858,7 +1030,7 @@ impl Client for UpnpClient {
                 ..
             } => Some(next_search.map_or(deadline, |t| t.min(deadline))),
             State::Waiting { deadline, .. } => Some(deadline),
-            State::Installed { renew_at } => Some(renew_at),
+            State::Installed { renew_at, check_at } => Some(check_at.min(renew_at)),
             State::Idle | State::Stopped => None,
         }
     }

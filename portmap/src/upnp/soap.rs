@@ -70,6 +70,19 @@ impl Action {
         }
     }
 
+    /// `GetSpecificPortMappingEntry` of UDP `external`: whether the gateway
+    /// still holds the mapping, and for whom (P4).
+    pub(crate) fn get_specific(external: u16) -> Self {
+        Action {
+            name: "GetSpecificPortMappingEntry",
+            args: vec![
+                ("NewRemoteHost", String::new()),
+                ("NewExternalPort", external.to_string()),
+                ("NewProtocol", "UDP".to_owned()),
+            ],
+        }
+    }
+
     /// The `SOAPAction` header value (unquoted).
     pub(crate) fn soap_action(&self, service_type: &str) -> String {
         format!("{service_type}#{}", self.name)

@@ -163,6 +163,38 @@ fn add_any_ok(port: &str) -> Vec<u8> {
     ))
 }
 
+/// The answer to GetSpecificPortMappingEntry on `service`: the entry maps
+/// to `client`:`port`.
+fn entry(service: &str, client: &str, port: &str) -> Vec<u8> {
+    ok(&soap_ok(
+        "GetSpecificPortMappingEntry",
+        service,
+        &[
+            ("NewInternalPort", port),
+            ("NewInternalClient", client),
+            ("NewEnabled", "1"),
+            ("NewPortMappingDescription", "natrix"),
+            ("NewLeaseDuration", "1800"),
+        ],
+    ))
+}
+
+/// The entry, ours (on WANIPConnection:2).
+fn entry_ours() -> Vec<u8> {
+    entry(IP2, "192.168.1.20", "4000")
+}
+
+/// The exact GetSpecificPortMappingEntry request for external `port`.
+fn check_text(service: &str, port: u16) -> String {
+    soap_text(
+        "GetSpecificPortMappingEntry",
+        service,
+        &format!(
+            "<NewRemoteHost></NewRemoteHost><NewExternalPort>{port}</NewExternalPort><NewProtocol>UDP</NewProtocol>"
+        ),
+    )
+}
+
 /// The miniupnpd description with the WAN service's control URL `url`.
 fn desc_with_control_url(url: &str) -> String {
     MINIUPNPD_DESC.replace(
@@ -262,7 +294,12 @@ fn full_install_against_a_miniupnpd_like_gateway_sends_exact_requests() {
     };
     assert_eq!(h.events(), vec![Event::Installed(want)]);
     assert_eq!(h.c.mapping(), Some(want));
-    assert_eq!(h.c.poll_timeout(), Some(ms(40 + 1_800_000)));
+    assert_eq!(want.renew_at(), ms(40 + 1_800_000));
+    // The first thing due: the check that the gateway still holds it (P4).
+    assert_eq!(
+        h.c.poll_timeout(),
+        Some(ms(40).saturating_add(DEFAULT_CHECK_INTERVAL))
+    );
     assert!(h.drain().is_empty());
     h.assert_p1();
 }
@@ -341,9 +378,11 @@ fn only_permanent_leases_are_retried_with_lease_zero_and_refreshed_hourly() {
     let m = h.c.mapping().expect("installed");
     assert_eq!(m.lifetime, PERMANENT_REFRESH * 2);
     assert_eq!(m.renew_at(), ms(50).saturating_add(PERMANENT_REFRESH));
-    // The refresh re-adds with lease 0.
+    // The refresh re-adds with lease 0 (after the check before renewal).
     let t = m.renew_at();
     h.c.handle_timeout(t);
+    let (_, _, req) = h.answer(t, &entry(IP1, "192.168.1.20", "4000"));
+    assert_eq!(req, check_text(IP1, 4000));
     h.answer(t, &external_ip_ok(IP1, "203.0.113.7"));
     let (_, _, req) = h.http();
     assert_eq!(req, soap_text("AddPortMapping", IP1, &add_args(4000, 0)));
@@ -351,13 +390,16 @@ fn only_permanent_leases_are_retried_with_lease_zero_and_refreshed_hourly() {
 
 #[test]
 fn p4_renewal_at_half_the_lifetime_re_adds_the_same_port() {
-    let mut h = Harness::new(client());
+    // No periodic check: only the one right before the renewal.
+    let mut h = Harness::new(client().with_check_interval(Duration::ZERO));
     let m = h.install();
     let t = m.renew_at();
     assert_eq!(h.c.poll_timeout(), Some(t));
     h.c.handle_timeout(t.saturating_sub(Duration::from_millis(1)));
     assert!(h.drain().is_empty());
     h.c.handle_timeout(t);
+    let (_, _, req) = h.answer(t, &entry_ours());
+    assert_eq!(req, check_text(IP2, 4000));
     let (_, _, req) = h.answer(t, &external_ip_ok(IP2, "198.51.100.9"));
     assert_eq!(req, soap_text("GetExternalIPAddress", IP2, ""));
     let (_, _, req) = h.answer(t, &ok(&soap_ok("AddPortMapping", IP2, &[])));
@@ -375,12 +417,19 @@ fn p4_renewal_at_half_the_lifetime_re_adds_the_same_port() {
 
 #[test]
 fn a_failed_renewal_keeps_the_mapping_and_retries_until_it_expires() {
-    let mut h = Harness::new(client());
+    let mut h = Harness::new(client().with_check_interval(Duration::ZERO));
     let m = h.install();
     let mut t = m.renew_at();
     h.c.handle_timeout(t);
-    h.http();
-    // Slow gateway: the exchange times out.
+    let (_, _, req) = h.http();
+    assert!(req.contains("#GetSpecificPortMappingEntry"));
+    // Slow gateway: the check times out (proves nothing), the renewal
+    // follows and times out too.
+    t = t.saturating_add(HTTP_TIMEOUT);
+    h.c.handle_timeout(t);
+    let (_, _, req) = h.http();
+    assert!(req.contains("#GetExternalIPAddress"));
+    assert!(h.events().is_empty());
     t = t.saturating_add(HTTP_TIMEOUT);
     h.c.handle_timeout(t);
     assert!(h.events().is_empty());
@@ -390,9 +439,16 @@ fn a_failed_renewal_keeps_the_mapping_and_retries_until_it_expires() {
     let mut rounds = 0;
     while let Some(next) = h.c.poll_timeout() {
         h.c.handle_timeout(next);
-        for tr in h.drain() {
-            if let Transmit::Http { id, .. } = tr {
-                h.c.handle_http(next, id, Err("connection refused".into()));
+        // The check, then the renewal: both refused.
+        loop {
+            let sent = h.drain();
+            if sent.is_empty() {
+                break;
+            }
+            for tr in sent {
+                if let Transmit::Http { id, .. } = tr {
+                    h.c.handle_http(next, id, Err("connection refused".into()));
+                }
             }
         }
         rounds += 1;
@@ -852,5 +908,360 @@ fn p6_an_empty_external_address_is_double_nat() {
             [Event::Failed(e)] => assert!(e.is_double_nat(), "{e:?}"),
             other => panic!("{empty:?}: {other:?}"),
         }
+    }
+}
+
+/// The one pending GetSpecificPortMappingEntry check: answers it with
+/// `bytes` at `now`; asserts it is the exact request to the control URL
+/// (P1).
+fn answer_check(h: &mut Harness, now: Instant, bytes: &[u8]) {
+    let (_, to, req) = h.answer(now, bytes);
+    assert_eq!(to, "192.168.1.1:5000".parse().expect("literal"), "P1");
+    assert_eq!(req, check_text(IP2, 4000));
+}
+
+#[test]
+fn p4_upnp_detects_a_gateway_restart_by_the_missing_entry() {
+    let mut h = Harness::new(client());
+    let m = h.install();
+    let t = ms(40).saturating_add(DEFAULT_CHECK_INTERVAL);
+    assert_eq!(h.c.poll_timeout(), Some(t));
+    h.c.handle_timeout(t.saturating_sub(Duration::from_millis(1)));
+    assert!(h.drain().is_empty());
+    h.c.handle_timeout(t);
+    // miniupnpd restarted and lost its mappings.
+    answer_check(&mut h, t, &fault(714, "NoSuchEntryInArray"));
+    assert_eq!(h.events(), vec![Event::GatewayRestarted(Protocol::UpnpIgd)]);
+    assert_eq!(h.c.mapping(), None, "nothing held until added again");
+    // Added again as the install does: the external address re-read, the
+    // same external port asked for.
+    let (_, _, req) = h.answer(t, &external_ip_ok(IP2, "203.0.113.7"));
+    assert_eq!(req, soap_text("GetExternalIPAddress", IP2, ""));
+    let (_, _, req) = h.answer(t, &add_any_ok("4000"));
+    assert_eq!(
+        req,
+        soap_text("AddAnyPortMapping", IP2, &add_args(4000, 3600))
+    );
+    let again = Mapping { granted_at: t, ..m };
+    assert_eq!(h.events(), vec![Event::Installed(again)]);
+    assert_eq!(h.c.mapping(), Some(again));
+    assert_eq!(again.external, m.external, "the same port");
+    // Installed again: checked again at the interval.
+    assert_eq!(
+        h.c.poll_timeout(),
+        Some(t.saturating_add(DEFAULT_CHECK_INTERVAL))
+    );
+    assert!(h.drain().is_empty());
+    h.assert_p1();
+}
+
+#[test]
+fn p4_upnp_restart_on_a_v1_service_adds_the_same_port_again() {
+    let mut h = Harness::new(client());
+    h.external_ip_from(&desc_v1(), IP1, "203.0.113.7");
+    h.answer(ms(40), &ok(&soap_ok("AddPortMapping", IP1, &[])));
+    let m = h.c.mapping().expect("installed");
+    h.events();
+    let t = ms(40).saturating_add(DEFAULT_CHECK_INTERVAL);
+    h.c.handle_timeout(t);
+    let (_, _, req) = h.answer(t, &fault(714, "NoSuchEntryInArray"));
+    assert_eq!(req, check_text(IP1, 4000));
+    assert_eq!(h.events(), vec![Event::GatewayRestarted(Protocol::UpnpIgd)]);
+    h.answer(t, &external_ip_ok(IP1, "203.0.113.7"));
+    let (_, _, req) = h.answer(t, &ok(&soap_ok("AddPortMapping", IP1, &[])));
+    assert_eq!(req, soap_text("AddPortMapping", IP1, &add_args(4000, 3600)));
+    assert_eq!(
+        h.events(),
+        vec![Event::Installed(Mapping { granted_at: t, ..m })]
+    );
+    h.assert_p1();
+}
+
+#[test]
+fn p4_upnp_checks_at_the_interval_and_right_before_renewal() {
+    // A 60 s lease, checked every 10 s: at +10, +20, then at the renewal
+    // (+30), right before it.
+    let request = MappingRequest {
+        lifetime: Duration::from_secs(60),
+        ..request()
+    };
+    let c = UpnpClient::new(GW, request, Duration::from_secs(2))
+        .expect("valid")
+        .with_check_interval(Duration::from_secs(10));
+    let mut h = Harness::new(c);
+    h.external_ip("203.0.113.7");
+    h.answer(ms(40), &add_any_ok("4000"));
+    let m = h.c.mapping().expect("installed");
+    h.events();
+    assert_eq!(m.renew_at(), ms(30_040));
+    for at in [10_040, 20_040] {
+        assert_eq!(h.c.poll_timeout(), Some(ms(at)));
+        h.c.handle_timeout(ms(at));
+        answer_check(&mut h, ms(at), &entry_ours());
+        assert!(h.events().is_empty());
+        assert!(h.drain().is_empty(), "no renewal yet");
+        assert_eq!(h.c.mapping(), Some(m));
+    }
+    // Due at the renewal, not 10 s after the last check's answer.
+    assert_eq!(h.c.poll_timeout(), Some(m.renew_at()));
+    h.c.handle_timeout(m.renew_at());
+    answer_check(&mut h, m.renew_at(), &entry_ours());
+    let (_, _, req) = h.answer(m.renew_at(), &external_ip_ok(IP2, "203.0.113.7"));
+    assert_eq!(req, soap_text("GetExternalIPAddress", IP2, ""));
+    let (_, _, req) = h.answer(m.renew_at(), &ok(&soap_ok("AddPortMapping", IP2, &[])));
+    assert_eq!(req, soap_text("AddPortMapping", IP2, &add_args(4000, 60)));
+    assert!(matches!(h.events().as_slice(), [Event::Installed(_)]));
+    h.assert_p1();
+}
+
+#[test]
+fn p4_upnp_a_short_lease_is_checked_only_at_its_renewals() {
+    // A 6 s lease (the lab's): min(30 s, 3 s) = 3 s, the renewal itself.
+    let request = MappingRequest {
+        lifetime: Duration::from_secs(6),
+        ..request()
+    };
+    let mut h = Harness::new(UpnpClient::new(GW, request, Duration::from_secs(2)).expect("valid"));
+    h.external_ip("203.0.113.7");
+    h.answer(ms(40), &add_any_ok("4000"));
+    let m = h.c.mapping().expect("installed");
+    h.events();
+    assert_eq!(h.c.poll_timeout(), Some(m.renew_at()));
+    assert_eq!(m.renew_at(), ms(3_040));
+    h.c.handle_timeout(m.renew_at());
+    answer_check(&mut h, m.renew_at(), &fault(714, "NoSuchEntryInArray"));
+    // Found right before the renewal: one re-add, reported as a restart.
+    assert_eq!(h.events(), vec![Event::GatewayRestarted(Protocol::UpnpIgd)]);
+    h.answer(m.renew_at(), &external_ip_ok(IP2, "203.0.113.7"));
+    let (_, _, req) = h.answer(m.renew_at(), &add_any_ok("4000"));
+    assert_eq!(req, soap_text("AddAnyPortMapping", IP2, &add_args(4000, 6)));
+    assert_eq!(
+        h.events(),
+        vec![Event::Installed(Mapping {
+            granted_at: m.renew_at(),
+            ..m
+        })]
+    );
+    assert!(h.drain().is_empty());
+    assert_eq!(h.c.poll_timeout(), Some(ms(6_040)));
+    h.assert_p1();
+}
+
+#[test]
+fn p4_upnp_a_present_entry_changes_nothing() {
+    let mut h = Harness::new(client());
+    let m = h.install();
+    let mut t = ms(40);
+    for _ in 0..3 {
+        t = t.saturating_add(DEFAULT_CHECK_INTERVAL);
+        assert_eq!(h.c.poll_timeout(), Some(t));
+        h.c.handle_timeout(t);
+        // Answers with spaces around the values are still ours.
+        answer_check(&mut h, t, &entry(IP2, " 192.168.1.20 ", "4000"));
+        assert!(h.events().is_empty());
+        assert!(h.drain().is_empty());
+        assert_eq!(h.c.mapping(), Some(m));
+    }
+    assert_eq!(
+        h.c.poll_timeout(),
+        Some(t.saturating_add(DEFAULT_CHECK_INTERVAL))
+    );
+    h.assert_p1();
+}
+
+#[test]
+fn p4_upnp_a_failed_check_is_no_restart_and_keeps_the_mapping() {
+    let failures: Vec<(&str, Option<Vec<u8>>)> = vec![
+        ("connection refused", None),
+        (
+            "500 without a fault",
+            Some(http("500 Internal Server Error", "")),
+        ),
+        ("another fault", Some(fault(501, "Action Failed"))),
+        ("401 Invalid Action", Some(fault(401, "Invalid Action"))),
+        (
+            "no internal client",
+            Some(ok(&soap_ok(
+                "GetSpecificPortMappingEntry",
+                IP2,
+                &[("NewInternalPort", "4000")],
+            ))),
+        ),
+        ("a host name", Some(entry(IP2, "peer.lan", "4000"))),
+        ("garbage", Some(b"HTTP/1.1 200 OK\r\n\r\n<<<".to_vec())),
+        (
+            "redirect",
+            Some(
+                b"HTTP/1.1 302 Found\r\nLocation: http://6.6.6.6/\r\nContent-Length: 0\r\n\r\n"
+                    .to_vec(),
+            ),
+        ),
+    ];
+    for (what, answer) in failures {
+        let mut h = Harness::new(client());
+        let m = h.install();
+        let t = ms(40).saturating_add(DEFAULT_CHECK_INTERVAL);
+        h.c.handle_timeout(t);
+        let (id, _, req) = h.http();
+        assert_eq!(req, check_text(IP2, 4000));
+        match &answer {
+            Some(bytes) => h.c.handle_http(t, id, Ok(bytes)),
+            None => h.c.handle_http(t, id, Err(what.to_owned())),
+        }
+        assert!(h.events().is_empty(), "{what}");
+        assert!(h.drain().is_empty(), "{what}: nothing re-added");
+        assert_eq!(h.c.mapping(), Some(m), "{what}");
+        // Checked again at the next interval.
+        let next = t.saturating_add(DEFAULT_CHECK_INTERVAL);
+        assert_eq!(h.c.poll_timeout(), Some(next), "{what}");
+        h.c.handle_timeout(next);
+        answer_check(&mut h, next, &entry_ours());
+        assert!(h.events().is_empty(), "{what}");
+        h.assert_p1();
+    }
+
+    // A check that times out: the same.
+    let mut h = Harness::new(client());
+    let m = h.install();
+    let t = ms(40).saturating_add(DEFAULT_CHECK_INTERVAL);
+    h.c.handle_timeout(t);
+    let (id, _, _) = h.http();
+    let late = t.saturating_add(HTTP_TIMEOUT);
+    assert_eq!(h.c.poll_timeout(), Some(late));
+    h.c.handle_timeout(late);
+    assert!(h.events().is_empty());
+    assert!(h.drain().is_empty());
+    assert_eq!(h.c.mapping(), Some(m));
+    assert_eq!(
+        h.c.poll_timeout(),
+        Some(late.saturating_add(DEFAULT_CHECK_INTERVAL))
+    );
+    // Its late answer, even a 714, is ignored by its id.
+    h.c.handle_http(late, id, Ok(&fault(714, "NoSuchEntryInArray")));
+    assert!(h.events().is_empty());
+    assert_eq!(h.c.mapping(), Some(m));
+}
+
+#[test]
+fn p4_upnp_an_entry_for_another_internal_client_is_a_restart() {
+    for (client_ip, port) in [("192.168.1.66", "4000"), ("192.168.1.20", "4001")] {
+        let mut h = Harness::new(client());
+        let m = h.install();
+        let t = ms(40).saturating_add(DEFAULT_CHECK_INTERVAL);
+        h.c.handle_timeout(t);
+        answer_check(&mut h, t, &entry(IP2, client_ip, port));
+        assert_eq!(
+            h.events(),
+            vec![Event::GatewayRestarted(Protocol::UpnpIgd)],
+            "{client_ip}:{port}"
+        );
+        h.answer(t, &external_ip_ok(IP2, "203.0.113.7"));
+        // The port is asked for again; taken, the gateway reserves another
+        // one, which is the one reported (P3).
+        let (_, _, req) = h.answer(t, &add_any_ok("40123"));
+        assert_eq!(
+            req,
+            soap_text("AddAnyPortMapping", IP2, &add_args(4000, 3600))
+        );
+        let again = h.c.mapping().expect("installed again");
+        assert_eq!(again.external, SocketAddr::new(IpAddr::V4(EXT), 40123));
+        assert_eq!(again.internal, m.internal);
+        assert_eq!(h.events(), vec![Event::Installed(again)]);
+        h.assert_p1();
+    }
+}
+
+#[test]
+fn p4_upnp_a_failed_re_add_after_a_restart_is_a_failure() {
+    let mut h = Harness::new(client());
+    h.install();
+    let t = ms(40).saturating_add(DEFAULT_CHECK_INTERVAL);
+    h.c.handle_timeout(t);
+    answer_check(&mut h, t, &fault(714, "NoSuchEntryInArray"));
+    assert_eq!(h.events(), vec![Event::GatewayRestarted(Protocol::UpnpIgd)]);
+    h.answer(t, &external_ip_ok(IP2, "203.0.113.7"));
+    let (_, _, req) = h.answer(t, &fault(501, "Action Failed"));
+    assert!(req.contains("#AddAnyPortMapping"));
+    // AddAnyPortMapping refused: AddPortMapping of the same port.
+    let (_, _, req) = h.answer(t, &fault(501, "Action Failed"));
+    assert_eq!(req, soap_text("AddPortMapping", IP2, &add_args(4000, 3600)));
+    let e = h.failure();
+    assert!(
+        matches!(&e, MapError::Refused { reason, .. } if reason.contains("501")),
+        "{e:?}"
+    );
+    assert_eq!(h.c.mapping(), None);
+    assert_eq!(h.c.poll_timeout(), None);
+    assert!(h.drain().is_empty());
+    h.assert_p1();
+}
+
+#[test]
+fn delete_during_a_check_or_after_a_restart() {
+    // During a check: the mapping is deleted.
+    let mut h = Harness::new(client());
+    h.install();
+    let t = ms(40).saturating_add(DEFAULT_CHECK_INTERVAL);
+    h.c.handle_timeout(t);
+    let (id, _, _) = h.http();
+    h.c.delete(t);
+    h.c.handle_http(t, id, Ok(&fault(714, "NoSuchEntryInArray")));
+    let (_, _, req) = h.answer(t, &ok(&soap_ok("DeletePortMapping", IP2, &[])));
+    assert!(req.contains("#DeletePortMapping"));
+    assert_eq!(h.events(), vec![Event::Deleted(Protocol::UpnpIgd)]);
+
+    // After a restart, before the re-add: nothing is held, Deleted at once.
+    let mut h = Harness::new(client());
+    h.install();
+    h.c.handle_timeout(t);
+    answer_check(&mut h, t, &fault(714, "NoSuchEntryInArray"));
+    h.events();
+    h.http();
+    h.c.delete(t);
+    assert_eq!(h.events(), vec![Event::Deleted(Protocol::UpnpIgd)]);
+    assert!(h.drain().is_empty());
+    assert_eq!(h.c.poll_timeout(), None);
+
+    // During the re-add: what it grants is deleted.
+    let mut h = Harness::new(client());
+    h.install();
+    h.c.handle_timeout(t);
+    answer_check(&mut h, t, &fault(714, "NoSuchEntryInArray"));
+    h.events();
+    h.answer(t, &external_ip_ok(IP2, "203.0.113.7"));
+    let (id, _, _) = h.http();
+    h.c.delete(t);
+    h.c.handle_http(t, id, Ok(&add_any_ok("4000")));
+    let (_, _, req) = h.answer(t, &ok(&soap_ok("DeletePortMapping", IP2, &[])));
+    assert!(req.contains("<NewExternalPort>4000</NewExternalPort>"));
+    assert_eq!(h.events(), vec![Event::Deleted(Protocol::UpnpIgd)]);
+    h.assert_p1();
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_check_answers_never_panic_and_keep_p1(
+        answers in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..700), 1..6),
+    ) {
+        let mut h = Harness::new(client());
+        let m = h.install();
+        for b in &answers {
+            if let Some(t) = h.c.poll_timeout() {
+                h.c.handle_timeout(t);
+                for tr in h.drain() {
+                    if let Transmit::Http { id, .. } = tr {
+                        h.c.handle_http(t, id, Ok(b));
+                    }
+                }
+            }
+            // Garbage is no 714 and no entry of another client: no restart.
+            let events = h.events();
+            prop_assert!(
+                !events.contains(&Event::GatewayRestarted(Protocol::UpnpIgd)),
+                "{events:?}"
+            );
+            prop_assert_eq!(h.c.mapping(), Some(m));
+        }
+        h.assert_p1();
     }
 }
