@@ -27,6 +27,11 @@ impl Coordinator {
     /// Starts one listening on `listen` (port 0); `None` when that address
     /// cannot be bound on this host.
     fn start(listen: &str) -> Option<Coordinator> {
+        Self::start_with(listen, &[])
+    }
+
+    /// Like [`start`](Self::start), with more `natrix coordinator` flags.
+    fn start_with(listen: &str, extra: &[&str]) -> Option<Coordinator> {
         let addr: SocketAddr = listen.parse().expect("a socket address");
         if UdpSocket::bind(addr).is_err() {
             eprintln!("skipping: cannot bind {addr} on this host");
@@ -43,6 +48,7 @@ impl Coordinator {
                 "--key",
             ])
             .arg(dir.0.join("coordinator.key"))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -248,16 +254,40 @@ fn check_document(doc: &Value) {
                 "{f:#}"
             );
         }
-        // Not measurable before C8 (issue #17).
+        // The test coordinators have no RFC 5780 alternate: STUN against
+        // the first measures port allocation (new mappings from extra
+        // sockets; on loopback the ports are kept), not filtering.
         assert_eq!(
             check_measure(field(f, "filtering"), "filtering"),
             "not_measured"
         );
-        assert_eq!(
-            check_measure(field(f, "port_allocation"), "port_allocation"),
-            "not_measured"
-        );
+        let allocation = field(f, "port_allocation");
+        if check_measure(allocation, "port_allocation") == "measured" {
+            assert_eq!(allocation["value"], "preserving", "{f:#}");
+        }
     }
+    // C8: the STUN section, against the first coordinator.
+    let stun = field(doc, "stun");
+    assert!(field(stun, "server").is_string(), "{stun:#}");
+    assert!(field(stun, "other_address").is_null(), "{stun:#}");
+    assert!(is_null_or(field(stun, "mapped"), Value::is_string));
+    for m in [
+        "nat",
+        "mapping",
+        "filtering",
+        "port_allocation",
+        "hairpin",
+        "binding_lifetime",
+    ] {
+        check_measure(field(stun, m), m);
+    }
+    assert_eq!(
+        check_measure(field(stun, "filtering"), "filtering"),
+        "not_measured",
+        "no RFC 5780 without an alternate: {stun:#}"
+    );
+    assert!(field(stun, "nat_class").is_string());
+    assert!(field(stun, "summary").is_string());
     let pm = field(doc, "port_mapping");
     for s in ["upnp_igd", "nat_pmp", "pcp"] {
         // Not asked (--no-port-mapping).
@@ -314,7 +344,11 @@ fn json_with_one_coordinator_has_every_field() {
             .contains("two coordinators at different IPs"),
         "{v4:#}"
     );
-    assert_eq!(v4["mapping"]["status"], "not_measured");
+    // STUN against the coordinator saw this host's own address: no NAT, so
+    // the mapping is the identity (endpoint-independent), measured (C8).
+    assert_eq!(doc["stun"]["nat"]["value"], "no", "{:#}", doc["stun"]);
+    assert_eq!(v4["mapping"]["status"], "measured", "{v4:#}");
+    assert_eq!(v4["mapping"]["value"], "endpoint-independent");
 }
 
 #[test]
@@ -341,7 +375,9 @@ fn json_with_two_coordinator_ips_measures_the_class() {
     // Loopback: the reflex is this host's own address at the bound port.
     assert_eq!(v4["nat_class"]["value"], "open", "{v4:#}");
     assert_eq!(v4["reflex_is_local"], true);
-    assert_eq!(v4["mapping"]["status"], "heuristic");
+    // STUN's measurement (no NAT: the identity mapping) replaces the
+    // two-coordinator heuristic.
+    assert_eq!(v4["mapping"]["status"], "measured", "{v4:#}");
     assert_eq!(v4["mapping"]["value"], "endpoint-independent");
 }
 
@@ -487,4 +523,38 @@ fn bad_dial_string_is_a_usage_error() {
     let c = Coordinator::start("127.0.0.1:0").expect("127.0.0.1 is always there");
     let out = netcheck(&["--coordinator", &c.dial, "--timeout", "0"]);
     assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+}
+
+/// C8 end to end: `natrix coordinator --stun-alternate` serves RFC 5780, and
+/// `natrix netcheck --stun` (no coordinator needed) measures against it:
+/// on loopback, no NAT and no filtering.
+#[test]
+fn c8_netcheck_measures_filtering_against_a_coordinator_with_an_alternate() {
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("bind")
+        .port();
+    let Ok(alt) = UdpSocket::bind("127.0.0.2:0").and_then(|s| s.local_addr()) else {
+        eprintln!("skipping: no 127.0.0.2 on this host");
+        return;
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let c = Coordinator::start_with(&listen, &["--stun-alternate", &alt.to_string()])
+        .expect("127.0.0.1 is always there");
+    let _ = &c.dial;
+    let out = netcheck(&["--stun", &listen, "--json"]);
+    assert_eq!(code(&out), Some(0), "stderr:\n{}", stderr(&out));
+    let doc = json(&out);
+    let stun = &doc["stun"];
+    assert_eq!(stun["server"], listen.as_str());
+    assert_eq!(stun["other_address"], alt.to_string().as_str(), "{stun:#}");
+    assert_eq!(stun["nat"]["value"], "no", "{stun:#}");
+    assert_eq!(stun["mapping"]["value"], "endpoint-independent", "{stun:#}");
+    assert_eq!(
+        stun["filtering"]["value"], "endpoint-independent",
+        "{stun:#}"
+    );
+    assert_eq!(stun["nat_class"], "open");
+    assert!(doc["coordinators"].as_array().is_some_and(Vec::is_empty));
+    assert_eq!(doc["ok"], true);
 }

@@ -1,6 +1,6 @@
 //! The coordinator service: a node whose socket is public, serving
 //! rendezvous, reflex answers, the directory and vouched announcements to
-//! every peer with a session to it.
+//! every peer with a session to it, and STUN Binding answers to anyone.
 //!
 //! It is an ordinary [`Node`] with a serving [`SessionControl`]; this type
 //! bundles the setup and the dial string peers need. Every table it keeps is
@@ -34,6 +34,11 @@ pub struct CoordinatorConfig {
     pub agent_seed: u64,
     /// The relay's quotas (S3); `None` turns the relay off.
     pub relay: Option<natrix_session::relay::RelayConfig>,
+    /// The STUN Binding server on the coordinator's socket (on by default;
+    /// its `primary` defaults to [`public_addr`](Self::public_addr)); with an
+    /// alternate address it serves the RFC 5780 tests (C8). `None` turns it
+    /// off.
+    pub stun: Option<crate::stun::StunConfig>,
 }
 
 impl CoordinatorConfig {
@@ -47,6 +52,7 @@ impl CoordinatorConfig {
             agent: natrix_proto::Config::default(),
             agent_seed: 0x0063_6f6f_7264,
             relay: Some(natrix_session::relay::RelayConfig::default()),
+            stun: Some(crate::stun::StunConfig::default()),
         }
     }
 }
@@ -91,6 +97,10 @@ impl<R: Runtime> Coordinator<R> {
         let mut node_config = NodeConfig::for_key(&key, config.bind);
         node_config.agent = config.agent;
         node_config.seed = config.agent_seed;
+        node_config.stun = config.stun.map(|mut s| {
+            s.primary = s.primary.or(config.public_addr);
+            s
+        });
         let node = Node::spawn(rt, node_config, control)?;
         let public_addr = config.public_addr.unwrap_or_else(|| node.local_addr());
         node.set_local_classification(NatClass::Open, public_addr);

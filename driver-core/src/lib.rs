@@ -39,6 +39,7 @@ pub mod net;
 pub mod node;
 pub mod portmap;
 pub mod runtime;
+pub mod stun;
 pub mod testkit;
 
 pub use buf::{BufPool, PooledBuf, SmallBytes};
@@ -87,6 +88,7 @@ pub mod api {
     pub use crate::portmap::{
         PortMapConfig, PortMapError, PortMapEvent, PortMapState, PortMapper, default_gateway,
     };
+    pub use crate::stun::{StunConfig, discover_behaviour};
     pub use natrix_portmap::{MapError, Mapping, Protocol as PortMapProtocol};
     pub use natrix_proto::NatClass;
     pub use natrix_session::keyfile;
@@ -96,4 +98,5 @@ pub mod api {
     };
     pub use natrix_session::relay::{Quota, Refusal, RelayConfig, RelayStats};
     pub use natrix_session::{Dial, Keypair, PublicKey, SessionConfig, SessionStats};
+    pub use natrix_stun::behaviour::{BehaviourReport, NotMeasured};
 }

@@ -33,6 +33,7 @@ use crate::control::{ControlError, ControlInput, ControlPlane};
 use crate::net::wire::LookupAnswer;
 use crate::portmap::{PortMapConfig, PortMapEvent, PortMapState, PortMapper};
 use crate::runtime::{BoxFuture, RecvBatch, Runtime, UdpSocket};
+use crate::stun::{StunConfig, StunRunning, StunService};
 
 /// Decides whether to drop an outgoing datagram (destination, bytes): a test
 /// hook standing in for a filtering middlebox.
@@ -55,6 +56,11 @@ pub struct NodeConfig {
     /// default gateway): off (`None`) by default. When on, an installed
     /// mapping that is not double NAT becomes the reflex override (C6, P7).
     pub port_mapping: Option<PortMapConfig>,
+    /// Answer STUN Binding requests on the node's socket (and, with an
+    /// alternate address, on the RFC 5780 sockets): coordinators do by
+    /// default; `None` (the default for other nodes) hands STUN datagrams to
+    /// the application like any unknown datagram.
+    pub stun: Option<StunConfig>,
 }
 
 impl fmt::Debug for NodeConfig {
@@ -66,6 +72,7 @@ impl fmt::Debug for NodeConfig {
             .field("seed", &self.seed)
             .field("datagram_filter", &self.datagram_filter.is_some())
             .field("port_mapping", &self.port_mapping)
+            .field("stun", &self.stun)
             .finish()
     }
 }
@@ -81,6 +88,7 @@ impl NodeConfig {
             seed: id.0 ^ 0x6e61_7472_6978,
             datagram_filter: None,
             port_mapping: None,
+            stun: None,
         }
     }
 
@@ -397,6 +405,8 @@ pub struct Node<R: Runtime> {
     pub(crate) accepts: async_channel::Receiver<AcceptedConn>,
     /// The port mapper and its tasks, when port mapping is on.
     portmap: Option<PortMapping<R>>,
+    /// The STUN service and what stops it, when the node serves STUN.
+    stun: Option<StunRunning<R>>,
 }
 
 /// A node's port mapper and the tasks that run it.
@@ -437,6 +447,10 @@ impl<R: Runtime> Node<R> {
         }
         let socket = Arc::new(rt.bind(config.bind)?);
         let local_addr = socket.local_addr()?;
+        let stun = match &config.stun {
+            Some(cfg) => Some(StunService::start(&rt, cfg, local_addr, socket.clone())?),
+            None => None,
+        };
         let mut agent = Agent::new(config.id, local_addr, config.agent.clone(), config.seed);
         agent.set_interface_addrs(&interface_addrs());
         let (commands, command_rx) = async_channel::unbounded();
@@ -466,6 +480,7 @@ impl<R: Runtime> Node<R> {
             lookups: BTreeMap::new(),
             conns: BTreeMap::new(),
             accepts: accepts_tx,
+            stun: stun.as_ref().map(|s| s.service.clone()),
         };
         let handle = rt.spawn(Box::pin(task.run()));
         let portmap = match &config.port_mapping {
@@ -492,7 +507,14 @@ impl<R: Runtime> Node<R> {
             next_req: AtomicU64::new(1),
             accepts,
             portmap,
+            stun,
         })
+    }
+
+    /// The STUN server's counters, when the node serves STUN.
+    #[must_use]
+    pub fn stun_stats(&self) -> Option<natrix_stun::server::ServerStats> {
+        self.stun.as_ref().map(|s| s.service.stats())
     }
 
     /// The port mapping's state (active mapping, external address, renewals,
@@ -817,6 +839,9 @@ impl<R: Runtime> Node<R> {
                 t.await;
             }
         }
+        if let Some(stun) = &self.stun {
+            stun.stop().await;
+        }
         let _ = self.commands.send(Command::Shutdown).await;
         let task = self
             .task
@@ -923,6 +948,8 @@ struct Task<R: Runtime, C> {
     conns: BTreeMap<PublicKey, ConnSinks>,
     /// Accepted connections for [`Node::accept`].
     accepts: async_channel::Sender<AcceptedConn>,
+    /// The STUN service, when the node serves STUN.
+    stun: Option<Arc<StunService<R>>>,
 }
 
 impl<R: Runtime, C: ControlPlane> Task<R, C> {
@@ -1081,8 +1108,9 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                     let c = &mut self.counters;
                     c.datagrams_received += 1;
                     // One socket, one demultiplexer: keep-alives to the agent,
-                    // session packets to the control plane, the rest (STUN is
-                    // reserved, not served yet) to the application.
+                    // session packets to the control plane, STUN to the STUN
+                    // service when the node serves it, the rest to the
+                    // application.
                     let kind = classify(bytes);
                     let ours = match kind {
                         DatagramKind::Keepalive => {
@@ -1099,7 +1127,15 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                             c.session_datagrams += u64::from(taken);
                             taken
                         }
-                        _ => false,
+                        DatagramKind::Stun => match &self.stun {
+                            Some(stun) => {
+                                let stun = stun.clone();
+                                stun.handle(stun.primary(), src, bytes).await;
+                                true
+                            }
+                            None => false,
+                        },
+                        DatagramKind::Unknown => false,
                     };
                     if !ours {
                         // A copy in a buffer of the inbox; a full inbox drops

@@ -14,7 +14,8 @@
 //!   the simulator cell by cell;
 //! - [`scenarios`]: failures the simulator cannot fake (conntrack flush,
 //!   rebinding, a blackholed path, a coordinator restart);
-//! - [`portmap`]: `natrix map` against miniupnpd (PCP, NAT-PMP, UPnP-IGD).
+//! - [`portmap`]: `natrix map` against miniupnpd (PCP, NAT-PMP, UPnP-IGD);
+//! - [`stun`]: STUN behaviour discovery and coturn interop (C8).
 //!
 //! `docs/nat-lab.md` describes the lab and how to run it.
 
@@ -25,6 +26,7 @@ pub mod netns;
 pub mod portmap;
 pub mod proc;
 pub mod scenarios;
+pub mod stun;
 pub mod topo;
 
 /// What can stop the lab.

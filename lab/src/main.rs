@@ -281,6 +281,14 @@ fn run(args: &Args) -> Result<bool> {
             results.push(sc);
         }
         eprintln!("port mapping: {:.1} s", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        println!("## STUN behaviour discovery and coturn interop\n");
+        for sc in natrix_lab::stun::interop(&mut lab, &nx, &internet, 60)? {
+            print_scenario(&sc);
+            ok &= sc.passed();
+            results.push(sc);
+        }
+        eprintln!("STUN interop: {:.1} s", t.elapsed().as_secs_f64());
     }
     write_summary(&args.dir, &cells, &results);
     drop(c4);

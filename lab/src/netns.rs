@@ -89,6 +89,8 @@ pub fn preflight() -> Result<()> {
         ("nft", "--version", "nftables"),
         ("conntrack", "--version", "conntrack"),
         ("miniupnpd", "--version", "miniupnpd"),
+        ("turnserver", "--version", "coturn"),
+        ("turnutils_natdiscovery", "-h", "coturn"),
     ] {
         if Command::new(tool).arg(arg).output().is_err() {
             return Err(LabError::Preflight(format!(

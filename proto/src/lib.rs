@@ -94,6 +94,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod agent;
+pub mod behaviour;
 pub mod classify;
 pub mod config;
 pub mod discovery;
@@ -109,6 +110,7 @@ pub mod wire;
 pub use agent::io::{Channel, DatagramVerdict, Event, PathMethod, Payload, Role, Transmit};
 pub use agent::peers::Announcement;
 pub use agent::{Agent, AnnouncementError, DirectoryFull};
+pub use behaviour::{Behaviour, FilteringBehaviour, MappingBehaviour, PortAllocation};
 pub use classify::{Classification, NatClass, Observation, PairAction, classify, pair_action};
 pub use config::{Config, ConfigBuilder, ConfigError, UnannouncedPeerPolicy};
 pub use discovery::{ProbeError, ReclassifyOutcome, SweepObservation, SweepOutcome};

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use natrix_tokio::{Coordinator, CoordinatorConfig, RelayConfig, Tokio, os_seed};
+use natrix_tokio::{Coordinator, CoordinatorConfig, RelayConfig, StunConfig, Tokio, os_seed};
 
 use crate::common::{default_key_path, load_or_create_key, wait_for_signal};
 use crate::error::{CliError, CliResult, Exit};
@@ -49,12 +49,59 @@ pub(crate) struct Args {
     /// Relay quota: seconds a circuit may live (none by default).
     #[arg(long)]
     pub relay_max_secs: Option<u64>,
+    /// Do not answer STUN Binding requests (by default the coordinator
+    /// answers them on its socket, rate-limited per source).
+    #[arg(long)]
+    pub no_stun: bool,
+    /// RFC 5780: the coordinator's other IP and other port (IP2:PORT2), so
+    /// STUN clients can measure their NAT's mapping and filtering. The
+    /// coordinator then also listens on (IP1, PORT2), (IP2, PORT1) and (IP2,
+    /// PORT2); both IPs must be this host's own, and --listen a specific IP.
+    #[arg(long, value_name = "IP2:PORT2")]
+    pub stun_alternate: Option<SocketAddr>,
+    /// STUN: answers per second per source IP.
+    #[arg(long, default_value_t = StunConfig::default().rate_per_source)]
+    pub stun_rate: u32,
     /// Stop after this many seconds (default: run until interrupted).
     #[arg(long)]
     pub run_for: Option<u64>,
 }
 
 impl Args {
+    fn stun(&self) -> CliResult<Option<StunConfig>> {
+        if self.no_stun {
+            if self.stun_alternate.is_some() {
+                return Err(CliError::usage(
+                    "--stun-alternate needs STUN: drop --no-stun",
+                ));
+            }
+            return Ok(None);
+        }
+        if let Some(alt) = self.stun_alternate {
+            let primary = self.public_addr.unwrap_or(self.listen);
+            if self.listen.ip().is_unspecified() {
+                return Err(CliError::usage(
+                    "--stun-alternate needs --listen on a specific IP (the RFC 5780 answers come from both IPs)",
+                ));
+            }
+            if alt.ip() == primary.ip() || alt.port() == primary.port() {
+                return Err(CliError::usage(format!(
+                    "--stun-alternate {alt} must differ from {primary} in both IP and port (RFC 5780)"
+                )));
+            }
+        }
+        if self.stun_rate == 0 {
+            return Err(CliError::usage("--stun-rate must be at least 1"));
+        }
+        let d = StunConfig::default();
+        Ok(Some(StunConfig {
+            alternate: self.stun_alternate,
+            rate_per_source: self.stun_rate,
+            burst_per_source: d.burst_per_source.max(self.stun_rate.saturating_mul(2)),
+            ..d
+        }))
+    }
+
     fn relay(&self) -> CliResult<Option<RelayConfig>> {
         if self.no_relay {
             return Ok(None);
@@ -90,6 +137,8 @@ pub(crate) async fn run(args: &Args, quiet: bool) -> CliResult<Exit> {
     let mut config = CoordinatorConfig::new(args.listen);
     config.public_addr = args.public_addr;
     config.relay = args.relay()?;
+    config.stun = args.stun()?;
+    let config_stun = config.stun;
     let coordinator = Coordinator::spawn(Tokio, keypair, config, os_seed()).map_err(|e| {
         CliError::failure(format!("cannot listen on {}: {e}", args.listen))
             .hint("is the port in use? pick another with --listen")
@@ -104,9 +153,14 @@ pub(crate) async fn run(args: &Args, quiet: bool) -> CliResult<Exit> {
     outln!("{}", coordinator.dial());
     if !quiet {
         eprintln!(
-            "coordinator running on {} (relay {}); Ctrl-C stops it",
+            "coordinator running on {} (relay {}, STUN {}); Ctrl-C stops it",
             coordinator.node().local_addr(),
-            if args.no_relay { "off" } else { "on" }
+            if args.no_relay { "off" } else { "on" },
+            match (&config_stun, args.stun_alternate) {
+                (None, _) => "off".to_owned(),
+                (Some(_), None) => "on".to_owned(),
+                (Some(_), Some(alt)) => format!("on, RFC 5780 with {alt}"),
+            }
         );
     }
     match args.run_for {
@@ -116,15 +170,18 @@ pub(crate) async fn run(args: &Args, quiet: bool) -> CliResult<Exit> {
     let stats = coordinator.stats();
     let relay = coordinator.node().relay_stats().unwrap_or_default();
     let sessions = coordinator.session_stats();
+    let stun = coordinator.node().stun_stats().unwrap_or_default();
     coordinator.shutdown().await;
     if !quiet {
         eprintln!(
-            "stopped: {} sessions live, {} punches mediated, {} frames relayed ({} B), {} refused",
+            "stopped: {} sessions live, {} punches mediated, {} frames relayed ({} B), {} refused; STUN: {} answered, {} rate-limited",
             sessions.sessions_live,
             stats.requests_mediated,
             relay.frames_forwarded,
             relay.bytes_forwarded,
-            relay.refused_total()
+            relay.refused_total(),
+            stun.answered,
+            stun.rate_limited
         );
     }
     Ok(Exit::Ok)

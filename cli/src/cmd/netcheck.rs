@@ -11,11 +11,13 @@
 //!
 //! Probe only (D1): netcheck installs nothing on the gateway and changes the
 //! state of no other node; its nodes live for the run and use a fresh
-//! identity each unless `--key` is given. What cannot be measured yet says
-//! so: mapping and filtering behaviour and port allocation need behaviour
-//! discovery (C8, issue #17) — only a heuristic for the mapping is given —
-//! and port-mapping services (UPnP-IGD, NAT-PMP, PCP) are not probed until
-//! issue #16.
+//! identity each unless `--key` is given. The NAT's behaviour (mapping,
+//! filtering, port allocation, hairpinning; C8) is measured with STUN
+//! against `--stun` or the first coordinator — mapping and filtering need an
+//! RFC 5780 server, else only a heuristic for the mapping is given — and
+//! the gateway's port-mapping services (UPnP-IGD, NAT-PMP, PCP) are asked
+//! with questions that install nothing (D1). What cannot be measured says
+//! why.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -25,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use natrix_driver_core::interface_addrs;
-use natrix_proto::{NatClass, SweepOutcome};
+use natrix_proto::{FilteringBehaviour, MappingBehaviour, NatClass, PortAllocation, SweepOutcome};
 use natrix_tokio::{Keypair, Node, PublicKey, Reclassified, os_seed};
 use serde::Serialize;
 
@@ -37,7 +39,7 @@ use crate::error::{CliError, CliResult, Exit};
 pub(crate) const REPORT_VERSION: u32 = 1;
 
 /// The issue that brings behaviour discovery (C8).
-const C8_ISSUE: &str = "needs NAT behaviour discovery (C8, issue #17)";
+const C8_ISSUE: &str = "needs STUN behaviour discovery against an RFC 5780 server (--stun, or a coordinator with --stun-alternate)";
 /// How long netcheck waits for the gateway's port-mapping services.
 const PORT_MAPPING_WAIT: Duration = Duration::from_secs(2);
 /// Why a family's class and mapping need more coordinators.
@@ -56,8 +58,25 @@ problem (--key), 4 no coordinator answered (the report is still printed)."
 pub(crate) struct Args {
     /// A coordinator's dial string, `natrix1…@host:port` (IPv4 or IPv6;
     /// repeat the flag for more coordinators).
-    #[arg(long = "coordinator", value_name = "DIAL", required = true)]
+    #[arg(
+        long = "coordinator",
+        value_name = "DIAL",
+        required_unless_present = "stun"
+    )]
     pub(crate) coordinators: Vec<String>,
+    /// A STUN server (`host:port`) to discover the NAT's behaviour against
+    /// (C8: mapping, filtering, port allocation, hairpinning; mapping and
+    /// filtering need an RFC 5780 server, with two addresses). Default: the
+    /// first coordinator, which answers STUN on its own address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) stun: Option<String>,
+    /// Do not run STUN behaviour discovery.
+    #[arg(long, conflicts_with = "stun")]
+    pub(crate) no_stun: bool,
+    /// The local UDP port STUN discovery measures from (default: any). A
+    /// NAT may treat a forwarded or statically mapped port differently.
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    pub(crate) stun_local_port: u16,
     /// Print one JSON document on stdout instead of the human report.
     #[arg(long)]
     pub(crate) json: bool,
@@ -105,7 +124,43 @@ pub(crate) struct Report {
     pub(crate) ipv6: Option<FamilyReport>,
     /// Port-mapping services on the gateway.
     pub(crate) port_mapping: PortMapping,
+    /// NAT behaviour discovery against a STUN server (C8); `null` with
+    /// `--no-stun`. Its mapping, filtering and port allocation, when
+    /// measured, also replace the family's heuristics.
+    pub(crate) stun: Option<StunReport>,
     /// One line in plain language: the report's conclusion.
+    pub(crate) summary: String,
+}
+
+/// NAT behaviour discovery against one STUN server (C8), in RFC 4787 terms.
+#[derive(Debug, Serialize)]
+pub(crate) struct StunReport {
+    /// The server asked (its primary address).
+    pub(crate) server: SocketAddr,
+    /// The server's other address (RFC 5780 OTHER-ADDRESS); `null` when it
+    /// offers none (then mapping and filtering cannot be measured).
+    pub(crate) other_address: Option<SocketAddr>,
+    /// This host's address as the server saw it; `null` without an answer.
+    pub(crate) mapped: Option<SocketAddr>,
+    /// `"yes"` (translated) or `"no"` (the server saw this host's own
+    /// address).
+    pub(crate) nat: Measure,
+    /// `"endpoint-independent"`, `"address-dependent"` or
+    /// `"address-and-port-dependent"` (RFC 4787 §4.1).
+    pub(crate) mapping: Measure,
+    /// The same three words for filtering (RFC 4787 §5).
+    pub(crate) filtering: Measure,
+    /// `"preserving"`, `"sequential"` (detail: the step) or `"random"`.
+    pub(crate) port_allocation: Measure,
+    /// `"yes"` or `"no"`: a datagram to the host's own public address comes
+    /// back (RFC 4787 §6).
+    pub(crate) hairpin: Measure,
+    /// How long an idle mapping lives: not measured (it takes minutes).
+    pub(crate) binding_lifetime: Measure,
+    /// The NAT class this behaviour implies (`"open"`, `"cone"`,
+    /// `"symmetric"`, `"unknown"`).
+    pub(crate) nat_class: &'static str,
+    /// One line in plain language.
     pub(crate) summary: String,
 }
 
@@ -209,12 +264,14 @@ pub(crate) struct FamilyReport {
     /// Mapping behaviour: `"heuristic"` with value `"endpoint-independent"`
     /// (coordinators at different IPs saw the same reflex) or
     /// `"endpoint-dependent"` (they saw different ones); `"not_measured"`
-    /// with one coordinator IP. Measured properly by C8 (issue #17).
+    /// with one coordinator IP; `"measured"` by STUN behaviour discovery
+    /// (C8) against an RFC 5780 server.
     pub(crate) mapping: Measure,
-    /// Filtering behaviour: `"not_measured"` until C8 (issue #17).
+    /// Filtering behaviour: `"measured"` by STUN behaviour discovery (C8)
+    /// against an RFC 5780 server, else `"not_measured"`.
     pub(crate) filtering: Measure,
     /// Port allocation (preserving / sequential / random): `"not_measured"`
-    /// until C8 (issue #17).
+    /// unless STUN behaviour discovery (C8) measured it.
     pub(crate) port_allocation: Measure,
 }
 
@@ -378,6 +435,25 @@ pub(crate) async fn run(args: &Args, quiet: bool) -> CliResult<Exit> {
     // The gateway's port-mapping services, meanwhile (D1: nothing installed).
     let port_mapping =
         (!args.no_port_mapping).then(|| tokio::spawn(probe_port_mapping(PORT_MAPPING_WAIT)));
+    let stun_server = if args.no_stun {
+        None
+    } else {
+        match &args.stun {
+            Some(s) => Some(resolve_stun(s)?),
+            None => targets.iter().find_map(|t| t.addr),
+        }
+    };
+    let local_port = args.stun_local_port;
+    let stun = stun_server.map(|server| {
+        let seed = u64::from_le_bytes(os_seed()[..8].try_into().unwrap_or_default());
+        (
+            server,
+            tokio::spawn(async move {
+                natrix_tokio::discover_behaviour(&natrix_tokio::Tokio, server, local_port, seed)
+                    .await
+            }),
+        )
+    });
     let mut check = Check::start(targets, key.as_ref(), timeout);
     check.wait_sessions(&mut progress).await;
     check.probe_reflexes(&mut progress).await;
@@ -398,6 +474,15 @@ pub(crate) async fn run(args: &Args, quiet: bool) -> CliResult<Exit> {
             report.port_mapping =
                 PortMapping::all(&Measure::not_probed("not asked (--no-port-mapping)"));
         }
+    }
+    if let Some((server, task)) = stun {
+        let section = match task.await {
+            Ok(Ok(found)) => stun_report(server, &found),
+            Ok(Err(e)) => stun_failed(server, &format!("cannot bind a socket: {e}")),
+            Err(e) => stun_failed(server, &format!("the discovery task failed: {e}")),
+        };
+        adopt_stun(&mut report, &section);
+        report.stun = Some(section);
     }
     report.summary = summary(&report);
 
@@ -756,6 +841,7 @@ impl Check {
             ipv4,
             ipv6,
             port_mapping: PortMapping::all(&not_probed),
+            stun: None,
             summary: String::new(),
         };
         report.summary = summary(&report);
@@ -903,6 +989,147 @@ fn family_report(
         mapping,
         filtering: Measure::not_measured(C8_ISSUE),
         port_allocation: Measure::not_measured(C8_ISSUE),
+    }
+}
+
+/// `--stun HOST:PORT`, resolved.
+fn resolve_stun(s: &str) -> CliResult<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs()
+        .map_err(|e| CliError::usage(format!("bad --stun {s:?}: {e}")))?
+        .next()
+        .ok_or_else(|| CliError::usage(format!("--stun {s:?} resolves to no address")))
+}
+
+fn mapping_word(m: MappingBehaviour) -> &'static str {
+    match m {
+        MappingBehaviour::EndpointIndependent => "endpoint-independent",
+        MappingBehaviour::AddressDependent => "address-dependent",
+        MappingBehaviour::AddressAndPortDependent => "address-and-port-dependent",
+    }
+}
+
+fn filtering_word(f: FilteringBehaviour) -> &'static str {
+    match f {
+        FilteringBehaviour::EndpointIndependent => "endpoint-independent",
+        FilteringBehaviour::AddressDependent => "address-dependent",
+        FilteringBehaviour::AddressAndPortDependent => "address-and-port-dependent",
+    }
+}
+
+/// A measured value with its detail (if any), or why not.
+fn stun_measure(
+    value: Option<(&'static str, Option<String>)>,
+    reason: Option<&natrix_tokio::NotMeasured>,
+) -> Measure {
+    match value {
+        Some((v, detail)) => Measure {
+            status: Status::Measured,
+            value: Some(v),
+            detail,
+        },
+        None => Measure::not_measured(
+            reason.map_or_else(|| "not measured".to_owned(), ToString::to_string),
+        ),
+    }
+}
+
+/// The report section from a finished discovery.
+fn stun_report(server: SocketAddr, r: &natrix_tokio::BehaviourReport) -> StunReport {
+    let b = &r.behaviour;
+    let yes_no = |v: bool| if v { "yes" } else { "no" };
+    StunReport {
+        server,
+        other_address: r.other_address,
+        mapped: r.mapped,
+        nat: stun_measure(
+            b.nat.map(|n| {
+                (
+                    yes_no(n),
+                    Some(if n {
+                        "the server saw a translated address".to_owned()
+                    } else {
+                        "the server saw this host's own address".to_owned()
+                    }),
+                )
+            }),
+            r.nat_reason.as_ref(),
+        ),
+        mapping: stun_measure(
+            b.mapping
+                .map(|m| (mapping_word(m), Some(m.short().to_owned()))),
+            r.mapping_reason.as_ref(),
+        ),
+        filtering: stun_measure(
+            b.filtering
+                .map(|f| (filtering_word(f), Some(f.short().to_owned()))),
+            r.filtering_reason.as_ref(),
+        ),
+        port_allocation: stun_measure(
+            b.allocation.map(|a| match a {
+                PortAllocation::Preserving => ("preserving", None),
+                PortAllocation::Sequential { step } => {
+                    ("sequential", Some(format!("step {step:+}")))
+                }
+                PortAllocation::Random => ("random", None),
+            }),
+            r.allocation_reason.as_ref(),
+        ),
+        hairpin: stun_measure(
+            b.hairpin.map(|h| (yes_no(h), None)),
+            r.hairpin_reason.as_ref(),
+        ),
+        binding_lifetime: stun_measure(None, r.lifetime_reason.as_ref()),
+        nat_class: class_name(r.nat_class()),
+        summary: b.summary().to_owned(),
+    }
+}
+
+/// The report section when discovery could not run.
+fn stun_failed(server: SocketAddr, why: &str) -> StunReport {
+    let m = Measure::not_measured(why);
+    StunReport {
+        server,
+        other_address: None,
+        mapped: None,
+        nat: m.clone(),
+        mapping: m.clone(),
+        filtering: m.clone(),
+        port_allocation: m.clone(),
+        hairpin: m.clone(),
+        binding_lifetime: m,
+        nat_class: "unknown",
+        summary: format!("STUN behaviour discovery did not run: {why}"),
+    }
+}
+
+/// What STUN measured replaces the family's heuristics; a report with no
+/// coordinator is ok when the STUN server answered.
+fn adopt_stun(report: &mut Report, stun: &StunReport) {
+    let family = if stun.server.is_ipv4() {
+        report.ipv4.as_mut()
+    } else {
+        report.ipv6.as_mut()
+    };
+    if let Some(f) = family {
+        for (mine, found) in [
+            (&mut f.mapping, &stun.mapping),
+            (&mut f.filtering, &stun.filtering),
+            (&mut f.port_allocation, &stun.port_allocation),
+        ] {
+            if found.status == Status::Measured {
+                *mine = Measure {
+                    detail: Some(match &found.detail {
+                        Some(d) => format!("{d}, by STUN against {}", stun.server),
+                        None => format!("by STUN against {}", stun.server),
+                    }),
+                    ..found.clone()
+                };
+            }
+        }
+    }
+    if report.coordinators.is_empty() && stun.mapped.is_some() {
+        report.ok = true;
     }
 }
 
@@ -1095,6 +1322,28 @@ fn human(r: &Report) -> String {
         rows.push(Row::kv("mapping", f.mapping.human()));
         rows.push(Row::kv("filtering", f.filtering.human()));
         rows.push(Row::kv("port allocation", f.port_allocation.human()));
+    }
+    if let Some(st) = &r.stun {
+        rows.push(Row::Head(format!("NAT behaviour (STUN {})", st.server)));
+        rows.push(Row::kv(
+            "mapped address",
+            st.mapped
+                .map_or_else(|| "no answer".to_owned(), |a| a.to_string()),
+        ));
+        rows.push(Row::kv(
+            "RFC 5780",
+            st.other_address.map_or_else(
+                || "not offered (mapping and filtering need it)".to_owned(),
+                |a| format!("other address {a}"),
+            ),
+        ));
+        rows.push(Row::kv("NAT", st.nat.human()));
+        rows.push(Row::kv("mapping", st.mapping.human()));
+        rows.push(Row::kv("filtering", st.filtering.human()));
+        rows.push(Row::kv("port allocation", st.port_allocation.human()));
+        rows.push(Row::kv("hairpinning", st.hairpin.human()));
+        rows.push(Row::kv("binding lifetime", st.binding_lifetime.human()));
+        rows.push(Row::kv("in short", st.summary.clone()));
     }
     rows.push(Row::Head("port mapping".to_owned()));
     let pm = &r.port_mapping;

@@ -722,6 +722,10 @@ pub async fn batched_receive_keeps_datagrams_whole<R: Runtime>(rt: R, ip: IpAddr
 macro_rules! e2e_suite {
     ($block_on:path, $rt:expr) => {
         #[test]
+        fn c8_coordinator_serves_rfc5780_stun_v4() {
+            $block_on($crate::testkit::net::stun_coordinator_serves_rfc5780($rt))
+        }
+        #[test]
         fn batched_receive_keeps_datagrams_whole_v4() {
             $block_on($crate::testkit::batched_receive_keeps_datagrams_whole(
                 $rt,

@@ -15,7 +15,7 @@ use super::{sleep, test_config, within};
 use crate::coordinator::{Coordinator, CoordinatorConfig};
 use crate::net::{SessionControl, SessionControlConfig};
 use crate::node::{DatagramFilter, Node, NodeConfig, SessionRequestError};
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, UdpSocket as _};
 
 /// A fixed test identity (never use fixed secrets outside tests).
 #[must_use]
@@ -368,4 +368,85 @@ pub async fn net_node_id_must_be_the_keys<R: Runtime>(rt: R, ip: IpAddr) {
         }
         other => panic!("expected IdentityMismatch, got {other:?}"),
     }
+}
+
+/// C8 through the drivers: a coordinator with an RFC 5780 alternate (a
+/// second loopback IP, so IPv4 only) answers STUN on its four addresses,
+/// and [`crate::stun::discover_behaviour`] against it finds no NAT, the
+/// identity mapping and no filtering, with the alternate as OTHER-ADDRESS.
+pub async fn stun_coordinator_serves_rfc5780<R: Runtime>(rt: R) {
+    use natrix_proto::{FilteringBehaviour, MappingBehaviour};
+    let alt_ip: IpAddr = "127.0.0.2".parse().expect("literal");
+    // A free port on the second IP for the alternate.
+    let alt_port = std::net::UdpSocket::bind((alt_ip, 0))
+        .and_then(|s| s.local_addr())
+        .expect("127.0.0.2 is a loopback address")
+        .port();
+    let alternate = SocketAddr::new(alt_ip, alt_port);
+    let mut cfg = CoordinatorConfig::new(SocketAddr::new(crate::testkit::V4, 0));
+    cfg.agent = test_config();
+    cfg.stun = Some(crate::stun::StunConfig {
+        alternate: Some(alternate),
+        ..crate::stun::StunConfig::default()
+    });
+    let c = Coordinator::spawn(rt.clone(), test_keypair(3), cfg, seed(3)).expect("bind");
+    let primary = c.node().local_addr();
+    let report = within(
+        &rt,
+        Duration::from_secs(20),
+        crate::stun::discover_behaviour(&rt, primary, 0, 7),
+    )
+    .await
+    .expect("sockets");
+    assert_eq!(report.other_address, Some(alternate), "{report:?}");
+    assert_eq!(report.behaviour.nat, Some(false), "{report:?}");
+    assert_eq!(
+        report.behaviour.mapping,
+        Some(MappingBehaviour::EndpointIndependent),
+        "{report:?}"
+    );
+    assert_eq!(
+        report.behaviour.filtering,
+        Some(FilteringBehaviour::EndpointIndependent),
+        "{report:?}"
+    );
+    // No NAT: test I and the change-IP-and-port request (answered from the
+    // alternate socket) were enough.
+    let stats = c.node().stun_stats().expect("serving STUN");
+    assert_eq!(stats.answered, 2, "{stats:?} {report:?}");
+    // A request to each of the other three addresses is answered from it.
+    let client = rt
+        .bind(SocketAddr::new(crate::testkit::V4, 0))
+        .expect("bind");
+    for to in [
+        SocketAddr::new(primary.ip(), alt_port),
+        SocketAddr::new(alt_ip, primary.port()),
+        alternate,
+    ] {
+        let req = natrix_stun::codec::BindingRequest {
+            transaction: [9; 12],
+            ..Default::default()
+        };
+        let mut buf = [0u8; 600];
+        let n = natrix_stun::codec::encode_request(&req, &mut buf).expect("fits");
+        std::future::poll_fn(|cx| client.poll_send_to(cx, &buf[..n], to))
+            .await
+            .expect("send");
+        let (n, from) = within(
+            &rt,
+            Duration::from_secs(5),
+            std::future::poll_fn(|cx| client.poll_recv_from(cx, &mut buf)),
+        )
+        .await
+        .expect("an answer");
+        assert_eq!(from, to);
+        match natrix_stun::codec::decode(&buf[..n]) {
+            Ok(natrix_stun::codec::Message::Success(r)) => {
+                assert_eq!(r.response_origin, Some(to));
+                assert_eq!(r.mapped, client.local_addr().expect("bound"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    c.shutdown().await;
 }

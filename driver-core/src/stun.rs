@@ -1,0 +1,282 @@
+//! The STUN Binding service a coordinator runs: `natrix-stun`'s server
+//! answering on the node's own socket (the demultiplexer's STUN slot), and,
+//! with an alternate address configured, on the three other RFC 5780
+//! sockets too (other port; other IP; other IP and port), so that clients
+//! can measure their NAT's mapping and filtering (C8).
+//!
+//! The server answers anyone (a reflex is public knowledge) but is
+//! rate-limited per source and never answers with more than the request
+//! plus the addresses it reports (no amplification); see
+//! `natrix_stun::server`.
+
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use std::task::Poll;
+
+use natrix_stun::behaviour::{BehaviourDiscovery, BehaviourReport, DiscoveryConfig};
+use natrix_stun::server::{ServerConfig, ServerStats, StunServer};
+
+use crate::clock::Clock;
+use crate::runtime::{Runtime, UdpSocket};
+
+/// How a node serves STUN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StunConfig {
+    /// The address clients reach the main socket at (what RESPONSE-ORIGIN
+    /// and OTHER-ADDRESS are computed from). `None`: the bound address.
+    pub primary: Option<SocketAddr>,
+    /// RFC 5780: the other IP and the other port. The node then also binds
+    /// (primary IP, other port), (other IP, primary port) and (other IP,
+    /// other port), so both IPs must be this host's own.
+    pub alternate: Option<SocketAddr>,
+    /// Answers per second per source IP.
+    pub rate_per_source: u32,
+    /// Burst per source IP.
+    pub burst_per_source: u32,
+    /// Most sources tracked for the rate limit (the stalest is evicted).
+    pub max_sources: usize,
+}
+
+impl Default for StunConfig {
+    /// Answering on the main socket only, with the server's default limits.
+    fn default() -> Self {
+        let d = ServerConfig::new(SocketAddr::from(([0, 0, 0, 0], 0)));
+        StunConfig {
+            primary: None,
+            alternate: None,
+            rate_per_source: d.rate_per_source,
+            burst_per_source: d.burst_per_source,
+            max_sources: d.max_sources,
+        }
+    }
+}
+
+/// A started service with what stops it: the sender whose drop ends the
+/// alternate sockets' loops, and those loops.
+pub(crate) struct StunRunning<R: Runtime> {
+    /// The service (the node's task holds a clone).
+    pub(crate) service: Arc<StunService<R>>,
+    stop: Mutex<Option<async_channel::Sender<()>>>,
+    tasks: Mutex<Vec<R::Task>>,
+}
+
+impl<R: Runtime> StunRunning<R> {
+    /// Stops the alternate sockets' loops and waits for them.
+    pub(crate) async fn stop(&self) {
+        drop(self.stop.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let tasks: Vec<R::Task> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            t.await;
+        }
+    }
+}
+
+/// The running service: the server, and every socket it may answer from.
+pub(crate) struct StunService<R: Runtime> {
+    server: Mutex<StunServer>,
+    clock: Clock,
+    /// The main socket first (at the primary address), then the others.
+    sockets: Vec<(SocketAddr, Arc<R::Socket>)>,
+}
+
+impl<R: Runtime> std::fmt::Debug for StunService<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StunService")
+            .field(
+                "addresses",
+                &self.sockets.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Runtime> StunService<R> {
+    /// Starts the service for a node whose main socket is `main`, bound at
+    /// `bound`; binds the alternate sockets and spawns their receive loops,
+    /// which end when the returned sender is dropped.
+    pub(crate) fn start(
+        rt: &R,
+        config: &StunConfig,
+        bound: SocketAddr,
+        main: Arc<R::Socket>,
+    ) -> io::Result<StunRunning<R>> {
+        let primary = config.primary.unwrap_or(bound);
+        let server = StunServer::new(ServerConfig {
+            primary,
+            alternate: config.alternate,
+            rate_per_source: config.rate_per_source,
+            burst_per_source: config.burst_per_source,
+            max_sources: config.max_sources,
+        });
+        let mut sockets = vec![(primary, main)];
+        for addr in server.local_addresses() {
+            if addr != primary {
+                sockets.push((addr, Arc::new(rt.bind(addr)?)));
+            }
+        }
+        tracing::info!(
+            %primary,
+            alternate = ?config.alternate,
+            "STUN: answering Binding requests"
+        );
+        let service = Arc::new(StunService {
+            server: Mutex::new(server),
+            clock: Clock::at(rt.now()),
+            sockets,
+        });
+        let (stop, stopped) = async_channel::bounded::<()>(1);
+        let tasks = service
+            .sockets
+            .iter()
+            .skip(1)
+            .map(|(addr, socket): &(SocketAddr, Arc<R::Socket>)| {
+                let svc = service.clone();
+                let (addr, socket, stopped) = (*addr, Arc::clone(socket), stopped.clone());
+                rt.spawn(Box::pin(async move {
+                    futures_lite::future::or(svc.serve(addr, socket), async move {
+                        let _ = stopped.recv().await;
+                    })
+                    .await;
+                }))
+            })
+            .collect();
+        Ok(StunRunning {
+            service,
+            stop: Mutex::new(Some(stop)),
+            tasks: Mutex::new(tasks),
+        })
+    }
+
+    /// Answers one datagram that arrived on the socket at `local`.
+    pub(crate) async fn handle(&self, local: SocketAddr, from: SocketAddr, datagram: &[u8]) {
+        let mut out = [0u8; natrix_stun::codec::MAX_MESSAGE];
+        let now = self.clock.now();
+        let reply = {
+            let mut server = self.server.lock().unwrap_or_else(|e| e.into_inner());
+            server.handle(now, local, from, datagram, &mut out)
+        };
+        let Some(reply) = reply else { return };
+        let Some((_, socket)) = self.sockets.iter().find(|(a, _)| *a == reply.from) else {
+            tracing::debug!(from = %reply.from, "STUN: no socket at the answer's source address");
+            return;
+        };
+        let bytes = out.get(..reply.len).unwrap_or_default();
+        if let Err(e) = poll_fn(|cx| socket.poll_send_to(cx, bytes, reply.to)).await {
+            tracing::debug!(to = %reply.to, error = %e, "STUN: answer not sent");
+        }
+    }
+
+    /// The receive loop of an alternate socket (until stopped; a receive
+    /// error — an ICMP report, say — is logged and the loop goes on).
+    async fn serve(&self, local: SocketAddr, socket: Arc<R::Socket>) {
+        let mut buf = [0u8; 2048];
+        loop {
+            match poll_fn(|cx| socket.poll_recv_from(cx, &mut buf)).await {
+                Ok((len, from)) => {
+                    let bytes = buf.get(..len).unwrap_or_default();
+                    self.handle(local, from, bytes).await;
+                }
+                Err(e) => tracing::debug!(%local, error = %e, "STUN: receive failed"),
+            }
+        }
+    }
+
+    /// The address of the main socket, as the server knows it.
+    pub(crate) fn primary(&self) -> SocketAddr {
+        self.sockets
+            .first()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |(a, _)| *a)
+    }
+
+    /// The server's counters.
+    pub(crate) fn stats(&self) -> ServerStats {
+        self.server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stats()
+    }
+}
+
+/// How many extra sockets [`discover_behaviour`] opens for the
+/// port-allocation test.
+pub const DISCOVERY_EXTRA_SOCKETS: usize = 3;
+
+/// NAT behaviour discovery (C8) against the RFC 5780 STUN server at
+/// `server`, from fresh sockets of the server's family: the main one (at
+/// `local_port`, 0 for any: a NAT may treat a forwarded or static port
+/// differently) and [`DISCOVERY_EXTRA_SOCKETS`] more (their new mappings
+/// show how the NAT allocates ports). Bounded: the machine gives up each
+/// test after its retransmissions (a few seconds in all).
+///
+/// # Errors
+/// A socket cannot be bound.
+pub async fn discover_behaviour<R: Runtime>(
+    rt: &R,
+    server: SocketAddr,
+    local_port: u16,
+    seed: u64,
+) -> io::Result<BehaviourReport> {
+    let bind = |port: u16| -> SocketAddr {
+        if server.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, port).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, port).into()
+        }
+    };
+    let mut sockets = Vec::new();
+    for i in 0..=DISCOVERY_EXTRA_SOCKETS {
+        let s = rt.bind(bind(if i == 0 { local_port } else { 0 }))?;
+        sockets.push((s.local_addr()?, s));
+    }
+    let mut config = DiscoveryConfig::new(server, sockets[0].0);
+    config.extra_sockets = sockets.iter().skip(1).map(|(a, _)| *a).collect();
+    config.interfaces = crate::node::interface_addrs();
+    let clock = Clock::at(rt.now());
+    let mut discovery = BehaviourDiscovery::new(config, seed);
+    discovery.start(clock.now());
+    let mut buf = [0u8; 2048];
+    loop {
+        while let Some(t) = discovery.poll_transmit() {
+            if let Some((_, s)) = sockets.iter().find(|(a, _)| *a == t.from) {
+                if let Err(e) = poll_fn(|cx| s.poll_send_to(cx, &t.payload, t.to)).await {
+                    tracing::debug!(to = %t.to, error = %e, "STUN discovery: send failed");
+                }
+            }
+        }
+        if discovery.is_done() {
+            break;
+        }
+        let Some(deadline) = discovery.poll_timeout() else {
+            break;
+        };
+        let mut sleep = rt.sleep_until(clock.to_std(deadline));
+        let got = poll_fn(|cx| {
+            for (i, (_, s)) in sockets.iter().enumerate() {
+                if let Poll::Ready(r) = s.poll_recv_from(cx, &mut buf) {
+                    return Poll::Ready(Some((i, r)));
+                }
+            }
+            match sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        match got {
+            Some((i, Ok((n, from)))) => {
+                let local = sockets.get(i).map_or(bind(0), |(a, _)| *a);
+                let bytes = buf.get(..n).unwrap_or_default();
+                discovery.handle_datagram(clock.now(), local, from, bytes);
+            }
+            Some((_, Err(e))) => tracing::debug!(error = %e, "STUN discovery: receive failed"),
+            None => discovery.handle_timeout(clock.now()),
+        }
+    }
+    let report = discovery.report().clone();
+    tracing::info!(%server, behaviour = %report.behaviour, "STUN behaviour discovery done");
+    Ok(report)
+}

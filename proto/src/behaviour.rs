@@ -1,0 +1,454 @@
+//! NAT behaviour in RFC 4787 terms (C8): what a behaviour discovery measures.
+//!
+//! The baseline [`NatClass`] (open / cone / symmetric) is what nodes announce;
+//! a [`Behaviour`] is the finer picture behind it — how the NAT reuses
+//! mappings ([`MappingBehaviour`]), which inbound packets it lets through
+//! ([`FilteringBehaviour`]), how it picks external ports ([`PortAllocation`]),
+//! whether it hairpins, and how long an idle binding lives. Every aspect is an
+//! `Option`: `None` means "not measured" (the measuring side says why).
+//!
+//! The types are plain data, `no_std` without allocation. The measurement
+//! itself (RFC 5780 tests against a STUN server) lives in `natrix-stun`.
+//!
+//! ```
+//! use natrix_proto::NatClass;
+//! use natrix_proto::behaviour::{Behaviour, FilteringBehaviour, MappingBehaviour};
+//!
+//! let b = Behaviour {
+//!     nat: Some(true),
+//!     mapping: Some(MappingBehaviour::EndpointIndependent),
+//!     filtering: Some(FilteringBehaviour::AddressAndPortDependent),
+//!     ..Behaviour::UNKNOWN
+//! };
+//! assert_eq!(b.nat_class(), NatClass::Cone);
+//! assert_eq!(b.to_string(), "NAT, EIM, APDF, ports ?, hairpin ?, lifetime ?");
+//! assert!(b.summary().starts_with("a cone NAT that only lets in replies"));
+//! ```
+
+use core::fmt;
+use core::time::Duration;
+
+use crate::classify::NatClass;
+
+/// How a NAT reuses a mapping for one internal address (RFC 4787 §4.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MappingBehaviour {
+    /// One mapping per internal address, whatever the destination (EIM):
+    /// every peer sees the same public address ("cone").
+    EndpointIndependent,
+    /// One mapping per internal address and destination IP (ADM).
+    AddressDependent,
+    /// One mapping per internal address and destination IP and port (APDM,
+    /// "symmetric").
+    AddressAndPortDependent,
+}
+
+impl MappingBehaviour {
+    /// The RFC 4787 name, e.g. `"endpoint-independent mapping"`.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            MappingBehaviour::EndpointIndependent => "endpoint-independent mapping",
+            MappingBehaviour::AddressDependent => "address-dependent mapping",
+            MappingBehaviour::AddressAndPortDependent => "address and port-dependent mapping",
+        }
+    }
+
+    /// The short form: `"EIM"`, `"ADM"` or `"APDM"`.
+    #[must_use]
+    pub const fn short(self) -> &'static str {
+        match self {
+            MappingBehaviour::EndpointIndependent => "EIM",
+            MappingBehaviour::AddressDependent => "ADM",
+            MappingBehaviour::AddressAndPortDependent => "APDM",
+        }
+    }
+
+    /// The baseline class a NAT with this mapping announces: EIM →
+    /// [`NatClass::Cone`], ADM and APDM → [`NatClass::Symmetric`] (the public
+    /// port a peer sees depends on who the peer is).
+    #[must_use]
+    pub const fn nat_class(self) -> NatClass {
+        match self {
+            MappingBehaviour::EndpointIndependent => NatClass::Cone,
+            MappingBehaviour::AddressDependent | MappingBehaviour::AddressAndPortDependent => {
+                NatClass::Symmetric
+            }
+        }
+    }
+}
+
+impl fmt::Display for MappingBehaviour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which inbound packets a NAT (or firewall) lets through a mapping
+/// (RFC 4787 §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FilteringBehaviour {
+    /// Anyone may send to the mapping (EIF, "full cone").
+    EndpointIndependent,
+    /// Only IPs the mapping has sent to, from any port (ADF, "restricted
+    /// cone").
+    AddressDependent,
+    /// Only the IP and port pairs the mapping has sent to (APDF,
+    /// "port-restricted").
+    AddressAndPortDependent,
+}
+
+impl FilteringBehaviour {
+    /// The RFC 4787 name, e.g. `"endpoint-independent filtering"`.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            FilteringBehaviour::EndpointIndependent => "endpoint-independent filtering",
+            FilteringBehaviour::AddressDependent => "address-dependent filtering",
+            FilteringBehaviour::AddressAndPortDependent => "address and port-dependent filtering",
+        }
+    }
+
+    /// The short form: `"EIF"`, `"ADF"` or `"APDF"`.
+    #[must_use]
+    pub const fn short(self) -> &'static str {
+        match self {
+            FilteringBehaviour::EndpointIndependent => "EIF",
+            FilteringBehaviour::AddressDependent => "ADF",
+            FilteringBehaviour::AddressAndPortDependent => "APDF",
+        }
+    }
+}
+
+impl fmt::Display for FilteringBehaviour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a NAT picks the external port of a new mapping (RFC 4787 §4.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PortAllocation {
+    /// The external port is the internal port (when free): "port
+    /// preservation".
+    Preserving,
+    /// Each new mapping gets the previous one's port plus `step` (small and
+    /// non-zero): the next ports are predictable (N1).
+    Sequential {
+        /// The difference between consecutive allocations.
+        step: i32,
+    },
+    /// No pattern: ports look random (N2's birthday punch is the only
+    /// option against a symmetric NAT of this kind).
+    Random,
+}
+
+impl PortAllocation {
+    /// A short name: `"preserving"`, `"sequential"` or `"random"`.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            PortAllocation::Preserving => "preserving",
+            PortAllocation::Sequential { .. } => "sequential",
+            PortAllocation::Random => "random",
+        }
+    }
+}
+
+impl fmt::Display for PortAllocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortAllocation::Sequential { step } => write!(f, "sequential ({step:+})"),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+/// What is known about the NAT (or firewall) between a socket and the
+/// Internet. Each `None` is "not measured"; [`Behaviour::UNKNOWN`] (the
+/// `Default`) knows nothing.
+///
+/// `nat` says whether addresses are translated at all: `Some(false)` means
+/// the server saw the socket's own bound address — a public address, perhaps
+/// behind a stateful firewall that [`filtering`](Self::filtering) then
+/// describes; in that case `mapping` (the identity is endpoint-independent)
+/// and `allocation` (ports are kept) describe the identity translation. The
+/// baseline class follows: see [`nat_class`](Self::nat_class).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Behaviour {
+    /// Whether addresses are translated: `Some(false)` = no NAT.
+    pub nat: Option<bool>,
+    /// Mapping behaviour.
+    pub mapping: Option<MappingBehaviour>,
+    /// Filtering behaviour.
+    pub filtering: Option<FilteringBehaviour>,
+    /// Port allocation.
+    pub allocation: Option<PortAllocation>,
+    /// Whether a packet sent to the socket's own public address comes back
+    /// (RFC 4787 §6).
+    pub hairpin: Option<bool>,
+    /// How long an idle binding lives.
+    pub binding_lifetime: Option<Duration>,
+}
+
+impl Behaviour {
+    /// Nothing measured.
+    pub const UNKNOWN: Behaviour = Behaviour {
+        nat: None,
+        mapping: None,
+        filtering: None,
+        allocation: None,
+        hairpin: None,
+        binding_lifetime: None,
+    };
+
+    /// The baseline class this behaviour implies: no NAT (`nat ==
+    /// Some(false)`) → [`NatClass::Open`] (a firewall does not change it,
+    /// like the two-probe classification); otherwise the mapping decides
+    /// ([`MappingBehaviour::nat_class`]); no mapping measured →
+    /// [`NatClass::Unknown`].
+    #[must_use]
+    pub const fn nat_class(&self) -> NatClass {
+        match (self.nat, self.mapping) {
+            (Some(false), _) => NatClass::Open,
+            (_, Some(m)) => m.nat_class(),
+            (_, None) => NatClass::Unknown,
+        }
+    }
+
+    /// One line of plain language: what this NAT means for reaching peers.
+    #[must_use]
+    pub const fn summary(&self) -> &'static str {
+        use FilteringBehaviour as F;
+        use MappingBehaviour as M;
+        match (self.nat, self.mapping, self.filtering) {
+            (Some(false), _, Some(F::EndpointIndependent)) => {
+                "no NAT and no filtering: anyone can reach you directly"
+            }
+            (Some(false), _, Some(F::AddressDependent)) => {
+                "no NAT, but a firewall that only lets in hosts you sent to: punching works with every peer"
+            }
+            (Some(false), _, Some(F::AddressAndPortDependent)) => {
+                "no NAT, but a firewall that only lets in replies from where you sent: punching works with any peer that is not symmetric"
+            }
+            (Some(false), _, None) => "no NAT: you have a public address (filtering not measured)",
+            (_, Some(M::EndpointIndependent), Some(F::EndpointIndependent)) => {
+                "a full-cone NAT: once you have sent anything, anyone can reach your public address"
+            }
+            (_, Some(M::EndpointIndependent), Some(F::AddressDependent)) => {
+                "a cone NAT that lets in any port of the hosts you sent to: punching works with every peer"
+            }
+            (_, Some(M::EndpointIndependent), Some(F::AddressAndPortDependent)) => {
+                "a cone NAT that only lets in replies from where you sent: punching works with any peer that is not symmetric"
+            }
+            (_, Some(M::EndpointIndependent), None) => {
+                "a cone NAT (filtering not measured): punching works with most peers"
+            }
+            (_, Some(M::AddressDependent | M::AddressAndPortDependent), _) => {
+                match self.allocation {
+                    Some(PortAllocation::Sequential { .. }) => {
+                        "a symmetric NAT with predictable ports: punching needs a peer that lets in any port, or port prediction"
+                    }
+                    _ => {
+                        "a symmetric NAT: your public port changes with each peer, so punching needs a peer that lets in any port"
+                    }
+                }
+            }
+            (_, None, _) => "unknown: the NAT's behaviour was not measured",
+        }
+    }
+}
+
+/// A compact line with the short forms, e.g. `"NAT, EIM, APDF, ports
+/// preserving, hairpin no, lifetime ?"`; `?` is "not measured".
+impl fmt::Display for Behaviour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.nat {
+            Some(true) => "NAT",
+            Some(false) => "no NAT",
+            None => "NAT ?",
+        })?;
+        f.write_str(", ")?;
+        f.write_str(self.mapping.map_or("mapping ?", MappingBehaviour::short))?;
+        f.write_str(", ")?;
+        f.write_str(
+            self.filtering
+                .map_or("filtering ?", FilteringBehaviour::short),
+        )?;
+        match self.allocation {
+            Some(a) => write!(f, ", ports {a}")?,
+            None => f.write_str(", ports ?")?,
+        }
+        f.write_str(match self.hairpin {
+            Some(true) => ", hairpin yes",
+            Some(false) => ", hairpin no",
+            None => ", hairpin ?",
+        })?;
+        match self.binding_lifetime {
+            Some(d) => write!(f, ", lifetime {}s", d.as_secs()),
+            None => f.write_str(", lifetime ?"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use FilteringBehaviour as F;
+    use MappingBehaviour as M;
+    use alloc::string::ToString;
+
+    fn nat(m: MappingBehaviour, f: FilteringBehaviour) -> Behaviour {
+        Behaviour {
+            nat: Some(true),
+            mapping: Some(m),
+            filtering: Some(f),
+            ..Behaviour::UNKNOWN
+        }
+    }
+
+    #[test]
+    fn behaviour_rfc4787_names_and_short_forms() {
+        let m = [
+            (
+                M::EndpointIndependent,
+                "endpoint-independent mapping",
+                "EIM",
+            ),
+            (M::AddressDependent, "address-dependent mapping", "ADM"),
+            (
+                M::AddressAndPortDependent,
+                "address and port-dependent mapping",
+                "APDM",
+            ),
+        ];
+        for (b, name, short) in m {
+            assert_eq!(b.name(), name);
+            assert_eq!(b.short(), short);
+            assert_eq!(b.to_string(), name);
+        }
+        let f = [
+            (
+                F::EndpointIndependent,
+                "endpoint-independent filtering",
+                "EIF",
+            ),
+            (F::AddressDependent, "address-dependent filtering", "ADF"),
+            (
+                F::AddressAndPortDependent,
+                "address and port-dependent filtering",
+                "APDF",
+            ),
+        ];
+        for (b, name, short) in f {
+            assert_eq!(b.name(), name);
+            assert_eq!(b.short(), short);
+            assert_eq!(b.to_string(), name);
+        }
+        assert_eq!(PortAllocation::Preserving.to_string(), "preserving");
+        assert_eq!(
+            PortAllocation::Sequential { step: 1 }.to_string(),
+            "sequential (+1)"
+        );
+        assert_eq!(
+            PortAllocation::Sequential { step: -2 }.to_string(),
+            "sequential (-2)"
+        );
+        assert_eq!(PortAllocation::Random.to_string(), "random");
+    }
+
+    #[test]
+    fn behaviour_implies_the_baseline_class() {
+        assert_eq!(Behaviour::UNKNOWN.nat_class(), NatClass::Unknown);
+        assert_eq!(Behaviour::default(), Behaviour::UNKNOWN);
+        for f in [
+            F::EndpointIndependent,
+            F::AddressDependent,
+            F::AddressAndPortDependent,
+        ] {
+            assert_eq!(nat(M::EndpointIndependent, f).nat_class(), NatClass::Cone);
+            assert_eq!(nat(M::AddressDependent, f).nat_class(), NatClass::Symmetric);
+            assert_eq!(
+                nat(M::AddressAndPortDependent, f).nat_class(),
+                NatClass::Symmetric
+            );
+            // No translation: open, whatever the firewall filters.
+            let open = Behaviour {
+                nat: Some(false),
+                ..nat(M::EndpointIndependent, f)
+            };
+            assert_eq!(open.nat_class(), NatClass::Open);
+        }
+        // The NAT flag alone says nothing about the class.
+        let only_nat = Behaviour {
+            nat: Some(true),
+            ..Behaviour::UNKNOWN
+        };
+        assert_eq!(only_nat.nat_class(), NatClass::Unknown);
+        let no_nat = Behaviour {
+            nat: Some(false),
+            ..Behaviour::UNKNOWN
+        };
+        assert_eq!(no_nat.nat_class(), NatClass::Open);
+    }
+
+    #[test]
+    fn behaviour_display_and_summary() {
+        let b = Behaviour {
+            allocation: Some(PortAllocation::Sequential { step: 1 }),
+            hairpin: Some(false),
+            binding_lifetime: Some(Duration::from_secs(120)),
+            ..nat(M::AddressAndPortDependent, F::AddressAndPortDependent)
+        };
+        assert_eq!(
+            b.to_string(),
+            "NAT, APDM, APDF, ports sequential (+1), hairpin no, lifetime 120s"
+        );
+        assert!(b.summary().contains("predictable ports"));
+        assert_eq!(
+            Behaviour::UNKNOWN.to_string(),
+            "NAT ?, mapping ?, filtering ?, ports ?, hairpin ?, lifetime ?"
+        );
+        assert!(Behaviour::UNKNOWN.summary().starts_with("unknown"));
+        assert_eq!(
+            nat(M::EndpointIndependent, F::AddressAndPortDependent).summary(),
+            "a cone NAT that only lets in replies from where you sent: punching works with any peer that is not symmetric"
+        );
+        assert!(
+            nat(M::EndpointIndependent, F::EndpointIndependent)
+                .summary()
+                .starts_with("a full-cone NAT")
+        );
+        let firewall = Behaviour {
+            nat: Some(false),
+            ..nat(M::EndpointIndependent, F::AddressAndPortDependent)
+        };
+        assert!(firewall.summary().starts_with("no NAT, but a firewall"));
+        // Every combination has a one-line summary.
+        let ms = [
+            None,
+            Some(M::EndpointIndependent),
+            Some(M::AddressDependent),
+            Some(M::AddressAndPortDependent),
+        ];
+        let fs = [
+            None,
+            Some(F::EndpointIndependent),
+            Some(F::AddressDependent),
+            Some(F::AddressAndPortDependent),
+        ];
+        for n in [None, Some(false), Some(true)] {
+            for m in ms {
+                for f in fs {
+                    let b = Behaviour {
+                        nat: n,
+                        mapping: m,
+                        filtering: f,
+                        ..Behaviour::UNKNOWN
+                    };
+                    assert!(!b.summary().is_empty() && !b.summary().contains('\n'));
+                }
+            }
+        }
+    }
+}

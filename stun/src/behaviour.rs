@@ -1,0 +1,1717 @@
+//! NAT behaviour discovery (C8) against an RFC 5780 STUN server.
+//!
+//! [`BehaviourDiscovery`] runs the RFC 5780 §4 tests from one main socket
+//! (plus, for the port-allocation test, any extra sockets the driver opened)
+//! against a server that offers an alternate address (OTHER-ADDRESS), and
+//! reports the NAT in RFC 4787 terms ([`Behaviour`]), with a typed reason
+//! ([`NotMeasured`]) for every aspect it could not measure.
+//!
+//! ## The tests, in the order they run
+//!
+//! One request is outstanding at a time. Each is sent up to
+//! `1 + retries` times, [`DiscoveryConfig::rto`] apart (same transaction id,
+//! so an answer to any copy counts), and gives up `rto` after the last copy:
+//! a test never takes longer than `(1 + retries) × rto`, and a whole run at
+//! most `(6 + extra sockets) × (1 + retries) × rto` (2.7 s per three timed-out
+//! tests with the defaults; a typical run is a handful of round trips plus
+//! the two filtering timeouts of a port-restricted NAT).
+//!
+//! 1. **Test I** (main socket → primary): the mapped address X1 and
+//!    OTHER-ADDRESS. X1 equal to the bound address (C3/C9 rules: with a
+//!    wildcard bind, X1's IP must be one of [`DiscoveryConfig::interfaces`])
+//!    means no NAT: the mapping is the identity (reported as
+//!    endpoint-independent and port-preserving), and filtering then describes
+//!    a firewall at most. No answer ends the run
+//!    ([`NotMeasured::ServerUnreachable`]); no usable OTHER-ADDRESS means
+//!    mapping and filtering are [`NotMeasured::NoRfc5780`].
+//! 2. **Filtering** (RFC 5780 §4.4, main socket → primary): CHANGE-REQUEST
+//!    "change IP and port" answered → endpoint-independent; else "change
+//!    port" answered → address-dependent; else address-and-port-dependent.
+//!    A timeout is the signal. These run *before* mapping tests II and III
+//!    on purpose: those send to the alternate IP, and with an
+//!    endpoint-independent mapping that would open the (shared) mapping's
+//!    filter to the alternate IP, making an address-dependent filter look
+//!    endpoint-independent.
+//! 3. **Mapping** (RFC 5780 §4.3): test II (main → alternate IP, primary
+//!    port) → X2; X2 = X1 → endpoint-independent; else test III (main →
+//!    alternate IP and port) → X3; X3 = X2 → address-dependent, else
+//!    address-and-port-dependent.
+//! 4. **Port allocation**: one request from each extra socket to the primary,
+//!    in order. X1's port equal to the main socket's port, and every extra
+//!    socket's mapped port equal to its own → preserving. Otherwise the
+//!    external ports of the new mappings in creation order (X1, then X2 and
+//!    X3 when they are distinct mappings, then the extra sockets):
+//!    consecutive differences all equal, non-zero and at most
+//!    [`MAX_SEQUENTIAL_STEP`] → sequential; at least three ports without
+//!    such a pattern → random; fewer → [`NotMeasured::TooFewMappings`].
+//! 5. **Hairpin** (when [`DiscoveryConfig::hairpin`]): a Binding request
+//!    from the main socket to X1; the very request (its transaction id)
+//!    arriving back on the main socket → hairpinning, none by the deadline →
+//!    none. The request may pass the NAT's own filter on the way back in: a
+//!    NAT that hairpins but filters the hairpinned packet is reported as not
+//!    hairpinning, which is what matters to a peer behind the same NAT.
+//!
+//! The binding lifetime is never measured here
+//! ([`NotMeasured::TakesTooLong`]): it takes minutes of idle waiting per
+//! guess; a separate, long-running measurement can fill
+//! [`Behaviour::binding_lifetime`].
+//!
+//! ## Answers
+//!
+//! Answers are matched by transaction id (96 random bits from the seeded
+//! generator: an off-path sender cannot guess them). An answer must also
+//! arrive on the socket the request left from and come from the address the
+//! request went to — for the CHANGE-REQUEST tests, from the address the
+//! change names. An answer to a change request from another of the server's
+//! addresses means the server ignored CHANGE-REQUEST
+//! ([`NotMeasured::ChangeRequestIgnored`]); anything else inconsistent is
+//! ignored (the test keeps waiting). A RESPONSE-ORIGIN that disagrees with
+//! the source (a server behind a NAT, or an address-rewriting middlebox) is
+//! noted in [`BehaviourReport::origin_mismatch`] but does not void the
+//! answer. Late answers to finished tests, foreign and malformed datagrams
+//! change nothing.
+//!
+//! ## Run loop
+//!
+//! [`start`](BehaviourDiscovery::start), then after every `handle_*` call
+//! drain [`poll_transmit`](BehaviourDiscovery::poll_transmit) (each transmit
+//! names the local socket it must leave from) and sleep until
+//! [`poll_timeout`](BehaviourDiscovery::poll_timeout) or the next datagram.
+//! Offer every datagram arriving on the main or an extra socket to
+//! [`handle_datagram`](BehaviourDiscovery::handle_datagram) first (before a
+//! STUN server on the same socket: the hairpin test's request must reach the
+//! discovery); `true` means it was one of the discovery's own.
+//!
+//! ```
+//! use natrix_stun::Instant;
+//! use natrix_stun::behaviour::{BehaviourDiscovery, DiscoveryConfig, NotMeasured};
+//!
+//! let server = "198.51.100.1:3478".parse().unwrap();
+//! let local = "10.0.0.2:4000".parse().unwrap();
+//! let mut d = BehaviourDiscovery::new(DiscoveryConfig::new(server, local), 7);
+//! d.start(Instant::ZERO);
+//! let t = d.poll_transmit().unwrap();
+//! assert_eq!((t.from, t.to), (local, server));
+//! // Nobody answers: the run ends after three tries.
+//! while let Some(at) = d.poll_timeout() {
+//!     d.handle_timeout(at);
+//!     while d.poll_transmit().is_some() {}
+//! }
+//! assert!(d.is_done());
+//! assert_eq!(d.report().mapping_reason, Some(NotMeasured::ServerUnreachable));
+//! ```
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+pub use natrix_proto::behaviour::{
+    Behaviour, FilteringBehaviour, MappingBehaviour, PortAllocation,
+};
+use natrix_proto::classify::{canonical_addr, canonical_ip, is_bogus_destination};
+use natrix_proto::{Instant, NatClass, Rng};
+use tracing::debug;
+
+use crate::codec::{self, BindingRequest, ChangeRequest, MAX_MESSAGE, Message, TransactionId};
+
+/// The largest step a sequential allocation may have.
+pub const MAX_SEQUENTIAL_STEP: i32 = 16;
+
+/// At most this many [`DiscoveryConfig::extra_sockets`] are used (the rest
+/// are ignored), so a run stays bounded.
+pub const MAX_EXTRA_SOCKETS: usize = 16;
+
+/// How a discovery runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiscoveryConfig {
+    /// The RFC 5780 server's primary address.
+    pub server: SocketAddr,
+    /// The main socket's bound address.
+    pub local: SocketAddr,
+    /// More bound local sockets the driver opened, for the port-allocation
+    /// test (one request each); may be empty. At most
+    /// [`MAX_EXTRA_SOCKETS`] are used.
+    pub extra_sockets: Vec<SocketAddr>,
+    /// The host's own interface addresses: with a wildcard `local`, "no
+    /// NAT" needs X1's IP to be one of them (C3).
+    pub interfaces: Vec<IpAddr>,
+    /// The time between copies of a request, and the wait after the last.
+    pub rto: Duration,
+    /// Copies sent after the first (so `1 + retries` in all).
+    pub retries: u32,
+    /// Whether to run the hairpin test.
+    pub hairpin: bool,
+}
+
+impl DiscoveryConfig {
+    /// Defaults: no extra sockets, no interfaces, `rto` 300 ms, 2 retries (3
+    /// tries, 900 ms per test at most), hairpin test on.
+    #[must_use]
+    pub fn new(server: SocketAddr, local: SocketAddr) -> Self {
+        DiscoveryConfig {
+            server,
+            local,
+            extra_sockets: Vec::new(),
+            interfaces: Vec::new(),
+            rto: Duration::from_millis(300),
+            retries: 2,
+            hairpin: true,
+        }
+    }
+}
+
+/// Why an aspect of the behaviour was not measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum NotMeasured {
+    /// The discovery has not got this far (yet).
+    Pending,
+    /// The server's primary address never answered test I.
+    ServerUnreachable,
+    /// The server answered test I without a usable OTHER-ADDRESS (none, or
+    /// one that does not differ in both IP and port): it does not offer
+    /// RFC 5780.
+    NoRfc5780,
+    /// The server's alternate address never answered (mapping tests II/III).
+    AlternateUnreachable,
+    /// The server answered a CHANGE-REQUEST from an address the change does
+    /// not name: it ignores CHANGE-REQUEST.
+    ChangeRequestIgnored,
+    /// The server answered with a STUN error (e.g. 420: CHANGE-REQUEST not
+    /// understood).
+    ServerError {
+        /// The error code.
+        code: u16,
+    },
+    /// Some port-allocation requests got no answer: the sequence of new
+    /// mappings has gaps.
+    LostAnswers,
+    /// Fewer than three new mappings to compare (add extra sockets).
+    TooFewMappings,
+    /// No NAT: nothing to hairpin.
+    NoNat,
+    /// The test is switched off in the configuration.
+    Disabled,
+    /// Measuring it takes minutes of idle waiting (the binding lifetime):
+    /// not part of a discovery run.
+    TakesTooLong,
+}
+
+impl fmt::Display for NotMeasured {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotMeasured::Pending => f.write_str("not measured yet"),
+            NotMeasured::ServerUnreachable => f.write_str("the STUN server did not answer"),
+            NotMeasured::NoRfc5780 => {
+                f.write_str("the server does not offer RFC 5780 (no alternate address)")
+            }
+            NotMeasured::AlternateUnreachable => {
+                f.write_str("the server's alternate address did not answer")
+            }
+            NotMeasured::ChangeRequestIgnored => f.write_str("the server ignores CHANGE-REQUEST"),
+            NotMeasured::ServerError { code } => write!(f, "the server answered error {code}"),
+            NotMeasured::LostAnswers => f.write_str("some port-allocation probes got no answer"),
+            NotMeasured::TooFewMappings => {
+                f.write_str("too few new mappings to see a pattern (add extra sockets)")
+            }
+            NotMeasured::NoNat => f.write_str("there is no NAT"),
+            NotMeasured::Disabled => f.write_str("switched off"),
+            NotMeasured::TakesTooLong => f.write_str("it takes minutes to measure"),
+        }
+    }
+}
+
+/// What a discovery found. Invariant once [`BehaviourDiscovery::is_done`]:
+/// each `*_reason` is `Some` exactly when the matching aspect of
+/// `behaviour` is `None`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BehaviourReport {
+    /// The behaviour measured (`behaviour.nat == Some(false)`: no NAT).
+    pub behaviour: Behaviour,
+    /// X1: the main socket's public address, as the primary saw it.
+    pub mapped: Option<SocketAddr>,
+    /// The server's OTHER-ADDRESS.
+    pub other_address: Option<SocketAddr>,
+    /// Some answer's RESPONSE-ORIGIN disagreed with where it came from.
+    pub origin_mismatch: bool,
+    /// Why [`Behaviour::nat`] is unknown.
+    pub nat_reason: Option<NotMeasured>,
+    /// Why [`Behaviour::mapping`] is unknown.
+    pub mapping_reason: Option<NotMeasured>,
+    /// Why [`Behaviour::filtering`] is unknown.
+    pub filtering_reason: Option<NotMeasured>,
+    /// Why [`Behaviour::allocation`] is unknown.
+    pub allocation_reason: Option<NotMeasured>,
+    /// Why [`Behaviour::hairpin`] is unknown.
+    pub hairpin_reason: Option<NotMeasured>,
+    /// Why [`Behaviour::binding_lifetime`] is unknown.
+    pub lifetime_reason: Option<NotMeasured>,
+}
+
+impl BehaviourReport {
+    fn pending() -> Self {
+        let p = Some(NotMeasured::Pending);
+        BehaviourReport {
+            behaviour: Behaviour::UNKNOWN,
+            mapped: None,
+            other_address: None,
+            origin_mismatch: false,
+            nat_reason: p,
+            mapping_reason: p,
+            filtering_reason: p,
+            allocation_reason: p,
+            hairpin_reason: p,
+            lifetime_reason: Some(NotMeasured::TakesTooLong),
+        }
+    }
+
+    /// The baseline class the behaviour implies ([`Behaviour::nat_class`]).
+    #[must_use]
+    pub fn nat_class(&self) -> NatClass {
+        self.behaviour.nat_class()
+    }
+}
+
+/// A datagram the discovery wants sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// The local socket it must leave from (the main socket or an extra).
+    pub from: SocketAddr,
+    /// The destination.
+    pub to: SocketAddr,
+    /// The STUN Binding request.
+    pub payload: Vec<u8>,
+}
+
+/// The tests, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Test {
+    /// Main → primary.
+    MappingI,
+    /// Main → primary, change IP and port.
+    FilteringIpPort,
+    /// Main → primary, change port.
+    FilteringPort,
+    /// Main → (alternate IP, primary port).
+    MappingII,
+    /// Main → alternate.
+    MappingIII,
+    /// Extra socket `i` → primary.
+    Allocation(usize),
+    /// Main → X1.
+    Hairpin,
+}
+
+/// How a test ended.
+#[derive(Clone, Copy, Debug)]
+enum Outcome {
+    /// A success response: the mapped address.
+    Answer(SocketAddr),
+    /// A change request answered from an address it does not name.
+    ChangeIgnored,
+    /// An error response.
+    Error(u16),
+    /// The hairpinned request came back.
+    Hairpinned,
+    /// No answer by the deadline.
+    Timeout,
+}
+
+#[derive(Clone, Debug)]
+struct Outstanding {
+    test: Test,
+    transaction: TransactionId,
+    from: SocketAddr,
+    to: SocketAddr,
+    change: ChangeRequest,
+    /// Copies sent so far.
+    sends: u32,
+    /// The next copy, or the give-up time after the last.
+    next_at: Instant,
+}
+
+/// The behaviour discovery machine. See the [module docs](self) for the
+/// tests, the answer rules and the run loop.
+#[derive(Clone, Debug)]
+pub struct BehaviourDiscovery {
+    config: DiscoveryConfig,
+    rng: Rng,
+    started: bool,
+    done: bool,
+    current: Option<Outstanding>,
+    transmits: VecDeque<Transmit>,
+    /// Every transaction id sent (one per test: bounded).
+    issued: Vec<TransactionId>,
+    report: BehaviourReport,
+    x1: Option<SocketAddr>,
+    x2: Option<SocketAddr>,
+    x3: Option<SocketAddr>,
+    other: Option<SocketAddr>,
+    /// Whether test II was sent (then X1 alone is not followed by the extra
+    /// sockets' mappings when the mapping stays unknown).
+    alternate_tried: bool,
+    /// Mapped address per extra socket (`None`: no answer).
+    extras: Vec<Option<SocketAddr>>,
+}
+
+impl BehaviourDiscovery {
+    /// A discovery that has not started; `seed` drives the transaction ids.
+    #[must_use]
+    pub fn new(mut config: DiscoveryConfig, seed: u64) -> Self {
+        config.extra_sockets.truncate(MAX_EXTRA_SOCKETS);
+        BehaviourDiscovery {
+            config,
+            rng: Rng::new(seed),
+            started: false,
+            done: false,
+            current: None,
+            transmits: VecDeque::new(),
+            issued: Vec::new(),
+            report: BehaviourReport::pending(),
+            x1: None,
+            x2: None,
+            x3: None,
+            other: None,
+            alternate_tried: false,
+            extras: Vec::new(),
+        }
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &DiscoveryConfig {
+        &self.config
+    }
+
+    /// Starts the run (sends test I). A second call is a no-op.
+    pub fn start(&mut self, now: Instant) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        if is_bogus_destination(self.config.server) {
+            debug!(server = %self.config.server, "behaviour: bogus server address");
+            self.unreachable();
+            return;
+        }
+        self.begin(now, Test::MappingI);
+    }
+
+    /// Whether the run has finished: the report is final.
+    #[must_use]
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// What has been found so far (final once [`is_done`](Self::is_done)).
+    #[must_use]
+    pub fn report(&self) -> &BehaviourReport {
+        &self.report
+    }
+
+    /// The next datagram to send, from the socket it names.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is due next: the next
+    /// copy of the outstanding request, or the time it is given up. `None`
+    /// before [`start`](Self::start) and once done.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.current.as_ref().map(|c| c.next_at)
+    }
+
+    /// Sends the next copy of the outstanding request, or gives it up, when
+    /// due. Early or repeated calls are harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        if now < cur.next_at {
+            return;
+        }
+        if cur.sends <= self.config.retries {
+            cur.sends = cur.sends.saturating_add(1);
+            cur.next_at = now.saturating_add(self.config.rto);
+            let (from, to, req) = (cur.from, cur.to, request(cur.transaction, cur.change));
+            self.push(from, to, &req);
+            return;
+        }
+        let test = cur.test;
+        self.current = None;
+        debug!(?test, "behaviour: no answer");
+        self.finish(now, test, Outcome::Timeout);
+    }
+
+    /// Feeds a datagram that arrived on local socket `local` from `from`.
+    /// Returns `true` when it was one of the discovery's own (an answer to
+    /// one of its requests, current or past, or its hairpinned request);
+    /// `false` for anything else, which the caller may hand on. Never panics.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) -> bool {
+        let Ok(msg) = codec::decode(datagram) else {
+            return false;
+        };
+        let transaction = match msg {
+            Message::Request(r) => r.transaction,
+            Message::Success(r) => r.transaction,
+            Message::Error { transaction, .. } => transaction,
+        };
+        if !self.issued.contains(&transaction) {
+            return false;
+        }
+        let Some(cur) = self
+            .current
+            .as_ref()
+            .filter(|c| c.transaction == transaction)
+            .cloned()
+        else {
+            debug!("behaviour: late answer to a finished test ignored");
+            return true;
+        };
+        let test = cur.test;
+        if canonical_addr(local) != canonical_addr(cur.from) {
+            debug!(?test, %local, "behaviour: answer on the wrong socket ignored");
+            return true;
+        }
+        let outcome = match msg {
+            Message::Request(_) if test == Test::Hairpin => Outcome::Hairpinned,
+            Message::Request(_) => return true,
+            Message::Success(r) => {
+                let origin = r.response_origin.map(canonical_addr);
+                if origin.is_some_and(|o| o != canonical_addr(from)) {
+                    debug!(?origin, %from, "behaviour: RESPONSE-ORIGIN disagrees with the source");
+                    self.report.origin_mismatch = true;
+                }
+                match self.check_source(test, &cur, from) {
+                    Source::Expected => {}
+                    Source::ChangeIgnored => {
+                        self.current = None;
+                        self.finish(now, test, Outcome::ChangeIgnored);
+                        return true;
+                    }
+                    Source::Other => {
+                        debug!(?test, %from, "behaviour: answer from an unexpected address ignored");
+                        return true;
+                    }
+                }
+                if test == Test::MappingI {
+                    self.other = r.other_address;
+                }
+                Outcome::Answer(r.mapped)
+            }
+            Message::Error { code, .. } => match self.check_source(test, &cur, from) {
+                Source::Other => return true,
+                _ => Outcome::Error(code),
+            },
+        };
+        self.current = None;
+        self.finish(now, test, outcome);
+        true
+    }
+
+    // ------------------------------------------------------------ internals
+
+    fn check_source(&self, test: Test, cur: &Outstanding, from: SocketAddr) -> Source {
+        let from = canonical_addr(from);
+        let expected = match (test, self.other) {
+            (Test::FilteringIpPort, Some(o)) => o,
+            (Test::FilteringPort, Some(o)) => SocketAddr::new(cur.to.ip(), o.port()),
+            _ => cur.to,
+        };
+        if from == canonical_addr(expected) {
+            return Source::Expected;
+        }
+        let server_addresses = match self.other {
+            Some(o) => [
+                self.config.server,
+                o,
+                SocketAddr::new(self.config.server.ip(), o.port()),
+                SocketAddr::new(o.ip(), self.config.server.port()),
+            ],
+            None => [self.config.server; 4],
+        };
+        let change_test = matches!(test, Test::FilteringIpPort | Test::FilteringPort);
+        if change_test && server_addresses.iter().any(|a| canonical_addr(*a) == from) {
+            Source::ChangeIgnored
+        } else {
+            Source::Other
+        }
+    }
+
+    fn begin(&mut self, now: Instant, test: Test) {
+        let main = self.config.local;
+        let server = self.config.server;
+        let (from, to, change) = match test {
+            Test::MappingI => (main, server, ChangeRequest::default()),
+            Test::FilteringIpPort => (
+                main,
+                server,
+                ChangeRequest {
+                    change_ip: true,
+                    change_port: true,
+                },
+            ),
+            Test::FilteringPort => (
+                main,
+                server,
+                ChangeRequest {
+                    change_ip: false,
+                    change_port: true,
+                },
+            ),
+            Test::MappingII => {
+                let Some(o) = self.other else {
+                    return self.finish(now, test, Outcome::Timeout);
+                };
+                (
+                    main,
+                    SocketAddr::new(o.ip(), server.port()),
+                    ChangeRequest::default(),
+                )
+            }
+            Test::MappingIII => {
+                let Some(o) = self.other else {
+                    return self.finish(now, test, Outcome::Timeout);
+                };
+                (main, o, ChangeRequest::default())
+            }
+            Test::Allocation(i) => {
+                let Some(s) = self.config.extra_sockets.get(i) else {
+                    return self.finish(now, test, Outcome::Timeout);
+                };
+                (*s, server, ChangeRequest::default())
+            }
+            Test::Hairpin => {
+                let Some(x1) = self.x1.filter(|x| !is_bogus_destination(*x)) else {
+                    return self.finish(now, test, Outcome::Timeout);
+                };
+                (main, x1, ChangeRequest::default())
+            }
+        };
+        let transaction = self.transaction_id();
+        self.issued.push(transaction);
+        let req = request(transaction, change);
+        self.push(from, to, &req);
+        self.current = Some(Outstanding {
+            test,
+            transaction,
+            from,
+            to,
+            change,
+            sends: 1,
+            next_at: now.saturating_add(self.config.rto),
+        });
+    }
+
+    fn transaction_id(&mut self) -> TransactionId {
+        let mut t = [0u8; 12];
+        let (a, b) = t.split_at_mut(8);
+        a.copy_from_slice(&self.rng.next_u64().to_be_bytes());
+        b.copy_from_slice(&self.rng.next_u32().to_be_bytes());
+        t
+    }
+
+    fn push(&mut self, from: SocketAddr, to: SocketAddr, req: &BindingRequest) {
+        let mut buf = [0u8; MAX_MESSAGE];
+        // A Binding request with at most CHANGE-REQUEST and FINGERPRINT
+        // always fits; should encoding ever fail, the test times out.
+        if let Ok(n) = codec::encode_request(req, &mut buf) {
+            self.transmits.push_back(Transmit {
+                from,
+                to,
+                payload: buf.get(..n).unwrap_or_default().to_vec(),
+            });
+        }
+    }
+
+    /// Whether `x` (the server's view of the main socket) is the bound
+    /// address itself: no translation (C3, C9).
+    fn is_own_address(&self, x: SocketAddr) -> bool {
+        let local = canonical_addr(self.config.local);
+        let x = canonical_addr(x);
+        if local.ip().is_unspecified() {
+            x.port() == local.port()
+                && self
+                    .config
+                    .interfaces
+                    .iter()
+                    .any(|i| canonical_ip(*i) == x.ip())
+        } else {
+            x == local
+        }
+    }
+
+    fn unreachable(&mut self) {
+        let r = Some(NotMeasured::ServerUnreachable);
+        let rep = &mut self.report;
+        rep.nat_reason = r;
+        rep.mapping_reason = r;
+        rep.filtering_reason = r;
+        rep.allocation_reason = r;
+        rep.hairpin_reason = r;
+        self.done = true;
+    }
+
+    /// Records how `test` ended and starts the next one.
+    fn finish(&mut self, now: Instant, test: Test, outcome: Outcome) {
+        debug!(?test, ?outcome, "behaviour: test finished");
+        match test {
+            Test::MappingI => self.after_mapping_i(now, outcome),
+            Test::FilteringIpPort | Test::FilteringPort => {
+                let filtering = match (test, outcome) {
+                    (Test::FilteringIpPort, Outcome::Answer(_)) => {
+                        Ok(FilteringBehaviour::EndpointIndependent)
+                    }
+                    (Test::FilteringIpPort, Outcome::Timeout) => {
+                        return self.begin(now, Test::FilteringPort);
+                    }
+                    (_, Outcome::Answer(_)) => Ok(FilteringBehaviour::AddressDependent),
+                    (_, Outcome::Timeout) => Ok(FilteringBehaviour::AddressAndPortDependent),
+                    (_, Outcome::Error(code)) => Err(NotMeasured::ServerError { code }),
+                    (_, Outcome::ChangeIgnored | Outcome::Hairpinned) => {
+                        Err(NotMeasured::ChangeRequestIgnored)
+                    }
+                };
+                debug!(?filtering, "behaviour: filtering");
+                match filtering {
+                    Ok(f) => {
+                        self.report.behaviour.filtering = Some(f);
+                        self.report.filtering_reason = None;
+                    }
+                    Err(r) => self.report.filtering_reason = Some(r),
+                }
+                if self.report.behaviour.nat == Some(false) {
+                    self.finish_run();
+                } else {
+                    self.begin(now, Test::MappingII);
+                }
+            }
+            Test::MappingII => {
+                self.alternate_tried = true;
+                match outcome {
+                    Outcome::Answer(x2) => {
+                        self.x2 = Some(x2);
+                        if self.x1.map(canonical_addr) == Some(canonical_addr(x2)) {
+                            self.set_mapping(MappingBehaviour::EndpointIndependent);
+                            self.begin_allocation(now);
+                        } else {
+                            self.begin(now, Test::MappingIII);
+                        }
+                    }
+                    other => {
+                        self.mapping_failed(other);
+                        self.begin_allocation(now);
+                    }
+                }
+            }
+            Test::MappingIII => {
+                match outcome {
+                    Outcome::Answer(x3) => {
+                        self.x3 = Some(x3);
+                        if self.x2.map(canonical_addr) == Some(canonical_addr(x3)) {
+                            self.set_mapping(MappingBehaviour::AddressDependent);
+                        } else {
+                            self.set_mapping(MappingBehaviour::AddressAndPortDependent);
+                        }
+                    }
+                    other => self.mapping_failed(other),
+                }
+                self.begin_allocation(now);
+            }
+            Test::Allocation(i) => {
+                self.extras.push(match outcome {
+                    Outcome::Answer(x) => Some(x),
+                    _ => None,
+                });
+                if i.saturating_add(1) < self.config.extra_sockets.len() {
+                    self.begin(now, Test::Allocation(i.saturating_add(1)));
+                } else {
+                    self.decide_allocation();
+                    self.begin_hairpin(now);
+                }
+            }
+            Test::Hairpin => {
+                let hairpin = matches!(outcome, Outcome::Hairpinned);
+                debug!(hairpin, "behaviour: hairpin");
+                self.report.behaviour.hairpin = Some(hairpin);
+                self.report.hairpin_reason = None;
+                self.finish_run();
+            }
+        }
+    }
+
+    fn after_mapping_i(&mut self, now: Instant, outcome: Outcome) {
+        let x1 = match outcome {
+            Outcome::Answer(x1) => x1,
+            Outcome::Error(code) => {
+                let r = Some(NotMeasured::ServerError { code });
+                let rep = &mut self.report;
+                rep.nat_reason = r;
+                rep.mapping_reason = r;
+                rep.filtering_reason = r;
+                rep.allocation_reason = r;
+                rep.hairpin_reason = r;
+                self.done = true;
+                return;
+            }
+            _ => {
+                self.unreachable();
+                return;
+            }
+        };
+        self.x1 = Some(x1);
+        self.report.mapped = Some(x1);
+        let server = canonical_addr(self.config.server);
+        // RFC 5780 needs an alternate that differs in both IP and port, of
+        // the same family, and a sane destination.
+        self.other = self.other.map(canonical_addr).filter(|o| {
+            o.ip() != server.ip()
+                && o.port() != server.port()
+                && o.is_ipv4() == server.is_ipv4()
+                && !is_bogus_destination(*o)
+        });
+        self.report.other_address = self.other;
+        let nat = !self.is_own_address(x1);
+        self.report.behaviour.nat = Some(nat);
+        self.report.nat_reason = None;
+        debug!(%x1, other = ?self.other, nat, "behaviour: test I");
+        if !nat {
+            // The identity translation: endpoint-independent, ports kept.
+            self.set_mapping(MappingBehaviour::EndpointIndependent);
+            self.report.behaviour.allocation = Some(PortAllocation::Preserving);
+            self.report.allocation_reason = None;
+            self.report.hairpin_reason = Some(NotMeasured::NoNat);
+        }
+        if self.other.is_some() {
+            self.begin(now, Test::FilteringIpPort);
+            return;
+        }
+        self.report.filtering_reason = Some(NotMeasured::NoRfc5780);
+        if nat {
+            self.report.mapping_reason = Some(NotMeasured::NoRfc5780);
+            self.begin_allocation(now);
+        } else {
+            self.finish_run();
+        }
+    }
+
+    fn set_mapping(&mut self, m: MappingBehaviour) {
+        debug!(mapping = %m, "behaviour: mapping");
+        self.report.behaviour.mapping = Some(m);
+        self.report.mapping_reason = None;
+    }
+
+    fn mapping_failed(&mut self, outcome: Outcome) {
+        let reason = match outcome {
+            Outcome::Error(code) => NotMeasured::ServerError { code },
+            _ => NotMeasured::AlternateUnreachable,
+        };
+        debug!(%reason, "behaviour: mapping not measured");
+        self.report.mapping_reason = Some(reason);
+    }
+
+    fn begin_allocation(&mut self, now: Instant) {
+        if self.config.extra_sockets.is_empty() {
+            self.decide_allocation();
+            self.begin_hairpin(now);
+        } else {
+            self.begin(now, Test::Allocation(0));
+        }
+    }
+
+    fn decide_allocation(&mut self) {
+        let decision = self.allocation();
+        debug!(?decision, "behaviour: port allocation");
+        match decision {
+            Ok(a) => {
+                self.report.behaviour.allocation = Some(a);
+                self.report.allocation_reason = None;
+            }
+            Err(r) => self.report.allocation_reason = Some(r),
+        }
+    }
+
+    fn allocation(&self) -> Result<PortAllocation, NotMeasured> {
+        let Some(x1) = self.x1 else {
+            return Err(NotMeasured::ServerUnreachable);
+        };
+        let sockets = self.config.extra_sockets.iter();
+        let preserved = x1.port() == self.config.local.port()
+            && sockets
+                .zip(&self.extras)
+                .all(|(s, x)| x.is_none_or(|x| x.port() == s.port()));
+        if preserved {
+            return Ok(PortAllocation::Preserving);
+        }
+        if self.extras.iter().any(Option::is_none) {
+            return Err(NotMeasured::LostAnswers);
+        }
+        // The new mappings' ports, in creation order. Test II/III's
+        // mappings count only when the mapping behaviour says whether they
+        // are new; if the alternate was tried but the mapping stayed unknown,
+        // X1 is left out too (an unseen mapping may lie between it and the
+        // extra sockets').
+        let mut ports: Vec<u16> = Vec::with_capacity(3 + self.extras.len());
+        match self.report.behaviour.mapping {
+            Some(MappingBehaviour::EndpointIndependent) => ports.push(x1.port()),
+            Some(MappingBehaviour::AddressDependent) => {
+                ports.push(x1.port());
+                ports.extend(self.x2.map(|x| x.port()));
+            }
+            Some(MappingBehaviour::AddressAndPortDependent) => {
+                ports.push(x1.port());
+                ports.extend(self.x2.map(|x| x.port()));
+                ports.extend(self.x3.map(|x| x.port()));
+            }
+            None if !self.alternate_tried => ports.push(x1.port()),
+            None => {}
+        }
+        ports.extend(self.extras.iter().flatten().map(|x| x.port()));
+        if ports.len() < 3 {
+            return Err(NotMeasured::TooFewMappings);
+        }
+        let steps: Vec<i32> = ports
+            .windows(2)
+            .map(|w| match w {
+                [a, b] => i32::from(*b) - i32::from(*a),
+                _ => 0,
+            })
+            .collect();
+        match steps.first() {
+            Some(&step)
+                if step != 0
+                    && step.abs() <= MAX_SEQUENTIAL_STEP
+                    && steps.iter().all(|s| *s == step) =>
+            {
+                Ok(PortAllocation::Sequential { step })
+            }
+            _ => Ok(PortAllocation::Random),
+        }
+    }
+
+    fn begin_hairpin(&mut self, now: Instant) {
+        if self.config.hairpin {
+            self.begin(now, Test::Hairpin);
+        } else {
+            self.report.hairpin_reason = Some(NotMeasured::Disabled);
+            self.finish_run();
+        }
+    }
+
+    fn finish_run(&mut self) {
+        self.current = None;
+        self.done = true;
+        debug!(behaviour = %self.report.behaviour, "behaviour: done");
+    }
+}
+
+enum Source {
+    Expected,
+    ChangeIgnored,
+    Other,
+}
+
+fn request(transaction: TransactionId, change: ChangeRequest) -> BindingRequest {
+    BindingRequest {
+        transaction,
+        change,
+        response_port: None,
+        padding: 0,
+        fingerprint: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::BindingResponse;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    const SERVER: &str = "198.51.100.1:3478";
+    const ALT: &str = "198.51.100.2:3479";
+    const LOCAL: &str = "10.0.0.2:4000";
+    const X1: &str = "203.0.113.9:4000";
+
+    /// What the scripted network does with one transmit.
+    enum Reply {
+        /// Nothing arrives.
+        Drop,
+        /// A success response from `from` with `mapped`.
+        Ok {
+            from: SocketAddr,
+            mapped: SocketAddr,
+        },
+        /// An error response from `from`.
+        Err { from: SocketAddr, code: u16 },
+        /// The request itself arrives back on the socket it left from.
+        Hairpin,
+    }
+
+    fn decode_request(t: &Transmit) -> BindingRequest {
+        match codec::decode(&t.payload) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("not a request: {other:?}"),
+        }
+    }
+
+    fn success(
+        transaction: TransactionId,
+        mapped: SocketAddr,
+        other: Option<SocketAddr>,
+        origin: Option<SocketAddr>,
+    ) -> Vec<u8> {
+        let mut buf = [0u8; MAX_MESSAGE];
+        let resp = BindingResponse {
+            transaction,
+            mapped,
+            other_address: other,
+            response_origin: origin,
+        };
+        let n = codec::encode_success(&resp, true, &mut buf).unwrap();
+        buf[..n].to_vec()
+    }
+
+    fn error(transaction: TransactionId, code: u16) -> Vec<u8> {
+        let mut buf = [0u8; MAX_MESSAGE];
+        let n = codec::encode_error(&transaction, code, &[], &mut buf).unwrap();
+        buf[..n].to_vec()
+    }
+
+    /// Drives `d` to the end: every transmit is shown to `net` (with its
+    /// decoded request) and answered at once; time jumps to the next
+    /// timeout when nothing is in flight. Returns every transmit and when
+    /// the run ended.
+    fn drive(
+        d: &mut BehaviourDiscovery,
+        other: Option<SocketAddr>,
+        mut net: impl FnMut(&Transmit, &BindingRequest) -> Reply,
+    ) -> (Vec<Transmit>, Instant) {
+        let mut now = Instant::ZERO;
+        let mut log = Vec::new();
+        d.start(now);
+        for _ in 0..1000 {
+            while let Some(t) = d.poll_transmit() {
+                let req = decode_request(&t);
+                let reply = net(&t, &req);
+                log.push(t.clone());
+                let (from, bytes) = match reply {
+                    Reply::Drop => continue,
+                    Reply::Ok { from, mapped } => {
+                        (from, success(req.transaction, mapped, other, Some(from)))
+                    }
+                    Reply::Err { from, code } => (from, error(req.transaction, code)),
+                    Reply::Hairpin => (t.to, t.payload.clone()),
+                };
+                assert!(d.handle_datagram(now, t.from, from, &bytes));
+            }
+            match d.poll_timeout() {
+                Some(at) => {
+                    assert!(at >= now, "timeouts never go back");
+                    now = at;
+                    d.handle_timeout(now);
+                }
+                None => {
+                    assert!(d.is_done());
+                    return (log, now);
+                }
+            }
+        }
+        panic!("discovery did not finish");
+    }
+
+    fn config() -> DiscoveryConfig {
+        DiscoveryConfig::new(a(SERVER), a(LOCAL))
+    }
+
+    /// A tiny NAT model for scripted answers: the mapped port per mapping
+    /// key, allocated on first use, and a filter.
+    struct Script {
+        mapping: MappingBehaviour,
+        filtering: FilteringBehaviour,
+        /// Ports handed out in order to new mappings.
+        ports: Vec<u16>,
+        keys: Vec<(SocketAddr, Option<SocketAddr>)>,
+        contacted: Vec<(SocketAddr, SocketAddr)>,
+        hairpin: bool,
+    }
+
+    impl Script {
+        fn new(m: MappingBehaviour, f: FilteringBehaviour, ports: &[u16]) -> Self {
+            Script {
+                mapping: m,
+                filtering: f,
+                ports: ports.to_vec(),
+                keys: Vec::new(),
+                contacted: Vec::new(),
+                hairpin: false,
+            }
+        }
+
+        fn map(&mut self, local: SocketAddr, dst: SocketAddr) -> SocketAddr {
+            let key = match self.mapping {
+                MappingBehaviour::EndpointIndependent => (local, None),
+                MappingBehaviour::AddressDependent => (local, Some(SocketAddr::new(dst.ip(), 0))),
+                MappingBehaviour::AddressAndPortDependent => (local, Some(dst)),
+            };
+            let i = match self.keys.iter().position(|k| *k == key) {
+                Some(i) => i,
+                None => {
+                    self.keys.push(key);
+                    self.keys.len() - 1
+                }
+            };
+            self.contacted.push((local, dst));
+            SocketAddr::new("203.0.113.9".parse().unwrap(), self.ports[i])
+        }
+
+        fn admits(&self, local: SocketAddr, src: SocketAddr) -> bool {
+            self.contacted.iter().any(|(l, c)| {
+                *l == local
+                    && match self.filtering {
+                        FilteringBehaviour::EndpointIndependent => true,
+                        FilteringBehaviour::AddressDependent => c.ip() == src.ip(),
+                        FilteringBehaviour::AddressAndPortDependent => *c == src,
+                    }
+            })
+        }
+
+        fn reply(&mut self, t: &Transmit, req: &BindingRequest) -> Reply {
+            if t.to.ip() == "203.0.113.9".parse::<IpAddr>().unwrap() {
+                return if self.hairpin {
+                    Reply::Hairpin
+                } else {
+                    Reply::Drop
+                };
+            }
+            let mapped = self.map(t.from, t.to);
+            let (server, alt) = (a(SERVER), a(ALT));
+            let ip = if req.change.change_ip {
+                if t.to.ip() == server.ip() {
+                    alt.ip()
+                } else {
+                    server.ip()
+                }
+            } else {
+                t.to.ip()
+            };
+            let port = if req.change.change_port {
+                if t.to.port() == server.port() {
+                    alt.port()
+                } else {
+                    server.port()
+                }
+            } else {
+                t.to.port()
+            };
+            let from = SocketAddr::new(ip, port);
+            if self.admits(t.from, from) {
+                Reply::Ok { from, mapped }
+            } else {
+                Reply::Drop
+            }
+        }
+    }
+
+    fn run_script(
+        mut s: Script,
+        cfg: DiscoveryConfig,
+    ) -> (BehaviourReport, Vec<Transmit>, Instant) {
+        let mut d = BehaviourDiscovery::new(cfg, 1);
+        let (log, end) = drive(&mut d, Some(a(ALT)), |t, r| s.reply(t, r));
+        (d.report().clone(), log, end)
+    }
+
+    fn assert_consistent(r: &BehaviourReport) {
+        let b = &r.behaviour;
+        assert_eq!(b.nat.is_none(), r.nat_reason.is_some(), "{r:?}");
+        assert_eq!(b.mapping.is_none(), r.mapping_reason.is_some(), "{r:?}");
+        assert_eq!(b.filtering.is_none(), r.filtering_reason.is_some(), "{r:?}");
+        assert_eq!(
+            b.allocation.is_none(),
+            r.allocation_reason.is_some(),
+            "{r:?}"
+        );
+        assert_eq!(b.hairpin.is_none(), r.hairpin_reason.is_some(), "{r:?}");
+        assert_eq!(r.lifetime_reason, Some(NotMeasured::TakesTooLong));
+        assert!(b.binding_lifetime.is_none());
+        assert!(
+            ![
+                r.nat_reason,
+                r.mapping_reason,
+                r.filtering_reason,
+                r.allocation_reason,
+                r.hairpin_reason
+            ]
+            .contains(&Some(NotMeasured::Pending))
+        );
+    }
+
+    use FilteringBehaviour as F;
+    use MappingBehaviour as M;
+
+    #[test]
+    fn c8_full_cone_with_hairpin_in_rfc5780_order() {
+        let mut s = Script::new(M::EndpointIndependent, F::EndpointIndependent, &[4000]);
+        s.hairpin = true;
+        let (r, log, end) = run_script(s, config());
+        assert_consistent(&r);
+        assert_eq!(r.behaviour.nat, Some(true));
+        assert_eq!(r.behaviour.mapping, Some(M::EndpointIndependent));
+        assert_eq!(r.behaviour.filtering, Some(F::EndpointIndependent));
+        assert_eq!(r.behaviour.allocation, Some(PortAllocation::Preserving));
+        assert_eq!(r.behaviour.hairpin, Some(true));
+        assert_eq!(r.mapped, Some(a(X1)));
+        assert_eq!(r.other_address, Some(a(ALT)));
+        assert_eq!(r.nat_class(), NatClass::Cone);
+        assert!(!r.origin_mismatch);
+        // Test I, filtering (change IP+port), test II, hairpin: one each,
+        // all answered at once, so no time passes.
+        let plan: Vec<_> = log
+            .iter()
+            .map(|t| (t.from, t.to, decode_request(t).change))
+            .collect();
+        let ch = |ip, port| ChangeRequest {
+            change_ip: ip,
+            change_port: port,
+        };
+        assert_eq!(
+            plan,
+            [
+                (a(LOCAL), a(SERVER), ch(false, false)),
+                (a(LOCAL), a(SERVER), ch(true, true)),
+                (a(LOCAL), a("198.51.100.2:3478"), ch(false, false)),
+                (a(LOCAL), a(X1), ch(false, false)),
+            ]
+        );
+        assert_eq!(end, Instant::ZERO);
+    }
+
+    #[test]
+    fn c8_address_dependent_filtering_after_one_timeout() {
+        let s = Script::new(M::EndpointIndependent, F::AddressDependent, &[4000]);
+        let mut cfg = config();
+        cfg.hairpin = false;
+        let (r, log, end) = run_script(s, cfg);
+        assert_consistent(&r);
+        assert_eq!(r.behaviour.filtering, Some(F::AddressDependent));
+        assert_eq!(r.behaviour.mapping, Some(M::EndpointIndependent));
+        assert_eq!(r.behaviour.hairpin, None);
+        assert_eq!(r.hairpin_reason, Some(NotMeasured::Disabled));
+        // The change-IP-and-port request went out three times, 300 ms apart,
+        // and was given up 300 ms after the last copy.
+        let both = log
+            .iter()
+            .filter(|t| decode_request(t).change.change_ip)
+            .count();
+        assert_eq!(both, 3);
+        assert_eq!(end, Instant::from_millis(900));
+        // Retransmissions reuse the transaction id.
+        let ids: Vec<_> = log.iter().map(|t| decode_request(t).transaction).collect();
+        assert_eq!(ids[1], ids[2]);
+        assert_eq!(ids[2], ids[3]);
+        assert_ne!(ids[0], ids[1]);
+    }
+
+    #[test]
+    fn c8_port_restricted_cone_and_hairpin_timeout() {
+        let s = Script::new(M::EndpointIndependent, F::AddressAndPortDependent, &[4000]);
+        let (r, _, end) = run_script(s, config());
+        assert_consistent(&r);
+        assert_eq!(r.behaviour.filtering, Some(F::AddressAndPortDependent));
+        assert_eq!(r.behaviour.hairpin, Some(false));
+        // Two filtering tests and the hairpin test time out.
+        assert_eq!(end, Instant::from_millis(2700));
+    }
+
+    #[test]
+    fn c8_address_dependent_mapping_sequential_ports() {
+        let s = Script::new(
+            M::AddressDependent,
+            F::AddressAndPortDependent,
+            &[40_000, 40_002, 40_004, 40_006, 40_008, 40_010],
+        );
+        let mut cfg = config();
+        cfg.extra_sockets = vec![a("10.0.0.2:4001"), a("10.0.0.2:4002")];
+        let (r, log, _) = run_script(s, cfg);
+        assert_consistent(&r);
+        assert_eq!(r.behaviour.mapping, Some(M::AddressDependent));
+        assert_eq!(r.behaviour.nat_class(), NatClass::Symmetric);
+        // X1 40000, X2 = X3 40002, extras 40004, 40006.
+        assert_eq!(
+            r.behaviour.allocation,
+            Some(PortAllocation::Sequential { step: 2 })
+        );
+        let extra: Vec<_> = log
+            .iter()
+            .filter(|t| t.from != a(LOCAL))
+            .map(|t| (t.from, t.to))
+            .collect();
+        assert_eq!(
+            extra,
+            [
+                (a("10.0.0.2:4001"), a(SERVER)),
+                (a("10.0.0.2:4002"), a(SERVER))
+            ]
+        );
+    }
+
+    #[test]
+    fn c8_symmetric_mapping_random_and_sequential_ports() {
+        let s = Script::new(
+            M::AddressAndPortDependent,
+            F::AddressAndPortDependent,
+            &[51_234, 40_017, 61_002, 1_500, 9_999],
+        );
+        let mut cfg = config();
+        cfg.extra_sockets = vec![a("10.0.0.2:4001"), a("10.0.0.2:4002")];
+        cfg.hairpin = false;
+        let (r, _, _) = run_script(s, cfg.clone());
+        assert_consistent(&r);
+        assert_eq!(r.behaviour.mapping, Some(M::AddressAndPortDependent));
+        assert_eq!(r.behaviour.allocation, Some(PortAllocation::Random));
+
+        // Without extra sockets, X1..X3 are three new mappings already.
+        let s = Script::new(
+            M::AddressAndPortDependent,
+            F::EndpointIndependent,
+            &[30_000, 29_999, 29_998],
+        );
+        cfg.extra_sockets.clear();
+        let (r, _, _) = run_script(s, cfg.clone());
+        assert_consistent(&r);
+        assert_eq!(
+            r.behaviour.allocation,
+            Some(PortAllocation::Sequential { step: -1 })
+        );
+        assert_eq!(r.behaviour.filtering, Some(F::EndpointIndependent));
+
+        // A step beyond MAX_SEQUENTIAL_STEP is no pattern.
+        let s = Script::new(
+            M::AddressAndPortDependent,
+            F::EndpointIndependent,
+            &[30_000, 30_100, 30_200],
+        );
+        let (r, _, _) = run_script(s, cfg);
+        assert_eq!(r.behaviour.allocation, Some(PortAllocation::Random));
+    }
+
+    #[test]
+    fn c8_too_few_mappings_and_lost_answers() {
+        // EIM without extra sockets: one new mapping only.
+        let s = Script::new(M::EndpointIndependent, F::EndpointIndependent, &[40_000]);
+        let mut cfg = config();
+        cfg.hairpin = false;
+        let (r, _, _) = run_script(s, cfg.clone());
+        assert_consistent(&r);
+        assert_eq!(r.behaviour.allocation, None);
+        assert_eq!(r.allocation_reason, Some(NotMeasured::TooFewMappings));
+
+        // An extra socket that gets no answer leaves a gap.
+        cfg.extra_sockets = vec![a("10.0.0.2:4001"), a("10.0.0.2:4002")];
+        let mut s = Script::new(
+            M::EndpointIndependent,
+            F::EndpointIndependent,
+            &[40_000, 40_001, 40_002],
+        );
+        let mut d = BehaviourDiscovery::new(cfg, 3);
+        drive(&mut d, Some(a(ALT)), |t, r| {
+            if t.from == a("10.0.0.2:4001") {
+                Reply::Drop
+            } else {
+                s.reply(t, r)
+            }
+        });
+        assert_consistent(d.report());
+        assert_eq!(d.report().allocation_reason, Some(NotMeasured::LostAnswers));
+    }
+
+    #[test]
+    fn c8_no_nat_describes_the_firewall_only() {
+        let local = a("203.0.113.50:4000");
+        let mut cfg = DiscoveryConfig::new(a(SERVER), local);
+        cfg.extra_sockets = vec![a("203.0.113.50:4001")];
+        let mut d = BehaviourDiscovery::new(cfg, 9);
+        let (log, _) = drive(&mut d, Some(a(ALT)), |t, r| {
+            // A port-restricted firewall: only the primary gets in.
+            if r.change.change_ip || r.change.change_port {
+                Reply::Drop
+            } else {
+                Reply::Ok {
+                    from: t.to,
+                    mapped: t.from,
+                }
+            }
+        });
+        let r = d.report();
+        assert_consistent(r);
+        assert_eq!(r.behaviour.nat, Some(false));
+        assert_eq!(r.nat_class(), NatClass::Open);
+        assert_eq!(r.behaviour.mapping, Some(M::EndpointIndependent));
+        assert_eq!(r.behaviour.allocation, Some(PortAllocation::Preserving));
+        assert_eq!(r.behaviour.filtering, Some(F::AddressAndPortDependent));
+        assert_eq!(r.hairpin_reason, Some(NotMeasured::NoNat));
+        // Test I and the two filtering tests only.
+        assert_eq!(log.len(), 1 + 3 + 3);
+        assert!(log.iter().all(|t| t.from == local && t.to == a(SERVER)));
+    }
+
+    #[test]
+    fn c8_c3_wildcard_bind_needs_an_interface_address_for_no_nat() {
+        for (ifaces, nat) in [
+            (vec![], true),
+            (vec!["203.0.113.9".parse().unwrap()], false),
+        ] {
+            let mut cfg = DiscoveryConfig::new(a(SERVER), a("0.0.0.0:4000"));
+            cfg.interfaces = ifaces;
+            cfg.hairpin = false;
+            let mut d = BehaviourDiscovery::new(cfg, 9);
+            drive(&mut d, Some(a(ALT)), |_, r| {
+                if r.change.change_ip || r.change.change_port {
+                    Reply::Drop
+                } else {
+                    Reply::Ok {
+                        from: a(SERVER),
+                        mapped: "[::ffff:203.0.113.9]:4000".parse().unwrap(),
+                    }
+                }
+            });
+            // IPv4-mapped reflex compares as its IPv4 form (C9) — and
+            // without an interface match a kept port is only preservation.
+            assert_eq!(d.report().behaviour.nat, Some(nat));
+        }
+    }
+
+    #[test]
+    fn c8_server_without_rfc5780_measures_only_allocation() {
+        let mut cfg = config();
+        cfg.extra_sockets = vec![a("10.0.0.2:4001"), a("10.0.0.2:4002"), a("10.0.0.2:4003")];
+        cfg.hairpin = false;
+        let mut next = 50_000u16;
+        let mut d = BehaviourDiscovery::new(cfg, 5);
+        let (log, _) = drive(&mut d, None, |t, r| {
+            assert!(!r.change.change_ip && !r.change.change_port);
+            assert_eq!(t.to, a(SERVER));
+            next += 3;
+            Reply::Ok {
+                from: t.to,
+                mapped: SocketAddr::new("203.0.113.9".parse().unwrap(), next),
+            }
+        });
+        assert_eq!(log.len(), 4);
+        let r = d.report();
+        assert_consistent(r);
+        assert_eq!(r.mapping_reason, Some(NotMeasured::NoRfc5780));
+        assert_eq!(r.filtering_reason, Some(NotMeasured::NoRfc5780));
+        assert_eq!(r.other_address, None);
+        assert_eq!(
+            r.behaviour.allocation,
+            Some(PortAllocation::Sequential { step: 3 })
+        );
+        assert_eq!(r.nat_class(), NatClass::Unknown);
+    }
+
+    #[test]
+    fn c8_unusable_other_address_is_no_rfc5780() {
+        // OTHER-ADDRESS with the primary's own IP would make test II a
+        // repeat of test I.
+        let mut d = BehaviourDiscovery::new(config(), 5);
+        drive(&mut d, Some(a("198.51.100.1:3479")), |t, _| Reply::Ok {
+            from: t.to,
+            mapped: a(X1),
+        });
+        assert_eq!(d.report().mapping_reason, Some(NotMeasured::NoRfc5780));
+        assert_eq!(d.report().other_address, None);
+    }
+
+    #[test]
+    fn c8_unreachable_server_exact_schedule() {
+        let mut d = BehaviourDiscovery::new(config(), 5);
+        assert_eq!(d.poll_timeout(), None);
+        let (log, end) = drive(&mut d, None, |_, _| Reply::Drop);
+        assert_eq!(log.len(), 3);
+        assert_eq!(end, Instant::from_millis(900));
+        let r = d.report();
+        assert_consistent(r);
+        assert_eq!(r.behaviour, Behaviour::UNKNOWN);
+        assert_eq!(r.mapping_reason, Some(NotMeasured::ServerUnreachable));
+        assert_eq!(r.nat_class(), NatClass::Unknown);
+        assert_eq!(d.poll_timeout(), None);
+        // Done is final: more input changes nothing.
+        d.handle_timeout(Instant::MAX);
+        d.start(Instant::MAX);
+        assert!(d.poll_transmit().is_none());
+    }
+
+    #[test]
+    fn c8_timeouts_early_twice_or_late_are_harmless() {
+        let mut d = BehaviourDiscovery::new(config(), 5);
+        d.start(Instant::ZERO);
+        d.start(Instant::ZERO);
+        assert_eq!(d.poll_transmit().map(|t| t.to), Some(a(SERVER)));
+        assert!(d.poll_transmit().is_none());
+        d.handle_timeout(Instant::from_millis(299));
+        d.handle_timeout(Instant::ZERO);
+        assert!(d.poll_transmit().is_none());
+        assert_eq!(d.poll_timeout(), Some(Instant::from_millis(300)));
+        // Late: the copy goes out now, the next one rto after now.
+        d.handle_timeout(Instant::from_millis(1000));
+        d.handle_timeout(Instant::from_millis(1000));
+        assert!(d.poll_transmit().is_some());
+        assert!(d.poll_transmit().is_none());
+        assert_eq!(d.poll_timeout(), Some(Instant::from_millis(1300)));
+    }
+
+    #[test]
+    fn c8_server_errors_are_typed() {
+        // 420 to CHANGE-REQUEST: filtering not measured, the rest goes on.
+        let mut d = BehaviourDiscovery::new(config(), 5);
+        drive(&mut d, Some(a(ALT)), |t, r| {
+            if r.change.change_port {
+                Reply::Err {
+                    from: a(SERVER),
+                    code: 420,
+                }
+            } else if t.to.ip() == a(X1).ip() {
+                Reply::Drop
+            } else {
+                Reply::Ok {
+                    from: t.to,
+                    mapped: a(X1),
+                }
+            }
+        });
+        let r = d.report();
+        assert_consistent(r);
+        assert_eq!(
+            r.filtering_reason,
+            Some(NotMeasured::ServerError { code: 420 })
+        );
+        assert_eq!(r.behaviour.mapping, Some(M::EndpointIndependent));
+        // An error to test I ends the run.
+        let mut d = BehaviourDiscovery::new(config(), 5);
+        drive(&mut d, Some(a(ALT)), |t, _| Reply::Err {
+            from: t.to,
+            code: 500,
+        });
+        assert_consistent(d.report());
+        assert_eq!(
+            d.report().nat_reason,
+            Some(NotMeasured::ServerError { code: 500 })
+        );
+    }
+
+    #[test]
+    fn c8_alternate_unreachable_leaves_mapping_unmeasured() {
+        let mut cfg = config();
+        cfg.hairpin = false;
+        let mut d = BehaviourDiscovery::new(cfg, 5);
+        drive(&mut d, Some(a(ALT)), |t, r| {
+            if t.to.ip() == a(ALT).ip() || r.change.change_ip {
+                Reply::Drop
+            } else if r.change.change_port {
+                Reply::Ok {
+                    from: a("198.51.100.1:3479"),
+                    mapped: a(X1),
+                }
+            } else {
+                Reply::Ok {
+                    from: t.to,
+                    mapped: a(X1),
+                }
+            }
+        });
+        let r = d.report();
+        assert_consistent(r);
+        assert_eq!(r.mapping_reason, Some(NotMeasured::AlternateUnreachable));
+        assert_eq!(r.behaviour.filtering, Some(F::AddressDependent));
+        assert_eq!(r.behaviour.allocation, Some(PortAllocation::Preserving));
+    }
+
+    #[test]
+    fn c8_change_request_answered_from_the_primary_is_ignored_change() {
+        let mut d = BehaviourDiscovery::new(config(), 5);
+        drive(&mut d, Some(a(ALT)), |t, _| {
+            if t.to.ip() == a(X1).ip() {
+                Reply::Drop
+            } else {
+                // The server never changes anything.
+                Reply::Ok {
+                    from: t.to,
+                    mapped: a(X1),
+                }
+            }
+        });
+        let r = d.report();
+        assert_consistent(r);
+        assert_eq!(r.filtering_reason, Some(NotMeasured::ChangeRequestIgnored));
+        assert_eq!(r.behaviour.filtering, None);
+    }
+
+    /// Starts a discovery and returns it with test I's transmit.
+    fn started(seed: u64) -> (BehaviourDiscovery, Transmit, TransactionId) {
+        let mut d = BehaviourDiscovery::new(config(), seed);
+        d.start(Instant::ZERO);
+        let t = d.poll_transmit().unwrap();
+        let id = decode_request(&t).transaction;
+        (d, t, id)
+    }
+
+    #[test]
+    fn c8_garbage_and_foreign_datagrams_are_ignored() {
+        let (mut d, _, id) = started(11);
+        let now = Instant::from_millis(5);
+        let server = a(SERVER);
+        let local = a(LOCAL);
+        let mut wrong = id;
+        wrong[0] ^= 1;
+        let inputs: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0; 3],
+            vec![0xff; 600],
+            b"hello, world, this is not stun".to_vec(),
+            success(wrong, a(X1), Some(a(ALT)), None),
+            error(wrong, 400),
+            // A request with a foreign transaction id (someone probing us).
+            {
+                let mut buf = [0u8; MAX_MESSAGE];
+                let n = codec::encode_request(&request(wrong, ChangeRequest::default()), &mut buf)
+                    .unwrap();
+                buf[..n].to_vec()
+            },
+        ];
+        for bytes in &inputs {
+            assert!(!d.handle_datagram(now, local, server, bytes));
+        }
+        // Truncations of a real answer never panic and never count.
+        let good = success(id, a(X1), Some(a(ALT)), None);
+        for n in 0..good.len() {
+            assert!(!d.handle_datagram(now, local, server, &good[..n]));
+        }
+        assert!(d.poll_transmit().is_none());
+        assert_eq!(d.poll_timeout(), Some(Instant::from_millis(300)));
+        assert_eq!(d.report(), &BehaviourReport::pending());
+        // The real answer still works afterwards.
+        assert!(d.handle_datagram(now, local, server, &good));
+        assert_eq!(d.report().mapped, Some(a(X1)));
+    }
+
+    #[test]
+    fn c8_answers_from_the_wrong_source_or_socket_do_not_count() {
+        let (mut d, _, id) = started(12);
+        let now = Instant::from_millis(5);
+        let good = success(id, a(X1), Some(a(ALT)), None);
+        // Our transaction, but from elsewhere or on another socket: consumed,
+        // not acted on.
+        assert!(d.handle_datagram(now, a(LOCAL), a("192.0.2.66:3478"), &good));
+        assert!(d.handle_datagram(now, a("10.0.0.2:4001"), a(SERVER), &good));
+        assert_eq!(d.report().mapped, None);
+        assert!(d.poll_transmit().is_none());
+        // From the right place, with an IPv4-mapped source (C9): accepted;
+        // a RESPONSE-ORIGIN that disagrees is noted.
+        let origin = success(id, a(X1), Some(a(ALT)), Some(a("10.9.9.9:3478")));
+        assert!(d.handle_datagram(
+            now,
+            a(LOCAL),
+            "[::ffff:198.51.100.1]:3478".parse().unwrap(),
+            &origin
+        ));
+        assert_eq!(d.report().mapped, Some(a(X1)));
+        assert!(d.report().origin_mismatch);
+        // Test I is over: a duplicate answer is ours but changes nothing.
+        let next = d.poll_transmit().unwrap();
+        assert!(d.handle_datagram(now, a(LOCAL), a(SERVER), &good));
+        assert!(d.poll_transmit().is_none());
+        assert!(decode_request(&next).change.change_ip);
+        // The change-IP-and-port answer must come from the alternate.
+        let nid = decode_request(&next).transaction;
+        let stray = success(nid, a(X1), None, None);
+        assert!(d.handle_datagram(now, a(LOCAL), a("192.0.2.66:3479"), &stray));
+        assert_eq!(d.report().behaviour.filtering, None);
+        assert!(d.handle_datagram(now, a(LOCAL), a(ALT), &stray));
+        assert_eq!(d.report().behaviour.filtering, Some(F::EndpointIndependent));
+    }
+
+    #[test]
+    fn c8_same_seed_same_transmits() {
+        let run = |seed| {
+            let mut s = Script::new(
+                M::AddressAndPortDependent,
+                F::AddressDependent,
+                &[40_000, 40_001, 40_002, 40_003, 40_004, 40_005],
+            );
+            let mut cfg = config();
+            cfg.extra_sockets = vec![a("10.0.0.2:4001"), a("10.0.0.2:4002")];
+            let mut d = BehaviourDiscovery::new(cfg, seed);
+            let (log, end) = drive(&mut d, Some(a(ALT)), |t, r| s.reply(t, r));
+            (log, end, d.report().clone())
+        };
+        let (l1, e1, r1) = run(42);
+        let (l2, e2, r2) = run(42);
+        assert_eq!(l1, l2);
+        assert_eq!((e1, r1.clone()), (e2, r2));
+        let (l3, _, r3) = run(43);
+        assert_ne!(l1, l3);
+        assert_eq!(r1, r3);
+        assert_eq!(
+            r1.behaviour.allocation,
+            Some(PortAllocation::Sequential { step: 1 })
+        );
+    }
+
+    #[test]
+    fn c8_extra_sockets_are_capped() {
+        let mut cfg = config();
+        cfg.extra_sockets = (0..100)
+            .map(|i| a(&format!("10.0.0.2:{}", 5000 + i)))
+            .collect();
+        let d = BehaviourDiscovery::new(cfg, 1);
+        assert_eq!(d.config().extra_sockets.len(), MAX_EXTRA_SOCKETS);
+    }
+
+    proptest::proptest! {
+        /// Arbitrary datagrams, at any point of a run, never panic, and are
+        /// never taken for an answer.
+        #[test]
+        fn c8_arbitrary_datagrams_never_panic(
+            steps in 0usize..6,
+            junk in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80), 0..8),
+        ) {
+            let mut s = Script::new(
+                M::AddressAndPortDependent,
+                F::AddressAndPortDependent,
+                &[40_000, 40_001, 40_002, 40_003],
+            );
+            let mut d = BehaviourDiscovery::new(config(), 8);
+            let mut now = Instant::ZERO;
+            d.start(now);
+            for _ in 0..steps {
+                for j in &junk {
+                    proptest::prop_assert!(!d.handle_datagram(now, a(LOCAL), a(SERVER), j));
+                }
+                while let Some(t) = d.poll_transmit() {
+                    let req = decode_request(&t);
+                    if let Reply::Ok { from, mapped } = s.reply(&t, &req) {
+                        let bytes = success(req.transaction, mapped, Some(a(ALT)), None);
+                        d.handle_datagram(now, t.from, from, &bytes);
+                    }
+                }
+                if let Some(at) = d.poll_timeout() {
+                    now = at;
+                    d.handle_timeout(now);
+                }
+            }
+        }
+    }
+}
