@@ -392,7 +392,7 @@ impl BehaviourDiscovery {
         self.started = true;
         if is_bogus_destination(self.config.server) {
             debug!(server = %self.config.server, "behaviour: bogus server address");
-            self.unreachable();
+            self.end_unmeasured(NotMeasured::ServerUnreachable);
             return;
         }
         self.begin(now, Test::MappingI);
@@ -650,8 +650,9 @@ impl BehaviourDiscovery {
         }
     }
 
-    fn unreachable(&mut self) {
-        let r = Some(NotMeasured::ServerUnreachable);
+    /// Ends the run with nothing measured, every reason `why`.
+    fn end_unmeasured(&mut self, why: NotMeasured) {
+        let r = Some(why);
         let rep = &mut self.report;
         rep.nat_reason = r;
         rep.mapping_reason = r;
@@ -753,18 +754,11 @@ impl BehaviourDiscovery {
         let x1 = match outcome {
             Outcome::Answer(x1) => x1,
             Outcome::Error(code) => {
-                let r = Some(NotMeasured::ServerError { code });
-                let rep = &mut self.report;
-                rep.nat_reason = r;
-                rep.mapping_reason = r;
-                rep.filtering_reason = r;
-                rep.allocation_reason = r;
-                rep.hairpin_reason = r;
-                self.done = true;
+                self.end_unmeasured(NotMeasured::ServerError { code });
                 return;
             }
             _ => {
-                self.unreachable();
+                self.end_unmeasured(NotMeasured::ServerUnreachable);
                 return;
             }
         };
@@ -1031,8 +1025,38 @@ mod tests {
         panic!("discovery did not finish");
     }
 
+    /// A new discovery with `cfg` and `seed`, [`drive`]n to the end.
+    fn run(
+        cfg: DiscoveryConfig,
+        seed: u64,
+        other: Option<SocketAddr>,
+        net: impl FnMut(&Transmit, &BindingRequest) -> Reply,
+    ) -> (BehaviourDiscovery, Vec<Transmit>, Instant) {
+        let mut d = BehaviourDiscovery::new(cfg, seed);
+        let (log, end) = drive(&mut d, other, net);
+        (d, log, end)
+    }
+
     fn config() -> DiscoveryConfig {
         DiscoveryConfig::new(a(SERVER), a(LOCAL))
+    }
+
+    /// A success from `from` reporting the mapped address X1.
+    fn ok_x1(from: SocketAddr) -> Reply {
+        Reply::Ok {
+            from,
+            mapped: a(X1),
+        }
+    }
+
+    /// What a server answering a request that arrived on `to` sends it from:
+    /// `to`'s part (IP or port), or with `change`, the other address's.
+    fn answer_part<T: PartialEq>(change: bool, to: T, server: T, alt: T) -> T {
+        match (change, to == server) {
+            (false, _) => to,
+            (true, true) => alt,
+            (true, false) => server,
+        }
     }
 
     /// A tiny NAT model for scripted answers: the mapped port per mapping
@@ -1097,25 +1121,15 @@ mod tests {
             }
             let mapped = self.map(t.from, t.to);
             let (server, alt) = (a(SERVER), a(ALT));
-            let ip = if req.change.change_ip {
-                if t.to.ip() == server.ip() {
-                    alt.ip()
-                } else {
-                    server.ip()
-                }
-            } else {
-                t.to.ip()
-            };
-            let port = if req.change.change_port {
-                if t.to.port() == server.port() {
-                    alt.port()
-                } else {
-                    server.port()
-                }
-            } else {
-                t.to.port()
-            };
-            let from = SocketAddr::new(ip, port);
+            let from = SocketAddr::new(
+                answer_part(req.change.change_ip, t.to.ip(), server.ip(), alt.ip()),
+                answer_part(
+                    req.change.change_port,
+                    t.to.port(),
+                    server.port(),
+                    alt.port(),
+                ),
+            );
             if self.admits(t.from, from) {
                 Reply::Ok { from, mapped }
             } else {
@@ -1128,8 +1142,7 @@ mod tests {
         mut s: Script,
         cfg: DiscoveryConfig,
     ) -> (BehaviourReport, Vec<Transmit>, Instant) {
-        let mut d = BehaviourDiscovery::new(cfg, 1);
-        let (log, end) = drive(&mut d, Some(a(ALT)), |t, r| s.reply(t, r));
+        let (d, log, end) = run(cfg, 1, Some(a(ALT)), |t, r| s.reply(t, r));
         (d.report().clone(), log, end)
     }
 
@@ -1325,8 +1338,7 @@ mod tests {
             F::EndpointIndependent,
             &[40_000, 40_001, 40_002],
         );
-        let mut d = BehaviourDiscovery::new(cfg, 3);
-        drive(&mut d, Some(a(ALT)), |t, r| {
+        let (d, ..) = run(cfg, 3, Some(a(ALT)), |t, r| {
             if t.from == a("10.0.0.2:4001") {
                 Reply::Drop
             } else {
@@ -1342,8 +1354,7 @@ mod tests {
         let local = a("203.0.113.50:4000");
         let mut cfg = DiscoveryConfig::new(a(SERVER), local);
         cfg.extra_sockets = vec![a("203.0.113.50:4001")];
-        let mut d = BehaviourDiscovery::new(cfg, 9);
-        let (log, _) = drive(&mut d, Some(a(ALT)), |t, r| {
+        let (d, log, _) = run(cfg, 9, Some(a(ALT)), |t, r| {
             // A port-restricted firewall: only the primary gets in.
             if r.change.change_ip || r.change.change_port {
                 Reply::Drop
@@ -1376,8 +1387,7 @@ mod tests {
             let mut cfg = DiscoveryConfig::new(a(SERVER), a("0.0.0.0:4000"));
             cfg.interfaces = ifaces;
             cfg.hairpin = false;
-            let mut d = BehaviourDiscovery::new(cfg, 9);
-            drive(&mut d, Some(a(ALT)), |_, r| {
+            let (d, ..) = run(cfg, 9, Some(a(ALT)), |_, r| {
                 if r.change.change_ip || r.change.change_port {
                     Reply::Drop
                 } else {
@@ -1399,8 +1409,7 @@ mod tests {
         cfg.extra_sockets = vec![a("10.0.0.2:4001"), a("10.0.0.2:4002"), a("10.0.0.2:4003")];
         cfg.hairpin = false;
         let mut next = 50_000u16;
-        let mut d = BehaviourDiscovery::new(cfg, 5);
-        let (log, _) = drive(&mut d, None, |t, r| {
+        let (d, log, _) = run(cfg, 5, None, |t, r| {
             assert!(!r.change.change_ip && !r.change.change_port);
             assert_eq!(t.to, a(SERVER));
             next += 3;
@@ -1426,10 +1435,8 @@ mod tests {
     fn c8_unusable_other_address_is_no_rfc5780() {
         // OTHER-ADDRESS with the primary's own IP would make test II a
         // repeat of test I.
-        let mut d = BehaviourDiscovery::new(config(), 5);
-        drive(&mut d, Some(a("198.51.100.1:3479")), |t, _| Reply::Ok {
-            from: t.to,
-            mapped: a(X1),
+        let (d, ..) = run(config(), 5, Some(a("198.51.100.1:3479")), |t, _| {
+            ok_x1(t.to)
         });
         assert_eq!(d.report().mapping_reason, Some(NotMeasured::NoRfc5780));
         assert_eq!(d.report().other_address, None);
@@ -1476,8 +1483,7 @@ mod tests {
     #[test]
     fn c8_server_errors_are_typed() {
         // 420 to CHANGE-REQUEST: filtering not measured, the rest goes on.
-        let mut d = BehaviourDiscovery::new(config(), 5);
-        drive(&mut d, Some(a(ALT)), |t, r| {
+        let (d, ..) = run(config(), 5, Some(a(ALT)), |t, r| {
             if r.change.change_port {
                 Reply::Err {
                     from: a(SERVER),
@@ -1486,10 +1492,7 @@ mod tests {
             } else if t.to.ip() == a(X1).ip() {
                 Reply::Drop
             } else {
-                Reply::Ok {
-                    from: t.to,
-                    mapped: a(X1),
-                }
+                ok_x1(t.to)
             }
         });
         let r = d.report();
@@ -1500,8 +1503,7 @@ mod tests {
         );
         assert_eq!(r.behaviour.mapping, Some(M::EndpointIndependent));
         // An error to test I ends the run.
-        let mut d = BehaviourDiscovery::new(config(), 5);
-        drive(&mut d, Some(a(ALT)), |t, _| Reply::Err {
+        let (d, ..) = run(config(), 5, Some(a(ALT)), |t, _| Reply::Err {
             from: t.to,
             code: 500,
         });
@@ -1516,20 +1518,13 @@ mod tests {
     fn c8_alternate_unreachable_leaves_mapping_unmeasured() {
         let mut cfg = config();
         cfg.hairpin = false;
-        let mut d = BehaviourDiscovery::new(cfg, 5);
-        drive(&mut d, Some(a(ALT)), |t, r| {
+        let (d, ..) = run(cfg, 5, Some(a(ALT)), |t, r| {
             if t.to.ip() == a(ALT).ip() || r.change.change_ip {
                 Reply::Drop
             } else if r.change.change_port {
-                Reply::Ok {
-                    from: a("198.51.100.1:3479"),
-                    mapped: a(X1),
-                }
+                ok_x1(a("198.51.100.1:3479"))
             } else {
-                Reply::Ok {
-                    from: t.to,
-                    mapped: a(X1),
-                }
+                ok_x1(t.to)
             }
         });
         let r = d.report();
@@ -1541,16 +1536,12 @@ mod tests {
 
     #[test]
     fn c8_change_request_answered_from_the_primary_is_ignored_change() {
-        let mut d = BehaviourDiscovery::new(config(), 5);
-        drive(&mut d, Some(a(ALT)), |t, _| {
+        let (d, ..) = run(config(), 5, Some(a(ALT)), |t, _| {
             if t.to.ip() == a(X1).ip() {
                 Reply::Drop
             } else {
                 // The server never changes anything.
-                Reply::Ok {
-                    from: t.to,
-                    mapped: a(X1),
-                }
+                ok_x1(t.to)
             }
         });
         let r = d.report();
@@ -1653,8 +1644,7 @@ mod tests {
             );
             let mut cfg = config();
             cfg.extra_sockets = vec![a("10.0.0.2:4001"), a("10.0.0.2:4002")];
-            let mut d = BehaviourDiscovery::new(cfg, seed);
-            let (log, end) = drive(&mut d, Some(a(ALT)), |t, r| s.reply(t, r));
+            let (d, log, end) = run(cfg, seed, Some(a(ALT)), |t, r| s.reply(t, r));
             (log, end, d.report().clone())
         };
         let (l1, e1, r1) = run(42);

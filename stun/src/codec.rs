@@ -390,6 +390,14 @@ fn xor_key(transaction: &TransactionId) -> [u8; 16] {
     key
 }
 
+/// Address bytes XORed with `key` (from [`xor_key`]) when given.
+fn xored<const N: usize>(mut b: [u8; N], key: Option<[u8; 16]>) -> [u8; N] {
+    if let Some(k) = key {
+        b.iter_mut().zip(k).for_each(|(b, k)| *b ^= k);
+    }
+    b
+}
+
 /// An address attribute's value (RFC 8489 §14.1/§14.2); XORed when
 /// `xor` carries the transaction id. `None` when malformed.
 fn parse_address(v: &[u8], xor: Option<&TransactionId>) -> Option<SocketAddr> {
@@ -401,20 +409,12 @@ fn parse_address(v: &[u8], xor: Option<&TransactionId>) -> Option<SocketAddr> {
     }
     match (family, v.len()) {
         (0x01, 8) => {
-            let mut ip = [0u8; 4];
-            ip.copy_from_slice(v.get(4..8)?);
-            if let Some(k) = key {
-                ip.iter_mut().zip(k).for_each(|(b, k)| *b ^= k);
-            }
-            Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port))
+            let ip: [u8; 4] = v.get(4..8)?.try_into().ok()?;
+            Some(SocketAddr::new(Ipv4Addr::from(xored(ip, key)).into(), port))
         }
         (0x02, 20) => {
-            let mut ip = [0u8; 16];
-            ip.copy_from_slice(v.get(4..20)?);
-            if let Some(k) = key {
-                ip.iter_mut().zip(k).for_each(|(b, k)| *b ^= k);
-            }
-            Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port))
+            let ip: [u8; 16] = v.get(4..20)?.try_into().ok()?;
+            Some(SocketAddr::new(Ipv6Addr::from(xored(ip, key)).into(), port))
         }
         _ => None,
     }
@@ -578,29 +578,27 @@ impl<'a> Writer<'a> {
             port ^= (MAGIC_COOKIE >> 16) as u16;
         }
         match addr.ip() {
-            IpAddr::V4(ip) => {
-                let mut b = ip.octets();
-                if let Some(k) = key {
-                    b.iter_mut().zip(k).for_each(|(b, k)| *b ^= k);
-                }
-                self.attribute_with(ty, 8, |w| {
-                    w.put(&[0, 0x01]);
-                    w.put(&port.to_be_bytes());
-                    w.put(&b);
-                });
-            }
-            IpAddr::V6(ip) => {
-                let mut b = ip.octets();
-                if let Some(k) = key {
-                    b.iter_mut().zip(k).for_each(|(b, k)| *b ^= k);
-                }
-                self.attribute_with(ty, 20, |w| {
-                    w.put(&[0, 0x02]);
-                    w.put(&port.to_be_bytes());
-                    w.put(&b);
-                });
-            }
+            IpAddr::V4(ip) => self.address_value(ty, 0x01, port, ip.octets(), key),
+            IpAddr::V6(ip) => self.address_value(ty, 0x02, port, ip.octets(), key),
         }
+    }
+
+    /// An address attribute's value: `family`, `port` and the address
+    /// bytes, the bytes XORed with `key` when given.
+    fn address_value<const N: usize>(
+        &mut self,
+        ty: u16,
+        family: u8,
+        port: u16,
+        b: [u8; N],
+        key: Option<[u8; 16]>,
+    ) {
+        let b = xored(b, key);
+        self.attribute_with(ty, 4 + N, |w| {
+            w.put(&[0, family]);
+            w.put(&port.to_be_bytes());
+            w.put(&b);
+        });
     }
 
     /// Sets the length field, adds FINGERPRINT when asked; returns the size.
@@ -777,7 +775,7 @@ pub fn encode_error(
     unknown: &[u16],
     out: &mut [u8],
 ) -> Result<usize, EncodeError> {
-    encode_error_inner(transaction, code, unknown, false, out)
+    encode_error_fingerprinted(transaction, code, unknown, false, out)
 }
 
 /// As [`encode_error`], with FINGERPRINT when `fingerprint` (a server adds
@@ -786,16 +784,6 @@ pub fn encode_error(
 /// # Errors
 /// As [`encode_error`].
 pub fn encode_error_fingerprinted(
-    transaction: &TransactionId,
-    code: u16,
-    unknown: &[u16],
-    fingerprint: bool,
-    out: &mut [u8],
-) -> Result<usize, EncodeError> {
-    encode_error_inner(transaction, code, unknown, fingerprint, out)
-}
-
-fn encode_error_inner(
     transaction: &TransactionId,
     code: u16,
     unknown: &[u16],
@@ -881,6 +869,32 @@ mod tests {
         buf[..n].to_vec()
     }
 
+    /// A minimal request with a FINGERPRINT.
+    fn enc_fp_req() -> Vec<u8> {
+        enc_req(&BindingRequest {
+            fingerprint: true,
+            ..BindingRequest::default()
+        })
+    }
+
+    /// A success response to `TXID` with `mapped` only.
+    fn resp(mapped: &str) -> BindingResponse {
+        BindingResponse {
+            transaction: TXID,
+            mapped: sa(mapped),
+            other_address: None,
+            response_origin: None,
+        }
+    }
+
+    /// An error response to `TXID` as `decode` returns it.
+    fn decoded_error(code: u16) -> Result<Message, DecodeError> {
+        Ok(Message::Error {
+            transaction: TXID,
+            code,
+        })
+    }
+
     fn enc_ok(resp: &BindingResponse, fp: bool) -> Vec<u8> {
         let mut buf = [0u8; MAX_MESSAGE];
         let n = encode_success(resp, fp, &mut buf).expect("fits");
@@ -909,12 +923,7 @@ mod tests {
     fn rfc5769_ipv4_response() {
         assert_eq!(
             decode(&RFC5769_IPV4),
-            Ok(Message::Success(BindingResponse {
-                transaction: TXID,
-                mapped: sa("192.0.2.1:32853"),
-                other_address: None,
-                response_origin: None,
-            }))
+            Ok(Message::Success(resp("192.0.2.1:32853")))
         );
     }
 
@@ -922,12 +931,9 @@ mod tests {
     fn rfc5769_ipv6_response() {
         assert_eq!(
             decode(&RFC5769_IPV6),
-            Ok(Message::Success(BindingResponse {
-                transaction: TXID,
-                mapped: sa("[2001:db8:1234:5678:11:2233:4455:6677]:32853"),
-                other_address: None,
-                response_origin: None,
-            }))
+            Ok(Message::Success(resp(
+                "[2001:db8:1234:5678:11:2233:4455:6677]:32853"
+            )))
         );
     }
 
@@ -1012,12 +1018,7 @@ mod tests {
         };
         assert_eq!(r.mapped, sa("10.0.0.1:4660"));
         // With both, XOR-MAPPED-ADDRESS is the one reported.
-        let resp = BindingResponse {
-            transaction: TXID,
-            mapped: sa("192.0.2.7:9"),
-            other_address: None,
-            response_origin: None,
-        };
+        let resp = resp("192.0.2.7:9");
         let mut both = enc_ok(&resp, false);
         both.extend_from_slice(&[0x00, 0x01, 0x00, 0x08]);
         both.extend_from_slice(&plain);
@@ -1043,12 +1044,7 @@ mod tests {
 
     #[test]
     fn padded_success_round_trips_and_has_its_size() {
-        let resp = BindingResponse {
-            transaction: TXID,
-            mapped: sa("192.0.2.7:9"),
-            other_address: None,
-            response_origin: None,
-        };
+        let resp = resp("192.0.2.7:9");
         let mut buf = [0u8; MAX_MESSAGE];
         let n = encode_success_padded(&resp, 101, true, &mut buf).expect("fits");
         assert_eq!(n, success_len(&resp, 101, true));
@@ -1061,13 +1057,7 @@ mod tests {
         let mut buf = [0u8; MAX_MESSAGE];
         let n = encode_error(&TXID, 420, &[0x0003, 0x7777, 0x0024], &mut buf).expect("fits");
         assert_eq!(n, error_len(420, &[0x0003, 0x7777, 0x0024]));
-        assert_eq!(
-            decode(&buf[..n]),
-            Ok(Message::Error {
-                transaction: TXID,
-                code: 420
-            })
-        );
+        assert_eq!(decode(&buf[..n]), decoded_error(420));
         // ERROR-CODE: class 4, number 20, "Unknown Attribute" (17 bytes).
         assert_eq!(&buf[20..28], &[0x00, 0x09, 0x00, 21, 0, 0, 4, 20]);
         assert_eq!(&buf[28..45], b"Unknown Attribute");
@@ -1076,22 +1066,10 @@ mod tests {
         assert_eq!(&buf[52..60], &[0x00, 0x03, 0x77, 0x77, 0x00, 0x24, 0, 0]);
         assert_eq!(n, 60);
         let n = encode_error_fingerprinted(&TXID, 400, &[], true, &mut buf).expect("fits");
-        assert_eq!(
-            decode(&buf[..n]),
-            Ok(Message::Error {
-                transaction: TXID,
-                code: 400
-            })
-        );
+        assert_eq!(decode(&buf[..n]), decoded_error(400));
         // An invalid code is written as 500.
         let n = encode_error(&TXID, 1234, &[], &mut buf).expect("fits");
-        assert_eq!(
-            decode(&buf[..n]),
-            Ok(Message::Error {
-                transaction: TXID,
-                code: 500
-            })
-        );
+        assert_eq!(decode(&buf[..n]), decoded_error(500));
     }
 
     #[test]
@@ -1112,12 +1090,7 @@ mod tests {
         };
         let mut buf = [0u8; 2048];
         assert!(encode_request(&big, &mut buf).is_err_and(|e| e.need > MAX_MESSAGE));
-        let resp = BindingResponse {
-            transaction: TXID,
-            mapped: sa("[::1]:1"),
-            other_address: None,
-            response_origin: None,
-        };
+        let resp = resp("[::1]:1");
         assert_eq!(
             encode_success(&resp, false, &mut small),
             Err(EncodeError { need: 44 })
@@ -1158,10 +1131,7 @@ mod tests {
                 need: HEADER_LEN
             })
         );
-        let m = enc_req(&BindingRequest {
-            fingerprint: true,
-            ..BindingRequest::default()
-        });
+        let m = enc_fp_req();
         assert_eq!(
             decode(&m[..24]),
             Err(DecodeError::Truncated { len: 24, need: 28 })
@@ -1184,28 +1154,17 @@ mod tests {
         m[2..4].copy_from_slice(&580u16.to_be_bytes());
         assert_eq!(decode(&m), Err(DecodeError::BadLength));
         // An error response without ERROR-CODE, or with an invalid one.
-        let m = raw(msg_type::BINDING_ERROR, &[], false);
-        assert_eq!(decode(&m), Err(DecodeError::BadLength));
-        let m = raw(
-            msg_type::BINDING_ERROR,
-            &[(attr::ERROR_CODE, &[0, 0, 7, 0])],
-            false,
-        );
-        assert_eq!(decode(&m), Err(DecodeError::BadLength));
-        let m = raw(
-            msg_type::BINDING_ERROR,
-            &[(attr::ERROR_CODE, &[0, 0, 4, 100])],
-            false,
-        );
-        assert_eq!(decode(&m), Err(DecodeError::BadLength));
+        for code in [None, Some([0, 0, 7, 0]), Some([0, 0, 4, 100])] {
+            let attrs: Vec<(u16, &[u8])> =
+                code.iter().map(|v| (attr::ERROR_CODE, &v[..])).collect();
+            let m = raw(msg_type::BINDING_ERROR, &attrs, false);
+            assert_eq!(decode(&m), Err(DecodeError::BadLength), "{code:?}");
+        }
     }
 
     #[test]
     fn bad_fingerprint() {
-        let mut m = enc_req(&BindingRequest {
-            fingerprint: true,
-            ..BindingRequest::default()
-        });
+        let mut m = enc_fp_req();
         let last = m.len() - 1;
         m[last] ^= 0x80;
         assert_eq!(decode(&m), Err(DecodeError::BadFingerprint));
@@ -1220,10 +1179,7 @@ mod tests {
 
     #[test]
     fn after_fingerprint() {
-        let mut m = enc_req(&BindingRequest {
-            fingerprint: true,
-            ..BindingRequest::default()
-        });
+        let mut m = enc_fp_req();
         m.extend_from_slice(&[0x80, 0x22, 0x00, 0x00]);
         m[3] += 4;
         assert_eq!(decode(&m), Err(DecodeError::AfterFingerprint));

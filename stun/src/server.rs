@@ -532,19 +532,40 @@ mod tests {
     use core::time::Duration;
     use proptest::prelude::*;
 
+    /// The primary address of the IPv4 test servers.
+    const PRIMARY: &str = "192.0.2.1:3478";
+
     fn sa(s: &str) -> SocketAddr {
         s.parse().expect("literal")
     }
 
-    fn rfc5780_v4() -> StunServer {
+    /// A server on `primary`, serving RFC 5780 with `alternate` if given.
+    fn server(primary: &str, alternate: Option<&str>) -> StunServer {
         StunServer::new(ServerConfig {
-            alternate: Some(sa("192.0.2.2:3479")),
-            ..ServerConfig::new(sa("192.0.2.1:3478"))
+            alternate: alternate.map(sa),
+            ..ServerConfig::new(sa(primary))
         })
     }
 
+    fn rfc5780_v4() -> StunServer {
+        server(PRIMARY, Some("192.0.2.2:3479"))
+    }
+
     fn plain_v4() -> StunServer {
-        StunServer::new(ServerConfig::new(sa("192.0.2.1:3478")))
+        server(PRIMARY, None)
+    }
+
+    fn rfc5780_v6() -> StunServer {
+        server("[2001:db8::1]:3478", Some("[2001:db8::2]:3479"))
+    }
+
+    /// A plain server that answers each source IP once and never refills.
+    fn one_answer_each() -> ServerConfig {
+        ServerConfig {
+            burst_per_source: 1,
+            rate_per_source: 0,
+            ..ServerConfig::new(sa(PRIMARY))
+        }
     }
 
     fn request(req: &BindingRequest) -> Vec<u8> {
@@ -579,10 +600,41 @@ mod tests {
         Some((reply, msg, bytes))
     }
 
+    /// [`ask`] at time zero, for a datagram that must be answered.
+    fn answer(
+        server: &mut StunServer,
+        local: &str,
+        from: &str,
+        datagram: &[u8],
+    ) -> (Reply, Message, Vec<u8>) {
+        ask(server, Instant::ZERO, local, from, datagram).expect("answered")
+    }
+
+    /// How many of 100 copies of `datagram` from `from` to the primary at
+    /// `now` are answered.
+    fn answered_of_100(
+        server: &mut StunServer,
+        now: Instant,
+        from: &str,
+        datagram: &[u8],
+    ) -> usize {
+        (0..100)
+            .filter(|_| ask(server, now, PRIMARY, from, datagram).is_some())
+            .count()
+    }
+
     fn success(msg: &Message) -> BindingResponse {
         match msg {
             Message::Success(r) => *r,
             other => panic!("expected a success, got {other:?}"),
+        }
+    }
+
+    /// The error answer with `code` to a request built by [`req`].
+    fn error(code: u16) -> Message {
+        Message::Error {
+            transaction: [7; 12],
+            code,
         }
     }
 
@@ -605,7 +657,7 @@ mod tests {
 
     #[test]
     fn local_addresses_are_the_primary_or_the_four_combinations() {
-        assert_eq!(plain_v4().local_addresses(), vec![sa("192.0.2.1:3478")]);
+        assert_eq!(plain_v4().local_addresses(), vec![sa(PRIMARY)]);
         assert_eq!(
             rfc5780_v4().local_addresses(),
             vec![
@@ -618,30 +670,21 @@ mod tests {
         // An alternate sharing the IP or the port, or of the other family,
         // is ignored.
         for alt in ["192.0.2.1:3479", "192.0.2.2:3478", "[2001:db8::2]:3479"] {
-            let s = StunServer::new(ServerConfig {
-                alternate: Some(sa(alt)),
-                ..ServerConfig::new(sa("192.0.2.1:3478"))
-            });
-            assert_eq!(s.local_addresses(), vec![sa("192.0.2.1:3478")], "{alt}");
+            let s = server(PRIMARY, Some(alt));
+            assert_eq!(s.local_addresses(), vec![sa(PRIMARY)], "{alt}");
         }
     }
 
     #[test]
     fn plain_server_answers_with_the_source_only() {
         let mut s = plain_v4();
-        let (reply, msg, bytes) = ask(
-            &mut s,
-            Instant::ZERO,
-            "192.0.2.1:3478",
-            "198.51.100.7:40000",
-            &request(&req(false, false)),
-        )
-        .expect("answered");
+        let client = "198.51.100.7:40000";
+        let (reply, msg, bytes) = answer(&mut s, PRIMARY, client, &request(&req(false, false)));
         assert_eq!(
             reply,
             Reply {
-                from: sa("192.0.2.1:3478"),
-                to: sa("198.51.100.7:40000"),
+                from: sa(PRIMARY),
+                to: sa(client),
                 len: 32
             }
         );
@@ -649,7 +692,7 @@ mod tests {
             success(&msg),
             BindingResponse {
                 transaction: [7; 12],
-                mapped: sa("198.51.100.7:40000"),
+                mapped: sa(client),
                 other_address: None,
                 response_origin: None,
             }
@@ -662,64 +705,23 @@ mod tests {
     fn c8_server_answers_rfc5780_change_requests_from_the_right_address() {
         let mut s = rfc5780_v4();
         let client = "198.51.100.7:40000";
+        // The four local addresses, by (IP, port): p primary, a alternate.
+        let (pp, pa, ap, aa) = (
+            PRIMARY,
+            "192.0.2.1:3479",
+            "192.0.2.2:3478",
+            "192.0.2.2:3479",
+        );
         // (arrived on, change ip, change port) → (sent from, other address)
         let cases = [
-            (
-                "192.0.2.1:3478",
-                false,
-                false,
-                "192.0.2.1:3478",
-                "192.0.2.2:3479",
-            ),
-            (
-                "192.0.2.1:3478",
-                true,
-                true,
-                "192.0.2.2:3479",
-                "192.0.2.2:3479",
-            ),
-            (
-                "192.0.2.1:3478",
-                true,
-                false,
-                "192.0.2.2:3478",
-                "192.0.2.2:3479",
-            ),
-            (
-                "192.0.2.1:3478",
-                false,
-                true,
-                "192.0.2.1:3479",
-                "192.0.2.2:3479",
-            ),
-            (
-                "192.0.2.2:3478",
-                false,
-                false,
-                "192.0.2.2:3478",
-                "192.0.2.1:3479",
-            ),
-            (
-                "192.0.2.2:3478",
-                true,
-                false,
-                "192.0.2.1:3478",
-                "192.0.2.1:3479",
-            ),
-            (
-                "192.0.2.1:3479",
-                false,
-                true,
-                "192.0.2.1:3478",
-                "192.0.2.2:3478",
-            ),
-            (
-                "192.0.2.2:3479",
-                true,
-                true,
-                "192.0.2.1:3478",
-                "192.0.2.1:3478",
-            ),
+            (pp, false, false, pp, aa),
+            (pp, true, true, aa, aa),
+            (pp, true, false, ap, aa),
+            (pp, false, true, pa, aa),
+            (ap, false, false, ap, pa),
+            (ap, true, false, pp, pa),
+            (pa, false, true, pp, ap),
+            (aa, true, true, pp, pp),
         ];
         for (i, (local, ip, port, want_from, want_other)) in cases.into_iter().enumerate() {
             let t = Instant::from_millis(1000 * i as u64);
@@ -737,21 +739,13 @@ mod tests {
 
     #[test]
     fn c8_ipv6_rfc5780_server_reports_ipv6_addresses() {
-        let mut s = StunServer::new(ServerConfig {
-            alternate: Some(sa("[2001:db8::2]:3479")),
-            ..ServerConfig::new(sa("[2001:db8::1]:3478"))
-        });
-        let (reply, msg, bytes) = ask(
-            &mut s,
-            Instant::ZERO,
-            "[2001:db8::1]:3478",
-            "[2001:db8:ff::9]:5000",
-            &request(&req(true, false)),
-        )
-        .expect("answered");
+        let mut s = rfc5780_v6();
+        let client = "[2001:db8:ff::9]:5000";
+        let d = request(&req(true, false));
+        let (reply, msg, bytes) = answer(&mut s, "[2001:db8::1]:3478", client, &d);
         assert_eq!(reply.from, sa("[2001:db8::2]:3478"));
         let r = success(&msg);
-        assert_eq!(r.mapped, sa("[2001:db8:ff::9]:5000"));
+        assert_eq!(r.mapped, sa(client));
         assert_eq!(r.other_address, Some(sa("[2001:db8::2]:3479")));
         assert_eq!(r.response_origin, Some(sa("[2001:db8::2]:3478")));
         // Request 28 bytes (CHANGE-REQUEST), answer 20 + 3 × 24.
@@ -761,56 +755,21 @@ mod tests {
     #[test]
     fn c9_ipv4_mapped_source_is_answered_in_ipv4_form() {
         let mut s = plain_v4();
-        let (reply, msg, bytes) = ask(
-            &mut s,
-            Instant::ZERO,
-            "192.0.2.1:3478",
-            "[::ffff:198.51.100.7]:40000",
-            &request(&req(false, false)),
-        )
-        .expect("answered");
+        let d = request(&req(false, false));
+        let (reply, msg, bytes) = answer(&mut s, PRIMARY, "[::ffff:198.51.100.7]:40000", &d);
         assert_eq!(success(&msg).mapped, sa("198.51.100.7:40000"));
         // An IPv4 XOR-MAPPED-ADDRESS: 12 bytes, not 24.
         assert_eq!(bytes.len(), 32);
         // Sent back to the source as the driver named it.
         assert_eq!(reply.to, sa("[::ffff:198.51.100.7]:40000"));
         // A mapped local address is the configured one.
-        let (reply, ..) = ask(
-            &mut s,
-            Instant::ZERO,
-            "[::ffff:192.0.2.1]:3478",
-            "198.51.100.7:40000",
-            &request(&req(false, false)),
-        )
-        .expect("answered");
-        assert_eq!(reply.from, sa("192.0.2.1:3478"));
+        let (reply, ..) = answer(&mut s, "[::ffff:192.0.2.1]:3478", "198.51.100.7:40000", &d);
+        assert_eq!(reply.from, sa(PRIMARY));
         // Both forms share one rate-limit bucket.
-        let mut s = StunServer::new(ServerConfig {
-            burst_per_source: 1,
-            rate_per_source: 0,
-            ..ServerConfig::new(sa("192.0.2.1:3478"))
-        });
-        let d = request(&req(false, false));
-        assert!(
-            ask(
-                &mut s,
-                Instant::ZERO,
-                "192.0.2.1:3478",
-                "198.51.100.7:1",
-                &d
-            )
-            .is_some()
-        );
-        assert!(
-            ask(
-                &mut s,
-                Instant::ZERO,
-                "192.0.2.1:3478",
-                "[::ffff:198.51.100.7]:2",
-                &d
-            )
-            .is_none()
-        );
+        let mut s = StunServer::new(one_answer_each());
+        let mut go = |from: &str| ask(&mut s, Instant::ZERO, PRIMARY, from, &d).is_some();
+        assert!(go("198.51.100.7:1"));
+        assert!(!go("[::ffff:198.51.100.7]:2"));
         assert_eq!(s.stats().rate_limited, 1);
         assert_eq!(s.stats().sources, 1);
     }
@@ -818,35 +777,16 @@ mod tests {
     #[test]
     fn change_request_without_alternate_gets_420_listing_it() {
         let mut s = plain_v4();
+        let client = "198.51.100.7:40000";
         for (ip, port) in [(true, false), (false, true), (true, true)] {
-            let (reply, msg, bytes) = ask(
-                &mut s,
-                Instant::ZERO,
-                "192.0.2.1:3478",
-                "198.51.100.7:40000",
-                &request(&req(ip, port)),
-            )
-            .expect("answered");
-            assert_eq!(
-                msg,
-                Message::Error {
-                    transaction: [7; 12],
-                    code: 420
-                }
-            );
+            let (reply, msg, bytes) = answer(&mut s, PRIMARY, client, &request(&req(ip, port)));
+            assert_eq!(msg, error(420));
             assert_eq!(unknown_attributes(&bytes), vec![attr::CHANGE_REQUEST]);
-            assert_eq!(reply.to, sa("198.51.100.7:40000"));
+            assert_eq!(reply.to, sa(client));
             assert!(reply.len <= 28 + ERROR_GROWTH);
         }
         // A CHANGE-REQUEST asking for nothing is just a request.
-        let (_, msg, _) = ask(
-            &mut s,
-            Instant::ZERO,
-            "192.0.2.1:3478",
-            "198.51.100.7:40000",
-            &request(&req(false, false)),
-        )
-        .expect("answered");
+        let (_, msg, _) = answer(&mut s, PRIMARY, client, &request(&req(false, false)));
         assert!(matches!(msg, Message::Success(_)));
         assert_eq!(s.stats().errors_sent, 3);
     }
@@ -879,25 +819,12 @@ mod tests {
                 (0x0024, &[1; 4]),
             ],
         );
-        let (reply, msg, bytes) = ask(
-            &mut s,
-            Instant::ZERO,
-            "192.0.2.1:3478",
-            "198.51.100.7:4",
-            &d,
-        )
-        .expect("answered");
-        assert_eq!(
-            msg,
-            Message::Error {
-                transaction: [7; 12],
-                code: 420
-            }
-        );
+        let (reply, msg, bytes) = answer(&mut s, PRIMARY, "198.51.100.7:4", &d);
+        assert_eq!(msg, error(420));
         assert_eq!(unknown_attributes(&bytes), vec![0x0002, 0x0024]);
         // RESPONSE-ADDRESS (0x0002) is not obeyed: the error goes to the source.
         assert_eq!(reply.to, sa("198.51.100.7:4"));
-        assert_eq!(reply.from, sa("192.0.2.1:3478"));
+        assert_eq!(reply.from, sa(PRIMARY));
         assert!(reply.len <= d.len() + ERROR_GROWTH);
     }
 
@@ -915,21 +842,8 @@ mod tests {
             ..req(false, false)
         });
         for d in [bad_change, port_zero, padded_elsewhere] {
-            let (reply, msg, _) = ask(
-                &mut s,
-                Instant::ZERO,
-                "192.0.2.1:3478",
-                "198.51.100.7:4",
-                &d,
-            )
-            .expect("answered");
-            assert_eq!(
-                msg,
-                Message::Error {
-                    transaction: [7; 12],
-                    code: 400
-                }
-            );
+            let (reply, msg, _) = answer(&mut s, PRIMARY, "198.51.100.7:4", &d);
+            assert_eq!(msg, error(400));
             assert_eq!(reply.to, sa("198.51.100.7:4"));
             assert!(reply.len <= d.len() + ERROR_GROWTH);
         }
@@ -940,7 +854,7 @@ mod tests {
     fn silence_for_non_stun_responses_indications_and_bad_fingerprints() {
         let mut s = rfc5780_v4();
         let mut out = [0u8; MAX_MESSAGE];
-        let local = sa("192.0.2.1:3478");
+        let local = sa(PRIMARY);
         let from = sa("198.51.100.7:4");
         let mut success = [0u8; MAX_MESSAGE];
         let n = codec::encode_success(
@@ -1004,14 +918,7 @@ mod tests {
                     fingerprint: fp,
                     ..req(change, false)
                 });
-                let (.., bytes) = ask(
-                    &mut s,
-                    Instant::ZERO,
-                    "192.0.2.1:3478",
-                    "198.51.100.7:4",
-                    &d,
-                )
-                .expect("answered");
+                let (.., bytes) = answer(&mut s, PRIMARY, "198.51.100.7:4", &d);
                 assert_eq!(
                     codec::has_fingerprint(&bytes),
                     fp,
@@ -1028,14 +935,7 @@ mod tests {
             response_port: Some(5555),
             ..req(true, true)
         });
-        let (reply, msg, _) = ask(
-            &mut s,
-            Instant::ZERO,
-            "192.0.2.1:3478",
-            "[::ffff:198.51.100.7]:4",
-            &d,
-        )
-        .expect("answered");
+        let (reply, msg, _) = answer(&mut s, PRIMARY, "[::ffff:198.51.100.7]:4", &d);
         assert_eq!(reply.to, sa("[::ffff:198.51.100.7]:5555"));
         assert_eq!(reply.from, sa("192.0.2.2:3479"));
         assert_eq!(success(&msg).mapped, sa("198.51.100.7:4"));
@@ -1050,14 +950,7 @@ mod tests {
                 fingerprint: true,
                 ..req(false, false)
             });
-            let (reply, ..) = ask(
-                &mut s,
-                Instant::ZERO,
-                "192.0.2.1:3478",
-                "198.51.100.7:4",
-                &d,
-            )
-            .expect("answered");
+            let (reply, ..) = answer(&mut s, PRIMARY, "198.51.100.7:4", &d);
             assert!(reply.len <= d.len() + 36, "padding {padding}");
             assert!(reply.len <= MAX_MESSAGE);
             if usize::from(padding) + 20 + 36 + 12 <= MAX_MESSAGE {
@@ -1069,50 +962,34 @@ mod tests {
 
     #[test]
     fn rate_limit_per_source() {
-        let mut s = StunServer::new(ServerConfig::new(sa("192.0.2.1:3478")));
+        let mut s = plain_v4();
         let d = request(&req(false, false));
         let t0 = Instant::from_millis(5_000);
-        let mut answered = 0;
-        for _ in 0..100 {
-            answered +=
-                usize::from(ask(&mut s, t0, "192.0.2.1:3478", "198.51.100.7:1", &d).is_some());
-        }
-        assert_eq!(answered, 40, "the burst");
+        let src = "198.51.100.7:1";
+        assert_eq!(answered_of_100(&mut s, t0, src, &d), 40, "the burst");
         assert_eq!(s.stats().rate_limited, 60);
         // Another source is not affected.
-        assert!(ask(&mut s, t0, "192.0.2.1:3478", "198.51.100.8:1", &d).is_some());
+        assert!(ask(&mut s, t0, PRIMARY, "198.51.100.8:1", &d).is_some());
         // Nor is another port of the same IP spared: the bucket is per IP.
-        assert!(ask(&mut s, t0, "192.0.2.1:3478", "198.51.100.7:2", &d).is_none());
+        assert!(ask(&mut s, t0, PRIMARY, "198.51.100.7:2", &d).is_none());
         // A second later, 20 more.
         let t1 = t0 + Duration::from_secs(1);
-        let mut answered = 0;
-        for _ in 0..100 {
-            answered +=
-                usize::from(ask(&mut s, t1, "192.0.2.1:3478", "198.51.100.7:1", &d).is_some());
-        }
-        assert_eq!(answered, 20);
+        assert_eq!(answered_of_100(&mut s, t1, src, &d), 20);
         // Time going backwards refills nothing and does not panic.
-        assert!(ask(&mut s, t0, "192.0.2.1:3478", "198.51.100.7:1", &d).is_none());
+        assert!(ask(&mut s, t0, PRIMARY, src, &d).is_none());
         // A long pause refills up to the burst only.
         let t2 = t1 + Duration::from_secs(3600);
-        let mut answered = 0;
-        for _ in 0..100 {
-            answered +=
-                usize::from(ask(&mut s, t2, "192.0.2.1:3478", "198.51.100.7:1", &d).is_some());
-        }
-        assert_eq!(answered, 40);
+        assert_eq!(answered_of_100(&mut s, t2, src, &d), 40);
     }
 
     #[test]
     fn the_stalest_source_is_evicted() {
         let mut s = StunServer::new(ServerConfig {
-            rate_per_source: 0,
-            burst_per_source: 1,
             max_sources: 2,
-            ..ServerConfig::new(sa("192.0.2.1:3478"))
+            ..one_answer_each()
         });
         let d = request(&req(false, false));
-        let mut go = |from: &str| ask(&mut s, Instant::ZERO, "192.0.2.1:3478", from, &d).is_some();
+        let mut go = |from: &str| ask(&mut s, Instant::ZERO, PRIMARY, from, &d).is_some();
         assert!(go("198.51.100.1:1")); // A
         assert!(go("198.51.100.2:1")); // B
         assert!(!go("198.51.100.1:1")); // A again: limited, and now fresher than B
@@ -1125,10 +1002,10 @@ mod tests {
 
     #[test]
     fn rate_limit_table_stays_bounded_under_100k_sources() {
-        let mut s = StunServer::new(ServerConfig::new(sa("192.0.2.1:3478")));
+        let mut s = plain_v4();
         let d = request(&req(false, false));
         let mut out = [0u8; MAX_MESSAGE];
-        let local = sa("192.0.2.1:3478");
+        let local = sa(PRIMARY);
         for i in 0..100_000u32 {
             let from = SocketAddr::new(IpAddr::V4((0x0a00_0000 + i).into()), 1234);
             let t = Instant::from_nanos(u64::from(i) * 1000);
@@ -1149,7 +1026,7 @@ mod tests {
         let mut out = [0u8; 40];
         let r = s.handle(
             Instant::ZERO,
-            sa("192.0.2.1:3478"),
+            sa(PRIMARY),
             sa("198.51.100.7:4"),
             &d,
             &mut out,
@@ -1203,22 +1080,15 @@ mod tests {
 
     fn servers() -> Vec<(StunServer, &'static str, &'static str)> {
         vec![
-            (plain_v4(), "192.0.2.1:3478", "198.51.100.7:4"),
-            (rfc5780_v4(), "192.0.2.1:3478", "198.51.100.7:4"),
+            (plain_v4(), PRIMARY, "198.51.100.7:4"),
+            (rfc5780_v4(), PRIMARY, "198.51.100.7:4"),
             (rfc5780_v4(), "192.0.2.2:3479", "[::ffff:198.51.100.7]:4"),
             (
-                StunServer::new(ServerConfig::new(sa("[2001:db8::1]:3478"))),
+                server("[2001:db8::1]:3478", None),
                 "[2001:db8::1]:3478",
                 "[2001:db8:ff::9]:5000",
             ),
-            (
-                StunServer::new(ServerConfig {
-                    alternate: Some(sa("[2001:db8::2]:3479")),
-                    ..ServerConfig::new(sa("[2001:db8::1]:3478"))
-                }),
-                "[2001:db8::1]:3478",
-                "[2001:db8:ff::9]:5000",
-            ),
+            (rfc5780_v6(), "[2001:db8::1]:3478", "[2001:db8:ff::9]:5000"),
         ]
     }
 
@@ -1309,7 +1179,7 @@ mod tests {
             let from = SocketAddr::new(IpAddr::V4(src.into()), src_port);
             let d = request(&BindingRequest { response_port: Some(response_port), ..req(ip, port) });
             let mut out = [0u8; MAX_MESSAGE];
-            let r = s.handle(Instant::ZERO, sa("192.0.2.1:3478"), from, &d, &mut out).expect("answered");
+            let r = s.handle(Instant::ZERO, sa(PRIMARY), from, &d, &mut out).expect("answered");
             prop_assert_eq!(r.to, SocketAddr::new(from.ip(), response_port));
         }
     }
