@@ -125,6 +125,8 @@ pub(crate) struct PeerOptions {
     pub agent: natrix_proto::Config,
     /// Port mapping on the gateway (off unless asked for).
     pub port_mapping: Option<natrix_tokio::PortMapConfig>,
+    /// STUN servers the classification sweeps ask (C8).
+    pub stun_servers: Vec<SocketAddr>,
 }
 
 impl PeerOptions {
@@ -139,6 +141,7 @@ impl PeerOptions {
             filter: None,
             agent: natrix_proto::Config::default(),
             port_mapping: None,
+            stun_servers: Vec::new(),
         }
     }
 }
@@ -174,6 +177,7 @@ pub(crate) fn spawn_peer(keypair: Keypair, opts: &PeerOptions) -> CliResult<Node
     config.datagram_filter = opts.filter.clone();
     config.agent = opts.agent.clone();
     config.port_mapping.clone_from(&opts.port_mapping);
+    config.stun_servers.clone_from(&opts.stun_servers);
     let node = Node::spawn(Tokio, config, control).map_err(|e| {
         CliError::failure(format!("cannot start the node on {}: {e}", opts.bind))
             .hint("is the port in use? pick another with --bind, or use port 0")
@@ -317,4 +321,17 @@ pub(crate) async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `value` of `flag` as `host:port`, resolved to its first address.
+///
+/// # Errors
+/// [`Exit::Usage`] when it does not parse or resolve.
+pub(crate) fn resolve_host_port(flag: &str, value: &str) -> CliResult<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    value
+        .to_socket_addrs()
+        .map_err(|e| CliError::usage(format!("bad {flag} {value:?}: {e}")))?
+        .next()
+        .ok_or_else(|| CliError::usage(format!("{flag} {value:?} resolves to no address")))
 }

@@ -313,3 +313,70 @@ fn require_direct_succeeds_on_loopback() {
         connect.stderr
     );
 }
+
+/// C8: one coordinator plus a STUN server (a second coordinator's address:
+/// coordinators answer STUN) are two destinations, so `listen` measures its
+/// NAT class instead of publishing a guess; on loopback, Open.
+#[test]
+fn c8_one_coordinator_and_a_stun_server_measure_the_class() {
+    if std::net::UdpSocket::bind("127.0.0.2:0").is_err() {
+        eprintln!("skipping: no 127.0.0.2 on this host");
+        return;
+    }
+    let dir = TempDir::new("stun-server");
+    let (coord, dial) = coordinator(&dir, "127.0.0.1:0");
+    let dir2 = TempDir::new("stun-server-2");
+    let (stun, stun_dial) = coordinator(&dir2, "127.0.0.2:0");
+    let stun_addr = stun_dial.split('@').nth(1).expect("host:port").to_owned();
+    let key_file = dir.path("listen.key");
+    keygen(&key_file);
+    let args = [
+        "listen",
+        "--coordinator",
+        &dial,
+        "--stun-server",
+        &stun_addr,
+        "--key",
+        path_str(&key_file),
+        "--linger",
+        "0",
+        "-v",
+    ];
+    let mut child = Command::new(NATRIX)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run natrix listen");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    let measured = loop {
+        let Ok(line) = rx.recv_timeout(BOUND.saturating_sub(start.elapsed())) else {
+            break false;
+        };
+        let done = line.contains("NAT class: Open, public address 127.0.0.1:");
+        seen.push(line);
+        if done {
+            break true;
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = seen.join("\n");
+    assert!(
+        measured
+            && text.contains("measuring the NAT class with 1 coordinator(s) and 1 STUN server(s)"),
+        "stderr:\n{text}"
+    );
+    drop((coord, stun));
+}

@@ -61,6 +61,10 @@ pub struct NodeConfig {
     /// default; `None` (the default for other nodes) hands STUN datagrams to
     /// the application like any unknown datagram.
     pub stun: Option<StunConfig>,
+    /// STUN servers (RFC 8489) the classification sweeps ask besides
+    /// coordinators and peers (C8; each server's IP is a destination, C4).
+    /// Empty by default.
+    pub stun_servers: Vec<SocketAddr>,
 }
 
 impl fmt::Debug for NodeConfig {
@@ -73,6 +77,7 @@ impl fmt::Debug for NodeConfig {
             .field("datagram_filter", &self.datagram_filter.is_some())
             .field("port_mapping", &self.port_mapping)
             .field("stun", &self.stun)
+            .field("stun_servers", &self.stun_servers)
             .finish()
     }
 }
@@ -89,6 +94,7 @@ impl NodeConfig {
             datagram_filter: None,
             port_mapping: None,
             stun: None,
+            stun_servers: Vec::new(),
         }
     }
 
@@ -453,6 +459,7 @@ impl<R: Runtime> Node<R> {
         };
         let mut agent = Agent::new(config.id, local_addr, config.agent.clone(), config.seed);
         agent.set_interface_addrs(&interface_addrs());
+        agent.set_stun_servers(&config.stun_servers);
         let (commands, command_rx) = async_channel::unbounded();
         let (accepts_tx, accepts) = async_channel::bounded(QUEUE_CAPACITY);
         let app = Inbox::new(QUEUE_CAPACITY);
@@ -1127,14 +1134,22 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                             c.session_datagrams += u64::from(taken);
                             taken
                         }
-                        DatagramKind::Stun => match &self.stun {
-                            Some(stun) => {
+                        DatagramKind::Stun => {
+                            // A STUN server's answer to the agent's sweep
+                            // (C8), else a request for the STUN service.
+                            let now = self.clock.to_agent(self.rt.now());
+                            if self.agent.handle_datagram(now, local, src, bytes)
+                                == DatagramVerdict::Consumed
+                            {
+                                true
+                            } else if let Some(stun) = &self.stun {
                                 let stun = stun.clone();
                                 stun.handle(stun.primary(), src, bytes).await;
                                 true
+                            } else {
+                                false
                             }
-                            None => false,
-                        },
+                        }
                         DatagramKind::Unknown => false,
                     };
                     if !ours {

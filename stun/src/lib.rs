@@ -16,7 +16,10 @@
 //! same bytes.
 
 pub mod behaviour;
-pub mod codec;
 pub mod server;
+
+/// The STUN codec: it lives with natrix's other wire codecs in
+/// `natrix-proto` (the agent's sweeps speak STUN too, C8), re-exported here.
+pub use natrix_proto::wire::stun as codec;
 
 pub use natrix_proto::Instant;

@@ -53,7 +53,8 @@
 //!   the bound port), as the examples do. That is right on a LAN or on one
 //!   host; behind a NAT, pass `--reflex` and `--nat-class`, or use two
 //!   coordinators. `-v` says what was published.
-//! - Two or more coordinators: the node measures.
+//! - Two or more coordinators, or coordinators plus `--stun-server`s (C8):
+//!   the node measures.
 //!
 //! # Exit codes
 //!
@@ -76,7 +77,7 @@ use tokio::sync::mpsc;
 
 use crate::common::{
     PeerOptions, Progress, default_key_path, load_or_create_key, parse_key, resolve_dial,
-    spawn_peer, wait_coordinators, wait_for_signal,
+    resolve_host_port, spawn_peer, wait_coordinators, wait_for_signal,
 };
 use crate::error::{CliError, CliResult, Exit};
 use crate::report::Record;
@@ -155,6 +156,12 @@ pub(crate) struct PeerArgs {
     /// The lease --port-mapping asks for, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
     pub(crate) port_mapping_lifetime: u64,
+    /// A STUN server (`host:port`, repeatable) the NAT classification asks
+    /// besides the coordinators: each server's IP counts as a destination
+    /// (C4, C8), so one coordinator plus one STUN server is enough to
+    /// measure the NAT class.
+    #[arg(long = "stun-server", value_name = "HOST:PORT")]
+    pub(crate) stun_servers: Vec<String>,
     /// Write a JSON record of the run to FILE when the command ends: the
     /// classification, path changes, first datagram, punch counters (see
     /// docs/cli.md).
@@ -430,8 +437,14 @@ impl Peer {
         let explicit = args
             .reflex
             .map(|r| (args.nat_class.map_or(NatClass::Cone, NatClass::from), r));
+        let stun_servers = args
+            .stun_servers
+            .iter()
+            .map(|s| resolve_host_port("--stun-server", s))
+            .collect::<CliResult<Vec<_>>>()?;
         let opts = PeerOptions {
             classification: explicit,
+            stun_servers: stun_servers.clone(),
             port_mapping: args.port_mapping.then(|| natrix_tokio::PortMapConfig {
                 lifetime: Duration::from_secs(args.port_mapping_lifetime.max(1)),
                 ..natrix_tokio::PortMapConfig::default()
@@ -440,7 +453,10 @@ impl Peer {
         };
         let started = Instant::now();
         let node = spawn_peer(keypair, &opts)?;
-        if explicit.is_none() && (args.nat_class.is_some() || coordinators.len() == 1) {
+        // Destinations a sweep can use: coordinators and STUN servers (C4
+        // counts IPs; the agent enforces that, this only picks the mode).
+        let destinations = coordinators.len() + stun_servers.len();
+        if explicit.is_none() && (args.nat_class.is_some() || destinations == 1) {
             let class = args.nat_class.map_or(NatClass::Cone, NatClass::from);
             let reflex = own_address(node.local_addr(), coordinators[0].1);
             node.set_local_classification(class, reflex);
@@ -457,8 +473,9 @@ impl Peer {
             tracing::info!("publishing {class:?} at {reflex}");
         } else {
             tracing::info!(
-                "measuring the NAT class with {} coordinators",
-                coordinators.len()
+                "measuring the NAT class with {} coordinator(s) and {} STUN server(s)",
+                coordinators.len(),
+                stun_servers.len()
             );
         }
         st.line(&intro(&key, node.local_addr()));
@@ -507,7 +524,7 @@ impl Peer {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        let measuring = explicit.is_none() && args.nat_class.is_none() && coordinators.len() > 1;
+        let measuring = explicit.is_none() && args.nat_class.is_none() && destinations > 1;
         if measuring {
             // Announce only a measured class: a peer that punched us before
             // the sweep ended would aim at a guess.

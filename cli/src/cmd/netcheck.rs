@@ -31,7 +31,7 @@ use natrix_proto::{FilteringBehaviour, MappingBehaviour, NatClass, PortAllocatio
 use natrix_tokio::{Keypair, Node, PublicKey, Reclassified, os_seed};
 use serde::Serialize;
 
-use crate::common::{PeerOptions, Progress, load_key, resolve_dial, spawn_peer};
+use crate::common::{PeerOptions, Progress, load_key, resolve_dial, resolve_host_port, spawn_peer};
 use crate::error::{CliError, CliResult, Exit};
 
 /// The version of the JSON document's layout ([`Report::version`]). Fields
@@ -439,7 +439,7 @@ pub(crate) async fn run(args: &Args, quiet: bool) -> CliResult<Exit> {
         None
     } else {
         match &args.stun {
-            Some(s) => Some(resolve_stun(s)?),
+            Some(s) => Some(resolve_host_port("--stun", s)?),
             None => targets.iter().find_map(|t| t.addr),
         }
     };
@@ -990,15 +990,6 @@ fn family_report(
         filtering: Measure::not_measured(C8_ISSUE),
         port_allocation: Measure::not_measured(C8_ISSUE),
     }
-}
-
-/// `--stun HOST:PORT`, resolved.
-fn resolve_stun(s: &str) -> CliResult<SocketAddr> {
-    use std::net::ToSocketAddrs;
-    s.to_socket_addrs()
-        .map_err(|e| CliError::usage(format!("bad --stun {s:?}: {e}")))?
-        .next()
-        .ok_or_else(|| CliError::usage(format!("--stun {s:?} resolves to no address")))
 }
 
 fn mapping_word(m: MappingBehaviour) -> &'static str {

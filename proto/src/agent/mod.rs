@@ -344,8 +344,10 @@ impl Agent {
     }
 
     /// A datagram that arrived on the socket bound at `local` from `src`.
-    /// Keep-alives are consumed; anything else is [`DatagramVerdict::NotOurs`]
-    /// and belongs to the application, untouched.
+    /// Keep-alives are consumed, and so is a STUN server's answer to the
+    /// running sweep (C8: its transaction id, from that server); anything
+    /// else is [`DatagramVerdict::NotOurs`] and belongs to the application,
+    /// untouched.
     pub fn handle_datagram(
         &mut self,
         now: Instant,
@@ -355,7 +357,13 @@ impl Agent {
     ) -> DatagramVerdict {
         let _ = local;
         if !is_keepalive(datagram) {
-            return DatagramVerdict::NotOurs;
+            // C8: a STUN server's answer to the running sweep.
+            let (mut cx, d) = self.dctx();
+            return if d.handle_stun(&mut cx, now, src, datagram) {
+                DatagramVerdict::Consumed
+            } else {
+                DatagramVerdict::NotOurs
+            };
         }
         let src = canonical_addr(src);
         match Keepalive::decode(datagram) {
@@ -494,6 +502,15 @@ impl Agent {
     /// wildcard bind, a reflex reads as Open only when its IP is one of these.
     pub fn set_interface_addrs(&mut self, addrs: &[IpAddr]) {
         self.discovery.set_interfaces(addrs);
+    }
+
+    /// C8: STUN servers (RFC 8489) that classification sweeps ask besides
+    /// peers: each answer is an observation, each server's IP a destination
+    /// (C4). At most [`MAX_STUN_SERVERS`](crate::discovery::MAX_STUN_SERVERS)
+    /// are kept; addresses no datagram may go to are dropped. Their answers
+    /// reach the agent through [`handle_datagram`](Self::handle_datagram).
+    pub fn set_stun_servers(&mut self, servers: &[SocketAddr]) {
+        self.discovery.set_stun_servers(servers);
     }
 
     // ----- commands -----

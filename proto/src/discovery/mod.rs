@@ -9,6 +9,7 @@
 //! | C5 echo of the authenticated session address | the agent's reflex responder ([`crate::Agent::handle_control`]) |
 //! | C6 override short-circuits sweeps, discards a running one | `Discovery::set_override` ([`crate::Agent::set_reflex_override`]) |
 //! | C7 triggers: start, period, request, reflex change — never a handshake failure | `Discovery::handle_timeout`, `Discovery::handle_answer` |
+//! | C8 STUN servers as sweep destinations, each a distinct IP (C4) | `Discovery::set_stun_servers`, `Discovery::handle_stun` |
 
 pub mod prober;
 
@@ -31,6 +32,9 @@ use prober::{Prober, Subscriber};
 
 /// Most interface addresses kept for C3.
 pub const MAX_INTERFACES: usize = 64;
+
+/// Most STUN servers a sweep asks besides its peers (C8).
+pub const MAX_STUN_SERVERS: usize = 8;
 
 /// Why a reflex probe did not produce an address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -172,9 +176,37 @@ struct Sweep {
     generation: u64,
     deadline: Instant,
     targets: Vec<(NodeId, IpAddr)>,
+    /// STUN servers asked (C8), each until answered or its probe timeout.
+    stun: Vec<StunTarget>,
     observations: Vec<SweepObservation>,
     /// An override arrived mid-sweep (C6).
     discarded: bool,
+}
+
+/// A STUN server a sweep asked: where, with which transaction id, until when.
+#[derive(Clone, Copy, Debug)]
+struct StunTarget {
+    server: SocketAddr,
+    transaction: crate::wire::stun::TransactionId,
+    deadline: Instant,
+}
+
+/// The node id a STUN server's observation is filed under: the server is no
+/// peer, but classification keeps one observation per source, so each
+/// server gets a stable id derived from its address (FNV-1a), tagged in the
+/// top bit so that it reads as no ordinary node's.
+#[must_use]
+pub fn stun_source_id(server: SocketAddr) -> NodeId {
+    let server = canonical_addr(server);
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let ip: [u8; 16] = match server.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    for b in ip.iter().chain(server.port().to_be_bytes().iter()) {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    NodeId(h | (1 << 63))
 }
 
 /// What discovery needs from the agent for one call.
@@ -198,6 +230,8 @@ pub struct Discovery {
     published: Option<Announcement>,
     reflex_override: Option<SocketAddr>,
     interfaces: Vec<IpAddr>,
+    /// STUN servers sweeps ask besides peers (C8), canonical form.
+    stun_servers: Vec<SocketAddr>,
     /// C7: when the next automatic sweep is due (`Instant::ZERO` = at once).
     next_sweep_at: Option<Instant>,
     /// A sweep was wanted but there were not two destinations; retry when a
@@ -216,6 +250,7 @@ impl Discovery {
             published: None,
             reflex_override: None,
             interfaces: Vec::new(),
+            stun_servers: Vec::new(),
             // C7: classify at start.
             next_sweep_at: config.auto_reclassify().then_some(Instant::ZERO),
             waiting_for_destinations: false,
@@ -274,6 +309,31 @@ impl Discovery {
             .extend(interfaces.iter().take(MAX_INTERFACES).copied());
     }
 
+    /// C8: the STUN servers sweeps ask besides peers (at most
+    /// [`MAX_STUN_SERVERS`]; an address no datagram may go to — unspecified,
+    /// multicast, broadcast, port 0 — is dropped, as R13 drops such
+    /// reflexes). Their answers count as observations, each server's IP a
+    /// destination (C4).
+    pub fn set_stun_servers(&mut self, servers: &[SocketAddr]) {
+        self.stun_servers.clear();
+        for s in servers.iter().map(|s| canonical_addr(*s)) {
+            let bad = s.port() == 0
+                || s.ip().is_unspecified()
+                || s.ip().is_multicast()
+                || matches!(s.ip(), IpAddr::V4(v4) if v4.is_broadcast());
+            if !bad && !self.stun_servers.contains(&s) && self.stun_servers.len() < MAX_STUN_SERVERS
+            {
+                self.stun_servers.push(s);
+            }
+        }
+    }
+
+    /// The STUN servers sweeps ask.
+    #[must_use]
+    pub fn stun_servers(&self) -> &[SocketAddr] {
+        &self.stun_servers
+    }
+
     /// C6: installs (or with `None` removes) the reflex override. Installing
     /// one discards a running sweep's result; removing it restores the last
     /// committed pair and, with automatic classification, sweeps again.
@@ -310,9 +370,19 @@ impl Discovery {
             };
         }
         let targets = pick_targets(cx.peers, cx.rng, cx.config.sweep_targets() as usize);
-        if targets.len() < 2 {
+        // C8 + C4: STUN servers of the bound address's family, at IPs no
+        // peer target has and distinct among themselves.
+        let mut stun_ips: Vec<IpAddr> = targets.iter().map(|(_, ip)| *ip).collect();
+        let mut stun_servers: Vec<SocketAddr> = Vec::new();
+        for s in &self.stun_servers {
+            if s.is_ipv4() == cx.bind.is_ipv4() && !stun_ips.contains(&s.ip()) {
+                stun_ips.push(s.ip());
+                stun_servers.push(*s);
+            }
+        }
+        if targets.len() + stun_servers.len() < 2 {
             self.waiting_for_destinations = true;
-            let destinations = targets.len();
+            let destinations = targets.len() + stun_servers.len();
             cx.out.events.push_back(Event::SweepFinished {
                 generation: self.generation,
                 outcome: SweepOutcome::InsufficientDestinations { destinations },
@@ -332,11 +402,33 @@ impl Discovery {
                 cx.out.control(*peer, Channel::ReflexRequest, &[]);
             }
         }
+        let mut stun = Vec::with_capacity(stun_servers.len());
+        for server in stun_servers {
+            let mut transaction = [0u8; 12];
+            transaction[..8].copy_from_slice(&cx.rng.next_u64().to_le_bytes());
+            transaction[8..].copy_from_slice(&cx.rng.next_u64().to_le_bytes()[..4]);
+            let req = crate::wire::stun::BindingRequest {
+                transaction,
+                fingerprint: true,
+                ..Default::default()
+            };
+            let mut buf = [0u8; 32];
+            if let Ok(n) = crate::wire::stun::encode_request(&req, &mut buf) {
+                cx.out
+                    .datagram(cx.bind, server, buf.get(..n).unwrap_or_default());
+                stun.push(StunTarget {
+                    server,
+                    transaction,
+                    deadline: probe_deadline,
+                });
+            }
+        }
         self.sweep = Some(Sweep {
             generation,
             deadline: now.saturating_add(cx.config.sweep_deadline()),
-            observations: Vec::with_capacity(targets.len()),
+            observations: Vec::with_capacity(targets.len() + stun.len()),
             targets,
+            stun,
             discarded: false,
         });
         ReclassifyOutcome::Started { generation }
@@ -415,6 +507,44 @@ impl Discovery {
         self.finish_if_resolved(cx, now);
     }
 
+    /// C8: a datagram that may be a STUN server's answer to the running
+    /// sweep. It counts only with the transaction id the sweep sent to that
+    /// very server and from that server's address (an off-path sender cannot
+    /// guess 96 random bits); anything else is not ours (`false`).
+    pub(crate) fn handle_stun(
+        &mut self,
+        cx: &mut DiscoveryCtx<'_>,
+        now: Instant,
+        src: SocketAddr,
+        datagram: &[u8],
+    ) -> bool {
+        let Ok(crate::wire::stun::Message::Success(resp)) = crate::wire::stun::decode(datagram)
+        else {
+            return false;
+        };
+        let src = canonical_addr(src);
+        let Some(sweep) = self.sweep.as_mut() else {
+            return false;
+        };
+        let Some(i) = sweep
+            .stun
+            .iter()
+            .position(|t| t.transaction == resp.transaction && t.server == src)
+        else {
+            return false;
+        };
+        let target = sweep.stun.swap_remove(i);
+        sweep.observations.push(SweepObservation {
+            destination: target.server.ip(),
+            observation: Observation {
+                peer: stun_source_id(target.server),
+                reflex: canonical_addr(resp.mapped),
+            },
+        });
+        self.finish_if_resolved(cx, now);
+        true
+    }
+
     /// C7: a standalone probe saw a reflex different from the published one →
     /// sweep (at most once per cooldown). For a symmetric NAT only the IP is
     /// compared: its port differs per destination by nature.
@@ -455,10 +585,9 @@ impl Discovery {
     }
 
     fn finish_if_resolved(&mut self, cx: &mut DiscoveryCtx<'_>, now: Instant) {
-        let resolved = self
-            .sweep
-            .as_ref()
-            .is_some_and(|s| !self.prober.is_waiting(Subscriber::Sweep(s.generation)));
+        let resolved = self.sweep.as_ref().is_some_and(|s| {
+            s.stun.is_empty() && !self.prober.is_waiting(Subscriber::Sweep(s.generation))
+        });
         if resolved {
             self.finish(cx, now, false);
         }
@@ -509,6 +638,11 @@ impl Discovery {
         for (peer, f) in self.prober.expire(now) {
             fail_standalone(cx.out, peer, f, ProbeError::Timeout);
         }
+        // A STUN server that did not answer in time just loses its
+        // observation, as a peer's expired probe does.
+        if let Some(s) = self.sweep.as_mut() {
+            s.stun.retain(|t| t.deadline > now);
+        }
         self.finish_if_resolved(cx, now);
         if self.sweep.is_none() && self.next_sweep_at.is_some_and(|t| t <= now) {
             self.next_sweep_at = None;
@@ -524,6 +658,9 @@ impl Discovery {
         [
             self.prober.next_deadline(),
             self.sweep.as_ref().map(|s| s.deadline),
+            self.sweep
+                .as_ref()
+                .and_then(|s| s.stun.iter().map(|t| t.deadline).min()),
             self.next_sweep_at.filter(|_| self.sweep.is_none()),
         ]
         .into_iter()

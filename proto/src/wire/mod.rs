@@ -31,6 +31,7 @@ pub mod keepalive;
 pub mod natrix;
 pub mod reflex;
 pub mod rendezvous;
+pub mod stun;
 
 pub use addr::{ADDR_LEN, decode_addr, encode_addr};
 pub use keepalive::{KEEPALIVE_LEN, KEEPALIVE_MAGIC, Keepalive, is_keepalive};

@@ -509,8 +509,9 @@ fn attribute(a: &mut Attributes, ty: u16, v: &[u8], transaction: &TransactionId)
         | attr::UNKNOWN_ATTRIBUTES => {}
         unknown if unknown < 0x8000 => {
             let n = usize::from(a.unknown_count);
-            if n < a.unknown.len() && !a.unknown[..n].contains(&unknown) {
-                a.unknown[n] = unknown;
+            let seen = a.unknown.get(..n).is_some_and(|s| s.contains(&unknown));
+            if let (false, Some(slot)) = (seen, a.unknown.get_mut(n)) {
+                *slot = unknown;
                 a.unknown_count += 1;
             }
         }
@@ -820,6 +821,8 @@ mod tests {
     use super::*;
     use core::net::{SocketAddrV4, SocketAddrV6};
     use proptest::prelude::*;
+    use std::vec;
+    use std::vec::Vec;
 
     const TXID: TransactionId = [
         0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae,
