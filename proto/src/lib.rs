@@ -64,6 +64,7 @@
 //! | R11 | [`rendezvous::endpoint`] (crossing rules), [`rendezvous::coordinator`] (joining) | `r11_*` in `tests/hardening.rs` |
 //! | R12, R13 | [`rendezvous::endpoint`], [`rendezvous::coordinator`], [`classify::is_bogus_destination`] | `r12_*`, `r13_*` |
 //! | C1–C7 | [`discovery`], [`mod@classify`] | `c1_*` … `c7_*` in `tests/discovery.rs`, property `c2_*` |
+//! | C8 | [`mod@behaviour`] (the RFC 4787 model), [`wire::stun`] (the STUN codec), STUN servers in sweeps ([`discovery`], [`Agent::set_stun_servers`]); discovery against RFC 5780 servers is `natrix-stun` | `c8_*` in `tests/stun_sweep.rs` and `wire::stun` |
 //! | C9 | [`classify::canonical_addr`] at every input | `c9_*` |
 //!
 //! ## Example
