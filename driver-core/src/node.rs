@@ -34,6 +34,7 @@ use crate::net::wire::LookupAnswer;
 use crate::portmap::{PortMapConfig, PortMapEvent, PortMapState, PortMapper};
 use crate::runtime::{BoxFuture, RecvBatch, Runtime, UdpSocket};
 use crate::stun::{StunConfig, StunRunning, StunService};
+use natrix_proto::wire::stun::msg_type as stun_msg;
 
 /// Decides whether to drop an outgoing datagram (destination, bytes): a test
 /// hook standing in for a filtering middlebox.
@@ -1135,11 +1136,15 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                             taken
                         }
                         DatagramKind::Stun => {
-                            // A STUN server's answer to the agent's sweep
-                            // (C8), else a request for the STUN service.
+                            // A success answer may be a STUN server's
+                            // answer to the agent's sweep (C8); anything
+                            // else is for the STUN service, when it runs.
+                            let success = bytes.get(..2)
+                                == Some(&stun_msg::BINDING_SUCCESS.to_be_bytes()[..]);
                             let now = self.clock.to_agent(self.rt.now());
-                            if self.agent.handle_datagram(now, local, src, bytes)
-                                == DatagramVerdict::Consumed
+                            if success
+                                && self.agent.handle_datagram(now, local, src, bytes)
+                                    == DatagramVerdict::Consumed
                             {
                                 true
                             } else if let Some(stun) = &self.stun {

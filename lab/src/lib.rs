@@ -27,6 +27,7 @@ pub mod portmap;
 pub mod proc;
 pub mod scenarios;
 pub mod stun;
+pub mod stun_bench;
 pub mod topo;
 
 /// What can stop the lab.

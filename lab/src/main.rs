@@ -54,10 +54,38 @@ enum Cmd {
     Scenarios,
     /// Removes the namespaces an interrupted or killed run left behind.
     Cleanup,
+    /// STUN Binding answers per second: a natrix coordinator against coturn,
+    /// each on one core, on 127.0.0.1 (no namespaces, no root).
+    StunBench {
+        /// Seconds counted per server turn (default 5; 0.5 with --quick).
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// One short round that only proves it runs.
+        #[arg(long)]
+        quick: bool,
+        /// Rounds (each server one turn per round; default 3, 1 with --quick).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Outstanding requests per generator socket (16 sockets; default 8).
+        #[arg(long)]
+        window: Option<usize>,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Cmd::StunBench {
+        seconds,
+        quick,
+        rounds,
+        window,
+    }) = args.command
+    {
+        let mut plan = natrix_lab::stun_bench::Plan::new(seconds, quick);
+        plan.rounds = rounds.unwrap_or(plan.rounds);
+        plan.window = window.unwrap_or(plan.window);
+        return stun_bench(&args, &plan);
+    }
     if matches!(args.command, Some(Cmd::Cleanup)) {
         let removed = netns::cleanup_all();
         println!(
@@ -106,6 +134,34 @@ fn main() -> ExitCode {
     }
 }
 
+/// `natrix-lab stun-bench`: no namespaces, so no preflight or cleanup.
+fn stun_bench(args: &Args, plan: &natrix_lab::stun_bench::Plan) -> ExitCode {
+    let report = binary(
+        args.natrix.as_ref(),
+        "natrix",
+        "cargo build --release -p natrix-cli",
+        "--natrix",
+    )
+    .and_then(|bin| natrix_lab::stun_bench::run(&bin, &args.dir.join("stun-bench"), plan));
+    match report {
+        Ok(r) => {
+            println!("{}", r.text);
+            if r.ok {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "natrix-lab stun-bench: FAILED: a wrong answer, or a server answered nothing"
+                );
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("natrix-lab stun-bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// `given`, or `default` (a path relative to this program's folder); it
 /// must exist, or the preflight fails with how to build it.
 fn binary(given: Option<&PathBuf>, default: &str, build: &str, flag: &str) -> Result<PathBuf> {
@@ -144,7 +200,7 @@ fn run(args: &Args) -> Result<bool> {
         Some(Cmd::Matrix { cell }) if !cell.is_empty() => (true, false, Some(parse_cells(cell)?)),
         Some(Cmd::Matrix { .. }) => (true, false, None),
         Some(Cmd::Scenarios) => (false, true, None),
-        Some(Cmd::Cleanup) => unreachable!("handled in main"),
+        Some(Cmd::Cleanup | Cmd::StunBench { .. }) => unreachable!("handled in main"),
     };
     let t = Instant::now();
     let internet = Internet::build(&mut lab, 4)?;
