@@ -12,36 +12,83 @@ use arbitrary::Arbitrary;
 use natrix_portmap::natpmp::{
     ExternalAddressResponse, MapResponse, NatPmpClient, OP_MAP_UDP, Request, Response, ResultCode,
 };
-use natrix_portmap::{Client, Instant, MappingRequest, PCP_PORT, Transmit};
+use natrix_portmap::{Mapping, MappingRequest, PCP_PORT};
 
+#[path = "common/udp_client.rs"]
+mod udp_client;
+
+use udp_client::{Action, Protocol};
+
+/// A well-formed NAT-PMP answer.
 #[derive(Debug, Arbitrary)]
-enum Action {
-    /// A datagram from the gateway.
-    FromGateway(Vec<u8>),
-    /// A datagram from another host.
-    FromElsewhere([u8; 4], u16, Vec<u8>),
-    /// A well-formed external address answer.
+enum Answer {
+    /// An external address answer.
     Address {
         result: u16,
         epoch: u32,
         ip: [u8; 4],
     },
-    /// A well-formed UDP mapping answer for the client's port.
+    /// A UDP mapping answer for the client's port.
     Map {
         result: u16,
         epoch: u32,
         external_port: u16,
         lifetime: u32,
     },
-    Timeout,
-    Delete,
-    Start,
 }
 
 #[derive(Debug, Arbitrary)]
 struct Input {
     raw: Vec<u8>,
-    steps: Vec<(u16, Action)>,
+    steps: Vec<(u16, Action<Answer>)>,
+}
+
+struct NatPmp {
+    client: NatPmpClient,
+    internal_port: u16,
+}
+
+impl Protocol for NatPmp {
+    type Client = NatPmpClient;
+    type Answer = Answer;
+
+    fn client(&mut self) -> &mut NatPmpClient {
+        &mut self.client
+    }
+
+    fn answer(&mut self, answer: Answer) -> Vec<u8> {
+        match answer {
+            Answer::Address { result, epoch, ip } => {
+                Response::ExternalAddress(ExternalAddressResponse {
+                    result: ResultCode::from_u16(result),
+                    epoch,
+                    external_ip: Ipv4Addr::from(ip),
+                })
+            }
+            Answer::Map {
+                result,
+                epoch,
+                external_port,
+                lifetime,
+            } => Response::Map(MapResponse {
+                opcode: OP_MAP_UDP,
+                result: ResultCode::from_u16(result),
+                epoch,
+                internal_port: self.internal_port,
+                external_port,
+                lifetime,
+            }),
+        }
+        .encode()
+    }
+
+    fn sent(&mut self, payload: &[u8]) {
+        Request::decode(payload).expect("the client sends valid requests");
+    }
+
+    fn installed(&self, mapping: &Mapping) {
+        assert!(!mapping.external.ip().is_unspecified());
+    }
 }
 
 libfuzzer_sys::fuzz_target!(|input: Input| {
@@ -56,61 +103,10 @@ libfuzzer_sys::fuzz_target!(|input: Input| {
     let gw = SocketAddr::new(IpAddr::V4(gateway), PCP_PORT);
     let internal: SocketAddr = "192.168.1.20:4000".parse().expect("literal");
     let request = MappingRequest::new(internal).expect("valid");
-    let mut client = NatPmpClient::new(gateway, request, Duration::from_secs(1)).expect("valid");
-    let mut now = Instant::ZERO;
-    client.start(now);
-    for (advance_ms, action) in input.steps.into_iter().take(256) {
-        now = now.saturating_add(Duration::from_millis(u64::from(advance_ms)));
-        match action {
-            Action::FromGateway(d) => client.handle_udp(now, gw, &d),
-            Action::FromElsewhere(ip, port, d) => {
-                client.handle_udp(now, SocketAddr::from((ip, port)), &d);
-            }
-            Action::Address { result, epoch, ip } => {
-                let r = Response::ExternalAddress(ExternalAddressResponse {
-                    result: ResultCode::from_u16(result),
-                    epoch,
-                    external_ip: Ipv4Addr::from(ip),
-                });
-                client.handle_udp(now, gw, &r.encode());
-            }
-            Action::Map {
-                result,
-                epoch,
-                external_port,
-                lifetime,
-            } => {
-                let r = Response::Map(MapResponse {
-                    opcode: OP_MAP_UDP,
-                    result: ResultCode::from_u16(result),
-                    epoch,
-                    internal_port: internal.port(),
-                    external_port,
-                    lifetime,
-                });
-                client.handle_udp(now, gw, &r.encode());
-            }
-            Action::Timeout => {
-                if let Some(t) = client.poll_timeout() {
-                    now = now.max(t);
-                }
-                client.handle_timeout(now);
-            }
-            Action::Delete => client.delete(now),
-            Action::Start => client.start(now),
-        }
-        while let Some(t) = client.poll_transmit() {
-            let Transmit::Udp { to, payload } = t else {
-                panic!("NAT-PMP sent HTTP");
-            };
-            assert_eq!(to, gw, "P1");
-            Request::decode(&payload).expect("the client sends valid requests");
-        }
-        while client.poll_event().is_some() {}
-        if let Some(m) = client.mapping() {
-            assert_eq!(m.internal, internal);
-            assert_ne!(m.external.port(), 0);
-            assert!(!m.external.ip().is_unspecified());
-        }
-    }
+    let client = NatPmpClient::new(gateway, request, Duration::from_secs(1)).expect("valid");
+    let mut p = NatPmp {
+        client,
+        internal_port: internal.port(),
+    };
+    udp_client::drive(&mut p, gw, internal, input.steps);
 });

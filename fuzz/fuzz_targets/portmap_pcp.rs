@@ -11,26 +11,22 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use natrix_portmap::pcp::{MapPayload, MapRequest, PcpClient, Response, ResponseBody, ResultCode};
-use natrix_portmap::{Client, Instant, MappingRequest, PCP_PORT, Transmit};
+use natrix_portmap::{MappingRequest, PCP_PORT};
 
+#[path = "common/udp_client.rs"]
+mod udp_client;
+
+use udp_client::{Action, Protocol};
+
+/// An answer to the client's last request, with arbitrary fields.
 #[derive(Debug, Arbitrary)]
-enum Action {
-    /// A datagram from the gateway.
-    FromGateway(Vec<u8>),
-    /// A datagram from another host.
-    FromElsewhere([u8; 4], u16, Vec<u8>),
-    /// An answer to the client's last request.
-    Answer {
-        result: u8,
-        lifetime: u32,
-        epoch: u32,
-        external_port: u16,
-        external_ip: [u8; 16],
-        announce: bool,
-    },
-    Timeout,
-    Delete,
-    Start,
+struct Answer {
+    result: u8,
+    lifetime: u32,
+    epoch: u32,
+    external_port: u16,
+    external_ip: [u8; 16],
+    announce: bool,
 }
 
 #[derive(Debug, Arbitrary)]
@@ -38,7 +34,48 @@ struct Input {
     seed: u64,
     ipv6: bool,
     raw: Vec<u8>,
-    steps: Vec<(u16, Action)>,
+    steps: Vec<(u16, Action<Answer>)>,
+}
+
+struct Pcp {
+    client: PcpClient,
+    /// The last request the client sent (answers are built from it).
+    last: Option<MapRequest>,
+}
+
+impl Protocol for Pcp {
+    type Client = PcpClient;
+    type Answer = Answer;
+
+    fn client(&mut self) -> &mut PcpClient {
+        &mut self.client
+    }
+
+    fn answer(&mut self, a: Answer) -> Vec<u8> {
+        let body = match self.last {
+            Some(req) if !a.announce => ResponseBody::Map(MapPayload {
+                nonce: req.nonce,
+                protocol: req.protocol,
+                internal_port: req.internal_port,
+                external_port: a.external_port,
+                external_ip: Ipv6Addr::from(a.external_ip),
+            }),
+            _ => ResponseBody::Announce,
+        };
+        Response {
+            result: ResultCode::from_u8(a.result),
+            lifetime: a.lifetime,
+            epoch: a.epoch,
+            body,
+        }
+        .encode()
+    }
+
+    fn sent(&mut self, payload: &[u8]) {
+        let req = MapRequest::decode(payload).expect("the client sends valid requests");
+        assert_eq!(req.nonce, self.client.nonce());
+        self.last = Some(req);
+    }
 }
 
 libfuzzer_sys::fuzz_target!(|input: Input| {
@@ -62,66 +99,8 @@ libfuzzer_sys::fuzz_target!(|input: Input| {
     };
     let gw = SocketAddr::new(gateway, PCP_PORT);
     let request = MappingRequest::new(internal).expect("valid");
-    let mut client =
+    let client =
         PcpClient::new(gateway, request, input.seed, Duration::from_secs(1)).expect("valid");
-    let mut now = Instant::ZERO;
-    client.start(now);
-    let mut last: Option<MapRequest> = None;
-    for (advance_ms, action) in input.steps.into_iter().take(256) {
-        now = now.saturating_add(Duration::from_millis(u64::from(advance_ms)));
-        match action {
-            Action::FromGateway(d) => client.handle_udp(now, gw, &d),
-            Action::FromElsewhere(ip, port, d) => {
-                client.handle_udp(now, SocketAddr::from((ip, port)), &d);
-            }
-            Action::Answer {
-                result,
-                lifetime,
-                epoch,
-                external_port,
-                external_ip,
-                announce,
-            } => {
-                let body = match last {
-                    Some(req) if !announce => ResponseBody::Map(MapPayload {
-                        nonce: req.nonce,
-                        protocol: req.protocol,
-                        internal_port: req.internal_port,
-                        external_port,
-                        external_ip: Ipv6Addr::from(external_ip),
-                    }),
-                    _ => ResponseBody::Announce,
-                };
-                let r = Response {
-                    result: ResultCode::from_u8(result),
-                    lifetime,
-                    epoch,
-                    body,
-                };
-                client.handle_udp(now, gw, &r.encode());
-            }
-            Action::Timeout => {
-                if let Some(t) = client.poll_timeout() {
-                    now = now.max(t);
-                }
-                client.handle_timeout(now);
-            }
-            Action::Delete => client.delete(now),
-            Action::Start => client.start(now),
-        }
-        while let Some(t) = client.poll_transmit() {
-            let Transmit::Udp { to, payload } = t else {
-                panic!("PCP sent HTTP");
-            };
-            assert_eq!(to, gw, "P1");
-            let req = MapRequest::decode(&payload).expect("the client sends valid requests");
-            assert_eq!(req.nonce, client.nonce());
-            last = Some(req);
-        }
-        while client.poll_event().is_some() {}
-        if let Some(m) = client.mapping() {
-            assert_eq!(m.internal, internal);
-            assert_ne!(m.external.port(), 0);
-        }
-    }
+    let mut p = Pcp { client, last: None };
+    udp_client::drive(&mut p, gw, internal, input.steps);
 });
