@@ -135,6 +135,34 @@ impl MapSite {
         Ok(())
     }
 
+    /// Stops miniupnpd (if it runs) and waits for it.
+    fn stop_daemon(&mut self) -> Result<()> {
+        if let Some(mut d) = self.daemon.take() {
+            d.terminate();
+            d.wait_exit(Duration::from_secs(5))?;
+        }
+        Ok(())
+    }
+
+    /// What a reboot does to a stopped miniupnpd's state: its rules (which
+    /// it leaves behind on exit) flushed, its lease file (which it reloads
+    /// on start) removed. The gateway has lost every mapping.
+    fn forget_mappings(&self, lab: &Lab) -> Result<()> {
+        let leases = lease_file(self.index, &lab.dir.to_string_lossy());
+        match std::fs::remove_file(&leases) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LabError::Setup(format!("cannot remove {leases}: {e}"))),
+        }
+        for chain in ["prerouting_miniupnpd", "miniupnpd"] {
+            lab.exec(
+                &self.gw,
+                &["nft", "flush", "chain", "inet", "filter", chain],
+            )?;
+        }
+        Ok(())
+    }
+
     /// The gateway's miniupnpd DNAT rules for `port`.
     fn rules(&self, lab: &Lab, port: u16) -> Result<usize> {
         let out = lab.exec(
@@ -272,21 +300,8 @@ fn node_override(
         open,
     );
     // The gateway loses the mapping: miniupnpd stops and its rules go.
-    if let Some(mut d) = site.daemon.take() {
-        d.terminate();
-        d.wait_exit(Duration::from_secs(5))?;
-    }
-    lab.exec(
-        &site.gw,
-        &[
-            "nft",
-            "flush",
-            "chain",
-            "inet",
-            "filter",
-            "prerouting_miniupnpd",
-        ],
-    )?;
+    site.stop_daemon()?;
+    site.forget_mappings(lab)?;
     let lost = p
         .wait_log("port mapping lost", Duration::from_secs(20))
         .is_ok();
@@ -351,10 +366,7 @@ fn double_nat(lab: &Lab, nx: &Natrix, site: &mut MapSite, coordinator: &str) -> 
         "no address was printed as a mapping, and the gateway holds no rule",
         map.received().is_empty() && site.rules(lab, PORT)? == 0,
     );
-    if let Some(mut d) = site.daemon.take() {
-        d.terminate();
-        let _ = d.wait_exit(Duration::from_secs(5));
-    }
+    let _ = site.stop_daemon();
     Ok(s)
 }
 
@@ -533,35 +545,10 @@ fn one(
     // A renewal at half the 6 s lease.
     let renewed = map.wait_log("renewed:", Duration::from_secs(8)).is_ok();
     s.check("renewed at half the granted lifetime (P4)", renewed);
-    // Restart the gateway's daemon.
-    if let Some(mut d) = site.daemon.take() {
-        d.terminate();
-        d.wait_exit(Duration::from_secs(5))?;
-    }
-    // miniupnpd leaves its rules and its lease file (which it reloads on
-    // start) behind on exit: remove them, as a reboot would; the restarted
+    // Restart the gateway's daemon, as a reboot would: the restarted
     // gateway has lost the mapping.
-    let leases = lease_file(site.index, &lab.dir.to_string_lossy());
-    match std::fs::remove_file(&leases) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(LabError::Setup(format!("cannot remove {leases}: {e}"))),
-    }
-    lab.exec(
-        &site.gw,
-        &[
-            "nft",
-            "flush",
-            "chain",
-            "inet",
-            "filter",
-            "prerouting_miniupnpd",
-        ],
-    )?;
-    lab.exec(
-        &site.gw,
-        &["nft", "flush", "chain", "inet", "filter", "miniupnpd"],
-    )?;
+    site.stop_daemon()?;
+    site.forget_mappings(lab)?;
     site.start_daemon(lab, 1)?;
     let restarted = Instant::now();
     // Both mappers print "the gateway restarted (…)" on GatewayRestarted and
@@ -619,9 +606,6 @@ fn one(
         "stopping the client deleted the mapping: the gateway's rule is gone (P4)",
         deleted,
     );
-    if let Some(mut d) = site.daemon.take() {
-        d.terminate();
-        let _ = d.wait_exit(Duration::from_secs(5));
-    }
+    let _ = site.stop_daemon();
     Ok(s)
 }
