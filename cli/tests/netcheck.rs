@@ -65,11 +65,12 @@ impl Coordinator {
             dial,
             _dir: dir,
         };
-        assert!(
-            started.dial.starts_with("natrix1") && started.dial.contains('@'),
-            "coordinator printed {:?}, not a dial string",
-            started.dial
-        );
+        if !(started.dial.starts_with("natrix1") && started.dial.contains('@')) {
+            // It exited before printing one: another process took one of
+            // its addresses after the check above (drop kills it).
+            eprintln!("coordinator printed {:?}, not a dial string", started.dial);
+            return None;
+        }
         Some(started)
     }
 
@@ -195,11 +196,9 @@ fn check_document(doc: &Value) {
     assert!(!coordinators.is_empty());
     for c in coordinators {
         assert!(field(c, "dial").as_str().is_some_and(|d| d.contains('@')));
-        assert!(
-            field(c, "key")
-                .as_str()
-                .is_some_and(|k| k.starts_with("natrix1"))
-        );
+        assert!(field(c, "key")
+            .as_str()
+            .is_some_and(|k| k.starts_with("natrix1")));
         let reachable = field(c, "reachable").as_bool().expect("reachable: bool");
         assert!(is_null_or(field(c, "addr"), Value::is_string));
         assert!(is_null_or(field(c, "family"), |f| {
@@ -226,11 +225,9 @@ fn check_document(doc: &Value) {
         if f.is_null() {
             continue;
         }
-        assert!(
-            field(f, "identity")
-                .as_str()
-                .is_some_and(|k| k.starts_with("natrix1"))
-        );
+        assert!(field(f, "identity")
+            .as_str()
+            .is_some_and(|k| k.starts_with("natrix1")));
         assert!(is_null_or(field(f, "bound"), Value::is_string));
         assert!(is_null_or(field(f, "error"), Value::is_string));
         for n in ["coordinators", "answered", "destinations"] {
@@ -293,11 +290,9 @@ fn check_document(doc: &Value) {
         // Not asked (--no-port-mapping).
         assert_eq!(check_measure(field(pm, s), s), "not_probed");
     }
-    assert!(
-        field(doc, "summary")
-            .as_str()
-            .is_some_and(|s| !s.is_empty())
-    );
+    assert!(field(doc, "summary")
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
 }
 
 #[test]
@@ -530,18 +525,22 @@ fn bad_dial_string_is_a_usage_error() {
 /// on loopback, no NAT and no filtering.
 #[test]
 fn c8_netcheck_measures_filtering_against_a_coordinator_with_an_alternate() {
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("bind")
-        .port();
-    let Ok(alt) = UdpSocket::bind("127.0.0.2:0").and_then(|s| s.local_addr()) else {
+    if UdpSocket::bind("127.0.0.2:0").is_err() {
         eprintln!("skipping: no 127.0.0.2 on this host");
         return;
-    };
-    let listen = format!("127.0.0.1:{port}");
-    let c = Coordinator::start_with(&listen, &["--stun-alternate", &alt.to_string()])
-        .expect("127.0.0.1 is always there");
-    let _ = &c.dial;
+    }
+    // The coordinator binds four addresses (both IPs × both ports), and
+    // tests running beside this one take ephemeral ports too: find a pair
+    // free on both IPs, and try again with fresh ports when another
+    // process takes one before the coordinator binds it.
+    let (listen, alt, _c) = (0..20)
+        .find_map(|_| {
+            let (primary, alt) = free_port_pair()?;
+            let listen = primary.to_string();
+            let c = Coordinator::start_with(&listen, &["--stun-alternate", &alt.to_string()])?;
+            Some((listen, alt, c))
+        })
+        .expect("a coordinator on 127.0.0.1 and 127.0.0.2 within 20 tries");
     let out = netcheck(&["--stun", &listen, "--json"]);
     assert_eq!(code(&out), Some(0), "stderr:\n{}", stderr(&out));
     let doc = json(&out);
@@ -557,4 +556,16 @@ fn c8_netcheck_measures_filtering_against_a_coordinator_with_an_alternate() {
     assert_eq!(stun["nat_class"], "open");
     assert!(doc["coordinators"].as_array().is_some_and(Vec::is_empty));
     assert_eq!(doc["ok"], true);
+}
+
+/// Two ports, `p` on 127.0.0.1 and `q` on 127.0.0.2, with both free on both
+/// IPs at the moment of the check: (127.0.0.1:p, 127.0.0.2:q).
+fn free_port_pair() -> Option<(SocketAddr, SocketAddr)> {
+    let a = UdpSocket::bind("127.0.0.1:0").ok()?;
+    let p = a.local_addr().ok()?.port();
+    let b = UdpSocket::bind("127.0.0.2:0").ok()?;
+    let q = b.local_addr().ok()?.port();
+    let _c = UdpSocket::bind(("127.0.0.1", q)).ok()?;
+    let _d = UdpSocket::bind(("127.0.0.2", p)).ok()?;
+    Some((a.local_addr().ok()?, b.local_addr().ok()?))
 }

@@ -377,19 +377,28 @@ pub async fn net_node_id_must_be_the_keys<R: Runtime>(rt: R, ip: IpAddr) {
 pub async fn stun_coordinator_serves_rfc5780<R: Runtime>(rt: R) {
     use natrix_proto::{FilteringBehaviour, MappingBehaviour};
     let alt_ip: IpAddr = "127.0.0.2".parse().expect("literal");
-    // A free port on the second IP for the alternate.
-    let alt_port = std::net::UdpSocket::bind((alt_ip, 0))
-        .and_then(|s| s.local_addr())
-        .expect("127.0.0.2 is a loopback address")
-        .port();
-    let alternate = SocketAddr::new(alt_ip, alt_port);
-    let mut cfg = CoordinatorConfig::new(SocketAddr::new(crate::testkit::V4, 0));
-    cfg.agent = test_config();
-    cfg.stun = Some(crate::stun::StunConfig {
-        alternate: Some(alternate),
-        ..crate::stun::StunConfig::default()
-    });
-    let c = Coordinator::spawn(rt.clone(), test_keypair(3), cfg, seed(3)).expect("bind");
+    // The coordinator binds both IPs × both ports, and tests beside this one
+    // take ephemeral ports too: when one of the four is taken, try again
+    // with a fresh alternate port.
+    let (c, alternate) = (0..20)
+        .find_map(|_| {
+            // A port free on the second IP (and, likely, on the first).
+            let alt_port = std::net::UdpSocket::bind((alt_ip, 0))
+                .and_then(|s| s.local_addr())
+                .ok()?
+                .port();
+            let alternate = SocketAddr::new(alt_ip, alt_port);
+            let mut cfg = CoordinatorConfig::new(SocketAddr::new(crate::testkit::V4, 0));
+            cfg.agent = test_config();
+            cfg.stun = Some(crate::stun::StunConfig {
+                alternate: Some(alternate),
+                ..crate::stun::StunConfig::default()
+            });
+            let c = Coordinator::spawn(rt.clone(), test_keypair(3), cfg, seed(3)).ok()?;
+            Some((c, alternate))
+        })
+        .expect("a coordinator on 127.0.0.1 and 127.0.0.2 within 20 tries");
+    let alt_port = alternate.port();
     let primary = c.node().local_addr();
     let report = within(
         &rt,
