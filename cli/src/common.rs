@@ -127,6 +127,8 @@ pub(crate) struct PeerOptions {
     pub port_mapping: Option<natrix_tokio::PortMapConfig>,
     /// STUN servers the classification sweeps ask (C8).
     pub stun_servers: Vec<SocketAddr>,
+    /// The RFC 5780 server to measure the NAT's behaviour against (C8).
+    pub behaviour_server: Option<SocketAddr>,
 }
 
 impl PeerOptions {
@@ -142,6 +144,7 @@ impl PeerOptions {
             agent: natrix_proto::Config::default(),
             port_mapping: None,
             stun_servers: Vec::new(),
+            behaviour_server: None,
         }
     }
 }
@@ -178,6 +181,7 @@ pub(crate) fn spawn_peer(keypair: Keypair, opts: &PeerOptions) -> CliResult<Node
     config.agent = opts.agent.clone();
     config.port_mapping.clone_from(&opts.port_mapping);
     config.stun_servers.clone_from(&opts.stun_servers);
+    config.behaviour_server = opts.behaviour_server;
     let node = Node::spawn(Tokio, config, control).map_err(|e| {
         CliError::failure(format!("cannot start the node on {}: {e}", opts.bind))
             .hint("is the port in use? pick another with --bind, or use port 0")

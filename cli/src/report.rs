@@ -12,7 +12,7 @@
 //!   "key": "natrix1…",
 //!   "local": "0.0.0.0:4000",
 //!   "exit": 0,
-//!   "classification": { "class": "cone", "reflex": "203.0.113.7:4000" },
+//!   "classification": { "class": "cone", "reflex": "203.0.113.7:4000", "profile": "EIM/APDF" },
 //!   "opened": 0.41,
 //!   "first_datagram": 0.53,
 //!   "datagrams": { "sent": 12, "received": 11 },
@@ -22,7 +22,9 @@
 //! }
 //! ```
 //!
-//! `opened` is when the connection came to exist on this side, and
+//! `classification.profile` is the NAT's mapping and filtering this node
+//! announced (C8, measured with `--behaviour-server`), `null` when none was
+//! measured. `opened` is when the connection came to exist on this side, and
 //! `first_datagram` when its first datagram reached this side; both are
 //! `null` if that never happened. `events` lists every path change, failed
 //! upgrade, relay refusal and end, in order. `stats` holds the node's
@@ -100,9 +102,13 @@ impl Record {
         path: Option<PathInfo>,
     ) -> CliResult<()> {
         let s = node.stats();
-        let classification = node
-            .classification()
-            .map(|a| json!({ "class": class_name(a.class), "reflex": a.reflex.to_string() }));
+        let classification = node.classification().map(|a| {
+            json!({
+                "class": class_name(a.class),
+                "reflex": a.reflex.to_string(),
+                "profile": a.profile.map(|p| p.to_string()),
+            })
+        });
         let doc = json!({
             "version": 1,
             "role": role,

@@ -108,6 +108,12 @@ impl Drop for Proc {
 
 /// A coordinator on `listen` for 60 s, and its dial string.
 fn coordinator(dir: &TempDir, listen: &str) -> (Proc, String) {
+    coordinator_with(dir, listen, &[]).expect("the coordinator prints its dial string")
+}
+
+/// [`coordinator`] with more flags; `None` when it exits without printing
+/// a dial string (one of its addresses was taken).
+fn coordinator_with(dir: &TempDir, listen: &str, extra: &[&str]) -> Option<(Proc, String)> {
     let key = dir.path("coordinator.key");
     let mut child = Command::new(NATRIX)
         .args([
@@ -119,6 +125,7 @@ fn coordinator(dir: &TempDir, listen: &str) -> (Proc, String) {
             "--key",
         ])
         .arg(&key)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -143,16 +150,12 @@ fn coordinator(dir: &TempDir, listen: &str) -> (Proc, String) {
         stdout: Some(reader),
         stderr,
     };
-    let dial = rx
-        .recv_timeout(BOUND)
-        .expect("the coordinator prints its dial string")
-        .trim()
-        .to_owned();
-    assert!(
-        dial.starts_with("natrix1") && dial.contains('@'),
-        "not a dial string: {dial:?}"
-    );
-    (proc, dial)
+    let dial = rx.recv_timeout(BOUND).ok()?.trim().to_owned();
+    if !(dial.starts_with("natrix1") && dial.contains('@')) {
+        eprintln!("not a dial string: {dial:?}");
+        return None;
+    }
+    Some((proc, dial))
 }
 
 fn path_str(p: &Path) -> &str {
@@ -342,13 +345,79 @@ fn c8_one_coordinator_and_a_stun_server_measure_the_class() {
         "0",
         "-v",
     ];
+    let (measured, seen) = stderr_until(&args, 0, |line| {
+        line.contains("NAT class: Open, public address 127.0.0.1:")
+    });
+    let text = seen.join("\n");
+    assert!(
+        measured
+            && text.contains("measuring the NAT class with 1 coordinator(s) and 1 STUN server(s)"),
+        "stderr:\n{text}"
+    );
+    drop((coord, stun));
+}
+
+/// C8: `listen --behaviour-server` measures the NAT's mapping and filtering
+/// against a coordinator serving RFC 5780 (`--stun-alternate`) and
+/// announces them with its class: on loopback, no NAT and no filter,
+/// EIM/EIF.
+#[test]
+fn c8_listen_measures_and_announces_the_nat_profile() {
+    if std::net::UdpSocket::bind("127.0.0.2:0").is_err() {
+        eprintln!("skipping: no 127.0.0.2 on this host");
+        return;
+    }
+    let dir = TempDir::new("behaviour");
+    // Four addresses (both IPs × both ports) must be free: retry when a
+    // test running beside this one takes one first.
+    let (_coord, dial, primary) = (0..20)
+        .find_map(|_| {
+            let (primary, alt) = free_port_pair()?;
+            let (p, dial) = coordinator_with(
+                &dir,
+                &primary.to_string(),
+                &["--stun-alternate", &alt.to_string()],
+            )?;
+            Some((p, dial, primary))
+        })
+        .expect("a coordinator on 127.0.0.1 and 127.0.0.2 within 20 tries");
+    let key_file = dir.path("listen.key");
+    keygen(&key_file);
+    let primary = primary.to_string();
+    let args = [
+        "listen",
+        "--coordinator",
+        &dial,
+        "--behaviour-server",
+        &primary,
+        "--key",
+        path_str(&key_file),
+        "--linger",
+        "0",
+    ];
+    // The summary follows the behaviour line.
+    let (measured, seen) = stderr_until(&args, 1, |line| line.contains("NAT behaviour ("));
+    let text = seen.join("\n");
+    assert!(measured, "stderr:\n{text}");
+    assert!(
+        text.contains(&format!("NAT behaviour ({primary}): no NAT, EIM, EIF")),
+        "stderr:\n{text}"
+    );
+    assert!(text.contains("EIM/EIF, announced"), "stderr:\n{text}");
+    assert!(text.contains("no NAT and no filtering"), "stderr:\n{text}");
+}
+
+/// Runs `natrix ARGS`, collects its stderr lines until one satisfies `done`
+/// (and `more` lines after it) or [`BOUND`] passes, then kills it. Returns
+/// whether `done` was seen, and the lines.
+fn stderr_until(args: &[&str], more: usize, done: impl Fn(&str) -> bool) -> (bool, Vec<String>) {
     let mut child = Command::new(NATRIX)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run natrix listen");
+        .expect("run natrix");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -360,23 +429,22 @@ fn c8_one_coordinator_and_a_stun_server_measure_the_class() {
     });
     let mut seen = Vec::new();
     let start = Instant::now();
-    let measured = loop {
+    let found = loop {
         let Ok(line) = rx.recv_timeout(BOUND.saturating_sub(start.elapsed())) else {
             break false;
         };
-        let done = line.contains("NAT class: Open, public address 127.0.0.1:");
+        let found = done(&line);
         seen.push(line);
-        if done {
+        if found {
+            for _ in 0..more {
+                if let Ok(next) = rx.recv_timeout(Duration::from_secs(5)) {
+                    seen.push(next);
+                }
+            }
             break true;
         }
     };
     let _ = child.kill();
     let _ = child.wait();
-    let text = seen.join("\n");
-    assert!(
-        measured
-            && text.contains("measuring the NAT class with 1 coordinator(s) and 1 STUN server(s)"),
-        "stderr:\n{text}"
-    );
-    drop((coord, stun));
+    (found, seen)
 }

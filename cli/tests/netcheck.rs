@@ -196,9 +196,11 @@ fn check_document(doc: &Value) {
     assert!(!coordinators.is_empty());
     for c in coordinators {
         assert!(field(c, "dial").as_str().is_some_and(|d| d.contains('@')));
-        assert!(field(c, "key")
-            .as_str()
-            .is_some_and(|k| k.starts_with("natrix1")));
+        assert!(
+            field(c, "key")
+                .as_str()
+                .is_some_and(|k| k.starts_with("natrix1"))
+        );
         let reachable = field(c, "reachable").as_bool().expect("reachable: bool");
         assert!(is_null_or(field(c, "addr"), Value::is_string));
         assert!(is_null_or(field(c, "family"), |f| {
@@ -225,9 +227,11 @@ fn check_document(doc: &Value) {
         if f.is_null() {
             continue;
         }
-        assert!(field(f, "identity")
-            .as_str()
-            .is_some_and(|k| k.starts_with("natrix1")));
+        assert!(
+            field(f, "identity")
+                .as_str()
+                .is_some_and(|k| k.starts_with("natrix1"))
+        );
         assert!(is_null_or(field(f, "bound"), Value::is_string));
         assert!(is_null_or(field(f, "error"), Value::is_string));
         for n in ["coordinators", "answered", "destinations"] {
@@ -290,9 +294,11 @@ fn check_document(doc: &Value) {
         // Not asked (--no-port-mapping).
         assert_eq!(check_measure(field(pm, s), s), "not_probed");
     }
-    assert!(field(doc, "summary")
-        .as_str()
-        .is_some_and(|s| !s.is_empty()));
+    assert!(
+        field(doc, "summary")
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    );
 }
 
 #[test]
@@ -556,16 +562,4 @@ fn c8_netcheck_measures_filtering_against_a_coordinator_with_an_alternate() {
     assert_eq!(stun["nat_class"], "open");
     assert!(doc["coordinators"].as_array().is_some_and(Vec::is_empty));
     assert_eq!(doc["ok"], true);
-}
-
-/// Two ports, `p` on 127.0.0.1 and `q` on 127.0.0.2, with both free on both
-/// IPs at the moment of the check: (127.0.0.1:p, 127.0.0.2:q).
-fn free_port_pair() -> Option<(SocketAddr, SocketAddr)> {
-    let a = UdpSocket::bind("127.0.0.1:0").ok()?;
-    let p = a.local_addr().ok()?.port();
-    let b = UdpSocket::bind("127.0.0.2:0").ok()?;
-    let q = b.local_addr().ok()?.port();
-    let _c = UdpSocket::bind(("127.0.0.1", q)).ok()?;
-    let _d = UdpSocket::bind(("127.0.0.2", p)).ok()?;
-    Some((a.local_addr().ok()?, b.local_addr().ok()?))
 }

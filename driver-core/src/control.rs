@@ -23,7 +23,7 @@ use std::time::Duration;
 use futures_lite::Stream;
 use natrix_proto::TraversalError;
 use natrix_proto::wire::NodeId;
-use natrix_proto::{Channel, Instant, NatClass};
+use natrix_proto::{Announcement, Channel, Instant};
 use natrix_session::path::{PathEvent, PathInfo, PathStats};
 use natrix_session::relay::{Refusal, RelayStats};
 use natrix_session::{HandshakeError, PublicKey, SessionInfo, SessionStats};
@@ -59,14 +59,12 @@ pub enum ControlInput {
         /// The peer.
         peer: NodeId,
     },
-    /// A peer announced its (reflex, class).
+    /// A peer announced its (reflex, class, profile).
     Announcement {
         /// The peer.
         peer: NodeId,
-        /// Its public address.
-        reflex: SocketAddr,
-        /// Its class.
-        class: NatClass,
+        /// What it announced.
+        announcement: Announcement,
     },
     /// A session measured its peer's wall-clock offset (peer − ours) and the
     /// round-trip time (both ends get one, whoever dialled).
@@ -170,8 +168,8 @@ pub trait ControlPlane: Send + 'static {
     /// Sends `payload` on `channel` to `peer`'s session. Never blocks; a message
     /// to a peer without a session is dropped.
     fn send(&mut self, now: Instant, peer: NodeId, channel: Channel, payload: &[u8]);
-    /// Announces this node's (reflex, class) to its peers.
-    fn announce(&mut self, now: Instant, reflex: SocketAddr, class: NatClass);
+    /// Announces this node's (reflex, class, profile) to its peers.
+    fn announce(&mut self, now: Instant, announcement: Announcement);
     /// The next input, or `None` when the control plane is closed.
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<ControlInput>>;
 
@@ -444,14 +442,13 @@ impl InProcessHub {
         .is_ok()
     }
 
-    fn broadcast(&self, from: NodeId, reflex: SocketAddr, class: NatClass) {
+    fn broadcast(&self, from: NodeId, announcement: Announcement) {
         let s = self.lock();
         for (id, (_, tx)) in &s.members {
             if *id != from {
                 let _ = tx.try_send(ControlInput::Announcement {
                     peer: from,
-                    reflex,
-                    class,
+                    announcement,
                 });
             }
         }
@@ -478,8 +475,8 @@ impl ControlPlane for InProcessControl {
         self.hub.deliver(self.id, peer, channel, payload);
     }
 
-    fn announce(&mut self, _now: Instant, reflex: SocketAddr, class: NatClass) {
-        self.hub.broadcast(self.id, reflex, class);
+    fn announce(&mut self, _now: Instant, announcement: Announcement) {
+        self.hub.broadcast(self.id, announcement);
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<ControlInput>> {

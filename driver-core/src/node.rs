@@ -16,8 +16,9 @@ use futures_lite::future::poll_fn;
 use natrix_portmap::supervisor::SupervisorEvent;
 use natrix_proto::wire::NodeId;
 use natrix_proto::{
-    Agent, Announcement, Config, CoordinatorCandidate, DatagramVerdict, Event, Instant, NatClass,
-    PathMethod, ProbeError, ReclassifyOutcome, Role, Stats, SweepOutcome, Transmit, TraversalError,
+    Agent, Announcement, Behaviour, Config, CoordinatorCandidate, DatagramVerdict, Event, Instant,
+    NatClass, PathMethod, ProbeError, ReclassifyOutcome, Role, Stats, SweepOutcome, Transmit,
+    TraversalError,
 };
 use natrix_session::demux::{DatagramKind, classify};
 use natrix_session::path::{ChangeReason, PathEvent, PathInfo, PathStats};
@@ -66,6 +67,15 @@ pub struct NodeConfig {
     /// coordinators and peers (C8; each server's IP is a destination, C4).
     /// Empty by default.
     pub stun_servers: Vec<SocketAddr>,
+    /// An RFC 5780 STUN server (one with an alternate address: a natrix
+    /// coordinator started with `--stun-alternate`, or coturn) to measure
+    /// this node's NAT behaviour against when it starts (C8, from fresh
+    /// sockets, a few seconds in the background). The measured mapping and
+    /// filtering are announced with the class and refine the pair decision
+    /// ([`natrix_proto::pair_action_with_profiles`]); the result is a
+    /// [`NodeEvent::Behaviour`] and [`Node::behaviour`]. `None` (the
+    /// default): nothing is measured and the baseline matrix decides.
+    pub behaviour_server: Option<SocketAddr>,
 }
 
 impl fmt::Debug for NodeConfig {
@@ -79,6 +89,7 @@ impl fmt::Debug for NodeConfig {
             .field("port_mapping", &self.port_mapping)
             .field("stun", &self.stun)
             .field("stun_servers", &self.stun_servers)
+            .field("behaviour_server", &self.behaviour_server)
             .finish()
     }
 }
@@ -96,6 +107,7 @@ impl NodeConfig {
             port_mapping: None,
             stun: None,
             stun_servers: Vec::new(),
+            behaviour_server: None,
         }
     }
 
@@ -149,6 +161,11 @@ pub enum NodeEvent {
     /// every protocol failed; the gateway restarted; it could not start.
     /// [`Node::port_mapping`] has the details.
     PortMapping(PortMapEvent),
+    /// The NAT behaviour measured against
+    /// [`NodeConfig::behaviour_server`] (or set with
+    /// [`Node::set_behaviour`]); its mapping and filtering, when both were
+    /// measured, are now announced (C8).
+    Behaviour(Behaviour),
     /// A socket operation failed; the node goes on.
     SocketError {
         /// Which operation.
@@ -194,6 +211,40 @@ fn start_port_mapping<R: Runtime>(
             (Arc::new(mapper), Mutex::new(vec![task]))
         }
     }
+}
+
+/// Starts the behaviour discovery against `server` (C8) and the glue that
+/// hands its report to the node's task. A discovery that cannot bind its
+/// sockets is logged and measures nothing.
+fn start_behaviour_discovery<R: Runtime>(
+    rt: &R,
+    server: SocketAddr,
+    seed: u64,
+    commands: &async_channel::Sender<Command>,
+) -> R::Task {
+    let commands = commands.clone();
+    let inner = rt.clone();
+    rt.spawn(Box::pin(async move {
+        let seed = seed ^ 0x6265_6861_7669_6f75;
+        match crate::stun::discover_behaviour(&inner, server, 0, seed).await {
+            Ok(report) => {
+                info!(
+                    %server,
+                    behaviour = %report.behaviour,
+                    other_address = ?report.other_address,
+                    "NAT behaviour measured"
+                );
+                if let Some(why) = report.mapping_reason {
+                    debug!(%server, reason = ?why, "NAT behaviour: mapping not measured");
+                }
+                if let Some(why) = report.filtering_reason {
+                    debug!(%server, reason = ?why, "NAT behaviour: filtering not measured");
+                }
+                let _ = commands.send(Command::Behaviour(report.behaviour)).await;
+            }
+            Err(e) => info!(%server, error = %e, "NAT behaviour discovery could not start"),
+        }
+    }))
 }
 
 /// Errors of the node handle.
@@ -260,6 +311,8 @@ pub(crate) enum Command {
     PortMapping(SupervisorEvent, Option<SocketAddr>),
     /// Port mapping could not start.
     PortMappingFailed(String),
+    /// C8: this node's NAT behaviour, measured.
+    Behaviour(Behaviour),
     Punch {
         req: u64,
         target: NodeId,
@@ -365,6 +418,7 @@ pub struct DriverStats {
 #[derive(Default)]
 struct Shared {
     classification: Option<Announcement>,
+    behaviour: Option<Behaviour>,
     stats: Stats,
     path_stats: Option<PathStats>,
     relay_stats: Option<RelayStats>,
@@ -414,6 +468,8 @@ pub struct Node<R: Runtime> {
     portmap: Option<PortMapping<R>>,
     /// The STUN service and what stops it, when the node serves STUN.
     stun: Option<StunRunning<R>>,
+    /// The behaviour discovery running at start (C8), if any.
+    discovery: Mutex<Option<R::Task>>,
 }
 
 /// A node's port mapper and the tasks that run it.
@@ -501,6 +557,9 @@ impl<R: Runtime> Node<R> {
             )),
             None => None,
         };
+        let discovery = config
+            .behaviour_server
+            .map(|server| start_behaviour_discovery(&rt, server, config.seed, &commands));
         Ok(Node {
             rt,
             id: config.id,
@@ -516,7 +575,25 @@ impl<R: Runtime> Node<R> {
             accepts,
             portmap,
             stun,
+            discovery: Mutex::new(discovery),
         })
+    }
+
+    /// C8: the NAT behaviour measured against
+    /// [`NodeConfig::behaviour_server`] or set with
+    /// [`set_behaviour`](Self::set_behaviour), once there is one.
+    #[must_use]
+    pub fn behaviour(&self) -> Option<Behaviour> {
+        lock(&self.shared).behaviour
+    }
+
+    /// C8: this node's NAT behaviour, measured by the embedder's own means
+    /// (say [`crate::stun::discover_behaviour`] against a server of its
+    /// choice). Its [`NatProfile`](natrix_proto::NatProfile), when mapping
+    /// and filtering are both known, is announced with the class and refines
+    /// the pair decision; one without them withdraws the profile.
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        let _ = self.commands.try_send(Command::Behaviour(behaviour));
     }
 
     /// The STUN server's counters, when the node serves STUN.
@@ -850,6 +927,14 @@ impl<R: Runtime> Node<R> {
         if let Some(stun) = &self.stun {
             stun.stop().await;
         }
+        // A discovery still running ends within its retransmission timeouts;
+        // nothing waits for it.
+        drop(
+            self.discovery
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
         let _ = self.commands.send(Command::Shutdown).await;
         let task = self
             .task
@@ -1276,6 +1361,16 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                 self.publish(NodeEvent::PortMapping(PortMapEvent::NotStarted));
             }
             Command::Classify(class, reflex) => self.agent.set_local_classification(class, reflex),
+            Command::Behaviour(behaviour) => {
+                let profile = behaviour.profile();
+                info!(
+                    profile = %profile.map_or_else(|| "none".to_owned(), |p| p.to_string()),
+                    "announcing the NAT profile with the class"
+                );
+                self.agent.set_local_profile(profile);
+                lock(&self.shared).behaviour = Some(behaviour);
+                self.publish(NodeEvent::Behaviour(behaviour));
+            }
             Command::RefreshInterfaces => {
                 self.agent.set_interface_addrs(&interface_addrs());
                 // A new interface address may open a direct path (S4).
@@ -1401,10 +1496,8 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                 }
             }
             ControlInput::LookupAnswer { answer, .. } => {
-                if let (true, Some((reflex, class))) = (answer.online, answer.announced) {
-                    let _ =
-                        self.agent
-                            .handle_peer_announcement(answer.key.node_id(), reflex, class);
+                if let (true, Some(a)) = (answer.online, answer.announced) {
+                    let _ = self.agent.handle_announcement(answer.key.node_id(), a);
                 }
                 if let Some(reply) = self.lookups.remove(&answer.query) {
                     let _ = reply.try_send(Ok(answer));
@@ -1493,12 +1586,8 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                     });
                 }
             }
-            ControlInput::Announcement {
-                peer,
-                reflex,
-                class,
-            } => {
-                let _ = self.agent.handle_peer_announcement(peer, reflex, class);
+            ControlInput::Announcement { peer, announcement } => {
+                let _ = self.agent.handle_announcement(peer, announcement);
             }
         }
     }
@@ -1659,9 +1748,20 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                         *g != generation
                     });
                 }
-                Event::ClassificationChanged { class, reflex } => {
+                Event::ClassificationChanged {
+                    class,
+                    reflex,
+                    profile,
+                } => {
                     let now = self.now();
-                    self.control.announce(now, reflex, class)
+                    self.control.announce(
+                        now,
+                        Announcement {
+                            reflex,
+                            class,
+                            profile,
+                        },
+                    );
                 }
                 Event::ReflexProbed {
                     probe_id, result, ..

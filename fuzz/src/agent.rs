@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use natrix_proto::wire::{Keepalive, NodeId, PunchIntroduce};
-use natrix_proto::{Agent, Channel, Config, Event, Instant, NatClass, Transmit};
+use natrix_proto::{
+    Agent, Announcement, Channel, Config, Event, Instant, NatClass, NatProfile, Transmit,
+};
 
 const WALL_BASE: u64 = 1_700_000_000_000;
 
@@ -241,8 +243,11 @@ pub enum Op {
     SessionUp(u8, u8, u16),
     /// A session goes down.
     SessionDown(u8),
-    /// A peer announces (reflex IP selector, port, class code).
-    Announce(u8, u8, u16, u8),
+    /// A peer announces (reflex IP selector, port, class code, profile
+    /// byte: most bytes are no profile, C8).
+    Announce(u8, u8, u16, u8, u8),
+    /// `set_local_profile` from a profile byte (C8).
+    Profile(u8),
     /// An RTT estimate.
     Rtt(u8, u16),
     /// A control message (from, its session IP selector, channel, bytes).
@@ -291,13 +296,17 @@ pub fn run_ops(ops: &[Op]) {
                 let _ = a.handle_session_up(node(*p), SocketAddr::new(ip(*i), *port));
             }
             Op::SessionDown(p) => a.handle_session_down(now, node(*p)),
-            Op::Announce(p, i, port, c) => {
-                let _ = a.handle_peer_announcement(
+            Op::Announce(p, i, port, c, profile) => {
+                let _ = a.handle_announcement(
                     node(*p),
-                    SocketAddr::new(ip(*i), *port),
-                    NatClass::from_code(*c),
+                    Announcement {
+                        reflex: SocketAddr::new(ip(*i), *port),
+                        class: NatClass::from_code(*c),
+                        profile: NatProfile::from_code(*profile),
+                    },
                 );
             }
+            Op::Profile(profile) => a.set_local_profile(NatProfile::from_code(*profile)),
             Op::Rtt(p, ms) => {
                 let _ = a.handle_rtt(node(*p), Duration::from_millis(u64::from(*ms)));
             }

@@ -28,7 +28,7 @@
 use core::fmt;
 use core::time::Duration;
 
-use crate::classify::NatClass;
+use crate::classify::{NatClass, PairAction, pair_action};
 
 /// How a NAT reuses a mapping for one internal address (RFC 4787 §4.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -259,6 +259,157 @@ impl Behaviour {
     }
 }
 
+/// The two behaviours the pair decision reads, as nodes announce them to
+/// each other (C8): how the NAT maps and how it filters.
+///
+/// Nodes announce it beside their class in natrix's own announcement (one
+/// byte, [`code`](Self::code)); a node without a measurement announces none
+/// and the pair decision falls back to the baseline matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NatProfile {
+    /// Mapping behaviour (for a public address: endpoint-independent).
+    pub mapping: MappingBehaviour,
+    /// Filtering behaviour (of the NAT or the firewall in front of the host).
+    pub filtering: FilteringBehaviour,
+}
+
+impl NatProfile {
+    /// A public address, or a port mapping, that lets anyone in.
+    pub const OPEN: NatProfile = NatProfile {
+        mapping: MappingBehaviour::EndpointIndependent,
+        filtering: FilteringBehaviour::EndpointIndependent,
+    };
+
+    /// The wire byte: mapping in the high nibble, filtering in the low one,
+    /// each 1 (endpoint-independent), 2 (address-dependent) or 3 (address
+    /// and port-dependent).
+    #[must_use]
+    pub const fn code(self) -> u8 {
+        let m = match self.mapping {
+            MappingBehaviour::EndpointIndependent => 1,
+            MappingBehaviour::AddressDependent => 2,
+            MappingBehaviour::AddressAndPortDependent => 3,
+        };
+        let f = match self.filtering {
+            FilteringBehaviour::EndpointIndependent => 1,
+            FilteringBehaviour::AddressDependent => 2,
+            FilteringBehaviour::AddressAndPortDependent => 3,
+        };
+        (m << 4) | f
+    }
+
+    /// Reads a [`code`](Self::code) byte; any other byte is `None`.
+    #[must_use]
+    pub const fn from_code(code: u8) -> Option<NatProfile> {
+        let mapping = match code >> 4 {
+            1 => MappingBehaviour::EndpointIndependent,
+            2 => MappingBehaviour::AddressDependent,
+            3 => MappingBehaviour::AddressAndPortDependent,
+            _ => return None,
+        };
+        let filtering = match code & 0x0f {
+            1 => FilteringBehaviour::EndpointIndependent,
+            2 => FilteringBehaviour::AddressDependent,
+            3 => FilteringBehaviour::AddressAndPortDependent,
+            _ => return None,
+        };
+        Some(NatProfile { mapping, filtering })
+    }
+}
+
+impl fmt::Display for NatProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.mapping.short(), self.filtering.short())
+    }
+}
+
+impl Behaviour {
+    /// The [`NatProfile`] to announce: both mapping and filtering measured
+    /// (no NAT counts as endpoint-independent mapping); `None` otherwise.
+    #[must_use]
+    pub const fn profile(&self) -> Option<NatProfile> {
+        let mapping = match (self.nat, self.mapping) {
+            (Some(false), _) => MappingBehaviour::EndpointIndependent,
+            (_, Some(m)) => m,
+            (_, None) => return None,
+        };
+        match self.filtering {
+            Some(filtering) => Some(NatProfile { mapping, filtering }),
+            None => None,
+        }
+    }
+}
+
+/// What the pair decision reads about one side: whether every peer sees
+/// its announced public port (endpoint-independent mapping), and its
+/// filtering. The announced class wins over the profile's mapping where it
+/// says more (a sweep through the node's own socket saw it); without a
+/// profile nothing is known.
+const fn side(class: NatClass, profile: Option<NatProfile>) -> Option<(bool, FilteringBehaviour)> {
+    let Some(p) = profile else {
+        return None;
+    };
+    let eim = match class {
+        NatClass::Open | NatClass::Cone => true,
+        NatClass::Symmetric => false,
+        NatClass::Unknown => matches!(p.mapping, MappingBehaviour::EndpointIndependent),
+    };
+    Some((eim, p.filtering))
+}
+
+/// Whether a rendezvous punch where `x`'s keep-alives reach `y` also gets
+/// `y`'s answer back to `x`. Both sides send to the other's announced
+/// address (the one the coordinator saw).
+///
+/// - `x`'s keep-alive leaves from `x`'s announced port only when `x` maps
+///   endpoint-independently; `y`'s announced mapping lets it in when `y`
+///   filters nothing, when `y` filters by address and has itself sent to
+///   `x`'s IP from that mapping (`y` maps endpoint-independently), or when
+///   `y` filters by address and port, has sent from that mapping, and `x`'s
+///   keep-alive came from the port `y` sent to.
+/// - `y` answers the port the keep-alive came from; the answer leaves from
+///   `y`'s announced port when `y` maps endpoint-independently (which `x`
+///   sent to, so any filter lets it in), else from a fresh port of the same
+///   IP, which only a filter that ignores ports lets in.
+const fn one_way(x: (bool, FilteringBehaviour), y: (bool, FilteringBehaviour)) -> bool {
+    let arrives = match y.1 {
+        FilteringBehaviour::EndpointIndependent => true,
+        FilteringBehaviour::AddressDependent => y.0,
+        FilteringBehaviour::AddressAndPortDependent => y.0 && x.0,
+    };
+    let answered = y.0 || !matches!(x.1, FilteringBehaviour::AddressAndPortDependent);
+    arrives && answered
+}
+
+/// C8: the pair matrix refined by both sides' announced [`NatProfile`]s.
+///
+/// With both profiles known, a rendezvous punch is run exactly when the
+/// RFC 4787 model says one can open a path both ways (see the table in
+/// `docs/nat-matrix.md`): a punch the baseline would run but that cannot
+/// succeed (a port-restricted cone and a symmetric NAT) is
+/// [`PairAction::SkipPunch`], one it would skip but that can succeed (a
+/// symmetric NAT that filters nothing, with a peer whose filter ignores
+/// ports) is [`PairAction::SinglePunch`]. A [`PairAction::Direct`] verdict
+/// of the baseline stands, and without both profiles the baseline
+/// [`pair_action`] decides.
+#[must_use]
+pub const fn pair_action_with_profiles(
+    local: NatClass,
+    local_profile: Option<NatProfile>,
+    remote: NatClass,
+    remote_profile: Option<NatProfile>,
+) -> PairAction {
+    let baseline = pair_action(local, remote);
+    if matches!(baseline, PairAction::Direct) {
+        return baseline;
+    }
+    match (side(local, local_profile), side(remote, remote_profile)) {
+        (Some(a), Some(b)) if one_way(a, b) || one_way(b, a) => PairAction::SinglePunch,
+        (Some(_), Some(_)) => PairAction::SkipPunch,
+        _ => baseline,
+    }
+}
+
 /// A compact line with the short forms, e.g. `"NAT, EIM, APDF, ports
 /// preserving, hairpin no, lifetime ?"`; `?` is "not measured".
 impl fmt::Display for Behaviour {
@@ -447,6 +598,142 @@ mod tests {
                         ..Behaviour::UNKNOWN
                     };
                     assert!(!b.summary().is_empty() && !b.summary().contains('\n'));
+                }
+            }
+        }
+    }
+
+    const MS: [MappingBehaviour; 3] = [
+        M::EndpointIndependent,
+        M::AddressDependent,
+        M::AddressAndPortDependent,
+    ];
+    const FS: [FilteringBehaviour; 3] = [
+        F::EndpointIndependent,
+        F::AddressDependent,
+        F::AddressAndPortDependent,
+    ];
+
+    fn profiles() -> impl Iterator<Item = NatProfile> {
+        MS.into_iter().flat_map(|mapping| {
+            FS.into_iter()
+                .map(move |filtering| NatProfile { mapping, filtering })
+        })
+    }
+
+    #[test]
+    fn profile_codes_round_trip_and_read_behaviours() {
+        for p in profiles() {
+            assert_eq!(NatProfile::from_code(p.code()), Some(p));
+            assert_eq!(nat(p.mapping, p.filtering).profile(), Some(p));
+        }
+        assert_eq!(NatProfile::OPEN.code(), 0x11);
+        assert_eq!(NatProfile::OPEN.to_string(), "EIM/EIF");
+        // No NAT is the identity mapping, whatever was (not) measured.
+        let firewall = Behaviour {
+            nat: Some(false),
+            filtering: Some(F::AddressAndPortDependent),
+            ..Behaviour::UNKNOWN
+        };
+        assert_eq!(
+            firewall.profile().map(|p| p.to_string()).as_deref(),
+            Some("EIM/APDF")
+        );
+        // Half a measurement announces nothing.
+        let half = Behaviour {
+            mapping: Some(M::EndpointIndependent),
+            ..Behaviour::UNKNOWN
+        };
+        assert_eq!(half.profile(), None);
+        assert_eq!(Behaviour::UNKNOWN.profile(), None);
+    }
+
+    #[test]
+    fn c8_without_both_profiles_the_baseline_decides() {
+        for local in NatClass::ALL {
+            for remote in NatClass::ALL {
+                let base = pair_action(local, remote);
+                assert_eq!(pair_action_with_profiles(local, None, remote, None), base);
+                for p in profiles() {
+                    assert_eq!(
+                        pair_action_with_profiles(local, Some(p), remote, None),
+                        base
+                    );
+                    assert_eq!(
+                        pair_action_with_profiles(local, None, remote, Some(p)),
+                        base
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn c8_profiles_refine_but_never_overrule_direct() {
+        let cone = |f| NatProfile {
+            mapping: M::EndpointIndependent,
+            filtering: f,
+        };
+        let sym = |f| NatProfile {
+            mapping: M::AddressAndPortDependent,
+            filtering: f,
+        };
+        let decide = |a: (NatClass, NatProfile), b: (NatClass, NatProfile)| {
+            pair_action_with_profiles(a.0, Some(a.1), b.0, Some(b.1))
+        };
+        use NatClass::{Cone, Open, Symmetric};
+        use PairAction::{Direct, SinglePunch, SkipPunch};
+        let pr = (Cone, cone(F::AddressAndPortDependent));
+        let restricted = (Cone, cone(F::AddressDependent));
+        let symmetric = (Symmetric, sym(F::AddressAndPortDependent));
+        let sym_open_filter = (Symmetric, sym(F::EndpointIndependent));
+        let sym_adf = (Symmetric, sym(F::AddressDependent));
+        // A port-restricted cone and a symmetric NAT: the baseline punches,
+        // the model knows it cannot work.
+        assert_eq!(pair_action(Cone, Symmetric), SinglePunch);
+        assert_eq!(decide(pr, symmetric), SkipPunch);
+        assert_eq!(decide(symmetric, pr), SkipPunch);
+        // A restricted cone lets the symmetric side's new port in.
+        assert_eq!(decide(restricted, symmetric), SinglePunch);
+        // Two symmetric NATs: skipped by the baseline, punched when one lets
+        // anyone in and the other ignores ports.
+        assert_eq!(pair_action(Symmetric, Symmetric), SkipPunch);
+        assert_eq!(decide(sym_open_filter, sym_adf), SinglePunch);
+        assert_eq!(decide(sym_adf, sym_open_filter), SinglePunch);
+        assert_eq!(decide(sym_open_filter, symmetric), SkipPunch);
+        assert_eq!(decide(symmetric, symmetric), SkipPunch);
+        // A firewalled public host (no NAT, APDF) punches with any peer
+        // that is not symmetric, as its summary says.
+        let firewall = (Open, cone(F::AddressAndPortDependent));
+        for sym in [symmetric, sym_adf, sym_open_filter] {
+            assert_eq!(pair_action(Open, Symmetric), SinglePunch);
+            assert_eq!(decide(firewall, sym), SkipPunch);
+        }
+        // Direct stays Direct whatever the profiles say.
+        for p in profiles() {
+            for q in profiles() {
+                for (a, b) in [(Open, Open), (Open, Cone), (Cone, Open)] {
+                    assert_eq!(pair_action_with_profiles(a, Some(p), b, Some(q)), Direct);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn c8_profile_decision_is_symmetric_in_its_verdict() {
+        // Whether a punch can open a path does not depend on who asks: the
+        // refined verdict for (a, b) and (b, a) agree wherever the baseline
+        // does not say Direct.
+        for ca in [NatClass::Cone, NatClass::Symmetric, NatClass::Unknown] {
+            for cb in [NatClass::Cone, NatClass::Symmetric, NatClass::Unknown] {
+                for p in profiles() {
+                    for q in profiles() {
+                        let ab = pair_action_with_profiles(ca, Some(p), cb, Some(q));
+                        let ba = pair_action_with_profiles(cb, Some(q), ca, Some(p));
+                        if ab != PairAction::Direct && ba != PairAction::Direct {
+                            assert_eq!(ab, ba, "{ca:?} {p} / {cb:?} {q}");
+                        }
+                    }
                 }
             }
         }

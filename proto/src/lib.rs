@@ -111,7 +111,10 @@ pub mod wire;
 pub use agent::io::{Channel, DatagramVerdict, Event, PathMethod, Payload, Role, Transmit};
 pub use agent::peers::Announcement;
 pub use agent::{Agent, AnnouncementError, DirectoryFull};
-pub use behaviour::{Behaviour, FilteringBehaviour, MappingBehaviour, PortAllocation};
+pub use behaviour::{
+    Behaviour, FilteringBehaviour, MappingBehaviour, NatProfile, PortAllocation,
+    pair_action_with_profiles,
+};
 pub use classify::{Classification, NatClass, Observation, PairAction, classify, pair_action};
 pub use config::{Config, ConfigBuilder, ConfigError, UnannouncedPeerPolicy};
 pub use discovery::{ProbeError, ReclassifyOutcome, SweepObservation, SweepOutcome};

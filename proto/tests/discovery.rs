@@ -9,8 +9,8 @@ use std::net::{IpAddr, SocketAddr};
 use harness::{Net, Packet, addr_of, ms, quiet};
 use natrix_proto::wire::{NodeId, ReflexResponse};
 use natrix_proto::{
-    Agent, Announcement, Channel, Config, Event, Instant, NatClass, ProbeError, ReclassifyOutcome,
-    SweepOutcome,
+    Agent, Announcement, Channel, Config, Event, Instant, NatClass, NatProfile, ProbeError,
+    ReclassifyOutcome, SweepOutcome,
 };
 
 const X: NodeId = NodeId(1);
@@ -59,6 +59,7 @@ fn cone() -> Announcement {
     Announcement {
         reflex: public(7000),
         class: NatClass::Cone,
+        profile: None,
     }
 }
 
@@ -364,9 +365,11 @@ fn c6_override_suppresses_sweeps_and_discards_a_running_one() {
     net.agent(X).set_reflex_override(Some(mapped));
     net.run_for(ms(1_000));
     assert_eq!(sweeps(&net, X).last(), Some(&SweepOutcome::Discarded));
+    // A port mapping forwards whatever arrives: the override lets anyone in.
     let forced = Announcement {
         reflex: mapped,
         class: NatClass::Open,
+        profile: Some(NatProfile::OPEN),
     };
     assert_eq!(classification(&mut net), Some(forced));
     let now = net.now;
@@ -374,7 +377,8 @@ fn c6_override_suppresses_sweeps_and_discards_a_running_one() {
     assert!(net.all_events(X).iter().any(|(_, e)| *e
         == Event::ClassificationChanged {
             class: NatClass::Open,
-            reflex: mapped
+            reflex: mapped,
+            profile: Some(NatProfile::OPEN),
         }));
     // Removing it restores the last committed pair.
     net.agent(X).set_reflex_override(None);

@@ -53,7 +53,7 @@ proptest! {
                 SweepOutcome::Committed(c) => {
                     let reflex = c.reflex;
                     prop_assert!(reflex.is_some(), "a class without its reflex");
-                    Some(Announcement { reflex: reflex.unwrap(), class: c.class })
+                    Some(Announcement { reflex: reflex.unwrap(), class: c.class, profile: None })
                 }
                 _ => published,
             };

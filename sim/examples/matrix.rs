@@ -4,7 +4,10 @@
 //! connection end to end (relay first, direct when a punch works): the time
 //! until the first datagram arrives (the slower direction) and until the
 //! connection is direct, or "relayed". Exits non-zero if any cell's peers
-//! did not exchange data both ways.
+//! did not exchange data both ways. Last, the C8 table: every pair of
+//! single RFC 4787 NATs (and the public and firewalled hosts), with the
+//! baseline matrix and with the NAT profiles both peers announce, as a
+//! markdown table.
 //!
 //! `cargo run --release -p natrix-sim --example matrix`
 
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
             relayed.saturating_sub(direct)
         );
     }
+    runs += profile_table();
     println!("{runs} scenarios in {:.2?} wall time", started.elapsed());
     if failures.is_empty() {
         ExitCode::SUCCESS
@@ -105,4 +109,37 @@ fn main() -> ExitCode {
         }
         ExitCode::FAILURE
     }
+}
+
+/// The C8 table (markdown): each cell is the baseline's outcome, then,
+/// where the profiles change it, the refined one. Returns the scenarios run.
+fn profile_table() -> usize {
+    let mut presets = vec![Preset::Open, Preset::Firewall];
+    presets.extend(Preset::RFC4787);
+    println!();
+    println!("C8: baseline → with NAT profiles (A rows, B columns; seed 1)");
+    println!();
+    print!("| A \\ B |");
+    for b in &presets {
+        print!(" {b} |");
+    }
+    println!();
+    println!("|---|{}", "---|".repeat(presets.len()));
+    let mut runs = 0;
+    for &a in &presets {
+        print!("| **{a}** |");
+        for &b in &presets {
+            let base = PairScenario::new(a, b).run(1);
+            let refined = PairScenario::new(a, b).with_profiles().run(1);
+            runs += 2;
+            let (x, y) = (base.outcome.name(), refined.outcome.name());
+            if x == y {
+                print!(" {x} |");
+            } else {
+                print!(" {x} → **{y}** |");
+            }
+        }
+        println!();
+    }
+    runs
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use natrix_proto::{Instant, Rng};
 
 /// How a NAT reuses a mapping (RFC 4787 §4.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Mapping {
     /// One mapping per internal address, whatever the destination ("cone").
     EndpointIndependent,
@@ -25,7 +25,7 @@ pub enum Mapping {
 }
 
 /// Which inbound packets a NAT lets through a mapping (RFC 4787 §5).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Filtering {
     /// Anyone ("full cone").
     EndpointIndependent,

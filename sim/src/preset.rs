@@ -4,7 +4,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use natrix_proto::{Config, NatClass};
+use natrix_proto::{Config, FilteringBehaviour, MappingBehaviour, NatClass, NatProfile};
 
 use crate::nat::{Filtering, Mapping, NatConfig, PortAllocation};
 use crate::world::{HostId, NatId, Realm, World};
@@ -43,6 +43,12 @@ pub enum Preset {
     /// sends to anyone at least every two minutes. Not in
     /// [`ALL`](Self::ALL): see [`LAB_EXTRA`](Self::LAB_EXTRA).
     Firewall,
+    /// One NAT with this RFC 4787 mapping and filtering: ports preserved
+    /// under endpoint-independent mapping, random otherwise (as a NAT that
+    /// makes a new mapping per destination usually does). For checking the
+    /// C8 pair decision over every mapping × filtering pair; not in
+    /// [`ALL`](Self::ALL): see [`RFC4787`](Self::RFC4787).
+    Rfc4787(Mapping, Filtering),
 }
 
 impl Preset {
@@ -56,6 +62,24 @@ impl Preset {
         Preset::SymmetricSequential,
         Preset::DoubleNat,
     ];
+
+    /// The nine single NATs of RFC 4787 (mapping × filtering), in table
+    /// order: [`Preset::Rfc4787`].
+    pub const RFC4787: [Preset; 9] = {
+        use Filtering as F;
+        use Mapping as M;
+        [
+            Preset::Rfc4787(M::EndpointIndependent, F::EndpointIndependent),
+            Preset::Rfc4787(M::EndpointIndependent, F::AddressDependent),
+            Preset::Rfc4787(M::EndpointIndependent, F::AddressAndPortDependent),
+            Preset::Rfc4787(M::AddressDependent, F::EndpointIndependent),
+            Preset::Rfc4787(M::AddressDependent, F::AddressDependent),
+            Preset::Rfc4787(M::AddressDependent, F::AddressAndPortDependent),
+            Preset::Rfc4787(M::AddressAndPortDependent, F::EndpointIndependent),
+            Preset::Rfc4787(M::AddressAndPortDependent, F::AddressDependent),
+            Preset::Rfc4787(M::AddressAndPortDependent, F::AddressAndPortDependent),
+        ]
+    };
 
     /// Presets outside the 7×7 pair matrix ([`ALL`](Self::ALL)), for
     /// comparing a real-NAT lab's peers with the simulator's predictions:
@@ -74,6 +98,21 @@ impl Preset {
             Preset::SymmetricSequential => "symmetric-seq",
             Preset::DoubleNat => "double-nat",
             Preset::Firewall => "firewall",
+            Preset::Rfc4787(m, f) => {
+                use Filtering as F;
+                use Mapping as M;
+                match (m, f) {
+                    (M::EndpointIndependent, F::EndpointIndependent) => "EIM/EIF",
+                    (M::EndpointIndependent, F::AddressDependent) => "EIM/ADF",
+                    (M::EndpointIndependent, F::AddressAndPortDependent) => "EIM/APDF",
+                    (M::AddressDependent, F::EndpointIndependent) => "ADM/EIF",
+                    (M::AddressDependent, F::AddressDependent) => "ADM/ADF",
+                    (M::AddressDependent, F::AddressAndPortDependent) => "ADM/APDF",
+                    (M::AddressAndPortDependent, F::EndpointIndependent) => "APDM/EIF",
+                    (M::AddressAndPortDependent, F::AddressDependent) => "APDM/ADF",
+                    (M::AddressAndPortDependent, F::AddressAndPortDependent) => "APDM/APDF",
+                }
+            }
         }
     }
 
@@ -118,6 +157,15 @@ impl Preset {
                 M::EndpointIndependent,
                 F::AddressAndPortDependent,
             )],
+            Preset::Rfc4787(m, f) => {
+                vec![
+                    NatConfig::new(m, f).allocation(if m == M::EndpointIndependent {
+                        PortAllocation::Preserving
+                    } else {
+                        PortAllocation::Random
+                    }),
+                ]
+            }
         }
     }
 
@@ -139,6 +187,40 @@ impl Preset {
             | Preset::PortRestrictedCone
             | Preset::DoubleNat => NatClass::Cone,
             Preset::Symmetric | Preset::SymmetricSequential => NatClass::Symmetric,
+            Preset::Rfc4787(Mapping::EndpointIndependent, _) => NatClass::Cone,
+            Preset::Rfc4787(..) => NatClass::Symmetric,
+        }
+    }
+
+    /// C8: the mapping and filtering a behaviour discovery finds behind this
+    /// preset (`sim/tests/stun_behaviour.rs` checks that it does), as the
+    /// host announces them: through several NATs, the most dependent
+    /// mapping and the strictest filtering; a public host keeps the identity
+    /// mapping, and only the firewall filters it.
+    #[must_use]
+    pub fn profile(self) -> NatProfile {
+        let mapping = |m: Mapping| match m {
+            Mapping::EndpointIndependent => MappingBehaviour::EndpointIndependent,
+            Mapping::AddressDependent => MappingBehaviour::AddressDependent,
+            Mapping::AddressAndPortDependent => MappingBehaviour::AddressAndPortDependent,
+        };
+        let filtering = |f: Filtering| match f {
+            Filtering::EndpointIndependent => FilteringBehaviour::EndpointIndependent,
+            Filtering::AddressDependent => FilteringBehaviour::AddressDependent,
+            Filtering::AddressAndPortDependent => FilteringBehaviour::AddressAndPortDependent,
+        };
+        let nats = self.nats();
+        NatProfile {
+            mapping: nats
+                .iter()
+                .map(|n| mapping(n.mapping))
+                .max()
+                .unwrap_or(MappingBehaviour::EndpointIndependent),
+            filtering: nats
+                .iter()
+                .map(|n| filtering(n.filtering))
+                .max()
+                .unwrap_or(FilteringBehaviour::EndpointIndependent),
         }
     }
 }

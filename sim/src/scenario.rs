@@ -8,7 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use natrix_proto::wire::NodeId;
-use natrix_proto::{Channel, Config, Event, Instant, NatClass, PathMethod, TraversalError};
+use natrix_proto::{
+    Channel, Config, Event, Instant, NatClass, NatProfile, PathMethod, TraversalError,
+};
 use natrix_session::path::{ChangeReason, PathEvent, PathKind, UpgradeError};
 use natrix_session::relay::RelayConfig;
 
@@ -62,6 +64,12 @@ pub struct PairScenario {
     pub drop_acks: bool,
     /// The hosts' wall clocks.
     pub clocks: Clocks,
+    /// C8: the [`NatProfile`]s A and B announce after classifying, which
+    /// the pair decision then reads
+    /// ([`pair_action_with_profiles`](natrix_proto::pair_action_with_profiles));
+    /// `None`, the baseline matrix decides. [`Self::with_profiles`] sets
+    /// what a behaviour discovery finds behind the presets.
+    pub profiles: Option<(NatProfile, NatProfile)>,
 }
 
 /// The wall clocks of the standard topology: each host's skew from true time
@@ -335,7 +343,16 @@ impl PairScenario {
             record: false,
             drop_acks: false,
             clocks: Clocks::default(),
+            profiles: None,
         }
+    }
+
+    /// The same pair, both peers announcing their preset's
+    /// [`Preset::profile`] (C8).
+    #[must_use]
+    pub fn with_profiles(mut self) -> Self {
+        self.profiles = Some((self.a.profile(), self.b.profile()));
+        self
     }
 
     /// Runs the scenario with `seed`.
@@ -361,6 +378,12 @@ impl PairScenario {
             }));
         }
         let (a, b) = (a.host, b.host);
+        if let Some((pa, pb)) = self.profiles {
+            for (h, p) in [(a, pa), (b, pb)] {
+                world.agent(h).set_local_profile(Some(p));
+                world.drain(h);
+            }
+        }
         let classes = (world.agent(a).nat_class(), world.agent(b).nat_class());
         let sent_before = world.host(a).datagrams_sent + world.host(b).datagrams_sent;
         let t0 = world.now();

@@ -85,7 +85,9 @@ use std::time::Duration;
 
 use blake2::{Blake2s256, Digest};
 use natrix_proto::wire::{NodeId, RendezvousMessage};
-use natrix_proto::{Agent, Channel, Config, DatagramVerdict, Event, Instant, Rng, Transmit};
+use natrix_proto::{
+    Agent, Announcement, Channel, Config, DatagramVerdict, Event, Instant, Rng, Transmit,
+};
 use natrix_session::path::{Applied, ChangeReason, PathConfig, PathEvent, PathInfo, RelayRoute};
 use natrix_session::relay::{
     RelayConfig, RelayFrame, RelayServer, encode_forward_into, encode_refused,
@@ -417,7 +419,7 @@ impl World {
         // A newcomer learns what everyone already announced.
         for h in &self.hosts {
             if let Some(a) = h.agent.classification() {
-                let _ = agent.handle_peer_announcement(h.id, a.reflex, a.class);
+                let _ = agent.handle_announcement(h.id, a);
             }
         }
         agent
@@ -1289,13 +1291,23 @@ impl World {
                         host.conns.paths.on_punch(now, &key, outcome);
                     }
                 }
-                if let Event::ClassificationChanged { class, reflex } = e {
+                if let Event::ClassificationChanged {
+                    class,
+                    reflex,
+                    profile,
+                } = e
+                {
                     let id = self.hosts[h.0].id;
+                    let announcement = Announcement {
+                        reflex,
+                        class,
+                        profile,
+                    };
                     for other in 0..self.hosts.len() {
                         if other != h.0 {
                             let _ = self.hosts[other]
                                 .agent
-                                .handle_peer_announcement(id, reflex, class);
+                                .handle_announcement(id, announcement);
                         }
                     }
                     // As the driver does: a new classification is a network

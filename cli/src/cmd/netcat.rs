@@ -162,6 +162,16 @@ pub(crate) struct PeerArgs {
     /// measure the NAT class.
     #[arg(long = "stun-server", value_name = "HOST:PORT")]
     pub(crate) stun_servers: Vec<String>,
+    /// Measure the NAT's mapping and filtering at start against this RFC 5780
+    /// STUN server (a coordinator run with --stun-alternate, or coturn with
+    /// two addresses) and announce them with the class: punches the model
+    /// says cannot work are skipped, and ones the class alone would skip are
+    /// tried (C8). Default: the first --stun-server, if any.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "no_behaviour")]
+    pub(crate) behaviour_server: Option<String>,
+    /// Do not measure the NAT's behaviour (the NAT class alone decides).
+    #[arg(long)]
+    pub(crate) no_behaviour: bool,
     /// Write a JSON record of the run to FILE when the command ends: the
     /// classification, path changes, first datagram, punch counters (see
     /// docs/cli.md).
@@ -442,9 +452,15 @@ impl Peer {
             .iter()
             .map(|s| resolve_host_port("--stun-server", s))
             .collect::<CliResult<Vec<_>>>()?;
+        let behaviour_server = match (&args.behaviour_server, args.no_behaviour) {
+            (_, true) => None,
+            (Some(s), false) => Some(resolve_host_port("--behaviour-server", s)?),
+            (None, false) => stun_servers.first().copied(),
+        };
         let opts = PeerOptions {
             classification: explicit,
             stun_servers: stun_servers.clone(),
+            behaviour_server,
             port_mapping: args.port_mapping.then(|| natrix_tokio::PortMapConfig {
                 lifetime: Duration::from_secs(args.port_mapping_lifetime.max(1)),
                 ..natrix_tokio::PortMapConfig::default()
@@ -529,23 +545,33 @@ impl Peer {
             // Announce only a measured class: a peer that punched us before
             // the sweep ended would aim at a guess.
             let patience = Duration::from_secs(args.wait);
-            let waited = Instant::now();
-            loop {
-                if let Some(a) = node.classification() {
-                    st.line(&format!(
-                        "NAT class: {:?}, public address {}",
-                        a.class, a.reflex
-                    ));
-                    break;
+            match wait_for(st, patience, "measuring the NAT class", || node.classification()).await
+            {
+                Some(a) => st.line(&format!(
+                    "NAT class: {:?}, public address {}",
+                    a.class, a.reflex
+                )),
+                None => st.line(&format!(
+                    "NAT class not measured within {patience:?}; going on without it (no direct path until it is)"
+                )),
+            }
+        }
+        if let Some(server) = behaviour_server {
+            // The discovery gives up each test after its retransmissions
+            // (a few seconds); the patience only guards against a stall.
+            let patience = Duration::from_secs(args.wait);
+            match wait_for(st, patience, "measuring the NAT behaviour", || node.behaviour()).await {
+                Some(b) => {
+                    let profile = b.profile().map_or_else(
+                        || "not announced: mapping or filtering not measured".to_owned(),
+                        |p| format!("{p}, announced"),
+                    );
+                    st.line(&format!("NAT behaviour ({server}): {b}; {profile}"));
+                    st.line(&format!("  {}", b.summary()));
                 }
-                if waited.elapsed() >= patience {
-                    st.line(&format!(
-                        "NAT class not measured within {patience:?}; going on without it (no direct path until it is)"
-                    ));
-                    break;
-                }
-                st.update("measuring the NAT class");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                None => st.line(&format!(
+                    "NAT behaviour not measured against {server} within {patience:?}; the NAT class alone decides"
+                )),
             }
         }
         Ok(Peer {
@@ -1112,5 +1138,26 @@ impl Status {
         self.progress.finish(text);
         self.active = false;
         self.last.clear();
+    }
+}
+
+/// Polls `get` every 20 ms, with `what` on the progress line, until it has
+/// a value or `patience` has passed.
+async fn wait_for<T>(
+    st: &mut Status,
+    patience: Duration,
+    what: &str,
+    mut get: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let waited = Instant::now();
+    loop {
+        if let Some(v) = get() {
+            return Some(v);
+        }
+        if waited.elapsed() >= patience {
+            return None;
+        }
+        st.update(what);
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -57,3 +57,15 @@ pub fn keygen(path: &Path) -> String {
         .trim()
         .to_owned()
 }
+
+/// Two ports, `p` on 127.0.0.1 and `q` on 127.0.0.2, with both free on both
+/// IPs at the moment of the check: (127.0.0.1:p, 127.0.0.2:q).
+pub fn free_port_pair() -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+    let a = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    let p = a.local_addr().ok()?.port();
+    let b = std::net::UdpSocket::bind("127.0.0.2:0").ok()?;
+    let q = b.local_addr().ok()?.port();
+    let _c = std::net::UdpSocket::bind(("127.0.0.1", q)).ok()?;
+    let _d = std::net::UdpSocket::bind(("127.0.0.2", p)).ok()?;
+    Some((a.local_addr().ok()?, b.local_addr().ok()?))
+}

@@ -35,7 +35,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use natrix_proto::wire::{NodeId, RendezvousMessage};
-use natrix_proto::{Channel, Instant, NatClass, TraversalError};
+use natrix_proto::{Announcement, Channel, Instant, TraversalError};
 use natrix_session::path::{
     CH_PATH, MAX_DATAGRAM, PATH_MESSAGE_LEN, PathConfig, PathInfo, PathMessage, PathStats, Paths,
     RelayRoute,
@@ -126,8 +126,8 @@ pub struct SessionControl {
     /// Peers with a live session.
     live: BTreeSet<PublicKey>,
     /// Session peers' own announcements (removed when their session ends).
-    announced: BTreeMap<NodeId, (SocketAddr, NatClass)>,
-    mine: Option<(SocketAddr, NatClass)>,
+    announced: BTreeMap<NodeId, Announcement>,
+    mine: Option<Announcement>,
     inbox: VecDeque<ControlInput>,
     /// Sealed datagrams waiting to be sent: destination, length, buffer.
     outbox: VecDeque<(SocketAddr, usize, Box<[u8]>)>,
@@ -303,8 +303,8 @@ impl SessionControl {
     }
 
     fn send_own_announcement(&mut self, now: Instant, to: &PublicKey) {
-        if let Some((reflex, class)) = self.mine {
-            let msg = AnnouncementMsg::Own { reflex, class }.to_bytes();
+        if let Some(announcement) = self.mine {
+            let msg = AnnouncementMsg::Own(announcement).to_bytes();
             let _ = self.seal(now, to, CH_ANNOUNCEMENT, msg.as_bytes());
         }
     }
@@ -501,23 +501,20 @@ impl SessionControl {
                 }
             }
             Incoming::Announcement { peer, node, msg } => match msg {
-                Ok(AnnouncementMsg::Own { reflex, class }) => {
-                    self.announced.insert(node, (reflex, class));
+                Ok(AnnouncementMsg::Own(announcement)) => {
+                    self.announced.insert(node, announcement);
                     self.push_input(ControlInput::Announcement {
                         peer: node,
-                        reflex,
-                        class,
+                        announcement,
                     });
                 }
                 Ok(AnnouncementMsg::Vouched {
                     peer: about,
-                    reflex,
-                    class,
+                    announcement,
                 }) if self.is_coordinator(&peer) => {
                     self.push_input(ControlInput::Announcement {
                         peer: about,
-                        reflex,
-                        class,
+                        announcement,
                     });
                 }
                 Ok(AnnouncementMsg::Vouched { .. }) => {
@@ -670,11 +667,10 @@ impl ControlPlane for SessionControl {
         // before the introduce, so that the endpoint can check R4.
         if self.serve && channel == Channel::Rendezvous {
             if let Ok(RendezvousMessage::Introduce(intro)) = RendezvousMessage::decode(payload) {
-                if let Some(&(reflex, class)) = self.announced.get(&intro.peer) {
+                if let Some(&announcement) = self.announced.get(&intro.peer) {
                     let msg = AnnouncementMsg::Vouched {
                         peer: intro.peer,
-                        reflex,
-                        class,
+                        announcement,
                     }
                     .to_bytes();
                     let _ = self.seal(now, &key, CH_ANNOUNCEMENT, msg.as_bytes());
@@ -687,8 +683,8 @@ impl ControlPlane for SessionControl {
         self.drain_endpoint(now);
     }
 
-    fn announce(&mut self, now: Instant, reflex: SocketAddr, class: NatClass) {
-        self.mine = Some((reflex, class));
+    fn announce(&mut self, now: Instant, announcement: Announcement) {
+        self.mine = Some(announcement);
         let peers: Vec<PublicKey> = self.live.iter().copied().collect();
         for p in peers {
             self.send_own_announcement(now, &p);

@@ -6,22 +6,23 @@
 //! | channel | name | payload |
 //! |---|---|---|
 //! | 1, 2, 3 | the agent's channels ([`Channel::wire_byte`]): rendezvous (a Net v0.27 rendezvous message, unchanged), reflex request (empty), reflex response (one `ADDR` block) |
-//! | 4 | announcement | `0x00` `ADDR` class (21 bytes): the sender's own (reflex, class); `0x01` node-id(8) `ADDR` class (29 bytes): a coordinator vouching for one of its peers |
+//! | 4 | announcement | `0x00` `ANN` (21 or 22 bytes): the sender's own announcement; `0x01` node-id(8) `ANN` (29 or 30 bytes): a coordinator vouching for one of its peers |
 //! | 5 | directory lookup | query-id(4) public-key(32) |
-//! | 6 | directory answer | query-id(4) public-key(32) online(1) then, when the peer announced, `ADDR` class |
+//! | 6 | directory answer | query-id(4) public-key(32) online(1) then, when the peer announced, `ANN` |
 //! | 16 | application data | the application's bytes |
 //!
-//! Integers are big-endian; `ADDR` is the 19-byte address block of
-//! [`natrix_proto::wire`]; `class` is [`NatClass::code`]. Decoders are
-//! canonical: a length other than the listed ones, an unknown tag, a flag
-//! other than 0/1 or a class code above 3 is an error.
-
-use std::net::SocketAddr;
+//! Integers are big-endian. `ANN` is an [`Announcement`]: the 19-byte `ADDR`
+//! block of [`natrix_proto::wire`] (the reflex), the class
+//! ([`NatClass::code`]), then — only when the node measured them (C8) — one
+//! [`NatProfile::code`] byte (mapping and filtering); 20 or 21 bytes, told
+//! apart by the message's length. Decoders are canonical: a length other
+//! than the listed ones, an unknown tag, a flag other than 0/1, a class code
+//! above 3 or a profile byte that is not a valid code is an error.
 
 #[cfg(doc)]
 use natrix_proto::Channel;
-use natrix_proto::NatClass;
 use natrix_proto::wire::{ADDR_LEN, NodeId, decode_addr, encode_addr};
+use natrix_proto::{Announcement, NatClass, NatProfile};
 use natrix_session::PublicKey;
 
 /// Channel of announcements (own and vouched).
@@ -56,6 +57,9 @@ pub enum ControlDecodeError {
     /// A class code above 3.
     #[error("unknown NAT class code {0}")]
     Class(u8),
+    /// A profile byte that is not a [`NatProfile::code`].
+    #[error("unknown NAT profile byte {0:#04x}")]
+    Profile(u8),
     /// A bad address block.
     #[error("address block: {0}")]
     Addr(natrix_proto::DecodeError),
@@ -64,26 +68,21 @@ pub enum ControlDecodeError {
 /// A message on the announcement channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AnnouncementMsg {
-    /// The sender's own (reflex, class).
-    Own {
-        /// Its public address.
-        reflex: SocketAddr,
-        /// Its class.
-        class: NatClass,
-    },
+    /// The sender's own announcement.
+    Own(Announcement),
     /// A coordinator vouches for one of its peers' announcement.
     Vouched {
         /// The peer.
         peer: NodeId,
-        /// Its public address.
-        reflex: SocketAddr,
-        /// Its class.
-        class: NatClass,
+        /// What the peer announced.
+        announcement: Announcement,
     },
 }
 
-const OWN_LEN: usize = 1 + ADDR_LEN + 1;
-const VOUCHED_LEN: usize = 1 + 8 + ADDR_LEN + 1;
+/// `ANN` without the profile byte.
+const ANN_LEN: usize = ADDR_LEN + 1;
+const OWN_LEN: usize = 1 + ANN_LEN;
+const VOUCHED_LEN: usize = 1 + 8 + ANN_LEN;
 
 fn class_from(code: u8) -> Result<NatClass, ControlDecodeError> {
     let c = NatClass::from_code(code);
@@ -94,16 +93,26 @@ fn class_from(code: u8) -> Result<NatClass, ControlDecodeError> {
     }
 }
 
-fn addr_class(bytes: &[u8]) -> Result<(SocketAddr, NatClass), ControlDecodeError> {
-    let addr =
+/// Decodes an `ANN` block that is all of `bytes` (the caller checked that
+/// its length is [`ANN_LEN`] or one more).
+fn announcement(bytes: &[u8]) -> Result<Announcement, ControlDecodeError> {
+    let reflex =
         decode_addr(bytes.get(..ADDR_LEN).unwrap_or(&[])).map_err(ControlDecodeError::Addr)?;
     let class = class_from(bytes.get(ADDR_LEN).copied().unwrap_or(0xff))?;
-    Ok((addr, class))
+    let profile = match bytes.get(ANN_LEN) {
+        None => None,
+        Some(&b) => Some(NatProfile::from_code(b).ok_or(ControlDecodeError::Profile(b))?),
+    };
+    Ok(Announcement {
+        reflex,
+        class,
+        profile,
+    })
 }
 
 /// The longest payload this module encodes: a directory answer with an
-/// announcement (57 bytes).
-pub const MAX_ENCODED_LEN: usize = ANSWER_LEN + ADDR_LEN + 1;
+/// announcement and its profile (58 bytes).
+pub const MAX_ENCODED_LEN: usize = ANSWER_LEN + ANN_LEN + 1;
 
 /// An encoded control payload, held inline (encoding allocates nothing).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -132,9 +141,12 @@ impl Encoded {
         self.len = end;
     }
 
-    fn put_addr_class(&mut self, reflex: SocketAddr, class: NatClass) {
-        self.put(&encode_addr(&reflex));
-        self.put(&[class.code()]);
+    fn put_announcement(&mut self, a: &Announcement) {
+        self.put(&encode_addr(&a.reflex));
+        self.put(&[a.class.code()]);
+        if let Some(p) = a.profile {
+            self.put(&[p.code()]);
+        }
     }
 
     /// The encoded bytes.
@@ -161,18 +173,17 @@ impl AnnouncementMsg {
     pub fn to_bytes(&self) -> Encoded {
         let mut out = Encoded::new();
         match *self {
-            AnnouncementMsg::Own { reflex, class } => {
+            AnnouncementMsg::Own(ref a) => {
                 out.put(&[0]);
-                out.put_addr_class(reflex, class);
+                out.put_announcement(a);
             }
             AnnouncementMsg::Vouched {
                 peer,
-                reflex,
-                class,
+                ref announcement,
             } => {
                 out.put(&[1]);
                 out.put(&peer.0.to_be_bytes());
-                out.put_addr_class(reflex, class);
+                out.put_announcement(announcement);
             }
         }
         out
@@ -182,18 +193,13 @@ impl AnnouncementMsg {
     pub fn decode(bytes: &[u8]) -> Result<Self, ControlDecodeError> {
         const WHAT: &str = "announcement";
         match (bytes.first().copied(), bytes.len()) {
-            (Some(0), OWN_LEN) => {
-                let (reflex, class) = addr_class(&bytes[1..])?;
-                Ok(AnnouncementMsg::Own { reflex, class })
+            (Some(0), n) if n == OWN_LEN || n == OWN_LEN + 1 => {
+                Ok(AnnouncementMsg::Own(announcement(&bytes[1..])?))
             }
-            (Some(1), VOUCHED_LEN) => {
-                let mut id = [0u8; 8];
-                id.copy_from_slice(&bytes[1..9]);
-                let (reflex, class) = addr_class(&bytes[9..])?;
+            (Some(1), n) if n == VOUCHED_LEN || n == VOUCHED_LEN + 1 => {
                 Ok(AnnouncementMsg::Vouched {
-                    peer: NodeId(u64::from_be_bytes(id)),
-                    reflex,
-                    class,
+                    peer: NodeId(u64::from_be_bytes(field(bytes, 1))),
+                    announcement: announcement(&bytes[9..])?,
                 })
             }
             (Some(t @ (0 | 1)), got) => {
@@ -256,8 +262,8 @@ pub struct LookupAnswer {
     pub key: PublicKey,
     /// Whether it has a live session to the answering node.
     pub online: bool,
-    /// Its announced (reflex, class), when online and announced.
-    pub announced: Option<(SocketAddr, NatClass)>,
+    /// Its announcement, when online and announced.
+    pub announced: Option<Announcement>,
 }
 
 const ANSWER_LEN: usize = 4 + 32 + 1;
@@ -275,8 +281,8 @@ impl LookupAnswer {
         out.put(&self.query.to_be_bytes());
         out.put(self.key.as_bytes());
         out.put(&[u8::from(self.online)]);
-        if let Some((reflex, class)) = self.announced {
-            out.put_addr_class(reflex, class);
+        if let Some(a) = &self.announced {
+            out.put_announcement(a);
         }
         out
     }
@@ -286,7 +292,9 @@ impl LookupAnswer {
         const WHAT: &str = "directory answer";
         let announced = match bytes.len() {
             ANSWER_LEN => None,
-            n if n == ANSWER_LEN + ADDR_LEN + 1 => Some(addr_class(&bytes[ANSWER_LEN..])?),
+            n if n == ANSWER_LEN + ANN_LEN || n == ANSWER_LEN + ANN_LEN + 1 => {
+                Some(announcement(&bytes[ANSWER_LEN..])?)
+            }
             got => return Err(ControlDecodeError::Length { what: WHAT, got }),
         };
         let online = match bytes[ANSWER_LEN - 1] {
@@ -315,6 +323,8 @@ fn field<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use natrix_proto::{FilteringBehaviour, MappingBehaviour};
+    use std::net::SocketAddr;
 
     fn key(b: u8) -> PublicKey {
         PublicKey::from_bytes([b; 32])
@@ -323,15 +333,36 @@ mod tests {
     #[test]
     fn announcements_round_trip_and_reject_junk() {
         let reflex: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let profile = NatProfile {
+            mapping: MappingBehaviour::AddressAndPortDependent,
+            filtering: FilteringBehaviour::EndpointIndependent,
+        };
         for m in [
-            AnnouncementMsg::Own {
+            AnnouncementMsg::Own(Announcement {
                 reflex,
                 class: NatClass::Cone,
+                profile: None,
+            }),
+            AnnouncementMsg::Own(Announcement {
+                reflex,
+                class: NatClass::Symmetric,
+                profile: Some(profile),
+            }),
+            AnnouncementMsg::Vouched {
+                peer: NodeId(7),
+                announcement: Announcement {
+                    reflex: "[::1]:9".parse().unwrap(),
+                    class: NatClass::Symmetric,
+                    profile: None,
+                },
             },
             AnnouncementMsg::Vouched {
                 peer: NodeId(7),
-                reflex: "[::1]:9".parse().unwrap(),
-                class: NatClass::Symmetric,
+                announcement: Announcement {
+                    reflex: "[::1]:9".parse().unwrap(),
+                    class: NatClass::Open,
+                    profile: Some(NatProfile::OPEN),
+                },
             },
         ] {
             let mut v = Vec::new();
@@ -339,19 +370,68 @@ mod tests {
             assert_eq!(m.to_bytes().as_bytes(), &v[..]);
             assert_eq!(AnnouncementMsg::decode(&v), Ok(m));
             for cut in 0..v.len() {
-                assert!(AnnouncementMsg::decode(&v[..cut]).is_err());
+                // Cutting the profile byte off is the message without one.
+                let Ok(short) = AnnouncementMsg::decode(&v[..cut]) else {
+                    continue;
+                };
+                assert_eq!(cut + 1, v.len(), "{m:?} cut at {cut}");
+                assert_ne!(short, m);
             }
+            let mut longer = v.clone();
+            longer.push(0x11);
+            let longer_ok = AnnouncementMsg::decode(&longer).is_ok();
+            let has_profile = matches!(
+                m,
+                AnnouncementMsg::Own(Announcement {
+                    profile: Some(_),
+                    ..
+                }) | AnnouncementMsg::Vouched {
+                    announcement: Announcement {
+                        profile: Some(_),
+                        ..
+                    },
+                    ..
+                }
+            );
+            assert_eq!(longer_ok, !has_profile, "{m:?} + 1 byte");
             let mut bad = v.clone();
-            *bad.last_mut().unwrap() = 9;
+            let class_at = if has_profile {
+                v.len() - 2
+            } else {
+                v.len() - 1
+            };
+            bad[class_at] = 9;
             assert_eq!(
                 AnnouncementMsg::decode(&bad),
                 Err(ControlDecodeError::Class(9))
             );
+            if has_profile {
+                for byte in [0x00, 0x10, 0x01, 0x14, 0x41, 0xff] {
+                    *bad.last_mut().unwrap() = byte;
+                    bad[class_at] = 3;
+                    assert_eq!(
+                        AnnouncementMsg::decode(&bad),
+                        Err(ControlDecodeError::Profile(byte))
+                    );
+                }
+            }
         }
         assert!(matches!(
             AnnouncementMsg::decode(&[2; OWN_LEN]),
             Err(ControlDecodeError::Tag { got: 2, .. })
         ));
+    }
+
+    #[test]
+    fn every_profile_byte_round_trips_and_no_other_decodes() {
+        let mut valid = 0;
+        for byte in 0..=u8::MAX {
+            if let Some(p) = NatProfile::from_code(byte) {
+                assert_eq!(p.code(), byte);
+                valid += 1;
+            }
+        }
+        assert_eq!(valid, 9, "three mappings by three filterings");
     }
 
     #[test]
@@ -377,7 +457,24 @@ mod tests {
                 query: 2,
                 key: key(5),
                 online: true,
-                announced: Some(("127.0.0.1:5".parse().unwrap(), NatClass::Open)),
+                announced: Some(Announcement {
+                    reflex: "127.0.0.1:5".parse().unwrap(),
+                    class: NatClass::Open,
+                    profile: None,
+                }),
+            },
+            LookupAnswer {
+                query: 3,
+                key: key(6),
+                online: true,
+                announced: Some(Announcement {
+                    reflex: "[2001:db8::1]:5".parse().unwrap(),
+                    class: NatClass::Cone,
+                    profile: Some(NatProfile {
+                        mapping: MappingBehaviour::EndpointIndependent,
+                        filtering: FilteringBehaviour::AddressDependent,
+                    }),
+                }),
             },
         ] {
             let mut v = Vec::new();

@@ -726,6 +726,10 @@ macro_rules! e2e_suite {
             $block_on($crate::testkit::net::stun_coordinator_serves_rfc5780($rt))
         }
         #[test]
+        fn c8_measured_profiles_refine_the_pair_decision_v4() {
+            $block_on($crate::testkit::net::measured_profiles_refine_the_pair_decision($rt))
+        }
+        #[test]
         fn batched_receive_keeps_datagrams_whole_v4() {
             $block_on($crate::testkit::batched_receive_keeps_datagrams_whole(
                 $rt,

@@ -370,17 +370,13 @@ pub async fn net_node_id_must_be_the_keys<R: Runtime>(rt: R, ip: IpAddr) {
     }
 }
 
-/// C8 through the drivers: a coordinator with an RFC 5780 alternate (a
-/// second loopback IP, so IPv4 only) answers STUN on its four addresses,
-/// and [`crate::stun::discover_behaviour`] against it finds no NAT, the
-/// identity mapping and no filtering, with the alternate as OTHER-ADDRESS.
-pub async fn stun_coordinator_serves_rfc5780<R: Runtime>(rt: R) {
-    use natrix_proto::{FilteringBehaviour, MappingBehaviour};
-    let alt_ip: IpAddr = "127.0.0.2".parse().expect("literal");
+/// A coordinator serving RFC 5780 STUN on `127.0.0.1` and `alt_ip`, and
+/// its alternate address.
+fn rfc5780_coordinator<R: Runtime>(rt: &R, alt_ip: IpAddr) -> (Coordinator<R>, SocketAddr) {
     // The coordinator binds both IPs × both ports, and tests beside this one
     // take ephemeral ports too: when one of the four is taken, try again
     // with a fresh alternate port.
-    let (c, alternate) = (0..20)
+    (0..20)
         .find_map(|_| {
             // A port free on the second IP (and, likely, on the first).
             let alt_port = std::net::UdpSocket::bind((alt_ip, 0))
@@ -397,7 +393,17 @@ pub async fn stun_coordinator_serves_rfc5780<R: Runtime>(rt: R) {
             let c = Coordinator::spawn(rt.clone(), test_keypair(3), cfg, seed(3)).ok()?;
             Some((c, alternate))
         })
-        .expect("a coordinator on 127.0.0.1 and 127.0.0.2 within 20 tries");
+        .expect("a coordinator on 127.0.0.1 and 127.0.0.2 within 20 tries")
+}
+
+/// C8 through the drivers: a coordinator with an RFC 5780 alternate (a
+/// second loopback IP, so IPv4 only) answers STUN on its four addresses,
+/// and [`crate::stun::discover_behaviour`] against it finds no NAT, the
+/// identity mapping and no filtering, with the alternate as OTHER-ADDRESS.
+pub async fn stun_coordinator_serves_rfc5780<R: Runtime>(rt: R) {
+    use natrix_proto::{FilteringBehaviour, MappingBehaviour};
+    let alt_ip: IpAddr = "127.0.0.2".parse().expect("literal");
+    let (c, alternate) = rfc5780_coordinator(&rt, alt_ip);
     let alt_port = alternate.port();
     let primary = c.node().local_addr();
     let report = within(
@@ -458,4 +464,60 @@ pub async fn stun_coordinator_serves_rfc5780<R: Runtime>(rt: R) {
         }
     }
     c.shutdown().await;
+}
+
+/// C8 end to end: two nodes that measured their NAT behaviour against a
+/// coordinator serving RFC 5780 announce it, and the pair decision reads
+/// it. Both are announced as symmetric, which the baseline matrix skips;
+/// their measured profile (loopback: no filtering) says a punch works, and
+/// it does. Without the measurement the same pair is skipped.
+pub async fn measured_profiles_refine_the_pair_decision<R: Runtime>(rt: R) {
+    use natrix_proto::{NatProfile, TraversalError};
+    let alt_ip: IpAddr = "127.0.0.2".parse().expect("literal");
+    let (stun, _) = rfc5780_coordinator(&rt, alt_ip);
+    let server = stun.node().local_addr();
+    for measured in [false, true] {
+        let t = super::trio(&rt, super::V4, Some(NatClass::Symmetric), |cfg| {
+            if measured && cfg.id != super::R {
+                cfg.behaviour_server = Some(server);
+            }
+        })
+        .await;
+        if !measured {
+            assert!(matches!(
+                t.a.request_punch(super::B, super::R).await,
+                Err(TraversalError::Skipped { .. })
+            ));
+            assert_eq!(t.a.behaviour(), None);
+            continue;
+        }
+        for n in [&t.a, &t.b] {
+            within(&rt, Duration::from_secs(20), async {
+                while n.behaviour().is_none() {
+                    sleep(&rt, Duration::from_millis(10)).await;
+                }
+            })
+            .await;
+            let b = n.behaviour().expect("measured");
+            assert_eq!(b.profile(), Some(NatProfile::OPEN), "{b}");
+            let announced = n.classification().expect("classified");
+            assert_eq!(announced.class, NatClass::Symmetric);
+            assert_eq!(announced.profile, Some(NatProfile::OPEN));
+        }
+        // The announcements cross the hub.
+        sleep(&rt, Duration::from_millis(100)).await;
+        let out = within(
+            &rt,
+            Duration::from_secs(5),
+            t.a.request_punch(super::B, super::R),
+        )
+        .await
+        .expect("the profiles say a punch works");
+        assert_eq!(out.method, PathMethod::Punched);
+        assert_eq!(out.path, t.b.local_addr());
+        for n in [&t.a, &t.b, &t.r] {
+            n.shutdown().await;
+        }
+    }
+    stun.shutdown().await;
 }

@@ -4,6 +4,7 @@ use alloc::collections::VecDeque;
 use core::net::SocketAddr;
 use core::time::Duration;
 
+use crate::behaviour::NatProfile;
 use crate::classify::NatClass;
 use crate::discovery::{ProbeError, SweepOutcome};
 use crate::error::TraversalError;
@@ -179,12 +180,14 @@ pub enum Event {
         /// Time from the start of the punch to this event.
         elapsed: Duration,
     },
-    /// This node's (class, reflex) changed: announce it to peers.
+    /// This node's (class, reflex, profile) changed: announce it to peers.
     ClassificationChanged {
         /// The class now in force.
         class: NatClass,
         /// The public address that goes with it.
         reflex: SocketAddr,
+        /// C8: the measured mapping and filtering that go with it, if any.
+        profile: Option<NatProfile>,
     },
     /// A classification sweep ended (whether or not it changed anything).
     SweepFinished {

@@ -38,7 +38,8 @@ use core::net::{IpAddr, SocketAddr};
 use core::num::NonZeroU32;
 use core::time::Duration;
 
-use crate::classify::{NatClass, PairAction, canonical_addr, is_bogus_destination, pair_action};
+use crate::behaviour::{NatProfile, pair_action_with_profiles};
+use crate::classify::{NatClass, PairAction, canonical_addr, is_bogus_destination};
 use crate::config::Config;
 use crate::discovery::{Discovery, DiscoveryCtx, ProbeError, ReclassifyOutcome};
 use crate::error::TraversalError;
@@ -158,6 +159,14 @@ impl Agent {
     #[must_use]
     pub fn nat_class(&self) -> NatClass {
         self.classification().map_or(NatClass::Unknown, |a| a.class)
+    }
+
+    /// C8: this node's profile in force: the classification's (the override's
+    /// [`NatProfile::OPEN`], or the measured one), else the measured one.
+    #[must_use]
+    pub fn local_profile(&self) -> Option<NatProfile> {
+        self.classification()
+            .map_or(self.discovery.profile(), |a| a.profile)
     }
 
     /// This node's public address: the classification's reflex, else the bind
@@ -446,6 +455,30 @@ impl Agent {
         reflex: SocketAddr,
         class: NatClass,
     ) -> Result<(), AnnouncementError> {
+        self.handle_announcement(
+            peer,
+            Announcement {
+                reflex,
+                class,
+                profile: None,
+            },
+        )
+    }
+
+    /// [`handle_peer_announcement`](Self::handle_peer_announcement) with the
+    /// peer's measured [`NatProfile`] (C8), which refines the pair decision
+    /// of punches to it. An announcement replaces the previous one whole: one
+    /// without a profile withdraws the profile.
+    pub fn handle_announcement(
+        &mut self,
+        peer: NodeId,
+        announcement: Announcement,
+    ) -> Result<(), AnnouncementError> {
+        let Announcement {
+            reflex,
+            class,
+            profile,
+        } = announcement;
         let reflex = canonical_addr(reflex);
         let own = |a: Option<SocketAddr>| a.is_some_and(|a| canonical_addr(a) == reflex);
         if is_bogus_destination(reflex) || own(Some(self.bind)) || own(self.local_reflex()) {
@@ -453,7 +486,13 @@ impl Agent {
             return Err(AnnouncementError::BogusReflex(reflex));
         }
         self.peers
-            .update(peer, |p| p.announced = Some(Announcement { reflex, class }))
+            .update(peer, |p| {
+                p.announced = Some(Announcement {
+                    reflex,
+                    class,
+                    profile,
+                });
+            })
             .map_err(|_| AnnouncementError::DirectoryFull)
     }
 
@@ -494,8 +533,25 @@ impl Agent {
     /// [`Event::ClassificationChanged`] when it changes what is in force.
     pub fn set_local_classification(&mut self, class: NatClass, reflex: SocketAddr) {
         let reflex = canonical_addr(reflex);
-        self.discovery
-            .set_published(&mut self.out, Announcement { reflex, class });
+        self.discovery.set_published(
+            &mut self.out,
+            Announcement {
+                reflex,
+                class,
+                profile: None,
+            },
+        );
+    }
+
+    /// C8: this node's own mapping and filtering, measured by the embedder
+    /// (an RFC 5780 behaviour discovery, `natrix_stun::behaviour`): it is
+    /// announced with the class from now on (an
+    /// [`Event::ClassificationChanged`] when a classification is in force),
+    /// and the pair decision of this node's punches reads it
+    /// ([`pair_action_with_profiles`]). `None` withdraws it. While a reflex
+    /// override is installed the node announces [`NatProfile::OPEN`].
+    pub fn set_local_profile(&mut self, profile: Option<NatProfile>) {
+        self.discovery.set_profile(&mut self.out, profile);
     }
 
     /// C3: the host's own interface addresses, from the driver. With a
@@ -543,8 +599,14 @@ impl Agent {
         let announced = self.peers.announced(target);
         let local = self.nat_class();
         let remote = announced.map_or(NatClass::Unknown, |a| a.class);
+        let action = pair_action_with_profiles(
+            local,
+            self.local_profile(),
+            remote,
+            announced.and_then(|a| a.profile),
+        );
         let punch_id = self.mint_punch_id();
-        match (pair_action(local, remote), announced) {
+        match (action, announced) {
             (PairAction::SkipPunch, _) => {
                 bump(&mut self.out.stats.punches_skipped);
                 bump(&mut self.out.stats.relay_fallbacks);

@@ -4,17 +4,24 @@
 use core::net::SocketAddr;
 use core::time::Duration;
 
+use crate::behaviour::NatProfile;
 use crate::classify::NatClass;
 use crate::table::slots::Slots;
 use crate::wire::NodeId;
 
-/// A peer's announced (class, reflex): what it told the mesh about itself.
+/// A node's announced (class, reflex, profile): what it tells the mesh
+/// about itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Announcement {
     /// Its public address.
     pub reflex: SocketAddr,
     /// Its NAT class.
     pub class: NatClass,
+    /// C8: its measured mapping and filtering, when it measured them; the
+    /// pair decision reads it ([`pair_action_with_profiles`]).
+    ///
+    /// [`pair_action_with_profiles`]: crate::behaviour::pair_action_with_profiles
+    pub profile: Option<NatProfile>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -186,6 +193,7 @@ mod tests {
                 r.announced = Some(Announcement {
                     reflex: addr(i),
                     class: NatClass::Cone,
+                    profile: None,
                 })
             })
         };

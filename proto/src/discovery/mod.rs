@@ -19,6 +19,7 @@ use core::net::{IpAddr, SocketAddr};
 
 use crate::agent::io::{Channel, Event, Outbox};
 use crate::agent::peers::{Announcement, Peers};
+use crate::behaviour::NatProfile;
 use crate::classify::{
     Classification, NatClass, Observation, canonical_addr, canonical_ip, classify,
 };
@@ -226,8 +227,11 @@ pub struct Discovery {
     sweep: Option<Sweep>,
     generation: u64,
     next_probe_id: u64,
-    /// The last committed (class, reflex): from a sweep or the embedder.
+    /// The last committed (class, reflex): from a sweep or the embedder
+    /// (its `profile` is unused: [`Self::profile`] goes with it).
     published: Option<Announcement>,
+    /// C8: this node's measured mapping and filtering, from the embedder.
+    profile: Option<NatProfile>,
     reflex_override: Option<SocketAddr>,
     interfaces: Vec<IpAddr>,
     /// STUN servers sweeps ask besides peers (C8), canonical form.
@@ -248,6 +252,7 @@ impl Discovery {
             generation: 0,
             next_probe_id: 0,
             published: None,
+            profile: None,
             reflex_override: None,
             interfaces: Vec::new(),
             stun_servers: Vec::new(),
@@ -258,16 +263,21 @@ impl Discovery {
         }
     }
 
-    /// The (class, reflex) in force: the override as Open (C6), else the last
-    /// committed pair.
+    /// The (class, reflex, profile) in force: the override as Open (C6),
+    /// letting anyone in ([`NatProfile::OPEN`]), else the last committed pair
+    /// with the measured profile (C8).
     #[must_use]
     pub fn effective(&self) -> Option<Announcement> {
         match self.reflex_override {
             Some(reflex) => Some(Announcement {
                 reflex,
                 class: NatClass::Open,
+                profile: Some(NatProfile::OPEN),
             }),
-            None => self.published,
+            None => self.published.map(|a| Announcement {
+                profile: self.profile,
+                ..a
+            }),
         }
     }
 
@@ -290,6 +300,7 @@ impl Discovery {
                 out.events.push_back(Event::ClassificationChanged {
                     class: a.class,
                     reflex: a.reflex,
+                    profile: a.profile,
                 });
             }
         }
@@ -300,6 +311,20 @@ impl Discovery {
         let before = self.effective();
         self.published = Some(a);
         self.publish_if_changed(out, before);
+    }
+
+    /// C8: this node's measured mapping and filtering, announced with its
+    /// class from now on (`None` withdraws it).
+    pub(crate) fn set_profile(&mut self, out: &mut Outbox, profile: Option<NatProfile>) {
+        let before = self.effective();
+        self.profile = profile;
+        self.publish_if_changed(out, before);
+    }
+
+    /// The measured profile set by the embedder.
+    #[must_use]
+    pub fn profile(&self) -> Option<NatProfile> {
+        self.profile
     }
 
     /// C3: the host's interface addresses (at most [`MAX_INTERFACES`] are kept).
@@ -610,7 +635,11 @@ impl Discovery {
         }) = outcome
         {
             let before = self.effective();
-            self.published = Some(Announcement { reflex, class });
+            self.published = Some(Announcement {
+                reflex,
+                class,
+                profile: None,
+            });
             self.publish_if_changed(cx.out, before);
         }
         cx.out.events.push_back(Event::SweepFinished {
