@@ -69,8 +69,9 @@ pub struct NodeConfig {
     pub stun_servers: Vec<SocketAddr>,
     /// An RFC 5780 STUN server (one with an alternate address: a natrix
     /// coordinator started with `--stun-alternate`, or coturn) to measure
-    /// this node's NAT behaviour against when it starts (C8, from fresh
-    /// sockets, a few seconds in the background). The measured mapping and
+    /// this node's NAT behaviour against when it starts (C8, a few seconds
+    /// in the background: the mapping and filtering tests from the node's
+    /// own socket, the port-allocation test from three fresh ones). The measured mapping and
     /// filtering are announced with the class and refine the pair decision
     /// ([`natrix_proto::pair_action_with_profiles`]); the result is a
     /// [`NodeEvent::Behaviour`] and [`Node::behaviour`]. `None` (the
@@ -213,20 +214,45 @@ fn start_port_mapping<R: Runtime>(
     }
 }
 
+/// Where the node's task hands the STUN answers (bytes, source) arriving
+/// on its socket to the behaviour discovery running from it.
+type DiscoveryInbox = async_channel::Sender<(Vec<u8>, SocketAddr)>;
+
 /// Starts the behaviour discovery against `server` (C8) and the glue that
-/// hands its report to the node's task. A discovery that cannot bind its
-/// sockets is logged and measures nothing.
+/// hands its report to the node's task. Its main socket is the node's own
+/// (whose NAT mapping and filtering are what punches meet; a static port
+/// forward applies to it and not to fresh ports): the node's task hands it
+/// the STUN answers arriving there through the returned channel. A server
+/// of the other address family is asked from fresh sockets instead. A
+/// discovery that cannot bind its extra sockets is logged and measures
+/// nothing.
 fn start_behaviour_discovery<R: Runtime>(
     rt: &R,
     server: SocketAddr,
     seed: u64,
     commands: &async_channel::Sender<Command>,
-) -> R::Task {
+    socket: &Arc<R::Socket>,
+    local: SocketAddr,
+) -> (R::Task, Option<DiscoveryInbox>) {
     let commands = commands.clone();
     let inner = rt.clone();
-    rt.spawn(Box::pin(async move {
+    let (main, inbox) = if local.is_ipv4() == server.is_ipv4() {
+        // A few answers per test; more in flight is a flood, dropped.
+        let (tx, rx) = async_channel::bounded(32);
+        (
+            Some(crate::stun::MainSocket::Shared(local, socket.clone(), rx)),
+            Some(tx),
+        )
+    } else {
+        (None, None)
+    };
+    let task = rt.spawn(Box::pin(async move {
         let seed = seed ^ 0x6265_6861_7669_6f75;
-        match crate::stun::discover_behaviour(&inner, server, 0, seed).await {
+        let report = match main {
+            Some(main) => crate::stun::run_discovery(&inner, server, main, seed).await,
+            None => crate::stun::discover_behaviour(&inner, server, 0, seed).await,
+        };
+        match report {
             Ok(report) => {
                 info!(
                     %server,
@@ -244,7 +270,8 @@ fn start_behaviour_discovery<R: Runtime>(
             }
             Err(e) => info!(%server, error = %e, "NAT behaviour discovery could not start"),
         }
-    }))
+    }));
+    (task, inbox)
 }
 
 /// Errors of the node handle.
@@ -413,6 +440,9 @@ pub struct DriverStats {
     /// Application data from session peers, dropped because the
     /// application's inbox was full.
     pub data_dropped: u64,
+    /// STUN answers handed to the behaviour discovery running from the
+    /// node's socket (C8).
+    pub discovery_answers: u64,
 }
 
 #[derive(Default)]
@@ -545,7 +575,24 @@ impl<R: Runtime> Node<R> {
             conns: BTreeMap::new(),
             accepts: accepts_tx,
             stun: stun.as_ref().map(|s| s.service.clone()),
+            discovery_inbox: None,
         };
+        let (discovery, discovery_inbox) = match config.behaviour_server {
+            Some(server) => {
+                let (t, inbox) = start_behaviour_discovery(
+                    &rt,
+                    server,
+                    config.seed,
+                    &commands,
+                    &socket,
+                    local_addr,
+                );
+                (Some(t), inbox)
+            }
+            None => (None, None),
+        };
+        let mut task = task;
+        task.discovery_inbox = discovery_inbox;
         let handle = rt.spawn(Box::pin(task.run()));
         let portmap = match &config.port_mapping {
             Some(cfg) => Some(start_port_mapping(
@@ -557,9 +604,6 @@ impl<R: Runtime> Node<R> {
             )),
             None => None,
         };
-        let discovery = config
-            .behaviour_server
-            .map(|server| start_behaviour_discovery(&rt, server, config.seed, &commands));
         Ok(Node {
             rt,
             id: config.id,
@@ -1043,6 +1087,9 @@ struct Task<R: Runtime, C> {
     accepts: async_channel::Sender<AcceptedConn>,
     /// The STUN service, when the node serves STUN.
     stun: Option<Arc<StunService<R>>>,
+    /// Where STUN answers to the behaviour discovery running from this
+    /// socket go, while it runs (C8).
+    discovery_inbox: Option<DiscoveryInbox>,
 }
 
 impl<R: Runtime, C: ControlPlane> Task<R, C> {
@@ -1222,15 +1269,28 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                         }
                         DatagramKind::Stun => {
                             // A success answer may be a STUN server's
-                            // answer to the agent's sweep (C8); anything
-                            // else is for the STUN service, when it runs.
-                            let success = bytes.get(..2)
-                                == Some(&stun_msg::BINDING_SUCCESS.to_be_bytes()[..]);
+                            // answer to the agent's sweep (C8); other
+                            // answers go to the behaviour discovery while
+                            // it runs; requests are for the STUN service,
+                            // when it runs.
+                            let ty = bytes.get(..2);
+                            let success = ty == Some(&stun_msg::BINDING_SUCCESS.to_be_bytes()[..]);
+                            let error = ty == Some(&stun_msg::BINDING_ERROR.to_be_bytes()[..]);
                             let now = self.clock.to_agent(self.rt.now());
                             if success
                                 && self.agent.handle_datagram(now, local, src, bytes)
                                     == DatagramVerdict::Consumed
                             {
+                                true
+                            } else if (success || error)
+                                && self.discovery_inbox.as_ref().is_some_and(|tx| {
+                                    !matches!(
+                                        tx.try_send((bytes.to_vec(), src)),
+                                        Err(async_channel::TrySendError::Closed(_))
+                                    )
+                                })
+                            {
+                                c.discovery_answers += 1;
                                 true
                             } else if let Some(stun) = &self.stun {
                                 let stun = stun.clone();

@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use std::task::Poll;
 
+use futures_lite::Stream;
+
 use natrix_stun::behaviour::{BehaviourDiscovery, BehaviourReport, DiscoveryConfig};
 use natrix_stun::server::{ServerConfig, ServerStats, StunServer};
 
@@ -220,24 +222,60 @@ pub async fn discover_behaviour<R: Runtime>(
     local_port: u16,
     seed: u64,
 ) -> io::Result<BehaviourReport> {
-    let bind = |port: u16| -> SocketAddr {
-        if server.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, port).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, port).into()
-        }
-    };
-    let mut sockets = Vec::new();
-    for i in 0..=DISCOVERY_EXTRA_SOCKETS {
-        let s = rt.bind(bind(if i == 0 { local_port } else { 0 }))?;
-        sockets.push((s.local_addr()?, s));
+    let main = Arc::new(rt.bind(unspecified(server, local_port))?);
+    let local = main.local_addr()?;
+    run_discovery(rt, server, MainSocket::Own(local, main), seed).await
+}
+
+/// The main socket of a discovery.
+pub(crate) enum MainSocket<R: Runtime> {
+    /// A socket of the discovery's own: it reads it.
+    Own(SocketAddr, Arc<R::Socket>),
+    /// A node's socket (at this address), which the node's task reads: it
+    /// hands the STUN answers that arrive there to the discovery through
+    /// the channel (copied, bounded).
+    Shared(
+        SocketAddr,
+        Arc<R::Socket>,
+        async_channel::Receiver<(Vec<u8>, SocketAddr)>,
+    ),
+}
+
+/// The wildcard address of `server`'s family, at `port`.
+fn unspecified(server: SocketAddr, port: u16) -> SocketAddr {
+    if server.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, port).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, port).into()
     }
-    let mut config = DiscoveryConfig::new(server, sockets[0].0);
+}
+
+/// Runs a discovery from `main` and [`DISCOVERY_EXTRA_SOCKETS`] fresh
+/// sockets until it is done.
+pub(crate) async fn run_discovery<R: Runtime>(
+    rt: &R,
+    server: SocketAddr,
+    main: MainSocket<R>,
+    seed: u64,
+) -> io::Result<BehaviourReport> {
+    let (main_addr, main_socket, inbound) = match main {
+        MainSocket::Own(a, s) => (a, s, None),
+        MainSocket::Shared(a, s, rx) => (a, s, Some(rx)),
+    };
+    let mut sockets: Vec<(SocketAddr, Arc<R::Socket>)> = vec![(main_addr, main_socket)];
+    for _ in 0..DISCOVERY_EXTRA_SOCKETS {
+        let s = rt.bind(unspecified(server, 0))?;
+        sockets.push((s.local_addr()?, Arc::new(s)));
+    }
+    let mut config = DiscoveryConfig::new(server, main_addr);
     config.extra_sockets = sockets.iter().skip(1).map(|(a, _)| *a).collect();
     config.interfaces = crate::node::interface_addrs();
     let clock = Clock::at(rt.now());
     let mut discovery = BehaviourDiscovery::new(config, seed);
     discovery.start(clock.now());
+    // With a shared main socket, only the extra ones are read here.
+    let read_from = usize::from(inbound.is_some());
+    let mut inbound = inbound.map(Box::pin);
     let mut buf = [0u8; 2048];
     loop {
         while let Some(t) = discovery.poll_transmit() {
@@ -255,8 +293,16 @@ pub async fn discover_behaviour<R: Runtime>(
         };
         let mut sleep = rt.sleep_until(clock.to_std(deadline));
         let got = poll_fn(|cx| {
-            for (i, (_, s)) in sockets.iter().enumerate() {
+            if let Some(rx) = inbound.as_mut() {
+                // The receiver keeps the waker between polls (a stream,
+                // not a fresh `recv` future each time).
+                if let Poll::Ready(Some((bytes, from))) = rx.as_mut().poll_next(cx) {
+                    return Poll::Ready(Some((0, Ok((bytes, from)))));
+                }
+            }
+            for (i, (_, s)) in sockets.iter().enumerate().skip(read_from) {
                 if let Poll::Ready(r) = s.poll_recv_from(cx, &mut buf) {
+                    let r = r.map(|(n, from)| (buf.get(..n).unwrap_or_default().to_vec(), from));
                     return Poll::Ready(Some((i, r)));
                 }
             }
@@ -267,10 +313,9 @@ pub async fn discover_behaviour<R: Runtime>(
         })
         .await;
         match got {
-            Some((i, Ok((n, from)))) => {
-                let local = sockets.get(i).map_or(bind(0), |(a, _)| *a);
-                let bytes = buf.get(..n).unwrap_or_default();
-                discovery.handle_datagram(clock.now(), local, from, bytes);
+            Some((i, Ok((bytes, from)))) => {
+                let local = sockets.get(i).map_or(main_addr, |(a, _)| *a);
+                discovery.handle_datagram(clock.now(), local, from, &bytes);
             }
             Some((_, Err(e))) => tracing::debug!(error = %e, "STUN discovery: receive failed"),
             None => discovery.handle_timeout(clock.now()),

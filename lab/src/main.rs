@@ -194,6 +194,7 @@ fn run(args: &Args) -> Result<bool> {
         bin,
         dir: args.dir.clone(),
         verbosity: args.peer_verbosity.clone(),
+        peer_flags: Vec::new(),
     };
     let (do_matrix, do_scenarios, only) = match &args.command {
         None | Some(Cmd::Run) => (true, true, None),

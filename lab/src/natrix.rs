@@ -22,6 +22,8 @@ pub struct Natrix {
     pub dir: PathBuf,
     /// Extra flags for peers (`-vv` for debug logs).
     pub verbosity: String,
+    /// More flags for `listen` and `connect` (say `--stun-server`).
+    pub peer_flags: Vec<String>,
 }
 
 /// A coordinator the lab runs.
@@ -138,6 +140,7 @@ impl Natrix {
             ]
             .map(str::to_owned),
         );
+        args.extend(self.peer_flags.iter().cloned());
         if let Some(key) = connect_to {
             args.push(key.to_owned());
         }
@@ -205,6 +208,8 @@ pub struct PeerReport {
     pub class: Option<String>,
     /// Its public address as measured.
     pub reflex: Option<String>,
+    /// The NAT profile it announced (`EIM/APDF`), when it measured one.
+    pub profile: Option<String>,
     /// Node time the connection opened.
     pub opened: Option<f64>,
     /// Node time the first datagram arrived.
@@ -232,6 +237,10 @@ impl PeerReport {
                 .map(str::to_owned),
             reflex: v
                 .pointer("/classification/reflex")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            profile: v
+                .pointer("/classification/profile")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
             opened: f("opened"),

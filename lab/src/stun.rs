@@ -15,6 +15,14 @@
 //! Every site's NAT state is flushed before each run, so no run sees the
 //! mappings (or, for the restricted kind, the learned addresses) an earlier
 //! one left.
+//!
+//! Then the pair decision with NAT profiles (C8), on the same sites: peers
+//! (`listen`/`connect` with the natrix coordinator and `--stun-server`
+//! coturn, which also measures their behaviour from the peer's own socket)
+//! announce their mapping and filtering; a port-restricted cone and a
+//! symmetric NAT then skip the punch the baseline runs and loses (the
+//! matrix's relay cell), and a restricted cone with a symmetric NAT still
+//! punches.
 
 use std::time::Duration;
 
@@ -111,7 +119,7 @@ pub fn interop(
         None,
     )?;
     coordinator.wait_log("coordinator running", Duration::from_secs(10))?;
-    let _ = key;
+    let dial = format!("{key}@{}:3478", NATRIX[0]);
     let mut sites = Vec::new();
     for (n, (kind, _, _)) in KINDS.iter().enumerate() {
         let i = first_site + u8::try_from(n).unwrap_or(0);
@@ -134,6 +142,8 @@ pub fn interop(
             })
             .collect()
     });
+    let mut results = results;
+    results.extend(profile_pairs(lab_ref, nx, &sites, &dial));
     coordinator.terminate();
     let _ = coordinator.wait_exit(Duration::from_secs(5));
     coturn.terminate();
@@ -281,4 +291,100 @@ fn natdiscovery(
         );
     }
     Ok(verdicts)
+}
+
+/// The pairs of [`KINDS`] (by index) checked with profiles, and whether a
+/// punch must run: port-restricted × symmetric (skipped), restricted ×
+/// symmetric (punched).
+const PROFILE_PAIRS: [(usize, usize, bool); 2] = [(2, 4, false), (1, 4, true)];
+
+/// The C8 pair decision on real NAT: each pair of [`PROFILE_PAIRS`] in
+/// turn (sites are reused), with its NAT state flushed first.
+fn profile_pairs(lab: &Lab, nx: &Natrix, sites: &[Site], dial: &str) -> Vec<Result<Scenario>> {
+    let nx = Natrix {
+        peer_flags: vec!["--stun-server".into(), format!("{}:3478", COTURN[0])],
+        ..nx.clone()
+    };
+    PROFILE_PAIRS
+        .iter()
+        .filter_map(|&(a, b, punch)| Some((sites.get(a)?, sites.get(b)?, punch)))
+        .map(|(a, b, punch)| profile_pair(lab, &nx, a, b, dial, punch))
+        .collect()
+}
+
+fn profile_pair(
+    lab: &Lab,
+    nx: &Natrix,
+    a: &Site,
+    b: &Site,
+    dial: &str,
+    punch: bool,
+) -> Result<Scenario> {
+    let mut s = Scenario::named(format!(
+        "pair decision with NAT profiles: {} x {} (C8)",
+        a.kind, b.kind
+    ));
+    s.kinds = Some((a.kind, b.kind));
+    a.reset_state(lab)?;
+    b.reset_state(lab)?;
+    let cell = crate::matrix::run_cell(nx, a, b, &[dial])?;
+    let (ra, rb) = (
+        nx.report(&format!("{}x{}-A", a.kind, b.kind))?,
+        nx.report(&format!("{}x{}-B", a.kind, b.kind))?,
+    );
+    let profile =
+        |r: &crate::natrix::PeerReport| r.profile.clone().unwrap_or_else(|| "none".into());
+    s.measure(format!(
+        "announced {} / {} ({} / {}); outcome {} (baseline matrix: {}); keep-alives {}+{}; last upgrade error: {}",
+        profile(&ra),
+        profile(&rb),
+        ra.class.as_deref().unwrap_or("?"),
+        rb.class.as_deref().unwrap_or("?"),
+        cell.outcome,
+        cell.predicted.outcome,
+        cell.keepalives.0,
+        cell.keepalives.1,
+        cell.upgrade_error.as_deref().unwrap_or("none"),
+    ));
+    let want = |site: &Site| {
+        KINDS
+            .iter()
+            .find(|(k, _, _)| *k == site.kind)
+            .map(|(_, m, f)| short(m, f))
+    };
+    s.check(
+        "both peers measured their NAT from the peer socket and announced its profile",
+        ra.profile.is_some() && ra.profile == want(a) && rb.profile == want(b),
+    );
+    if punch {
+        s.check(
+            "the profiles say a punch works, and it does",
+            cell.outcome == crate::matrix::Outcome::Punched,
+        );
+    } else {
+        s.check(
+            "the profiles skip the punch: relayed at once, no keep-alive sent",
+            cell.outcome == crate::matrix::Outcome::Relayed
+                && cell.keepalives == (0, 0)
+                && cell
+                    .upgrade_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("skips")),
+        );
+    }
+    s.check(
+        "data crossed both ways",
+        cell.received.0 > 0 && cell.received.1 > 0,
+    );
+    Ok(s)
+}
+
+/// `EIM/APDF` for a (mapping, filtering) in netcheck's words.
+fn short(mapping: &str, filtering: &str) -> String {
+    let word = |w: &str| match w {
+        "endpoint-independent" => "EI",
+        "address-dependent" => "AD",
+        _ => "APD",
+    };
+    format!("{}M/{}F", word(mapping), word(filtering))
 }

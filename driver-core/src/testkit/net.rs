@@ -503,6 +503,11 @@ pub async fn measured_profiles_refine_the_pair_decision<R: Runtime>(rt: R) {
             let announced = n.classification().expect("classified");
             assert_eq!(announced.class, NatClass::Symmetric);
             assert_eq!(announced.profile, Some(NatProfile::OPEN));
+            // Measured from the node's own socket: the answers came in
+            // through its demultiplexer (test I, and the filtering test
+            // answered from the alternate address).
+            let answers = n.driver_stats().discovery_answers;
+            assert!(answers >= 2, "{answers} answers through the node socket");
         }
         // The announcements cross the hub.
         sleep(&rt, Duration::from_millis(100)).await;
