@@ -282,6 +282,10 @@ fn check_document(doc: &Value) {
     ] {
         check_measure(field(stun, m), m);
     }
+    assert!(
+        is_null_or(field(stun, "binding_lifetime_ms"), Value::is_u64),
+        "{stun:#}"
+    );
     assert_eq!(
         check_measure(field(stun, "filtering"), "filtering"),
         "not_measured",
@@ -562,4 +566,64 @@ fn c8_netcheck_measures_filtering_against_a_coordinator_with_an_alternate() {
     assert_eq!(stun["nat_class"], "open");
     assert!(doc["coordinators"].as_array().is_some_and(Vec::is_empty));
     assert_eq!(doc["ok"], true);
+}
+
+/// C8 `--lifetime`: opt-in. On loopback there is no NAT, so the binding
+/// lifetime is not measured, with the reason, and at once (no idle waits);
+/// without the flag the report says how to ask for it.
+#[test]
+fn c8_netcheck_lifetime_without_nat_says_no_nat() {
+    let c = Coordinator::start("127.0.0.1:0").expect("127.0.0.1 is always there");
+    let started = std::time::Instant::now();
+    let out = netcheck(&["--coordinator", &c.dial, "--lifetime", "600", "--json"]);
+    assert_eq!(code(&out), Some(0), "stderr:\n{}", stderr(&out));
+    // No idle wait of 600 s happened (generous: a whole run takes seconds).
+    assert!(started.elapsed() < std::time::Duration::from_secs(300));
+    let doc = json(&out);
+    check_document(&doc);
+    let stun = &doc["stun"];
+    assert_eq!(stun["nat"]["value"], "no", "{stun:#}");
+    let lifetime = &stun["binding_lifetime"];
+    assert_eq!(check_measure(lifetime, "binding_lifetime"), "not_measured");
+    assert_eq!(lifetime["detail"], "there is no NAT", "{stun:#}");
+    assert!(stun["binding_lifetime_ms"].is_null(), "{stun:#}");
+
+    let out = netcheck(&["--coordinator", &c.dial, "--lifetime", "600"]);
+    assert_eq!(code(&out), Some(0), "stderr:\n{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.lines().any(
+            |l| l.contains("binding lifetime:") && l.ends_with("not measured: there is no NAT")
+        ),
+        "{text}"
+    );
+
+    let out = netcheck(&["--coordinator", &c.dial, "--json"]);
+    assert_eq!(code(&out), Some(0), "stderr:\n{}", stderr(&out));
+    let doc = json(&out);
+    let detail = doc["stun"]["binding_lifetime"]["detail"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(detail.contains("--lifetime"), "{detail}");
+}
+
+#[test]
+fn c8_netcheck_lifetime_flag_is_checked() {
+    // Zero, not a number, or with --no-stun: usage errors, before anything runs.
+    for args in [
+        &["--stun", "127.0.0.1:9", "--lifetime", "0"][..],
+        &["--stun", "127.0.0.1:9", "--lifetime", "soon"],
+        &[
+            "--coordinator",
+            "natrix1x@127.0.0.1:9",
+            "--no-stun",
+            "--lifetime",
+            "60",
+        ],
+    ] {
+        let out = netcheck(args);
+        assert_eq!(code(&out), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stdout(&out).is_empty(), "{args:?}");
+        assert!(stderr(&out).contains("--lifetime"), "{}", stderr(&out));
+    }
 }

@@ -249,7 +249,7 @@ fn start_behaviour_discovery<R: Runtime>(
     let task = rt.spawn(Box::pin(async move {
         let seed = seed ^ 0x6265_6861_7669_6f75;
         let report = match main {
-            Some(main) => crate::stun::run_discovery(&inner, server, main, seed).await,
+            Some(main) => crate::stun::run_discovery(&inner, server, main, seed, None).await,
             None => crate::stun::discover_behaviour(&inner, server, 0, seed).await,
         };
         match report {

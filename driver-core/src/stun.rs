@@ -21,6 +21,9 @@ use futures_lite::Stream;
 use natrix_stun::behaviour::{BehaviourDiscovery, BehaviourReport, DiscoveryConfig};
 use natrix_stun::server::{ServerConfig, ServerStats, StunServer};
 
+/// The binding-lifetime test's limits, for [`discover_behaviour_with`].
+pub use natrix_stun::behaviour::LifetimeConfig;
+
 use crate::clock::Clock;
 use crate::runtime::{Runtime, UdpSocket};
 
@@ -212,7 +215,8 @@ pub const DISCOVERY_EXTRA_SOCKETS: usize = 3;
 /// `local_port`, 0 for any: a NAT may treat a forwarded or static port
 /// differently) and [`DISCOVERY_EXTRA_SOCKETS`] more (their new mappings
 /// show how the NAT allocates ports). Bounded: the machine gives up each
-/// test after its retransmissions (a few seconds in all).
+/// test after its retransmissions (a few seconds in all). The binding
+/// lifetime is not measured (see [`discover_behaviour_with`]).
 ///
 /// # Errors
 /// A socket cannot be bound.
@@ -222,9 +226,28 @@ pub async fn discover_behaviour<R: Runtime>(
     local_port: u16,
     seed: u64,
 ) -> io::Result<BehaviourReport> {
+    discover_behaviour_with(rt, server, local_port, seed, None).await
+}
+
+/// [`discover_behaviour`], and with `lifetime` the binding-lifetime test too
+/// (RFC 5780 §4.6): after the other tests, rounds of idle waits of up to
+/// [`LifetimeConfig::max`] each, binary-searching the lifetime to within
+/// [`LifetimeConfig::precision`] — minutes, up to about
+/// [`LifetimeConfig::max_idle`]. The main socket stays idle meanwhile (the
+/// first extra socket sends the probes): do not share it.
+///
+/// # Errors
+/// A socket cannot be bound.
+pub async fn discover_behaviour_with<R: Runtime>(
+    rt: &R,
+    server: SocketAddr,
+    local_port: u16,
+    seed: u64,
+    lifetime: Option<LifetimeConfig>,
+) -> io::Result<BehaviourReport> {
     let main = Arc::new(rt.bind(unspecified(server, local_port))?);
     let local = main.local_addr()?;
-    run_discovery(rt, server, MainSocket::Own(local, main), seed).await
+    run_discovery(rt, server, MainSocket::Own(local, main), seed, lifetime).await
 }
 
 /// The main socket of a discovery.
@@ -251,12 +274,14 @@ fn unspecified(server: SocketAddr, port: u16) -> SocketAddr {
 }
 
 /// Runs a discovery from `main` and [`DISCOVERY_EXTRA_SOCKETS`] fresh
-/// sockets until it is done.
+/// sockets until it is done, with the binding-lifetime test when
+/// `lifetime` is given.
 pub(crate) async fn run_discovery<R: Runtime>(
     rt: &R,
     server: SocketAddr,
     main: MainSocket<R>,
     seed: u64,
+    lifetime: Option<LifetimeConfig>,
 ) -> io::Result<BehaviourReport> {
     let (main_addr, main_socket, inbound) = match main {
         MainSocket::Own(a, s) => (a, s, None),
@@ -270,6 +295,7 @@ pub(crate) async fn run_discovery<R: Runtime>(
     let mut config = DiscoveryConfig::new(server, main_addr);
     config.extra_sockets = sockets.iter().skip(1).map(|(a, _)| *a).collect();
     config.interfaces = crate::node::interface_addrs();
+    config.lifetime = lifetime;
     let clock = Clock::at(rt.now());
     let mut discovery = BehaviourDiscovery::new(config, seed);
     discovery.start(clock.now());

@@ -18,6 +18,7 @@ use async_io::Async;
 pub use natrix_driver_core::api::*;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 use natrix_driver_core::batch::BatchReceiver;
+pub use natrix_driver_core::stun::{LifetimeConfig, discover_behaviour_with};
 use natrix_driver_core::{BoxFuture, Runtime, UdpSocket};
 
 /// A natrix node on smol.

@@ -22,7 +22,7 @@ use natrix_proto::{Instant, NatClass, Rng};
 use natrix_sim::nat::{Filtering, Mapping, Nat, NatConfig};
 use natrix_sim::preset::Preset;
 use natrix_stun::behaviour::{
-    BehaviourDiscovery, BehaviourReport, DiscoveryConfig, NotMeasured, Transmit,
+    BehaviourDiscovery, BehaviourReport, DiscoveryConfig, LifetimeConfig, NotMeasured, Transmit,
 };
 use natrix_stun::codec::MAX_MESSAGE;
 use natrix_stun::server::{ServerConfig, StunServer};
@@ -488,6 +488,153 @@ fn c8_hairpin_follows_the_nat_and_its_filter() {
         assert_eq!(r.behaviour.hairpin, None);
         assert_eq!(r.hairpin_reason, Some(NotMeasured::Disabled));
     }
+}
+
+/// Runs discovery with the binding-lifetime test (up to `max`, to within
+/// `precision`) behind `configs`; returns the report and the virtual time it
+/// took.
+fn discover_lifetime(
+    configs: &[NatConfig],
+    public_host: bool,
+    max: Duration,
+    precision: Duration,
+    seed: u64,
+) -> (BehaviourReport, Instant) {
+    let mut net = Net::new(configs, public_host, true, seed);
+    let mut cfg = net.discovery_config(true);
+    let limit = LifetimeConfig { max, precision };
+    cfg.lifetime = Some(limit);
+    let mut d = BehaviourDiscovery::new(cfg, seed ^ 0x11fe);
+    let r = net.run(&mut d);
+    // The quick tests are unaffected by the lifetime test that follows them.
+    let mut quick = r.behaviour;
+    quick.binding_lifetime = None;
+    if configs.len() == 1 && !public_host {
+        assert_eq!(quick, expected_single(&configs[0]), "{r:?}");
+    }
+    // Bounded: the quick tests, the idle waits, two tests per round.
+    let rounds = limit.search_rounds() + 2;
+    let bound = Duration::from_secs(3) + limit.max_idle() + Duration::from_secs(2) * rounds;
+    assert!(net.now.since_origin() <= bound, "{:?} > {bound:?}", net.now);
+    (r, net.now)
+}
+
+fn port_restricted(lifetime: Duration) -> NatConfig {
+    NatConfig::new(
+        Mapping::EndpointIndependent,
+        Filtering::AddressAndPortDependent,
+    )
+    .binding_lifetime(lifetime)
+}
+
+fn symmetric(lifetime: Duration) -> NatConfig {
+    NatConfig::new(
+        Mapping::AddressAndPortDependent,
+        Filtering::AddressAndPortDependent,
+    )
+    .allocation(natrix_sim::nat::PortAllocation::Random)
+    .binding_lifetime(lifetime)
+}
+
+#[test]
+fn c8_binding_lifetime_lower_bound_within_precision() {
+    let max = Duration::from_secs(150);
+    let precision = Duration::from_secs(1);
+    for secs in [20, 45, 120] {
+        let lifetime = Duration::from_secs(secs);
+        for (name, c) in [
+            ("port-restricted", port_restricted(lifetime)),
+            ("symmetric", symmetric(lifetime)),
+        ] {
+            for seed in [1, 2] {
+                let (r, _) = discover_lifetime(&[c], false, max, precision, seed);
+                assert_eq!(r.lifetime_reason, None, "{name} {secs}s: {r:?}");
+                let found = r.behaviour.binding_lifetime.unwrap();
+                assert!(found <= lifetime, "{name} {secs}s: {found:?}");
+                assert!(
+                    found > lifetime - precision,
+                    "{name} {secs}s: {found:?} not within {precision:?}"
+                );
+                assert!(!r.lifetime_at_least_max, "{name} {secs}s");
+            }
+        }
+    }
+}
+
+#[test]
+fn c8_binding_lifetime_beyond_max_is_at_least_max() {
+    let max = Duration::from_secs(60);
+    for c in [
+        port_restricted(Duration::from_secs(120)),
+        symmetric(Duration::from_secs(120)),
+    ] {
+        let (r, took) = discover_lifetime(&[c], false, max, Duration::from_secs(1), 3);
+        assert_eq!(r.behaviour.binding_lifetime, Some(max), "{r:?}");
+        assert!(r.lifetime_at_least_max);
+        assert_eq!(r.lifetime_reason, None);
+        // The check round and the max round only: one idle wait.
+        assert!(
+            took.since_origin() < max + Duration::from_secs(5),
+            "{took:?}"
+        );
+    }
+}
+
+#[test]
+fn c8_binding_lifetime_of_a_double_nat_is_the_shorter_one() {
+    let inner = port_restricted(Duration::from_secs(30));
+    let outer = NatConfig::new(Mapping::EndpointIndependent, Filtering::EndpointIndependent)
+        .binding_lifetime(Duration::from_secs(90));
+    let precision = Duration::from_secs(1);
+    let (r, _) = discover_lifetime(
+        &[inner, outer],
+        false,
+        Duration::from_secs(150),
+        precision,
+        4,
+    );
+    let found = r.behaviour.binding_lifetime.unwrap();
+    assert!(
+        found <= Duration::from_secs(30) && found > Duration::from_secs(29),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn c8_binding_lifetime_not_measured_without_nat_or_extra_socket() {
+    let max = Duration::from_secs(60);
+    for preset in [Preset::Open, Preset::Firewall] {
+        let (r, took) = discover_lifetime(&preset.nats(), true, max, Duration::from_secs(1), 5);
+        assert_eq!(r.behaviour.nat, Some(false), "{preset}");
+        assert_eq!(r.lifetime_reason, Some(NotMeasured::NoNat), "{preset}");
+        assert_eq!(r.behaviour.binding_lifetime, None);
+        assert!(
+            took <= Instant::from_millis(3_000),
+            "{preset}: no idle wait"
+        );
+    }
+    // Behind a NAT, but no extra socket to probe from.
+    let mut net = Net::new(&[port_restricted(Duration::from_secs(30))], false, true, 6);
+    let mut cfg = net.discovery_config(false);
+    cfg.extra_sockets.clear();
+    cfg.lifetime = Some(LifetimeConfig::new(max));
+    let mut d = BehaviourDiscovery::new(cfg, 6);
+    let r = net.run(&mut d);
+    assert_eq!(r.lifetime_reason, Some(NotMeasured::NoExtraSocket));
+    assert!(net.now <= Instant::from_millis(3_000));
+}
+
+#[test]
+fn c8_binding_lifetime_is_deterministic() {
+    let run = || {
+        let mut net = Net::new(&[symmetric(Duration::from_secs(45))], false, true, 8);
+        let mut cfg = net.discovery_config(true);
+        cfg.lifetime = Some(LifetimeConfig::new(Duration::from_secs(100)));
+        let mut d = BehaviourDiscovery::new(cfg, 8);
+        let r = net.run(&mut d);
+        (r, net.transmits, net.now)
+    };
+    assert_eq!(run(), run());
 }
 
 fn any_mapping() -> impl Strategy<Value = Mapping> {

@@ -11,10 +11,12 @@
 //! One request is outstanding at a time. Each is sent up to
 //! `1 + retries` times, [`DiscoveryConfig::rto`] apart (same transaction id,
 //! so an answer to any copy counts), and gives up `rto` after the last copy:
-//! a test never takes longer than `(1 + retries) × rto`, and a whole run at
-//! most `(6 + extra sockets) × (1 + retries) × rto` (2.7 s per three timed-out
-//! tests with the defaults; a typical run is a handful of round trips plus
-//! the two filtering timeouts of a port-restricted NAT).
+//! a test never takes longer than `(1 + retries) × rto`, and a whole run
+//! without the lifetime test at most `(6 + extra sockets) × (1 + retries) ×
+//! rto` (2.7 s per three timed-out tests with the defaults; a typical run is
+//! a handful of round trips plus the two filtering timeouts of a
+//! port-restricted NAT). The lifetime test adds its idle waits, at most
+//! [`LifetimeConfig::max_idle`] in all, plus two tests per round.
 //!
 //! 1. **Test I** (main socket → primary): the mapped address X1 and
 //!    OTHER-ADDRESS. X1 equal to the bound address (C3/C9 rules: with a
@@ -50,17 +52,38 @@
 //!    none. The request may pass the NAT's own filter on the way back in: a
 //!    NAT that hairpins but filters the hairpinned packet is reported as not
 //!    hairpinning, which is what matters to a peer behind the same NAT.
-//!
-//! The binding lifetime is never measured here
-//! ([`NotMeasured::TakesTooLong`]): it takes minutes of idle waiting per
-//! guess; a separate, long-running measurement can fill
-//! [`Behaviour::binding_lifetime`].
+//! 6. **Binding lifetime** (RFC 5780 §4.6, opt-in:
+//!    [`DiscoveryConfig::lifetime`]; without it
+//!    [`NotMeasured::TakesTooLong`]). It takes minutes of idle
+//!    waiting, so it runs last and only on request. Each round: the main
+//!    socket refreshes its binding with a Binding request to the primary
+//!    (learning its mapped address X), then stays idle for a time T; then
+//!    the first extra socket sends the primary a Binding request with
+//!    RESPONSE-PORT = X's port. The server answers to the extra socket's
+//!    public IP — the NAT's, the same as X's — at that port, from the
+//!    primary, which the main socket's binding was refreshed toward: the
+//!    answer arriving on the main socket means the binding was still alive
+//!    after T idle; no answer after the usual retransmissions means it was
+//!    gone. A first round with T = 0 checks that the method works at all
+//!    (else [`NotMeasured::ResponsePortUnanswered`]; an answer on the extra
+//!    socket itself is [`NotMeasured::ResponsePortIgnored`]); then T =
+//!    [`LifetimeConfig::max`] (alive: reported as at least `max`,
+//!    [`BehaviourReport::lifetime_at_least_max`]); then a binary search
+//!    between the longest T found alive and the shortest found gone, until
+//!    they are at most [`LifetimeConfig::precision`] apart. The report is the
+//!    longest T found alive: a lower bound (the true lifetime is less than
+//!    the shortest T found gone plus a round trip). Not measured without a
+//!    NAT ([`NotMeasured::NoNat`]: the identity mapping has no lifetime),
+//!    without an extra socket ([`NotMeasured::NoExtraSocket`]), or when test
+//!    I failed. A refresh without an answer ends the search
+//!    ([`NotMeasured::ServerUnreachable`]).
 //!
 //! ## Answers
 //!
 //! Answers are matched by transaction id (96 random bits from the seeded
 //! generator: an off-path sender cannot guess them). An answer must also
-//! arrive on the socket the request left from and come from the address the
+//! arrive on the socket the request left from (the lifetime probe's, on the
+//! main socket: RESPONSE-PORT sends it there) and come from the address the
 //! request went to — for the CHANGE-REQUEST tests, from the address the
 //! change names. An answer to a change request from another of the server's
 //! addresses means the server ignored CHANGE-REQUEST
@@ -142,11 +165,72 @@ pub struct DiscoveryConfig {
     pub retries: u32,
     /// Whether to run the hairpin test.
     pub hairpin: bool,
+    /// The binding-lifetime test (RFC 5780 §4.6), which takes minutes:
+    /// `None` (the default) skips it ([`NotMeasured::TakesTooLong`]).
+    pub lifetime: Option<LifetimeConfig>,
+}
+
+/// How the binding-lifetime test searches (see the [module docs](self)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LifetimeConfig {
+    /// The longest idle time tried: a binding still alive after it is
+    /// reported as lasting at least `max`.
+    pub max: Duration,
+    /// The search ends when the longest idle time found alive and the
+    /// shortest found gone are at most this far apart (at least
+    /// [`LifetimeConfig::MIN_PRECISION`] is used).
+    pub precision: Duration,
+}
+
+impl LifetimeConfig {
+    /// The default precision: 5 s.
+    pub const DEFAULT_PRECISION: Duration = Duration::from_secs(5);
+    /// The finest precision used (a finer one is raised to it): 1 ms.
+    pub const MIN_PRECISION: Duration = Duration::from_millis(1);
+
+    /// Up to `max`, to within [`DEFAULT_PRECISION`](Self::DEFAULT_PRECISION).
+    #[must_use]
+    pub fn new(max: Duration) -> Self {
+        LifetimeConfig {
+            max,
+            precision: Self::DEFAULT_PRECISION,
+        }
+    }
+
+    /// The precision in use: `precision`, at least
+    /// [`MIN_PRECISION`](Self::MIN_PRECISION).
+    #[must_use]
+    pub fn effective_precision(&self) -> Duration {
+        self.precision.max(Self::MIN_PRECISION)
+    }
+
+    /// How many rounds of the binary search follow the `max` round at most:
+    /// the halvings of `max` until it is within the precision.
+    #[must_use]
+    pub fn search_rounds(&self) -> u32 {
+        let precision = self.effective_precision();
+        let mut gap = self.max;
+        let mut rounds = 0u32;
+        while gap > precision {
+            gap = gap.saturating_sub(gap / 2);
+            rounds = rounds.saturating_add(1);
+        }
+        rounds
+    }
+
+    /// The longest the idle waits can add up to: `max` for the `max` round
+    /// and less than `max` for each search round, so at most `max × (1 +`
+    /// [`search_rounds`](Self::search_rounds)`)`.
+    #[must_use]
+    pub fn max_idle(&self) -> Duration {
+        self.max
+            .saturating_mul(self.search_rounds().saturating_add(1))
+    }
 }
 
 impl DiscoveryConfig {
     /// Defaults: no extra sockets, no interfaces, `rto` 300 ms, 2 retries (3
-    /// tries, 900 ms per test at most), hairpin test on.
+    /// tries, 900 ms per test at most), hairpin test on, lifetime test off.
     #[must_use]
     pub fn new(server: SocketAddr, local: SocketAddr) -> Self {
         DiscoveryConfig {
@@ -157,6 +241,7 @@ impl DiscoveryConfig {
             rto: Duration::from_millis(300),
             retries: 2,
             hairpin: true,
+            lifetime: None,
         }
     }
 }
@@ -194,8 +279,19 @@ pub enum NotMeasured {
     /// The test is switched off in the configuration.
     Disabled,
     /// Measuring it takes minutes of idle waiting (the binding lifetime):
-    /// not part of a discovery run.
+    /// not part of a discovery run unless [`DiscoveryConfig::lifetime`] asks.
     TakesTooLong,
+    /// The lifetime test needs an extra socket to send from, and there is
+    /// none.
+    NoExtraSocket,
+    /// The lifetime test's check round (no idle time) failed: the answer
+    /// the server should send to the main socket's public port
+    /// (RESPONSE-PORT) never arrived there. The server may not support
+    /// RESPONSE-PORT, or the NAT gives the two sockets different public IPs.
+    ResponsePortUnanswered,
+    /// The server answered a RESPONSE-PORT request to the requesting socket
+    /// itself: it ignores RESPONSE-PORT.
+    ResponsePortIgnored,
 }
 
 impl fmt::Display for NotMeasured {
@@ -218,6 +314,11 @@ impl fmt::Display for NotMeasured {
             NotMeasured::NoNat => f.write_str("there is no NAT"),
             NotMeasured::Disabled => f.write_str("switched off"),
             NotMeasured::TakesTooLong => f.write_str("it takes minutes to measure"),
+            NotMeasured::NoExtraSocket => f.write_str("no extra socket to probe from"),
+            NotMeasured::ResponsePortUnanswered => f.write_str(
+                "the server's answer to the main socket's port (RESPONSE-PORT) never arrived",
+            ),
+            NotMeasured::ResponsePortIgnored => f.write_str("the server ignores RESPONSE-PORT"),
         }
     }
 }
@@ -247,6 +348,10 @@ pub struct BehaviourReport {
     pub hairpin_reason: Option<NotMeasured>,
     /// Why [`Behaviour::binding_lifetime`] is unknown.
     pub lifetime_reason: Option<NotMeasured>,
+    /// The binding was still alive after [`LifetimeConfig::max`] idle:
+    /// [`Behaviour::binding_lifetime`] is `max`, and the lifetime at least
+    /// that (the search went no further).
+    pub lifetime_at_least_max: bool,
 }
 
 impl BehaviourReport {
@@ -263,6 +368,7 @@ impl BehaviourReport {
             allocation_reason: p,
             hairpin_reason: p,
             lifetime_reason: Some(NotMeasured::TakesTooLong),
+            lifetime_at_least_max: false,
         }
     }
 
@@ -301,6 +407,11 @@ enum Test {
     Allocation(usize),
     /// Main → X1.
     Hairpin,
+    /// Lifetime round: main → primary, refreshing the binding.
+    Refresh,
+    /// Lifetime round: first extra socket → primary, RESPONSE-PORT = the
+    /// main socket's mapped port; the answer is due on the main socket.
+    LifetimeProbe,
 }
 
 /// How a test ended.
@@ -314,6 +425,8 @@ enum Outcome {
     Error(u16),
     /// The hairpinned request came back.
     Hairpinned,
+    /// A RESPONSE-PORT request answered to the requesting socket itself.
+    ResponsePortIgnored,
     /// No answer by the deadline.
     Timeout,
 }
@@ -325,10 +438,31 @@ struct Outstanding {
     from: SocketAddr,
     to: SocketAddr,
     change: ChangeRequest,
+    response_port: Option<u16>,
     /// Copies sent so far.
     sends: u32,
     /// The next copy, or the give-up time after the last.
     next_at: Instant,
+}
+
+/// Where the binding-lifetime search stands.
+#[derive(Clone, Copy, Debug)]
+struct LifetimeSearch {
+    max: Duration,
+    precision: Duration,
+    /// Whether the check round (no idle time) got its answer.
+    checked: bool,
+    /// The longest idle time after which the binding was found alive.
+    alive: Duration,
+    /// The shortest idle time after which it was found gone (`None`: `max`
+    /// not tried yet).
+    gone: Option<Duration>,
+    /// The idle time of the round in progress.
+    idle: Duration,
+    /// The main socket's mapped port, from the round's refresh.
+    port: u16,
+    /// The end of the idle wait, while waiting.
+    wake_at: Option<Instant>,
 }
 
 /// The behaviour discovery machine. See the [module docs](self) for the
@@ -341,7 +475,8 @@ pub struct BehaviourDiscovery {
     done: bool,
     current: Option<Outstanding>,
     transmits: VecDeque<Transmit>,
-    /// Every transaction id sent (one per test: bounded).
+    /// Every transaction id sent (one per test: bounded, the lifetime
+    /// search by its rounds, fewer than 70 at any precision).
     issued: Vec<TransactionId>,
     report: BehaviourReport,
     x1: Option<SocketAddr>,
@@ -353,6 +488,8 @@ pub struct BehaviourDiscovery {
     alternate_tried: bool,
     /// Mapped address per extra socket (`None`: no answer).
     extras: Vec<Option<SocketAddr>>,
+    /// The lifetime search, once it has begun.
+    search: Option<LifetimeSearch>,
 }
 
 impl BehaviourDiscovery {
@@ -360,6 +497,10 @@ impl BehaviourDiscovery {
     #[must_use]
     pub fn new(mut config: DiscoveryConfig, seed: u64) -> Self {
         config.extra_sockets.truncate(MAX_EXTRA_SOCKETS);
+        let mut report = BehaviourReport::pending();
+        if config.lifetime.is_some() {
+            report.lifetime_reason = Some(NotMeasured::Pending);
+        }
         BehaviourDiscovery {
             config,
             rng: Rng::new(seed),
@@ -368,13 +509,14 @@ impl BehaviourDiscovery {
             current: None,
             transmits: VecDeque::new(),
             issued: Vec::new(),
-            report: BehaviourReport::pending(),
+            report,
             x1: None,
             x2: None,
             x3: None,
             other: None,
             alternate_tried: false,
             extras: Vec::new(),
+            search: None,
         }
     }
 
@@ -417,17 +559,32 @@ impl BehaviourDiscovery {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is due next: the next
-    /// copy of the outstanding request, or the time it is given up. `None`
-    /// before [`start`](Self::start) and once done.
+    /// copy of the outstanding request, the time it is given up, or the end
+    /// of a lifetime round's idle wait. `None` before [`start`](Self::start)
+    /// and once done.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.current.as_ref().map(|c| c.next_at)
+        match &self.current {
+            Some(c) => Some(c.next_at),
+            None => self.search.and_then(|s| s.wake_at),
+        }
     }
 
-    /// Sends the next copy of the outstanding request, or gives it up, when
-    /// due. Early or repeated calls are harmless.
+    /// Sends the next copy of the outstanding request, or gives it up, or
+    /// ends a lifetime round's idle wait, when due. Early or repeated calls
+    /// are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         let Some(cur) = self.current.as_mut() else {
+            let wake = self.search.as_mut().and_then(|s| {
+                let due = s.wake_at.filter(|w| now >= *w);
+                if due.is_some() {
+                    s.wake_at = None;
+                }
+                due
+            });
+            if wake.is_some() && !self.done {
+                self.begin(now, Test::LifetimeProbe);
+            }
             return;
         };
         if now < cur.next_at {
@@ -436,7 +593,8 @@ impl BehaviourDiscovery {
         if cur.sends <= self.config.retries {
             cur.sends = cur.sends.saturating_add(1);
             cur.next_at = now.saturating_add(self.config.rto);
-            let (from, to, req) = (cur.from, cur.to, request(cur.transaction, cur.change));
+            let (from, to) = (cur.from, cur.to);
+            let req = request(cur.transaction, cur.change, cur.response_port);
             self.push(from, to, &req);
             return;
         }
@@ -478,7 +636,11 @@ impl BehaviourDiscovery {
             return true;
         };
         let test = cur.test;
-        if canonical_addr(local) != canonical_addr(cur.from) {
+        let on_sender = canonical_addr(local) == canonical_addr(cur.from);
+        // A RESPONSE-PORT answer is due on the main socket, not the sender.
+        let redirected = test == Test::LifetimeProbe;
+        let on_main = canonical_addr(local) == canonical_addr(self.config.local);
+        if !(on_sender || redirected && on_main) {
             debug!(?test, %local, "behaviour: answer on the wrong socket ignored");
             return true;
         }
@@ -506,7 +668,11 @@ impl BehaviourDiscovery {
                 if test == Test::MappingI {
                     self.other = r.other_address;
                 }
-                Outcome::Answer(r.mapped)
+                if redirected && !on_main {
+                    Outcome::ResponsePortIgnored
+                } else {
+                    Outcome::Answer(r.mapped)
+                }
             }
             Message::Error { code, .. } => match self.check_source(test, &cur, from) {
                 Source::Other => return true,
@@ -551,7 +717,7 @@ impl BehaviourDiscovery {
         let main = self.config.local;
         let server = self.config.server;
         let (from, to, change) = match test {
-            Test::MappingI => (main, server, ChangeRequest::default()),
+            Test::MappingI | Test::Refresh => (main, server, ChangeRequest::default()),
             Test::FilteringIpPort => (
                 main,
                 server,
@@ -596,10 +762,20 @@ impl BehaviourDiscovery {
                 };
                 (main, x1, ChangeRequest::default())
             }
+            Test::LifetimeProbe => {
+                let Some(y) = self.config.extra_sockets.first() else {
+                    return self.finish(now, test, Outcome::Timeout);
+                };
+                (*y, server, ChangeRequest::default())
+            }
+        };
+        let response_port = match test {
+            Test::LifetimeProbe => self.search.map(|s| s.port),
+            _ => None,
         };
         let transaction = self.transaction_id();
         self.issued.push(transaction);
-        let req = request(transaction, change);
+        let req = request(transaction, change, response_port);
         self.push(from, to, &req);
         self.current = Some(Outstanding {
             test,
@@ -607,6 +783,7 @@ impl BehaviourDiscovery {
             from,
             to,
             change,
+            response_port,
             sends: 1,
             next_at: now.saturating_add(self.config.rto),
         });
@@ -659,6 +836,9 @@ impl BehaviourDiscovery {
         rep.filtering_reason = r;
         rep.allocation_reason = r;
         rep.hairpin_reason = r;
+        if self.config.lifetime.is_some() {
+            rep.lifetime_reason = r;
+        }
         self.done = true;
     }
 
@@ -678,9 +858,10 @@ impl BehaviourDiscovery {
                     (_, Outcome::Answer(_)) => Ok(FilteringBehaviour::AddressDependent),
                     (_, Outcome::Timeout) => Ok(FilteringBehaviour::AddressAndPortDependent),
                     (_, Outcome::Error(code)) => Err(NotMeasured::ServerError { code }),
-                    (_, Outcome::ChangeIgnored | Outcome::Hairpinned) => {
-                        Err(NotMeasured::ChangeRequestIgnored)
-                    }
+                    (
+                        _,
+                        Outcome::ChangeIgnored | Outcome::Hairpinned | Outcome::ResponsePortIgnored,
+                    ) => Err(NotMeasured::ChangeRequestIgnored),
                 };
                 debug!(?filtering, "behaviour: filtering");
                 match filtering {
@@ -691,7 +872,7 @@ impl BehaviourDiscovery {
                     Err(r) => self.report.filtering_reason = Some(r),
                 }
                 if self.report.behaviour.nat == Some(false) {
-                    self.finish_run();
+                    self.after_tests(now);
                 } else {
                     self.begin(now, Test::MappingII);
                 }
@@ -745,8 +926,10 @@ impl BehaviourDiscovery {
                 debug!(hairpin, "behaviour: hairpin");
                 self.report.behaviour.hairpin = Some(hairpin);
                 self.report.hairpin_reason = None;
-                self.finish_run();
+                self.after_tests(now);
             }
+            Test::Refresh => self.after_refresh(now, outcome),
+            Test::LifetimeProbe => self.after_probe(now, outcome),
         }
     }
 
@@ -794,7 +977,7 @@ impl BehaviourDiscovery {
             self.report.mapping_reason = Some(NotMeasured::NoRfc5780);
             self.begin_allocation(now);
         } else {
-            self.finish_run();
+            self.after_tests(now);
         }
     }
 
@@ -897,12 +1080,126 @@ impl BehaviourDiscovery {
             self.begin(now, Test::Hairpin);
         } else {
             self.report.hairpin_reason = Some(NotMeasured::Disabled);
-            self.finish_run();
+            self.after_tests(now);
         }
+    }
+
+    /// After the quick tests: the lifetime test when asked for and
+    /// possible, else the end.
+    fn after_tests(&mut self, now: Instant) {
+        let Some(cfg) = self.config.lifetime else {
+            return self.finish_run();
+        };
+        let why = if self.report.behaviour.nat == Some(false) {
+            Some(NotMeasured::NoNat)
+        } else if self.x1.is_none() {
+            Some(NotMeasured::ServerUnreachable)
+        } else if self.config.extra_sockets.is_empty() {
+            Some(NotMeasured::NoExtraSocket)
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            debug!(reason = %why, "behaviour: binding lifetime not measured");
+            self.report.lifetime_reason = Some(why);
+            return self.finish_run();
+        }
+        self.search = Some(LifetimeSearch {
+            max: cfg.max,
+            precision: cfg.effective_precision(),
+            checked: false,
+            alive: Duration::ZERO,
+            gone: None,
+            idle: Duration::ZERO,
+            port: 0,
+            wake_at: None,
+        });
+        self.begin(now, Test::Refresh);
+    }
+
+    /// A lifetime round's refresh ended: wait the round's idle time (none:
+    /// probe at once).
+    fn after_refresh(&mut self, now: Instant, outcome: Outcome) {
+        let x = match outcome {
+            Outcome::Answer(x) => x,
+            Outcome::Error(code) => return self.end_lifetime(NotMeasured::ServerError { code }),
+            _ => return self.end_lifetime(NotMeasured::ServerUnreachable),
+        };
+        let Some(s) = self.search.as_mut() else {
+            return self.finish_run();
+        };
+        s.port = x.port();
+        debug!(%x, idle = ?s.idle, "behaviour: binding refreshed, idle");
+        if s.idle.is_zero() {
+            self.begin(now, Test::LifetimeProbe);
+        } else {
+            s.wake_at = Some(now.saturating_add(s.idle));
+        }
+    }
+
+    /// A lifetime round's probe ended: the next round, or the result.
+    fn after_probe(&mut self, now: Instant, outcome: Outcome) {
+        let alive = match outcome {
+            Outcome::Answer(_) => true,
+            Outcome::Timeout => false,
+            Outcome::Error(code) => return self.end_lifetime(NotMeasured::ServerError { code }),
+            Outcome::ResponsePortIgnored | Outcome::ChangeIgnored | Outcome::Hairpinned => {
+                return self.end_lifetime(NotMeasured::ResponsePortIgnored);
+            }
+        };
+        let Some(mut s) = self.search else {
+            return self.finish_run();
+        };
+        debug!(idle = ?s.idle, alive, "behaviour: binding lifetime round");
+        if !s.checked {
+            if !alive {
+                return self.end_lifetime(NotMeasured::ResponsePortUnanswered);
+            }
+            s.checked = true;
+            s.idle = s.max;
+        } else if alive {
+            s.alive = s.idle;
+            if s.idle >= s.max {
+                self.search = Some(s);
+                return self.lifetime_found(true);
+            }
+        } else {
+            s.gone = Some(s.idle);
+        }
+        if let Some(gone) = s.gone {
+            let gap = gone.saturating_sub(s.alive);
+            if gap <= s.precision {
+                self.search = Some(s);
+                return self.lifetime_found(false);
+            }
+            s.idle = s.alive.saturating_add(gap / 2);
+        }
+        self.search = Some(s);
+        self.begin(now, Test::Refresh);
+    }
+
+    /// Reports the longest idle time found alive and ends the run.
+    fn lifetime_found(&mut self, at_least_max: bool) {
+        let alive = self.search.map_or(Duration::ZERO, |s| s.alive);
+        debug!(?alive, at_least_max, "behaviour: binding lifetime");
+        self.report.behaviour.binding_lifetime = Some(alive);
+        self.report.lifetime_reason = None;
+        self.report.lifetime_at_least_max = at_least_max;
+        self.finish_run();
+    }
+
+    /// Ends the run with the lifetime not measured, because of `why`.
+    fn end_lifetime(&mut self, why: NotMeasured) {
+        debug!(reason = %why, "behaviour: binding lifetime not measured");
+        self.report.lifetime_reason = Some(why);
+        self.finish_run();
     }
 
     fn finish_run(&mut self) {
         self.current = None;
+        if let Some(s) = self.search.as_mut() {
+            s.wake_at = None;
+        }
         self.done = true;
         debug!(behaviour = %self.report.behaviour, "behaviour: done");
     }
@@ -914,11 +1211,15 @@ enum Source {
     Other,
 }
 
-fn request(transaction: TransactionId, change: ChangeRequest) -> BindingRequest {
+fn request(
+    transaction: TransactionId,
+    change: ChangeRequest,
+    response_port: Option<u16>,
+) -> BindingRequest {
     BindingRequest {
         transaction,
         change,
-        response_port: None,
+        response_port,
         padding: 0,
         fingerprint: true,
     }
@@ -951,6 +1252,13 @@ mod tests {
         Err { from: SocketAddr, code: u16 },
         /// The request itself arrives back on the socket it left from.
         Hairpin,
+        /// A success response from `from` with `mapped`, arriving on local
+        /// socket `on` (a RESPONSE-PORT answer).
+        OkOn {
+            on: SocketAddr,
+            from: SocketAddr,
+            mapped: SocketAddr,
+        },
     }
 
     fn decode_request(t: &Transmit) -> BindingRequest {
@@ -992,23 +1300,39 @@ mod tests {
         other: Option<SocketAddr>,
         mut net: impl FnMut(&Transmit, &BindingRequest) -> Reply,
     ) -> (Vec<Transmit>, Instant) {
+        drive_at(d, other, |_, t, r| net(t, r))
+    }
+
+    /// [`drive`], with the time of each transmit shown to `net` too.
+    fn drive_at(
+        d: &mut BehaviourDiscovery,
+        other: Option<SocketAddr>,
+        mut net: impl FnMut(Instant, &Transmit, &BindingRequest) -> Reply,
+    ) -> (Vec<Transmit>, Instant) {
         let mut now = Instant::ZERO;
         let mut log = Vec::new();
         d.start(now);
         for _ in 0..1000 {
             while let Some(t) = d.poll_transmit() {
                 let req = decode_request(&t);
-                let reply = net(&t, &req);
+                let reply = net(now, &t, &req);
                 log.push(t.clone());
-                let (from, bytes) = match reply {
+                let (on, from, bytes) = match reply {
                     Reply::Drop => continue,
-                    Reply::Ok { from, mapped } => {
-                        (from, success(req.transaction, mapped, other, Some(from)))
-                    }
-                    Reply::Err { from, code } => (from, error(req.transaction, code)),
-                    Reply::Hairpin => (t.to, t.payload.clone()),
+                    Reply::Ok { from, mapped } => (
+                        t.from,
+                        from,
+                        success(req.transaction, mapped, other, Some(from)),
+                    ),
+                    Reply::OkOn { on, from, mapped } => (
+                        on,
+                        from,
+                        success(req.transaction, mapped, other, Some(from)),
+                    ),
+                    Reply::Err { from, code } => (t.from, from, error(req.transaction, code)),
+                    Reply::Hairpin => (t.from, t.to, t.payload.clone()),
                 };
-                assert!(d.handle_datagram(now, t.from, from, &bytes));
+                assert!(d.handle_datagram(now, on, from, &bytes));
             }
             match d.poll_timeout() {
                 Some(at) => {
@@ -1157,15 +1481,20 @@ mod tests {
             "{r:?}"
         );
         assert_eq!(b.hairpin.is_none(), r.hairpin_reason.is_some(), "{r:?}");
-        assert_eq!(r.lifetime_reason, Some(NotMeasured::TakesTooLong));
-        assert!(b.binding_lifetime.is_none());
+        assert_eq!(
+            b.binding_lifetime.is_none(),
+            r.lifetime_reason.is_some(),
+            "{r:?}"
+        );
+        assert!(!r.lifetime_at_least_max || b.binding_lifetime.is_some());
         assert!(
             ![
                 r.nat_reason,
                 r.mapping_reason,
                 r.filtering_reason,
                 r.allocation_reason,
-                r.hairpin_reason
+                r.hairpin_reason,
+                r.lifetime_reason,
             ]
             .contains(&Some(NotMeasured::Pending))
         );
@@ -1577,8 +1906,11 @@ mod tests {
             // A request with a foreign transaction id (someone probing us).
             {
                 let mut buf = [0u8; MAX_MESSAGE];
-                let n = codec::encode_request(&request(wrong, ChangeRequest::default()), &mut buf)
-                    .unwrap();
+                let n = codec::encode_request(
+                    &request(wrong, ChangeRequest::default(), None),
+                    &mut buf,
+                )
+                .unwrap();
                 buf[..n].to_vec()
             },
         ];
@@ -1668,6 +2000,454 @@ mod tests {
             .collect();
         let d = BehaviourDiscovery::new(cfg, 1);
         assert_eq!(d.config().extra_sockets.len(), MAX_EXTRA_SOCKETS);
+    }
+
+    // ------------------------------------------------ binding lifetime
+
+    const EXTRA: &str = "10.0.0.2:4001";
+    /// The extra socket's public address.
+    const Y1: &str = "203.0.113.9:4001";
+
+    /// A port-restricted cone for the lifetime tests, with a server that
+    /// honours RESPONSE-PORT: the main socket's binding lives `lifetime`
+    /// after its last outbound datagram. Records every probe (time, port).
+    struct Expiring {
+        script: Script,
+        lifetime: Duration,
+        last_main: Option<Instant>,
+        probes: Vec<(Instant, u16)>,
+        /// The probes' distinct transactions: one per round.
+        rounds: Vec<TransactionId>,
+    }
+
+    impl Expiring {
+        fn new(lifetime: Duration) -> Self {
+            Expiring {
+                script: Script::new(
+                    M::EndpointIndependent,
+                    F::AddressAndPortDependent,
+                    &[4000, 4001],
+                ),
+                lifetime,
+                last_main: None,
+                probes: Vec::new(),
+                rounds: Vec::new(),
+            }
+        }
+
+        fn alive(&self, now: Instant) -> bool {
+            self.last_main
+                .is_some_and(|l| now < l.saturating_add(self.lifetime))
+        }
+
+        fn reply(&mut self, now: Instant, t: &Transmit, req: &BindingRequest) -> Reply {
+            let Some(port) = req.response_port else {
+                if t.from == a(LOCAL) {
+                    self.last_main = Some(now);
+                }
+                return self.script.reply(t, req);
+            };
+            self.probes.push((now, port));
+            if !self.rounds.contains(&req.transaction) {
+                self.rounds.push(req.transaction);
+            }
+            assert_eq!((t.from, t.to), (a(EXTRA), a(SERVER)));
+            if port == a(X1).port() && self.alive(now) {
+                Reply::OkOn {
+                    on: a(LOCAL),
+                    from: t.to,
+                    mapped: a(Y1),
+                }
+            } else {
+                Reply::Drop
+            }
+        }
+    }
+
+    fn lifetime_config(max: u64, precision_ms: u64) -> DiscoveryConfig {
+        let mut cfg = config();
+        cfg.extra_sockets = vec![a(EXTRA)];
+        cfg.hairpin = false;
+        cfg.lifetime = Some(LifetimeConfig {
+            max: Duration::from_secs(max),
+            precision: Duration::from_millis(precision_ms),
+        });
+        cfg
+    }
+
+    /// Runs a lifetime discovery behind [`Expiring`] with `lifetime`.
+    fn run_lifetime(
+        cfg: DiscoveryConfig,
+        lifetime: Duration,
+    ) -> (BehaviourReport, Vec<Transmit>, Instant, Expiring) {
+        let mut nat = Expiring::new(lifetime);
+        let mut d = BehaviourDiscovery::new(cfg, 21);
+        let (log, end) = drive_at(&mut d, Some(a(ALT)), |now, t, r| nat.reply(now, t, r));
+        assert_consistent(d.report());
+        (d.report().clone(), log, end, nat)
+    }
+
+    #[test]
+    fn c8_lifetime_is_off_by_default() {
+        let s = Script::new(M::EndpointIndependent, F::EndpointIndependent, &[4000]);
+        let (r, log, _) = run_script(s, config());
+        assert_eq!(r.lifetime_reason, Some(NotMeasured::TakesTooLong));
+        assert_eq!(r.behaviour.binding_lifetime, None);
+        assert!(!r.lifetime_at_least_max);
+        assert!(
+            log.iter()
+                .all(|t| decode_request(t).response_port.is_none())
+        );
+    }
+
+    #[test]
+    fn c8_lifetime_answer_on_the_main_socket_means_alive_at_max() {
+        let (r, log, end, nat) = run_lifetime(lifetime_config(60, 1000), Duration::from_secs(600));
+        assert_eq!(r.behaviour.binding_lifetime, Some(Duration::from_secs(60)));
+        assert!(r.lifetime_at_least_max);
+        assert_eq!(r.lifetime_reason, None);
+        // The quick tests are unchanged (EIM, APDF: two filtering timeouts).
+        assert_eq!(r.behaviour.filtering, Some(F::AddressAndPortDependent));
+        // Two rounds: the check (no idle time), then max. Each: a refresh
+        // from the main socket to the primary, then the probe from the
+        // extra socket with RESPONSE-PORT = the main socket's mapped port.
+        let lifetime: Vec<_> = log
+            .iter()
+            .skip_while(|t| t.from != a(EXTRA))
+            .skip(1)
+            .map(|t| (t.from, t.to, decode_request(t).response_port))
+            .collect();
+        assert_eq!(
+            lifetime,
+            [
+                (a(LOCAL), a(SERVER), None),
+                (a(EXTRA), a(SERVER), Some(4000)),
+                (a(LOCAL), a(SERVER), None),
+                (a(EXTRA), a(SERVER), Some(4000)),
+            ]
+        );
+        let quick = Instant::from_millis(1800);
+        assert_eq!(
+            nat.probes,
+            [
+                (quick, 4000),
+                (quick.saturating_add(Duration::from_secs(60)), 4000)
+            ]
+        );
+        assert_eq!(end, quick.saturating_add(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn c8_lifetime_probe_timeout_means_gone() {
+        // Precision as wide as max: gone at max ends the search, with only
+        // the check round alive.
+        let (r, log, end, nat) = run_lifetime(lifetime_config(60, 60_000), Duration::from_secs(10));
+        assert_eq!(r.behaviour.binding_lifetime, Some(Duration::ZERO));
+        assert!(!r.lifetime_at_least_max);
+        // The max round's probe went out three times (one transaction) and
+        // was given up after the usual 900 ms.
+        let probes: Vec<_> = log
+            .iter()
+            .map(decode_request)
+            .filter(|r| r.response_port.is_some())
+            .map(|r| r.transaction)
+            .collect();
+        assert_eq!(probes.len(), 4);
+        assert_ne!(probes[0], probes[1]);
+        assert!(probes[1..].iter().all(|t| *t == probes[1]));
+        let max_probe = Instant::from_millis(1800).saturating_add(Duration::from_secs(60));
+        assert_eq!(nat.probes.get(1).map(|p| p.0), Some(max_probe));
+        assert_eq!(end, max_probe.saturating_add(Duration::from_millis(900)));
+    }
+
+    #[test]
+    fn c8_lifetime_binary_search_converges_below_the_lifetime() {
+        for (lifetime_ms, max, precision_ms) in [
+            (47_000, 120, 2_000),
+            (20_000, 120, 5_000),
+            (119_000, 120, 1_000),
+            (1_500, 300, 500),
+            (90_000, 100, 10),
+        ] {
+            let lifetime = Duration::from_millis(lifetime_ms);
+            let precision = Duration::from_millis(precision_ms);
+            let cfg = lifetime_config(max, precision_ms);
+            let limit = cfg.lifetime.unwrap();
+            let (r, _, end, nat) = run_lifetime(cfg, lifetime);
+            let found = r.behaviour.binding_lifetime.unwrap();
+            assert!(found < lifetime, "{lifetime:?}: {found:?}");
+            assert!(
+                found + precision >= lifetime,
+                "{lifetime:?}: {found:?} not within {precision:?}"
+            );
+            assert!(!r.lifetime_at_least_max);
+            // The check, max, then at most search_rounds() halvings.
+            assert!(
+                u32::try_from(nat.rounds.len()).unwrap() <= 2 + limit.search_rounds(),
+                "{lifetime:?}: {} rounds",
+                nat.rounds.len()
+            );
+            // Idle waits bounded as documented, plus 0.9 s per timed-out
+            // test.
+            let budget = Duration::from_millis(900) * (2 + 2 * (2 + limit.search_rounds()));
+            assert!(end.since_origin() <= limit.max_idle() + budget, "{end:?}");
+        }
+    }
+
+    #[test]
+    fn c8_lifetime_idle_wait_is_the_next_timeout() {
+        let mut cfg = lifetime_config(30, 1000);
+        cfg.hairpin = false;
+        let mut d = BehaviourDiscovery::new(cfg, 4);
+        let mut nat = Expiring::new(Duration::from_secs(100));
+        nat.script.filtering = F::EndpointIndependent;
+        let mut now = Instant::ZERO;
+        let mut pump = |d: &mut BehaviourDiscovery, now: Instant| {
+            let mut sent = Vec::new();
+            while let Some(t) = d.poll_transmit() {
+                let req = decode_request(&t);
+                let (on, from, mapped) = match nat.reply(now, &t, &req) {
+                    Reply::Ok { from, mapped } => (t.from, from, mapped),
+                    Reply::OkOn { on, from, mapped } => (on, from, mapped),
+                    _ => panic!("everything is answered here"),
+                };
+                let bytes = success(req.transaction, mapped, Some(a(ALT)), Some(from));
+                assert!(d.handle_datagram(now, on, from, &bytes));
+                sent.push(req);
+            }
+            sent
+        };
+        d.start(now);
+        // The quick tests and the check round, all answered at once.
+        let sent = pump(&mut d, now);
+        assert_eq!(sent.iter().filter(|r| r.response_port.is_some()).count(), 1);
+        assert!(!d.is_done());
+        assert_eq!(d.report().lifetime_reason, Some(NotMeasured::Pending));
+        // Idle: nothing to send until 30 s, early timeouts change nothing.
+        assert_eq!(d.poll_timeout(), Some(Instant::from_millis(30_000)));
+        d.handle_timeout(Instant::from_millis(29_999));
+        assert!(d.poll_transmit().is_none());
+        assert_eq!(d.poll_timeout(), Some(Instant::from_millis(30_000)));
+        now = Instant::from_millis(30_000);
+        d.handle_timeout(now);
+        d.handle_timeout(now);
+        let sent = pump(&mut d, now);
+        assert_eq!(sent.len(), 1, "one probe, no refresh during the wait");
+        assert_eq!(sent[0].response_port, Some(4000));
+        assert!(d.is_done());
+        assert_eq!(d.poll_timeout(), None);
+        assert_eq!(
+            d.report().behaviour.binding_lifetime,
+            Some(Duration::from_secs(30))
+        );
+        assert!(d.report().lifetime_at_least_max);
+    }
+
+    #[test]
+    fn c8_lifetime_without_an_extra_socket_is_not_measured() {
+        let mut cfg = lifetime_config(60, 1000);
+        cfg.extra_sockets.clear();
+        let (r, log, _, nat) = run_lifetime(cfg, Duration::from_secs(100));
+        assert_eq!(r.lifetime_reason, Some(NotMeasured::NoExtraSocket));
+        assert!(nat.probes.is_empty());
+        assert!(
+            log.iter()
+                .all(|t| decode_request(t).response_port.is_none())
+        );
+        // The rest was measured as usual.
+        assert_eq!(r.behaviour.mapping, Some(M::EndpointIndependent));
+    }
+
+    #[test]
+    fn c8_lifetime_without_nat_is_not_measured() {
+        let local = a("203.0.113.50:4000");
+        let mut cfg = DiscoveryConfig::new(a(SERVER), local);
+        cfg.extra_sockets = vec![a("203.0.113.50:4001")];
+        cfg.lifetime = Some(LifetimeConfig::new(Duration::from_secs(60)));
+        let (d, log, end) = run(cfg, 9, Some(a(ALT)), |t, _| Reply::Ok {
+            from: t.to,
+            mapped: t.from,
+        });
+        let r = d.report();
+        assert_consistent(r);
+        assert_eq!(r.behaviour.nat, Some(false));
+        assert_eq!(r.lifetime_reason, Some(NotMeasured::NoNat));
+        assert!(
+            log.iter()
+                .all(|t| decode_request(t).response_port.is_none())
+        );
+        assert_eq!(end, Instant::ZERO);
+    }
+
+    #[test]
+    fn c8_lifetime_after_a_failed_test_i_is_not_measured() {
+        let cfg = lifetime_config(60, 1000);
+        let (d, log, _) = run(cfg.clone(), 9, Some(a(ALT)), |_, _| Reply::Drop);
+        assert_consistent(d.report());
+        assert_eq!(
+            d.report().lifetime_reason,
+            Some(NotMeasured::ServerUnreachable)
+        );
+        assert_eq!(log.len(), 3);
+        let (d, ..) = run(cfg, 9, Some(a(ALT)), |t, _| Reply::Err {
+            from: t.to,
+            code: 500,
+        });
+        assert_eq!(
+            d.report().lifetime_reason,
+            Some(NotMeasured::ServerError { code: 500 })
+        );
+    }
+
+    #[test]
+    fn c8_lifetime_response_port_unanswered_or_ignored() {
+        // The server (or the NAT) never delivers the RESPONSE-PORT answer:
+        // the check round fails, nothing else is tried.
+        let mut s = Script::new(
+            M::EndpointIndependent,
+            F::EndpointIndependent,
+            &[4000, 4001],
+        );
+        let (d, log, _) = run(lifetime_config(60, 1000), 3, Some(a(ALT)), |t, r| {
+            if r.response_port.is_some() {
+                Reply::Drop
+            } else {
+                s.reply(t, r)
+            }
+        });
+        assert_consistent(d.report());
+        assert_eq!(
+            d.report().lifetime_reason,
+            Some(NotMeasured::ResponsePortUnanswered)
+        );
+        let probes = log
+            .iter()
+            .filter(|t| decode_request(t).response_port.is_some())
+            .count();
+        assert_eq!(probes, 3, "one probe, three copies");
+        // The server answers the extra socket itself: it ignores the port.
+        let mut s = Script::new(
+            M::EndpointIndependent,
+            F::EndpointIndependent,
+            &[4000, 4001],
+        );
+        let (d, ..) = run(lifetime_config(60, 1000), 3, Some(a(ALT)), |t, r| {
+            s.reply(t, r)
+        });
+        assert_consistent(d.report());
+        assert_eq!(
+            d.report().lifetime_reason,
+            Some(NotMeasured::ResponsePortIgnored)
+        );
+        // An error to the probe is typed.
+        let mut s = Script::new(
+            M::EndpointIndependent,
+            F::EndpointIndependent,
+            &[4000, 4001],
+        );
+        let (d, ..) = run(lifetime_config(60, 1000), 3, Some(a(ALT)), |t, r| {
+            if r.response_port.is_some() {
+                Reply::Err {
+                    from: t.to,
+                    code: 420,
+                }
+            } else {
+                s.reply(t, r)
+            }
+        });
+        assert_eq!(
+            d.report().lifetime_reason,
+            Some(NotMeasured::ServerError { code: 420 })
+        );
+    }
+
+    #[test]
+    fn c8_lifetime_refresh_without_answer_ends_the_search() {
+        let mut nat = Expiring::new(Duration::from_secs(100));
+        let mut refreshes = 0;
+        let mut d = BehaviourDiscovery::new(lifetime_config(60, 1000), 5);
+        drive_at(&mut d, Some(a(ALT)), |now, t, r| {
+            let refresh = t.from == a(LOCAL) && nat.probes.len() == 1 && r.response_port.is_none();
+            if refresh {
+                refreshes += 1;
+                return Reply::Drop;
+            }
+            nat.reply(now, t, r)
+        });
+        assert_consistent(d.report());
+        assert_eq!(refreshes, 3);
+        assert_eq!(
+            d.report().lifetime_reason,
+            Some(NotMeasured::ServerUnreachable)
+        );
+        // The quick tests keep their results.
+        assert_eq!(d.report().behaviour.mapping, Some(M::EndpointIndependent));
+    }
+
+    #[test]
+    fn c8_lifetime_answers_elsewhere_do_not_count() {
+        // The probe's answer on a socket that is neither the main one nor
+        // the sender, or from another address: consumed, not acted on; the
+        // probe then times out.
+        let mut nat = Expiring::new(Duration::from_secs(100));
+        let mut cfg = lifetime_config(60, 60_000);
+        cfg.extra_sockets.push(a("10.0.0.2:4002"));
+        nat.script.ports.push(4002);
+        let mut d = BehaviourDiscovery::new(cfg, 6);
+        let mut now = Instant::ZERO;
+        d.start(now);
+        for _ in 0..100 {
+            while let Some(t) = d.poll_transmit() {
+                let req = decode_request(&t);
+                let (on, from, mapped) = match nat.reply(now, &t, &req) {
+                    Reply::Ok { from, mapped } => (t.from, from, mapped),
+                    Reply::OkOn { from, mapped, .. } => {
+                        let bytes = success(req.transaction, mapped, None, None);
+                        assert!(d.handle_datagram(now, a("10.0.0.2:4002"), from, &bytes));
+                        assert!(d.handle_datagram(now, a(LOCAL), a(ALT), &bytes));
+                        continue;
+                    }
+                    _ => continue,
+                };
+                let bytes = success(req.transaction, mapped, Some(a(ALT)), None);
+                assert!(d.handle_datagram(now, on, from, &bytes));
+            }
+            match d.poll_timeout() {
+                Some(at) => {
+                    now = at;
+                    d.handle_timeout(now);
+                }
+                None => break,
+            }
+        }
+        assert!(d.is_done());
+        assert_eq!(
+            d.report().lifetime_reason,
+            Some(NotMeasured::ResponsePortUnanswered)
+        );
+    }
+
+    #[test]
+    fn c8_lifetime_config_bounds() {
+        let c = LifetimeConfig::new(Duration::from_secs(120));
+        assert_eq!(c.precision, Duration::from_secs(5));
+        // 120 → 60 → 30 → 15 → 7.5 → 3.75 s.
+        assert_eq!(c.search_rounds(), 5);
+        assert_eq!(c.max_idle(), Duration::from_secs(720));
+        let fine = LifetimeConfig {
+            max: Duration::from_secs(1),
+            precision: Duration::ZERO,
+        };
+        assert_eq!(fine.effective_precision(), LifetimeConfig::MIN_PRECISION);
+        assert_eq!(fine.search_rounds(), 10);
+        let zero = LifetimeConfig::new(Duration::ZERO);
+        assert_eq!(zero.search_rounds(), 0);
+        // max = 0: the check round is the max round.
+        let mut cfg = lifetime_config(0, 1000);
+        cfg.lifetime = Some(zero);
+        let (r, ..) = run_lifetime(cfg, Duration::from_secs(5));
+        assert_eq!(r.behaviour.binding_lifetime, Some(Duration::ZERO));
+        assert!(r.lifetime_at_least_max);
     }
 
     proptest::proptest! {

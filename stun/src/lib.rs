@@ -9,7 +9,8 @@
 //!   than the request plus the mapped address (no amplification); with a
 //!   second address and port it serves the RFC 5780 tests.
 //! - [`behaviour`]: NAT behaviour discovery (C8) against RFC 5780 servers:
-//!   mapping, filtering, port allocation, hairpinning.
+//!   mapping, filtering, port allocation, hairpinning, and (opt-in, it takes
+//!   minutes) the binding lifetime.
 //!
 //! Like every natrix protocol crate: no I/O, no clock, no OS randomness —
 //! time ([`Instant`]) and seeds are passed in, and the same inputs give the

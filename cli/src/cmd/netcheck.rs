@@ -12,7 +12,8 @@
 //! Probe only (D1): netcheck installs nothing on the gateway and changes the
 //! state of no other node; its nodes live for the run and use a fresh
 //! identity each unless `--key` is given. The NAT's behaviour (mapping,
-//! filtering, port allocation, hairpinning; C8) is measured with STUN
+//! filtering, port allocation, hairpinning, and with `--lifetime` the
+//! binding lifetime, which takes minutes; C8) is measured with STUN
 //! against `--stun` or the first coordinator — mapping and filtering need an
 //! RFC 5780 server, else only a heuristic for the mapping is given — and
 //! the gateway's port-mapping services (UPnP-IGD, NAT-PMP, PCP) are asked
@@ -28,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use natrix_driver_core::interface_addrs;
 use natrix_proto::{FilteringBehaviour, MappingBehaviour, NatClass, PortAllocation, SweepOutcome};
-use natrix_tokio::{Keypair, Node, PublicKey, Reclassified, os_seed};
+use natrix_tokio::{Keypair, LifetimeConfig, Node, NotMeasured, PublicKey, Reclassified, os_seed};
 use serde::Serialize;
 
 use crate::common::{PeerOptions, Progress, load_key, resolve_dial, resolve_host_port, spawn_peer};
@@ -77,6 +78,18 @@ pub(crate) struct Args {
     /// NAT may treat a forwarded or statically mapped port differently.
     #[arg(long, value_name = "PORT", default_value_t = 0)]
     pub(crate) stun_local_port: u16,
+    /// Also measure how long the NAT keeps an idle binding (RFC 5780 §4.6),
+    /// up to MAX_SECS, to within 5 s. Opt-in and slow: a binary search with
+    /// idle waits, up to about MAX × log2(MAX/5) seconds in all (minutes on a
+    /// real NAT), during which the STUN socket stays idle; the report waits
+    /// for it.
+    #[arg(
+        long,
+        value_name = "MAX_SECS",
+        conflicts_with = "no_stun",
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    pub(crate) lifetime: Option<u64>,
     /// Print one JSON document on stdout instead of the human report.
     #[arg(long)]
     pub(crate) json: bool,
@@ -155,8 +168,14 @@ pub(crate) struct StunReport {
     /// `"yes"` or `"no"`: a datagram to the host's own public address comes
     /// back (RFC 4787 §6).
     pub(crate) hairpin: Measure,
-    /// How long an idle mapping lives: not measured (it takes minutes).
+    /// How long an idle mapping lives, with `--lifetime` (RFC 5780 §4.6):
+    /// `"lower-bound"` (alive after `binding_lifetime_ms` idle, gone after
+    /// somewhat longer) or `"at-least-max"` (still alive after the longest
+    /// idle time tried); else `"not_measured"` (it takes minutes: opt in).
     pub(crate) binding_lifetime: Measure,
+    /// The longest idle time after which the mapping was found alive, in
+    /// ms (a lower bound of its lifetime); `null` unless measured.
+    pub(crate) binding_lifetime_ms: Option<u64>,
     /// The NAT class this behaviour implies (`"open"`, `"cone"`,
     /// `"symmetric"`, `"unknown"`).
     pub(crate) nat_class: &'static str,
@@ -444,13 +463,22 @@ pub(crate) async fn run(args: &Args, quiet: bool) -> CliResult<Exit> {
         }
     };
     let local_port = args.stun_local_port;
+    let lifetime = args
+        .lifetime
+        .map(|max| LifetimeConfig::new(Duration::from_secs(max)));
     let stun = stun_server.map(|server| {
         let seed = u64::from_le_bytes(os_seed()[..8].try_into().unwrap_or_default());
         (
             server,
             tokio::spawn(async move {
-                natrix_tokio::discover_behaviour(&natrix_tokio::Tokio, server, local_port, seed)
-                    .await
+                natrix_tokio::discover_behaviour_with(
+                    &natrix_tokio::Tokio,
+                    server,
+                    local_port,
+                    seed,
+                    lifetime,
+                )
+                .await
             }),
         )
     });
@@ -459,6 +487,18 @@ pub(crate) async fn run(args: &Args, quiet: bool) -> CliResult<Exit> {
     check.probe_reflexes(&mut progress).await;
     let outcomes = check.sweep(&mut progress).await;
     check.stop().await;
+    let stun = match stun {
+        Some((server, task)) => {
+            if let Some(l) = lifetime.filter(|_| !task.is_finished()) {
+                progress.update(&format!(
+                    "netcheck: measuring the NAT binding lifetime (idle waits, up to about {})",
+                    secs(l.max_idle())
+                ));
+            }
+            Some((server, task.await))
+        }
+        None => None,
+    };
     progress.finish(&format!(
         "netcheck: done in {:.1}s",
         check.started.elapsed().as_secs_f64()
@@ -475,9 +515,9 @@ pub(crate) async fn run(args: &Args, quiet: bool) -> CliResult<Exit> {
                 PortMapping::all(&Measure::not_probed("not asked (--no-port-mapping)"));
         }
     }
-    if let Some((server, task)) = stun {
-        let section = match task.await {
-            Ok(Ok(found)) => stun_report(server, &found),
+    if let Some((server, result)) = stun {
+        let section = match result {
+            Ok(Ok(found)) => stun_report(server, &found, lifetime),
             Ok(Err(e)) => stun_failed(server, &format!("cannot bind a socket: {e}")),
             Err(e) => stun_failed(server, &format!("the discovery task failed: {e}")),
         };
@@ -1025,8 +1065,57 @@ fn stun_measure(
     }
 }
 
-/// The report section from a finished discovery.
-fn stun_report(server: SocketAddr, r: &natrix_tokio::BehaviourReport) -> StunReport {
+/// The binding lifetime a discovery found (`limit`: `--lifetime`), or why
+/// not.
+fn lifetime_measure(r: &natrix_tokio::BehaviourReport, limit: Option<LifetimeConfig>) -> Measure {
+    let Some(found) = r.behaviour.binding_lifetime else {
+        return match r.lifetime_reason {
+            Some(NotMeasured::TakesTooLong) | None if limit.is_none() => Measure::not_measured(
+                "it takes minutes to measure (opt in with --lifetime MAX_SECS)",
+            ),
+            reason => stun_measure(None, reason.as_ref()),
+        };
+    };
+    let at_least = format!("at least {}", lifetime_secs(found));
+    if r.lifetime_at_least_max {
+        Measure {
+            status: Status::Measured,
+            value: Some("at-least-max"),
+            detail: Some(format!(
+                "{at_least}: still alive after the longest idle time tried (--lifetime)"
+            )),
+        }
+    } else {
+        let precision = limit.map_or(LifetimeConfig::DEFAULT_PRECISION, |l| {
+            l.effective_precision()
+        });
+        Measure {
+            status: Status::Measured,
+            value: Some("lower-bound"),
+            detail: Some(format!(
+                "{at_least} (alive after that long idle; gone after at most {} more)",
+                lifetime_secs(precision)
+            )),
+        }
+    }
+}
+
+/// A lifetime in seconds, to a tenth at most (`"46.9 s"`, `"60 s"`).
+fn lifetime_secs(d: Duration) -> String {
+    let tenths = d.as_millis() / 100;
+    if tenths % 10 == 0 {
+        format!("{} s", tenths / 10)
+    } else {
+        format!("{}.{} s", tenths / 10, tenths % 10)
+    }
+}
+
+/// The report section from a finished discovery (`lifetime`: `--lifetime`).
+fn stun_report(
+    server: SocketAddr,
+    r: &natrix_tokio::BehaviourReport,
+    lifetime: Option<LifetimeConfig>,
+) -> StunReport {
     let b = &r.behaviour;
     let yes_no = |v: bool| if v { "yes" } else { "no" };
     StunReport {
@@ -1070,7 +1159,11 @@ fn stun_report(server: SocketAddr, r: &natrix_tokio::BehaviourReport) -> StunRep
             b.hairpin.map(|h| (yes_no(h), None)),
             r.hairpin_reason.as_ref(),
         ),
-        binding_lifetime: stun_measure(None, r.lifetime_reason.as_ref()),
+        binding_lifetime: lifetime_measure(r, lifetime),
+        binding_lifetime_ms: r
+            .behaviour
+            .binding_lifetime
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         nat_class: class_name(r.nat_class()),
         summary: b.summary().to_owned(),
     }
@@ -1089,6 +1182,7 @@ fn stun_failed(server: SocketAddr, why: &str) -> StunReport {
         port_allocation: m.clone(),
         hairpin: m.clone(),
         binding_lifetime: m,
+        binding_lifetime_ms: None,
         nat_class: "unknown",
         summary: format!("STUN behaviour discovery did not run: {why}"),
     }
@@ -1333,7 +1427,14 @@ fn human(r: &Report) -> String {
         rows.push(Row::kv("filtering", st.filtering.human()));
         rows.push(Row::kv("port allocation", st.port_allocation.human()));
         rows.push(Row::kv("hairpinning", st.hairpin.human()));
-        rows.push(Row::kv("binding lifetime", st.binding_lifetime.human()));
+        rows.push(Row::kv(
+            "binding lifetime",
+            match (&st.binding_lifetime.status, &st.binding_lifetime.detail) {
+                // The detail says it all: "at least 45 s (…)".
+                (Status::Measured, Some(d)) => d.clone(),
+                _ => st.binding_lifetime.human(),
+            },
+        ));
         rows.push(Row::kv("in short", st.summary.clone()));
     }
     rows.push(Row::Head("port mapping".to_owned()));
@@ -1449,6 +1550,69 @@ mod tests {
             ("198.51.100.2:7000", "203.0.113.9:4001"),
         ]);
         assert_eq!(f.mapping.value, Some("endpoint-dependent"));
+    }
+
+    fn stun_found(
+        lifetime: Option<Duration>,
+        reason: Option<NotMeasured>,
+        at_least_max: bool,
+    ) -> natrix_tokio::BehaviourReport {
+        natrix_tokio::BehaviourReport {
+            behaviour: natrix_proto::behaviour::Behaviour {
+                nat: Some(true),
+                binding_lifetime: lifetime,
+                ..natrix_proto::behaviour::Behaviour::UNKNOWN
+            },
+            mapped: None,
+            other_address: None,
+            origin_mismatch: false,
+            nat_reason: None,
+            mapping_reason: None,
+            filtering_reason: None,
+            allocation_reason: None,
+            hairpin_reason: None,
+            lifetime_reason: reason,
+            lifetime_at_least_max: at_least_max,
+        }
+    }
+
+    #[test]
+    fn binding_lifetime_is_shown_as_a_lower_bound() {
+        let server: SocketAddr = "198.51.100.1:3478".parse().unwrap();
+        let limit = Some(LifetimeConfig::new(Duration::from_secs(120)));
+        let found = stun_found(Some(Duration::from_millis(46_875)), None, false);
+        let st = stun_report(server, &found, limit);
+        assert_eq!(st.binding_lifetime.status, Status::Measured);
+        assert_eq!(st.binding_lifetime.value, Some("lower-bound"));
+        assert_eq!(st.binding_lifetime_ms, Some(46_875));
+        let detail = st.binding_lifetime.detail.unwrap();
+        assert!(detail.starts_with("at least 46.8 s"), "{detail}");
+        assert!(detail.contains("5 s more"), "{detail}");
+
+        let found = stun_found(Some(Duration::from_secs(120)), None, true);
+        let st = stun_report(server, &found, limit);
+        assert_eq!(st.binding_lifetime.value, Some("at-least-max"));
+        let detail = st.binding_lifetime.detail.unwrap();
+        assert!(detail.starts_with("at least 120 s:"), "{detail}");
+
+        let found = stun_found(None, Some(NotMeasured::NoNat), false);
+        let st = stun_report(server, &found, limit);
+        assert_eq!(st.binding_lifetime.status, Status::NotMeasured);
+        assert_eq!(st.binding_lifetime_ms, None);
+        assert_eq!(
+            st.binding_lifetime.detail.as_deref(),
+            Some("there is no NAT")
+        );
+
+        // Not asked for: say how to ask.
+        let found = stun_found(None, Some(NotMeasured::TakesTooLong), false);
+        let st = stun_report(server, &found, None);
+        assert!(
+            st.binding_lifetime
+                .detail
+                .unwrap()
+                .contains("--lifetime MAX_SECS")
+        );
     }
 
     #[test]
