@@ -545,8 +545,15 @@ impl Peer {
             // Announce only a measured class: a peer that punched us before
             // the sweep ended would aim at a guess.
             let patience = Duration::from_secs(args.wait);
-            match wait_for(st, patience, "measuring the NAT class", || node.classification()).await
-            {
+            // An installed port mapping is this node's address (C6, P7):
+            // its state is visible here a moment before the node's task
+            // has taken it in, so wait for the classification to show it.
+            let mapped = node.port_mapping().and_then(|m| m.reflex_override());
+            let in_force = || {
+                node.classification()
+                    .filter(|a| mapped.is_none_or(|r| a.class == NatClass::Open && a.reflex == r))
+            };
+            match wait_for(st, patience, "measuring the NAT class", in_force).await {
                 Some(a) => st.line(&format!(
                     "NAT class: {:?}, public address {}",
                     a.class, a.reflex
