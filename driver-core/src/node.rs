@@ -221,8 +221,9 @@ type DiscoveryInbox = async_channel::Sender<(Vec<u8>, SocketAddr)>;
 /// Starts the behaviour discovery against `server` (C8) and the glue that
 /// hands its report to the node's task. Its main socket is the node's own
 /// (whose NAT mapping and filtering are what punches meet; a static port
-/// forward applies to it and not to fresh ports): the node's task hands it
-/// the STUN answers arriving there through the returned channel. A server
+/// forward applies to it and not to fresh ports): the node's task sends its
+/// requests from there (`Command::SendStun`) and hands it the STUN answers
+/// arriving there through the returned channel. A server
 /// of the other address family is asked from fresh sockets instead. A
 /// discovery that cannot bind its extra sockets is logged and measures
 /// nothing.
@@ -231,7 +232,6 @@ fn start_behaviour_discovery<R: Runtime>(
     server: SocketAddr,
     seed: u64,
     commands: &async_channel::Sender<Command>,
-    socket: &Arc<R::Socket>,
     local: SocketAddr,
 ) -> (R::Task, Option<DiscoveryInbox>) {
     let commands = commands.clone();
@@ -239,8 +239,16 @@ fn start_behaviour_discovery<R: Runtime>(
     let (main, inbox) = if local.is_ipv4() == server.is_ipv4() {
         // A few answers per test; more in flight is a flood, dropped.
         let (tx, rx) = async_channel::bounded(32);
+        let to_task = commands.clone();
+        let send: crate::stun::SendVia = Box::new(move |bytes, to| {
+            let _ = to_task.try_send(Command::SendStun(bytes, to));
+        });
         (
-            Some(crate::stun::MainSocket::Shared(local, socket.clone(), rx)),
+            Some(crate::stun::MainSocket::Shared {
+                local,
+                send,
+                answers: rx,
+            }),
             Some(tx),
         )
     } else {
@@ -340,6 +348,9 @@ pub(crate) enum Command {
     PortMappingFailed(String),
     /// C8: this node's NAT behaviour, measured.
     Behaviour(Behaviour),
+    /// C8: a request of the behaviour discovery, to send from the node's
+    /// socket.
+    SendStun(Vec<u8>, SocketAddr),
     Punch {
         req: u64,
         target: NodeId,
@@ -576,17 +587,12 @@ impl<R: Runtime> Node<R> {
             accepts: accepts_tx,
             stun: stun.as_ref().map(|s| s.service.clone()),
             discovery_inbox: None,
+            stun_out: std::collections::VecDeque::new(),
         };
         let (discovery, discovery_inbox) = match config.behaviour_server {
             Some(server) => {
-                let (t, inbox) = start_behaviour_discovery(
-                    &rt,
-                    server,
-                    config.seed,
-                    &commands,
-                    &socket,
-                    local_addr,
-                );
+                let (t, inbox) =
+                    start_behaviour_discovery(&rt, server, config.seed, &commands, local_addr);
                 (Some(t), inbox)
             }
             None => (None, None),
@@ -1090,6 +1096,8 @@ struct Task<R: Runtime, C> {
     /// Where STUN answers to the behaviour discovery running from this
     /// socket go, while it runs (C8).
     discovery_inbox: Option<DiscoveryInbox>,
+    /// The behaviour discovery's requests, to send from the socket.
+    stun_out: std::collections::VecDeque<(Vec<u8>, SocketAddr)>,
 }
 
 impl<R: Runtime, C: ControlPlane> Task<R, C> {
@@ -1421,6 +1429,12 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                 self.publish(NodeEvent::PortMapping(PortMapEvent::NotStarted));
             }
             Command::Classify(class, reflex) => self.agent.set_local_classification(class, reflex),
+            Command::SendStun(bytes, to) => {
+                // One request outstanding at a time: a few queued at most.
+                if self.stun_out.len() < 16 {
+                    self.stun_out.push_back((bytes, to));
+                }
+            }
             Command::Behaviour(behaviour) => {
                 let profile = behaviour.profile();
                 info!(
@@ -1721,6 +1735,9 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
             }
         }
         self.flush_control().await;
+        while let Some((bytes, to)) = self.stun_out.pop_front() {
+            self.send_datagram(to, &bytes).await;
+        }
         // The snapshot first, so that whoever a reply below wakes sees
         // statistics and classification that include what it is told.
         let mut next = self.agent.poll_event();

@@ -254,15 +254,23 @@ pub async fn discover_behaviour_with<R: Runtime>(
 pub(crate) enum MainSocket<R: Runtime> {
     /// A socket of the discovery's own: it reads it.
     Own(SocketAddr, Arc<R::Socket>),
-    /// A node's socket (at this address), which the node's task reads: it
-    /// hands the STUN answers that arrive there to the discovery through
-    /// the channel (copied, bounded).
-    Shared(
-        SocketAddr,
-        Arc<R::Socket>,
-        async_channel::Receiver<(Vec<u8>, SocketAddr)>,
-    ),
+    /// A node's socket (at this address), which the node's task owns: the
+    /// discovery's requests from it go through `send` (the task sends
+    /// them: two tasks waiting on one socket's send readiness would leave
+    /// one of them unwoken), and the task hands the STUN answers that
+    /// arrive there back through the channel (copied, bounded).
+    Shared {
+        /// The node socket's address.
+        local: SocketAddr,
+        /// Queues one request (bytes, destination) for the node's task.
+        send: SendVia,
+        /// The answers.
+        answers: async_channel::Receiver<(Vec<u8>, SocketAddr)>,
+    },
 }
+
+/// How a discovery hands a request to the task that owns its main socket.
+pub(crate) type SendVia = Box<dyn Fn(Vec<u8>, SocketAddr) + Send + Sync>;
 
 /// The wildcard address of `server`'s family, at `port`.
 fn unspecified(server: SocketAddr, port: u16) -> SocketAddr {
@@ -283,29 +291,40 @@ pub(crate) async fn run_discovery<R: Runtime>(
     seed: u64,
     lifetime: Option<LifetimeConfig>,
 ) -> io::Result<BehaviourReport> {
-    let (main_addr, main_socket, inbound) = match main {
-        MainSocket::Own(a, s) => (a, s, None),
-        MainSocket::Shared(a, s, rx) => (a, s, Some(rx)),
+    // The sockets read and sent from here: the main one only when it is
+    // the discovery's own.
+    let mut sockets: Vec<(SocketAddr, Arc<R::Socket>)> = Vec::new();
+    let (main_addr, via, inbound) = match main {
+        MainSocket::Own(a, s) => {
+            sockets.push((a, s));
+            (a, None, None)
+        }
+        MainSocket::Shared {
+            local,
+            send,
+            answers,
+            ..
+        } => (local, Some(send), Some(answers)),
     };
-    let mut sockets: Vec<(SocketAddr, Arc<R::Socket>)> = vec![(main_addr, main_socket)];
     for _ in 0..DISCOVERY_EXTRA_SOCKETS {
         let s = rt.bind(unspecified(server, 0))?;
         sockets.push((s.local_addr()?, Arc::new(s)));
     }
     let mut config = DiscoveryConfig::new(server, main_addr);
-    config.extra_sockets = sockets.iter().skip(1).map(|(a, _)| *a).collect();
+    let extra_from = usize::from(via.is_none());
+    config.extra_sockets = sockets.iter().skip(extra_from).map(|(a, _)| *a).collect();
     config.interfaces = crate::node::interface_addrs();
     config.lifetime = lifetime;
     let clock = Clock::at(rt.now());
     let mut discovery = BehaviourDiscovery::new(config, seed);
     discovery.start(clock.now());
-    // With a shared main socket, only the extra ones are read here.
-    let read_from = usize::from(inbound.is_some());
     let mut inbound = inbound.map(Box::pin);
     let mut buf = [0u8; 2048];
     loop {
         while let Some(t) = discovery.poll_transmit() {
-            if let Some((_, s)) = sockets.iter().find(|(a, _)| *a == t.from) {
+            if let (Some(send), true) = (&via, t.from == main_addr) {
+                send(t.payload.to_vec(), t.to);
+            } else if let Some((_, s)) = sockets.iter().find(|(a, _)| *a == t.from) {
                 if let Err(e) = poll_fn(|cx| s.poll_send_to(cx, &t.payload, t.to)).await {
                     tracing::debug!(to = %t.to, error = %e, "STUN discovery: send failed");
                 }
@@ -323,13 +342,13 @@ pub(crate) async fn run_discovery<R: Runtime>(
                 // The receiver keeps the waker between polls (a stream,
                 // not a fresh `recv` future each time).
                 if let Poll::Ready(Some((bytes, from))) = rx.as_mut().poll_next(cx) {
-                    return Poll::Ready(Some((0, Ok((bytes, from)))));
+                    return Poll::Ready(Some((main_addr, Ok((bytes, from)))));
                 }
             }
-            for (i, (_, s)) in sockets.iter().enumerate().skip(read_from) {
+            for (a, s) in &sockets {
                 if let Poll::Ready(r) = s.poll_recv_from(cx, &mut buf) {
                     let r = r.map(|(n, from)| (buf.get(..n).unwrap_or_default().to_vec(), from));
-                    return Poll::Ready(Some((i, r)));
+                    return Poll::Ready(Some((*a, r)));
                 }
             }
             match sleep.as_mut().poll(cx) {
@@ -339,8 +358,7 @@ pub(crate) async fn run_discovery<R: Runtime>(
         })
         .await;
         match got {
-            Some((i, Ok((bytes, from)))) => {
-                let local = sockets.get(i).map_or(main_addr, |(a, _)| *a);
+            Some((local, Ok((bytes, from)))) => {
                 discovery.handle_datagram(clock.now(), local, from, &bytes);
             }
             Some((_, Err(e))) => tracing::debug!(error = %e, "STUN discovery: receive failed"),
