@@ -818,7 +818,9 @@ impl<R: Runtime> Node<R> {
 
     /// Sends an application datagram from the node's socket.
     pub async fn send_to(&self, bytes: &[u8], to: SocketAddr) -> Result<usize, NodeError> {
-        Ok(poll_fn(|cx| self.socket.poll_send_to(cx, bytes, to)).await?)
+        // Not `poll_send_to`: the node's task polls that (see
+        // `UdpSocket::send_to`).
+        Ok(self.socket.send_to(bytes, to).await?)
     }
 
     /// The next datagram on the socket that is not natrix's, untouched.

@@ -42,13 +42,29 @@ pub trait UdpSocket: Send + Sync + 'static {
     ) -> Poll<io::Result<usize>> {
         batch.poll_recv_one(cx, self)
     }
-    /// Polls to send `buf` to `target`.
+    /// Polls to send `buf` to `target`. Only the node's own task polls
+    /// this: runtimes keep one waker per direction for `poll_*` calls, so a
+    /// second task polling the same socket could replace the first one's
+    /// waker and leave it waiting for good.
     fn poll_send_to(
         &self,
         cx: &mut Context<'_>,
         buf: &[u8],
         target: SocketAddr,
     ) -> Poll<io::Result<usize>>;
+    /// Sends `buf` to `target` from a task other than the node's own (the
+    /// application's `send_to`, a STUN alternate socket's loop): every task
+    /// waiting for the socket to become writable is woken. The default
+    /// polls [`poll_send_to`](Self::poll_send_to), which is right for a
+    /// runtime whose readiness wakes every waiter; tokio and smol override
+    /// it with their own multi-waiter sends.
+    fn send_to<'a>(
+        &'a self,
+        buf: &'a [u8],
+        target: SocketAddr,
+    ) -> impl std::future::Future<Output = io::Result<usize>> + Send + 'a {
+        std::future::poll_fn(move |cx| self.poll_send_to(cx, buf, target))
+    }
     /// The bound address.
     fn local_addr(&self) -> io::Result<SocketAddr>;
 }

@@ -170,7 +170,9 @@ impl<R: Runtime> StunService<R> {
             return;
         };
         let bytes = out.get(..reply.len).unwrap_or_default();
-        if let Err(e) = poll_fn(|cx| socket.poll_send_to(cx, bytes, reply.to)).await {
+        // Both the node's task and the alternate sockets' loops answer from
+        // any of the four sockets: the multi-waiter send.
+        if let Err(e) = socket.send_to(bytes, reply.to).await {
             tracing::debug!(to = %reply.to, error = %e, "STUN: answer not sent");
         }
     }

@@ -84,6 +84,16 @@ impl UdpSocket for SmolSocket {
         )
     }
 
+    fn send_to<'a>(
+        &'a self,
+        buf: &'a [u8],
+        target: SocketAddr,
+    ) -> impl std::future::Future<Output = io::Result<usize>> + Send + 'a {
+        // async-io's async send waits in a list of waiters, unlike
+        // `poll_writable`'s single waker slot.
+        self.0.send_to(buf, target)
+    }
+
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.0.get_ref().local_addr()
     }

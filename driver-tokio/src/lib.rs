@@ -74,6 +74,16 @@ impl UdpSocket for TokioSocket {
         self.sock.poll_send_to(cx, buf, target)
     }
 
+    fn send_to<'a>(
+        &'a self,
+        buf: &'a [u8],
+        target: SocketAddr,
+    ) -> impl std::future::Future<Output = io::Result<usize>> + Send + 'a {
+        // tokio's async send waits in a list of waiters, unlike
+        // `poll_send_to`'s single waker slot.
+        self.sock.send_to(buf, target)
+    }
+
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.sock.local_addr()
     }
