@@ -21,6 +21,7 @@
 //! | [`discovery`] | reflex probes, the classification sweep, the reflex override |
 //! | [`wire`] | byte-exact codecs for every message (the Net v0.27 forms and natrix's own channel), and the keep-alive predicate |
 //! | [`schedule`] | the keep-alive train schedule (R3) |
+//! | [`spray`] | the caps of birthday punching (N2, N3): [`SprayMachine`](spray::SprayMachine) |
 //! | [`mod@classify`] | [`NatClass`], the [`pair_action`] matrix, two-probe [`classify()`](classify::classify) (C3) |
 //! | [`config`] | [`Config`] with the documented defaults, validated at construction |
 //! | [`time`], [`rng`] | [`Instant`] (saturating monotonic time) and the seeded [`Rng`] |
@@ -103,6 +104,7 @@ pub mod error;
 pub mod rendezvous;
 pub mod rng;
 pub mod schedule;
+pub mod spray;
 pub mod stats;
 pub mod table;
 pub mod time;
