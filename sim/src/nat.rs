@@ -125,6 +125,9 @@ pub struct Nat {
     by_key: BTreeMap<MappingKey, u16>,
     by_port: BTreeMap<u16, Binding>,
     next_port: u16,
+    /// No binding expires before this (a lower bound: refreshes only push
+    /// expiries later), so most calls skip the scan for dead bindings.
+    next_expiry: Option<Instant>,
 }
 
 const FIRST_PORT: u16 = 1024;
@@ -139,6 +142,7 @@ impl Nat {
             by_key: BTreeMap::new(),
             by_port: BTreeMap::new(),
             next_port: 40_000,
+            next_expiry: None,
         }
     }
 
@@ -156,6 +160,9 @@ impl Nat {
     }
 
     fn expire(&mut self, now: Instant) {
+        if self.next_expiry.is_none_or(|t| now < t) {
+            return;
+        }
         let dead: Vec<u16> = self
             .by_port
             .iter()
@@ -167,6 +174,7 @@ impl Nat {
                 self.by_key.remove(&b.key);
             }
         }
+        self.next_expiry = self.by_port.values().map(|b| b.expires).min();
     }
 
     fn allocate(&mut self, internal_port: u16, rng: &mut Rng) -> Option<u16> {
@@ -219,6 +227,9 @@ impl Nat {
         };
         let b = self.by_port.get_mut(&port)?;
         b.expires = now + self.config.binding_lifetime;
+        let expires = b.expires;
+        // A new binding may expire before every other one.
+        self.next_expiry = Some(self.next_expiry.map_or(expires, |t| t.min(expires)));
         if !b.contacted.contains(&dst) {
             b.contacted.push(dst);
         }
@@ -263,6 +274,7 @@ impl Nat {
     pub fn flush(&mut self) {
         self.by_key.clear();
         self.by_port.clear();
+        self.next_expiry = None;
     }
 
     /// Live mappings.
