@@ -71,8 +71,9 @@ pub struct NodeConfig {
     /// coordinator started with `--stun-alternate`, or coturn) to measure
     /// this node's NAT behaviour against when it starts (C8, a few seconds
     /// in the background: the mapping and filtering tests from the node's
-    /// own socket, the port-allocation test from three fresh ones). The measured mapping and
-    /// filtering are announced with the class and refine the pair decision
+    /// own socket, the port-allocation test from three fresh ones). The
+    /// measured mapping and filtering are announced with the class and
+    /// refine the pair decision
     /// ([`natrix_proto::pair_action_with_profiles`]); the result is a
     /// [`NodeEvent::Behaviour`] and [`Node::behaviour`]. `None` (the
     /// default): nothing is measured and the baseline matrix decides.
@@ -223,10 +224,9 @@ type DiscoveryInbox = async_channel::Sender<(Vec<u8>, SocketAddr)>;
 /// (whose NAT mapping and filtering are what punches meet; a static port
 /// forward applies to it and not to fresh ports): the node's task sends its
 /// requests from there (`Command::SendStun`) and hands it the STUN answers
-/// arriving there through the returned channel. A server
-/// of the other address family is asked from fresh sockets instead. A
-/// discovery that cannot bind its extra sockets is logged and measures
-/// nothing.
+/// arriving there through the returned channel. A server of the other
+/// address family is asked from fresh sockets instead. A discovery that
+/// cannot bind its extra sockets is logged and measures nothing.
 fn start_behaviour_discovery<R: Runtime>(
     rt: &R,
     server: SocketAddr,
@@ -563,6 +563,14 @@ impl<R: Runtime> Node<R> {
         let app = Inbox::new(QUEUE_CAPACITY);
         let data = Inbox::new(QUEUE_CAPACITY);
         let shared: SharedRef = Arc::default();
+        let (discovery, discovery_inbox) = match config.behaviour_server {
+            Some(server) => {
+                let (t, inbox) =
+                    start_behaviour_discovery(&rt, server, config.seed, &commands, local_addr);
+                (Some(t), inbox)
+            }
+            None => (None, None),
+        };
         let task = Task {
             rt: rt.clone(),
             clock: Clock::at(rt.now()),
@@ -586,19 +594,9 @@ impl<R: Runtime> Node<R> {
             conns: BTreeMap::new(),
             accepts: accepts_tx,
             stun: stun.as_ref().map(|s| s.service.clone()),
-            discovery_inbox: None,
+            discovery_inbox,
             stun_out: std::collections::VecDeque::new(),
         };
-        let (discovery, discovery_inbox) = match config.behaviour_server {
-            Some(server) => {
-                let (t, inbox) =
-                    start_behaviour_discovery(&rt, server, config.seed, &commands, local_addr);
-                (Some(t), inbox)
-            }
-            None => (None, None),
-        };
-        let mut task = task;
-        task.discovery_inbox = discovery_inbox;
         let handle = rt.spawn(Box::pin(task.run()));
         let portmap = match &config.port_mapping {
             Some(cfg) => Some(start_port_mapping(
