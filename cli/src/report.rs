@@ -133,6 +133,8 @@ impl Record {
                 "keepalives_sent": s.keepalives_sent,
                 "keepalives_accepted": s.keepalives_accepted,
                 "keepalives_dropped": s.keepalives_dropped,
+                "keepalives_predicted": s.keepalives_predicted,
+                "predictions_taken": s.predictions_taken,
                 "upgrades_attempted": s.upgrades_attempted,
                 "upgrades_succeeded": s.upgrades_succeeded,
             },

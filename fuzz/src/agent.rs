@@ -18,7 +18,8 @@ use std::time::Duration;
 use arbitrary::Arbitrary;
 use natrix_proto::wire::{Keepalive, NodeId, PunchIntroduce};
 use natrix_proto::{
-    Agent, Announcement, Channel, Config, Event, Instant, NatClass, NatProfile, Transmit,
+    Agent, Announcement, Channel, Config, Event, Instant, NatClass, NatProfile, PortAllocation,
+    Transmit,
 };
 
 const WALL_BASE: u64 = 1_700_000_000_000;
@@ -302,7 +303,15 @@ pub fn run_ops(ops: &[Op]) {
                     Announcement {
                         reflex: SocketAddr::new(ip(*i), *port),
                         class: NatClass::from_code(*c),
-                        profile: NatProfile::from_code(*profile),
+                        // The class byte's high bits pick an allocation
+                        // (N1: sequential steps 1 to 3 among them).
+                        profile: NatProfile::from_code(*profile).map(|p| {
+                            p.with_allocation(PortAllocation::from_wire([
+                                *c >> 6,
+                                0,
+                                (*c >> 4) & 3,
+                            ]))
+                        }),
                     },
                 );
             }

@@ -11,9 +11,9 @@ use std::num::NonZeroU32;
 
 use arbitrary::{Arbitrary, Unstructured};
 use natrix_proto::wire::{
-    Hello, Keepalive, NatrixMessage, NodeId, PunchAck, PunchBind, PunchIntroduce, PunchRefusal,
-    PunchReject, PunchRequest, ReflexRequest, ReflexResponse, RejectReason, RendezvousMessage,
-    encode_addr, is_keepalive,
+    Hello, Keepalive, NatrixMessage, NodeId, PunchAck, PunchBind, PunchIntroduce, PunchPredict,
+    PunchRefusal, PunchReject, PunchRequest, ReflexRequest, ReflexResponse, RejectReason,
+    RendezvousMessage, encode_addr, is_keepalive,
 };
 
 /// Decodes `data`; when that succeeds, re-encoding must give back `data`.
@@ -112,6 +112,7 @@ pub fn decode_natrix(data: &[u8]) {
     let per_kind = match data.first() {
         Some(0x10) => Hello::decode(data).map(NatrixMessage::Hello).ok(),
         Some(0x11) => PunchBind::decode(data).map(NatrixMessage::Bind).ok(),
+        Some(0x14) => PunchPredict::decode(data).map(NatrixMessage::Predict).ok(),
         Some(0x12 | 0x13) if data.len() == PunchRefusal::LEN => {
             let r = PunchRefusal {
                 peer: NodeId(u64::from_be_bytes(data[1..9].try_into().unwrap())),

@@ -127,7 +127,7 @@ impl fmt::Display for FilteringBehaviour {
 }
 
 /// How a NAT picks the external port of a new mapping (RFC 4787 §4.2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PortAllocation {
     /// The external port is the internal port (when free): "port
     /// preservation".
@@ -151,6 +151,35 @@ impl PortAllocation {
             PortAllocation::Preserving => "preserving",
             PortAllocation::Sequential { .. } => "sequential",
             PortAllocation::Random => "random",
+        }
+    }
+
+    /// The wire form natrix's announcement carries after the profile byte
+    /// (N1): a tag (1 preserving, 2 sequential, 3 random) and the step as a
+    /// big-endian `i16` (0 unless sequential; a step outside the `i16` range
+    /// is sent as random, which it is as good as).
+    #[must_use]
+    pub const fn to_wire(self) -> [u8; 3] {
+        match self {
+            PortAllocation::Preserving => [1, 0, 0],
+            PortAllocation::Sequential { step } if step != 0 && step as i16 as i32 == step => {
+                let [hi, lo] = (step as i16).to_be_bytes();
+                [2, hi, lo]
+            }
+            PortAllocation::Sequential { .. } | PortAllocation::Random => [3, 0, 0],
+        }
+    }
+
+    /// Reads [`to_wire`](Self::to_wire) bytes; `None` for anything it never
+    /// writes (another tag, a step with another tag, a sequential step 0).
+    #[must_use]
+    pub const fn from_wire(bytes: [u8; 3]) -> Option<PortAllocation> {
+        let step = i16::from_be_bytes([bytes[1], bytes[2]]);
+        match (bytes[0], step) {
+            (1, 0) => Some(PortAllocation::Preserving),
+            (2, s) if s != 0 => Some(PortAllocation::Sequential { step: s as i32 }),
+            (3, 0) => Some(PortAllocation::Random),
+            _ => None,
         }
     }
 }
@@ -259,11 +288,13 @@ impl Behaviour {
     }
 }
 
-/// The two behaviours the pair decision reads, as nodes announce them to
-/// each other (C8): how the NAT maps and how it filters.
+/// What the pair decision reads about a NAT, as nodes announce it to each
+/// other (C8): how it maps, how it filters, and — when measured — how it
+/// picks ports (N1: a symmetric NAT with sequential ports is predictable).
 ///
 /// Nodes announce it beside their class in natrix's own announcement (one
-/// byte, [`code`](Self::code)); a node without a measurement announces none
+/// byte, [`code`](Self::code), then optionally the allocation,
+/// [`PortAllocation::to_wire`]); a node without a measurement announces none
 /// and the pair decision falls back to the baseline matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NatProfile {
@@ -271,14 +302,47 @@ pub struct NatProfile {
     pub mapping: MappingBehaviour,
     /// Filtering behaviour (of the NAT or the firewall in front of the host).
     pub filtering: FilteringBehaviour,
+    /// Port allocation, when measured.
+    pub allocation: Option<PortAllocation>,
 }
 
 impl NatProfile {
     /// A public address, or a port mapping, that lets anyone in.
-    pub const OPEN: NatProfile = NatProfile {
-        mapping: MappingBehaviour::EndpointIndependent,
-        filtering: FilteringBehaviour::EndpointIndependent,
-    };
+    pub const OPEN: NatProfile = NatProfile::new(
+        MappingBehaviour::EndpointIndependent,
+        FilteringBehaviour::EndpointIndependent,
+    );
+
+    /// A profile without a measured allocation.
+    #[must_use]
+    pub const fn new(mapping: MappingBehaviour, filtering: FilteringBehaviour) -> NatProfile {
+        NatProfile {
+            mapping,
+            filtering,
+            allocation: None,
+        }
+    }
+
+    /// With this port allocation.
+    #[must_use]
+    pub const fn with_allocation(mut self, allocation: Option<PortAllocation>) -> NatProfile {
+        self.allocation = allocation;
+        self
+    }
+
+    /// N1: the step between this NAT's consecutive allocations when the
+    /// next external port toward a new destination is predictable from the
+    /// last one — a mapping that depends on the destination, with
+    /// sequential allocation. `None` for endpoint-independent mapping (the
+    /// port is already known) and for random or unmeasured allocation.
+    #[must_use]
+    pub const fn predictable_step(self) -> Option<i32> {
+        match (self.mapping, self.allocation) {
+            (MappingBehaviour::EndpointIndependent, _) => None,
+            (_, Some(PortAllocation::Sequential { step })) => Some(step),
+            _ => None,
+        }
+    }
 
     /// The wire byte: mapping in the high nibble, filtering in the low one,
     /// each 1 (endpoint-independent), 2 (address-dependent) or 3 (address
@@ -298,7 +362,8 @@ impl NatProfile {
         (m << 4) | f
     }
 
-    /// Reads a [`code`](Self::code) byte; any other byte is `None`.
+    /// Reads a [`code`](Self::code) byte (the allocation is not in it:
+    /// `None`); any other byte is `None`.
     #[must_use]
     pub const fn from_code(code: u8) -> Option<NatProfile> {
         let mapping = match code >> 4 {
@@ -313,7 +378,7 @@ impl NatProfile {
             3 => FilteringBehaviour::AddressAndPortDependent,
             _ => return None,
         };
-        Some(NatProfile { mapping, filtering })
+        Some(NatProfile::new(mapping, filtering))
     }
 }
 
@@ -325,7 +390,8 @@ impl fmt::Display for NatProfile {
 
 impl Behaviour {
     /// The [`NatProfile`] to announce: both mapping and filtering measured
-    /// (no NAT counts as endpoint-independent mapping); `None` otherwise.
+    /// (no NAT counts as endpoint-independent mapping), with the allocation
+    /// when measured; `None` otherwise.
     #[must_use]
     pub const fn profile(&self) -> Option<NatProfile> {
         let mapping = match (self.nat, self.mapping) {
@@ -334,18 +400,30 @@ impl Behaviour {
             (_, None) => return None,
         };
         match self.filtering {
-            Some(filtering) => Some(NatProfile { mapping, filtering }),
+            Some(filtering) => Some(NatProfile {
+                mapping,
+                filtering,
+                allocation: self.allocation,
+            }),
             None => None,
         }
     }
 }
 
 /// What the pair decision reads about one side: whether every peer sees
-/// its announced public port (endpoint-independent mapping), and its
-/// filtering. The announced class wins over the profile's mapping where it
-/// says more (a sweep through the node's own socket saw it); without a
-/// profile nothing is known.
-const fn side(class: NatClass, profile: Option<NatProfile>) -> Option<(bool, FilteringBehaviour)> {
+/// its announced public port (endpoint-independent mapping), whether its
+/// next port is predictable instead (N1), and its filtering. The announced
+/// class wins over the profile's mapping where it says more (a sweep
+/// through the node's own socket saw it); without a profile nothing is
+/// known.
+#[derive(Clone, Copy)]
+struct Side {
+    eim: bool,
+    predictable: bool,
+    filtering: FilteringBehaviour,
+}
+
+const fn side(class: NatClass, profile: Option<NatProfile>) -> Option<Side> {
     let Some(p) = profile else {
         return None;
     };
@@ -354,7 +432,29 @@ const fn side(class: NatClass, profile: Option<NatProfile>) -> Option<(bool, Fil
         NatClass::Symmetric => false,
         NatClass::Unknown => matches!(p.mapping, MappingBehaviour::EndpointIndependent),
     };
-    Some((eim, p.filtering))
+    let predictable = !eim
+        && match p.allocation {
+            Some(PortAllocation::Sequential { .. }) => {
+                !matches!(p.mapping, MappingBehaviour::EndpointIndependent)
+            }
+            _ => false,
+        };
+    Some(Side {
+        eim,
+        predictable,
+        filtering: p.filtering,
+    })
+}
+
+/// N1: `x` as its peer `y` sees it in a rendezvous. A predictable `x`
+/// counts as endpoint-independent toward a `y` that maps endpoint-
+/// independently: the coordinator tells `y` the ports `x`'s next mapping
+/// will get, `y`'s keep-alives cover them from `y`'s one announced port, and
+/// `x`'s keep-alive to that port leaves from a port `y` has sent to. (Two
+/// predictable sides would each make a new mapping per predicted port they
+/// cover; the model does not count on that.)
+const fn toward(x: Side, y: Side) -> (bool, FilteringBehaviour) {
+    (x.eim || (x.predictable && y.eim), x.filtering)
 }
 
 /// Whether a rendezvous punch where `x`'s keep-alives reach `y` also gets
@@ -404,8 +504,14 @@ pub const fn pair_action_with_profiles(
         return baseline;
     }
     match (side(local, local_profile), side(remote, remote_profile)) {
-        (Some(a), Some(b)) if one_way(a, b) || one_way(b, a) => PairAction::SinglePunch,
-        (Some(_), Some(_)) => PairAction::SkipPunch,
+        (Some(a), Some(b)) => {
+            let (a, b) = (toward(a, b), toward(b, a));
+            if one_way(a, b) || one_way(b, a) {
+                PairAction::SinglePunch
+            } else {
+                PairAction::SkipPunch
+            }
+        }
         _ => baseline,
     }
 }
@@ -617,7 +723,7 @@ mod tests {
     fn profiles() -> impl Iterator<Item = NatProfile> {
         MS.into_iter().flat_map(|mapping| {
             FS.into_iter()
-                .map(move |filtering| NatProfile { mapping, filtering })
+                .map(move |filtering| NatProfile::new(mapping, filtering))
         })
     }
 
@@ -669,15 +775,76 @@ mod tests {
     }
 
     #[test]
+    fn n1_allocation_wire_form_round_trips_and_rejects_the_rest() {
+        for a in [
+            PortAllocation::Preserving,
+            PortAllocation::Random,
+            PortAllocation::Sequential { step: 1 },
+            PortAllocation::Sequential { step: -2 },
+            PortAllocation::Sequential { step: 32_767 },
+        ] {
+            assert_eq!(PortAllocation::from_wire(a.to_wire()), Some(a), "{a}");
+        }
+        // A step that does not fit is as good as random; step 0 is no step.
+        assert_eq!(
+            PortAllocation::Sequential { step: 40_000 }.to_wire(),
+            PortAllocation::Random.to_wire()
+        );
+        assert_eq!(
+            PortAllocation::Sequential { step: 0 }.to_wire(),
+            PortAllocation::Random.to_wire()
+        );
+        let mut decoded = 0;
+        for tag in 0..=255u8 {
+            for step in [[0, 0], [0, 1], [0xff, 0xff], [0x80, 0]] {
+                let bytes = [tag, step[0], step[1]];
+                if let Some(a) = PortAllocation::from_wire(bytes) {
+                    assert_eq!(a.to_wire(), bytes, "canonical");
+                    decoded += 1;
+                }
+            }
+        }
+        // preserving, random, and three sequential steps.
+        assert_eq!(decoded, 5);
+    }
+
+    #[test]
+    fn n1_a_predictable_symmetric_nat_is_punched_with_an_endpoint_independent_peer() {
+        use NatClass::{Cone, Symmetric};
+        use PairAction::{SinglePunch, SkipPunch};
+        let seq = |step| {
+            NatProfile::new(M::AddressAndPortDependent, F::AddressAndPortDependent)
+                .with_allocation(Some(PortAllocation::Sequential { step }))
+        };
+        let random = NatProfile::new(M::AddressAndPortDependent, F::AddressAndPortDependent)
+            .with_allocation(Some(PortAllocation::Random));
+        let pr = NatProfile::new(M::EndpointIndependent, F::AddressAndPortDependent);
+        assert_eq!(seq(1).predictable_step(), Some(1));
+        assert_eq!(random.predictable_step(), None);
+        assert_eq!(
+            pr.with_allocation(Some(PortAllocation::Sequential { step: 1 }))
+                .predictable_step(),
+            None,
+            "an endpoint-independent mapping needs no prediction"
+        );
+        for step in [1, 2, -1] {
+            let d = |a, pa, b, pb| pair_action_with_profiles(a, Some(pa), b, Some(pb));
+            // Port-restricted cone × sequential symmetric: skipped without
+            // the allocation, punched with it, whoever asks.
+            assert_eq!(d(Cone, pr, Symmetric, seq(step)), SinglePunch);
+            assert_eq!(d(Symmetric, seq(step), Cone, pr), SinglePunch);
+            // Two predictable sides: not counted on.
+            assert_eq!(d(Symmetric, seq(step), Symmetric, seq(step)), SkipPunch);
+        }
+        // Random allocation changes nothing.
+        let d = pair_action_with_profiles(Cone, Some(pr), Symmetric, Some(random));
+        assert_eq!(d, SkipPunch);
+    }
+
+    #[test]
     fn c8_profiles_refine_but_never_overrule_direct() {
-        let cone = |f| NatProfile {
-            mapping: M::EndpointIndependent,
-            filtering: f,
-        };
-        let sym = |f| NatProfile {
-            mapping: M::AddressAndPortDependent,
-            filtering: f,
-        };
+        let cone = |f| NatProfile::new(M::EndpointIndependent, f);
+        let sym = |f| NatProfile::new(M::AddressAndPortDependent, f);
         let decide = |a: (NatClass, NatProfile), b: (NatClass, NatProfile)| {
             pair_action_with_profiles(a.0, Some(a.1), b.0, Some(b.1))
         };

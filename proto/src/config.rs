@@ -43,6 +43,7 @@ pub struct Config {
     max_pending_probes: u32,
     auto_reclassify: bool,
     natrix_extensions: bool,
+    prediction_window: u16,
 }
 
 impl Default for Config {
@@ -68,6 +69,7 @@ impl Default for Config {
             max_pending_probes: 64,
             auto_reclassify: true,
             natrix_extensions: true,
+            prediction_window: 8,
         }
     }
 }
@@ -116,10 +118,16 @@ pub enum ConfigError {
     /// a configuration mistake, and the bound keeps all arithmetic in range.
     #[error("{0} exceeds the maximum of one day")]
     TooLong(&'static str),
+    /// N1: a prediction window above [`MAX_PREDICTION_WINDOW`] ports.
+    #[error("prediction_window is {0}; it must be at most 64")]
+    PredictionWindow(u16),
 }
 
 /// Most destinations one sweep probes.
 pub const MAX_SWEEP_TARGETS: u32 = 16;
+
+/// Most ports one prediction window covers (N1).
+pub const MAX_PREDICTION_WINDOW: u16 = 64;
 
 /// Longest duration any knob accepts.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -244,6 +252,18 @@ impl Config {
     pub fn natrix_extensions(&self) -> bool {
         self.natrix_extensions
     }
+    /// N1: how many predicted ports a keep-alive train covers when the
+    /// coordinator predicts the peer's next port ([`PunchPredict`]): the
+    /// prediction and the next `window − 1` ports in the peer's allocation
+    /// step (the ports another mapping may have taken first), each on the
+    /// introduce's IP, every tick until the peer's keep-alive arrives. 0
+    /// turns prediction off. Default 8, at most [`MAX_PREDICTION_WINDOW`].
+    ///
+    /// [`PunchPredict`]: crate::wire::PunchPredict
+    #[must_use]
+    pub fn prediction_window(&self) -> u16 {
+        self.prediction_window
+    }
     /// R4 policy for introduces naming a peer with no announced reflex.
     #[must_use]
     pub fn unannounced_peer_policy(&self) -> UnannouncedPeerPolicy {
@@ -311,6 +331,8 @@ setters! {
     auto_reclassify: bool;
     /// Sets [`Config::natrix_extensions`].
     natrix_extensions: bool;
+    /// Sets [`Config::prediction_window`].
+    prediction_window: u16;
 }
 
 impl ConfigBuilder {
@@ -358,6 +380,9 @@ impl ConfigBuilder {
         if !(2..=MAX_SWEEP_TARGETS).contains(&c.sweep_targets) {
             return Err(ConfigError::SweepTargets(c.sweep_targets));
         }
+        if c.prediction_window > MAX_PREDICTION_WINDOW {
+            return Err(ConfigError::PredictionWindow(c.prediction_window));
+        }
         if c.reflex_change_cooldown > MAX_DURATION {
             return Err(ConfigError::TooLong("reflex_change_cooldown"));
         }
@@ -399,11 +424,17 @@ mod tests {
         assert_eq!(c.responder_trains_per_introducer(), 4);
         assert_eq!(c.responder_concurrent_trains(), 8);
         assert_eq!(c.unannounced_peer_policy(), UnannouncedPeerPolicy::Drop);
+        assert_eq!(c.prediction_window(), 8);
         assert_eq!(Config::builder().build(), Ok(c));
     }
 
     #[test]
     fn invalid_configurations_are_typed_errors() {
+        assert_eq!(
+            Config::builder().prediction_window(65).build(),
+            Err(ConfigError::PredictionWindow(65))
+        );
+        assert!(Config::builder().prediction_window(0).build().is_ok());
         assert_eq!(
             Config::builder().punch_deadline(Duration::ZERO).build(),
             Err(ConfigError::ZeroDuration("punch_deadline"))

@@ -71,8 +71,16 @@ pub struct Stats {
     /// Announcements refused (R13).
     pub announcements_refused: u64,
 
-    /// Keep-alives sent.
+    /// Keep-alives sent (predicted-port ones included).
     pub keepalives_sent: u64,
+    /// N1: keep-alives sent to a predicted port of the peer (a window around
+    /// a coordinator's `PunchPredict`).
+    pub keepalives_predicted: u64,
+    /// N1 (coordinator): `PunchPredict`s sent.
+    pub predictions_sent: u64,
+    /// N1: `PunchPredict`s taken (bound to an introduce of the coordinator
+    /// that sent them).
+    pub predictions_taken: u64,
     /// Keep-alives that confirmed a punch.
     pub keepalives_accepted: u64,
     /// Keep-alives dropped (no punch for the sender, wrong token or address).

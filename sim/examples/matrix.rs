@@ -4,10 +4,11 @@
 //! connection end to end (relay first, direct when a punch works): the time
 //! until the first datagram arrives (the slower direction) and until the
 //! connection is direct, or "relayed". Exits non-zero if any cell's peers
-//! did not exchange data both ways. Last, the C8 table: every pair of
-//! single RFC 4787 NATs (and the public and firewalled hosts), with the
-//! baseline matrix and with the NAT profiles both peers announce, as a
-//! markdown table.
+//! did not exchange data both ways. Last, two markdown tables of the
+//! baseline matrix against the NAT profiles both peers announce (mapping,
+//! filtering and port allocation: C8 and N1): the seven presets (the old
+//! and the new matrix side by side), and every pair of single RFC 4787
+//! NATs with the public and firewalled hosts.
 //!
 //! `cargo run --release -p natrix-sim --example matrix`
 
@@ -99,7 +100,16 @@ fn main() -> ExitCode {
             relayed.saturating_sub(direct)
         );
     }
-    runs += profile_table();
+    runs += profile_table(
+        "old → new: the baseline matrix → with NAT profiles and port prediction (C8, N1; A rows, B columns; seed 1)",
+        &Preset::ALL,
+    );
+    let mut rfc4787 = vec![Preset::Open, Preset::Firewall];
+    rfc4787.extend(Preset::RFC4787);
+    runs += profile_table(
+        "C8: baseline → with NAT profiles (A rows, B columns; seed 1)",
+        &rfc4787,
+    );
     println!("{runs} scenarios in {:.2?} wall time", started.elapsed());
     if failures.is_empty() {
         ExitCode::SUCCESS
@@ -111,24 +121,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// The C8 table (markdown): each cell is the baseline's outcome, then,
-/// where the profiles change it, the refined one. Returns the scenarios run.
-fn profile_table() -> usize {
-    let mut presets = vec![Preset::Open, Preset::Firewall];
-    presets.extend(Preset::RFC4787);
+/// A markdown table of `presets` × `presets`: each cell is the baseline's
+/// outcome, then, where the profiles change it, the refined one (with its
+/// time to direct and keep-alives). Returns the scenarios run.
+fn profile_table(title: &str, presets: &[Preset]) -> usize {
     println!();
-    println!("C8: baseline → with NAT profiles (A rows, B columns; seed 1)");
+    println!("{title}");
     println!();
     print!("| A \\ B |");
-    for b in &presets {
+    for b in presets {
         print!(" {b} |");
     }
     println!();
     println!("|---|{}", "---|".repeat(presets.len()));
     let mut runs = 0;
-    for &a in &presets {
+    for &a in presets {
         print!("| **{a}** |");
-        for &b in &presets {
+        for &b in presets {
             let base = PairScenario::new(a, b).run(1);
             let refined = PairScenario::new(a, b).with_profiles().run(1);
             runs += 2;
@@ -136,7 +145,10 @@ fn profile_table() -> usize {
             if x == y {
                 print!(" {x} |");
             } else {
-                print!(" {x} → **{y}** |");
+                let ttd = refined
+                    .time_to_direct
+                    .map_or_else(String::new, |d| format!(" {} ms", d.as_millis()));
+                print!(" {x} → **{y}{ttd} {} p** |", refined.keepalives);
             }
         }
         println!();

@@ -4,7 +4,10 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use natrix_proto::{Config, FilteringBehaviour, MappingBehaviour, NatClass, NatProfile};
+use natrix_proto::{
+    Config, FilteringBehaviour, MappingBehaviour, NatClass, NatProfile,
+    PortAllocation as Allocation,
+};
 
 use crate::nat::{Filtering, Mapping, NatConfig, PortAllocation};
 use crate::world::{HostId, NatId, Realm, World};
@@ -192,11 +195,12 @@ impl Preset {
         }
     }
 
-    /// C8: the mapping and filtering a behaviour discovery finds behind this
-    /// preset (`sim/tests/stun_behaviour.rs` checks that it does), as the
-    /// host announces them: through several NATs, the most dependent
-    /// mapping and the strictest filtering; a public host keeps the identity
-    /// mapping, and only the firewall filters it.
+    /// C8: the mapping, filtering and port allocation a behaviour discovery
+    /// finds behind this preset (`sim/tests/stun_behaviour.rs` checks that
+    /// it does), as the host announces them: through several NATs, the most
+    /// dependent mapping, the strictest filtering and the outermost NAT's
+    /// allocation; a public host keeps the identity mapping and its ports,
+    /// and only the firewall filters it.
     #[must_use]
     pub fn profile(self) -> NatProfile {
         let mapping = |m: Mapping| match m {
@@ -210,7 +214,16 @@ impl Preset {
             Filtering::AddressAndPortDependent => FilteringBehaviour::AddressAndPortDependent,
         };
         let nats = self.nats();
+        // The outermost NAT picks the ports the world sees (inner NATs of
+        // the presets preserve them); the simulator's sequential NATs step
+        // by one.
+        let allocation = match nats.last().map(|n| n.allocation) {
+            None | Some(PortAllocation::Preserving) => Allocation::Preserving,
+            Some(PortAllocation::Sequential) => Allocation::Sequential { step: 1 },
+            Some(PortAllocation::Random) => Allocation::Random,
+        };
         NatProfile {
+            allocation: Some(allocation),
             mapping: nats
                 .iter()
                 .map(|n| mapping(n.mapping))

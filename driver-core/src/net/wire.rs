@@ -6,7 +6,7 @@
 //! | channel | name | payload |
 //! |---|---|---|
 //! | 1, 2, 3 | the agent's channels ([`Channel::wire_byte`]): rendezvous (a Net v0.27 rendezvous message, unchanged), reflex request (empty), reflex response (one `ADDR` block) |
-//! | 4 | announcement | `0x00` `ANN` (21 or 22 bytes): the sender's own announcement; `0x01` node-id(8) `ANN` (29 or 30 bytes): a coordinator vouching for one of its peers |
+//! | 4 | announcement | `0x00` `ANN` (21, 22 or 25 bytes): the sender's own announcement; `0x01` node-id(8) `ANN` (29, 30 or 33 bytes): a coordinator vouching for one of its peers |
 //! | 5 | directory lookup | query-id(4) public-key(32) |
 //! | 6 | directory answer | query-id(4) public-key(32) online(1) then, when the peer announced, `ANN` |
 //! | 16 | application data | the application's bytes |
@@ -14,15 +14,18 @@
 //! Integers are big-endian. `ANN` is an [`Announcement`]: the 19-byte `ADDR`
 //! block of [`natrix_proto::wire`] (the reflex), the class
 //! ([`NatClass::code`]), then — only when the node measured them (C8) — one
-//! [`NatProfile::code`] byte (mapping and filtering); 20 or 21 bytes, told
-//! apart by the message's length. Decoders are canonical: a length other
-//! than the listed ones, an unknown tag, a flag other than 0/1, a class code
-//! above 3 or a profile byte that is not a valid code is an error.
+//! [`NatProfile::code`] byte (mapping and filtering), and after it — only
+//! when the node also measured its port allocation (N1) — the 3 bytes of
+//! [`PortAllocation::to_wire`]; 20, 21 or 24 bytes, told apart by the
+//! message's length. Decoders are canonical: a length other than the listed
+//! ones, an unknown tag, a flag other than 0/1, a class code above 3, a
+//! profile byte that is not a valid code or allocation bytes
+//! [`PortAllocation::from_wire`] refuses is an error.
 
 #[cfg(doc)]
 use natrix_proto::Channel;
 use natrix_proto::wire::{ADDR_LEN, NodeId, decode_addr, encode_addr};
-use natrix_proto::{Announcement, NatClass, NatProfile};
+use natrix_proto::{Announcement, NatClass, NatProfile, PortAllocation};
 use natrix_session::PublicKey;
 
 /// Channel of announcements (own and vouched).
@@ -60,6 +63,9 @@ pub enum ControlDecodeError {
     /// A profile byte that is not a [`NatProfile::code`].
     #[error("unknown NAT profile byte {0:#04x}")]
     Profile(u8),
+    /// Port allocation bytes that [`PortAllocation::from_wire`] refuses.
+    #[error("unknown port allocation bytes {0:02x?}")]
+    Allocation([u8; 3]),
     /// A bad address block.
     #[error("address block: {0}")]
     Addr(natrix_proto::DecodeError),
@@ -81,8 +87,14 @@ pub enum AnnouncementMsg {
 
 /// `ANN` without the profile byte.
 const ANN_LEN: usize = ADDR_LEN + 1;
-const OWN_LEN: usize = 1 + ANN_LEN;
-const VOUCHED_LEN: usize = 1 + 8 + ANN_LEN;
+/// The allocation's length after the profile byte.
+const ALLOC_LEN: usize = 3;
+
+/// Whether `n` is a length an `ANN` block may have: bare, with a profile,
+/// or with a profile and an allocation.
+fn ann_len(n: usize) -> bool {
+    n == ANN_LEN || n == ANN_LEN + 1 || n == ANN_LEN + 1 + ALLOC_LEN
+}
 
 fn class_from(code: u8) -> Result<NatClass, ControlDecodeError> {
     let c = NatClass::from_code(code);
@@ -93,8 +105,8 @@ fn class_from(code: u8) -> Result<NatClass, ControlDecodeError> {
     }
 }
 
-/// Decodes an `ANN` block that is all of `bytes` (the caller checked that
-/// its length is [`ANN_LEN`] or one more).
+/// Decodes an `ANN` block that is all of `bytes` (the caller checked its
+/// length with [`ann_len`]).
 fn announcement(bytes: &[u8]) -> Result<Announcement, ControlDecodeError> {
     let reflex =
         decode_addr(bytes.get(..ADDR_LEN).unwrap_or(&[])).map_err(ControlDecodeError::Addr)?;
@@ -102,6 +114,14 @@ fn announcement(bytes: &[u8]) -> Result<Announcement, ControlDecodeError> {
     let profile = match bytes.get(ANN_LEN) {
         None => None,
         Some(&b) => Some(NatProfile::from_code(b).ok_or(ControlDecodeError::Profile(b))?),
+    };
+    let profile = match (profile, bytes.get(ANN_LEN + 1..)) {
+        (Some(p), Some(rest)) if rest.len() == ALLOC_LEN => {
+            let wire = field::<ALLOC_LEN>(rest, 0);
+            let a = PortAllocation::from_wire(wire).ok_or(ControlDecodeError::Allocation(wire))?;
+            Some(p.with_allocation(Some(a)))
+        }
+        (p, _) => p,
     };
     Ok(Announcement {
         reflex,
@@ -111,8 +131,8 @@ fn announcement(bytes: &[u8]) -> Result<Announcement, ControlDecodeError> {
 }
 
 /// The longest payload this module encodes: a directory answer with an
-/// announcement and its profile (58 bytes).
-pub const MAX_ENCODED_LEN: usize = ANSWER_LEN + ANN_LEN + 1;
+/// announcement, its profile and its allocation (61 bytes).
+pub const MAX_ENCODED_LEN: usize = ANSWER_LEN + ANN_LEN + 1 + ALLOC_LEN;
 
 /// An encoded control payload, held inline (encoding allocates nothing).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -146,6 +166,9 @@ impl Encoded {
         self.put(&[a.class.code()]);
         if let Some(p) = a.profile {
             self.put(&[p.code()]);
+            if let Some(alloc) = p.allocation {
+                self.put(&alloc.to_wire());
+            }
         }
     }
 
@@ -193,15 +216,11 @@ impl AnnouncementMsg {
     pub fn decode(bytes: &[u8]) -> Result<Self, ControlDecodeError> {
         const WHAT: &str = "announcement";
         match (bytes.first().copied(), bytes.len()) {
-            (Some(0), n) if n == OWN_LEN || n == OWN_LEN + 1 => {
-                Ok(AnnouncementMsg::Own(announcement(&bytes[1..])?))
-            }
-            (Some(1), n) if n == VOUCHED_LEN || n == VOUCHED_LEN + 1 => {
-                Ok(AnnouncementMsg::Vouched {
-                    peer: NodeId(u64::from_be_bytes(field(bytes, 1))),
-                    announcement: announcement(&bytes[9..])?,
-                })
-            }
+            (Some(0), n) if ann_len(n - 1) => Ok(AnnouncementMsg::Own(announcement(&bytes[1..])?)),
+            (Some(1), n) if n >= 9 && ann_len(n - 9) => Ok(AnnouncementMsg::Vouched {
+                peer: NodeId(u64::from_be_bytes(field(bytes, 1))),
+                announcement: announcement(&bytes[9..])?,
+            }),
             (Some(t @ (0 | 1)), got) => {
                 let _ = t;
                 Err(ControlDecodeError::Length { what: WHAT, got })
@@ -292,7 +311,7 @@ impl LookupAnswer {
         const WHAT: &str = "directory answer";
         let announced = match bytes.len() {
             ANSWER_LEN => None,
-            n if n == ANSWER_LEN + ANN_LEN || n == ANSWER_LEN + ANN_LEN + 1 => {
+            n if n > ANSWER_LEN && ann_len(n - ANSWER_LEN) => {
                 Some(announcement(&bytes[ANSWER_LEN..])?)
             }
             got => return Err(ControlDecodeError::Length { what: WHAT, got }),
@@ -333,10 +352,10 @@ mod tests {
     #[test]
     fn announcements_round_trip_and_reject_junk() {
         let reflex: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let profile = NatProfile {
-            mapping: MappingBehaviour::AddressAndPortDependent,
-            filtering: FilteringBehaviour::EndpointIndependent,
-        };
+        let profile = NatProfile::new(
+            MappingBehaviour::AddressAndPortDependent,
+            FilteringBehaviour::EndpointIndependent,
+        );
         for m in [
             AnnouncementMsg::Own(Announcement {
                 reflex,
@@ -417,9 +436,53 @@ mod tests {
             }
         }
         assert!(matches!(
-            AnnouncementMsg::decode(&[2; OWN_LEN]),
+            AnnouncementMsg::decode(&[2; 1 + ANN_LEN]),
             Err(ControlDecodeError::Tag { got: 2, .. })
         ));
+    }
+
+    #[test]
+    fn n1_announcements_carry_the_port_allocation_after_the_profile() {
+        let profile = NatProfile::new(
+            MappingBehaviour::AddressAndPortDependent,
+            FilteringBehaviour::AddressAndPortDependent,
+        );
+        for alloc in [
+            PortAllocation::Preserving,
+            PortAllocation::Random,
+            PortAllocation::Sequential { step: 1 },
+            PortAllocation::Sequential { step: -3 },
+        ] {
+            let m = AnnouncementMsg::Vouched {
+                peer: NodeId(9),
+                announcement: Announcement {
+                    reflex: "127.0.0.1:4000".parse().unwrap(),
+                    class: NatClass::Symmetric,
+                    profile: Some(profile.with_allocation(Some(alloc))),
+                },
+            };
+            let v = m.to_bytes().as_bytes().to_vec();
+            assert_eq!(v.len(), 1 + 8 + ANN_LEN + 1 + ALLOC_LEN);
+            assert_eq!(AnnouncementMsg::decode(&v), Ok(m));
+            // Without the allocation it is the profile-only form.
+            let AnnouncementMsg::Vouched { announcement, .. } =
+                AnnouncementMsg::decode(&v[..v.len() - ALLOC_LEN]).unwrap()
+            else {
+                panic!("vouched");
+            };
+            assert_eq!(announcement.profile, Some(profile));
+            // One or two allocation bytes are no length the message has.
+            for cut in 1..ALLOC_LEN {
+                assert!(AnnouncementMsg::decode(&v[..v.len() - cut]).is_err());
+            }
+            let mut bad = v.clone();
+            let tag_at = v.len() - ALLOC_LEN;
+            bad[tag_at] = 7;
+            assert!(matches!(
+                AnnouncementMsg::decode(&bad),
+                Err(ControlDecodeError::Allocation([7, ..]))
+            ));
+        }
     }
 
     #[test]
@@ -470,10 +533,13 @@ mod tests {
                 announced: Some(Announcement {
                     reflex: "[2001:db8::1]:5".parse().unwrap(),
                     class: NatClass::Cone,
-                    profile: Some(NatProfile {
-                        mapping: MappingBehaviour::EndpointIndependent,
-                        filtering: FilteringBehaviour::AddressDependent,
-                    }),
+                    profile: Some(
+                        NatProfile::new(
+                            MappingBehaviour::AddressAndPortDependent,
+                            FilteringBehaviour::AddressDependent,
+                        )
+                        .with_allocation(Some(PortAllocation::Sequential { step: 2 })),
+                    ),
                 }),
             },
         ] {

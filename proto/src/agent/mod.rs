@@ -334,6 +334,10 @@ impl Agent {
                         let (mut cx, ep) = self.ctx();
                         ep.handle_bind(&mut cx, now, from, b);
                     }
+                    NatrixMessage::Predict(m) => {
+                        let (mut cx, ep) = self.ctx();
+                        ep.handle_predict(&mut cx, now, from, m);
+                    }
                     NatrixMessage::Refuse(r) => self.coordinator.handle_refuse(
                         &self.config,
                         now,

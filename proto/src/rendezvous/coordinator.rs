@@ -8,7 +8,9 @@
 //! recently, bound to the punch id of each side), **R9** (adaptive fire lead),
 //! **R11** (a crossing request joins the rendezvous already under way),
 //! **R13** (no bogus reflex is ever introduced), **C9** (addresses are
-//! introduced in their canonical form).
+//! introduced in their canonical form), **N1** (a [`PunchPredict`] of an
+//! endpoint's next port, from its session port and its announced
+//! sequential allocation, to the other end).
 //!
 //! # Crossing requests (R11)
 //!
@@ -40,7 +42,7 @@ use core::time::Duration;
 use core::num::NonZeroU32;
 
 use crate::agent::io::{Channel, Outbox};
-use crate::agent::peers::Peers;
+use crate::agent::peers::{Peer, Peers};
 use crate::classify::{canonical_addr, canonical_ip, is_bogus_destination};
 use crate::config::Config;
 use crate::rng::mix64;
@@ -48,8 +50,8 @@ use crate::stats::bump;
 use crate::table::WindowTable;
 use crate::time::{Instant, duration_to_millis};
 use crate::wire::{
-    NatrixMessage, NodeId, PunchAck, PunchBind, PunchIntroduce, PunchRefusal, PunchReject,
-    PunchRequest, RejectReason,
+    NatrixMessage, NodeId, PunchAck, PunchBind, PunchIntroduce, PunchPredict, PunchRefusal,
+    PunchReject, PunchRequest, RejectReason,
 };
 
 /// A pair the coordinator introduced, remembered for R7, R11 and refusals.
@@ -291,7 +293,21 @@ impl Coordinator {
             peer_reflex: self_reflex,
             fire_at_ms,
         };
+        let natrix = |id: NodeId| config.natrix_extensions() && peers.natrix(id);
+        if natrix(from) {
+            Self::predict(out, from, req.target, target, target_session, fire_at_ms);
+        }
         out.control(from, Channel::Rendezvous, &to_requester.to_bytes());
+        if natrix(req.target) {
+            Self::predict(
+                out,
+                req.target,
+                from,
+                peers.get(from),
+                session_addr,
+                fire_at_ms,
+            );
+        }
         if let Some(punch_id) = bind {
             let msg = NatrixMessage::Bind(PunchBind {
                 peer: from,
@@ -303,6 +319,46 @@ impl Coordinator {
         }
         out.control(req.target, Channel::Rendezvous, &to_target.to_bytes());
         bump(&mut out.stats.requests_mediated);
+    }
+
+    /// N1: tells `to` where `peer`'s next mapping will be, when `peer`
+    /// announced a mapping that depends on the destination with sequential
+    /// allocation: its session port (the last mapping this coordinator saw)
+    /// plus its step. Only ports travel; `to`'s keep-alives stay on the IP
+    /// of the introduce that follows.
+    fn predict(
+        out: &mut Outbox,
+        to: NodeId,
+        peer: NodeId,
+        record: Option<&Peer>,
+        session: SocketAddr,
+        fire_at_ms: u64,
+    ) {
+        let Some(step) = record
+            .and_then(|r| r.announced)
+            .and_then(|a| a.profile)
+            .and_then(|p| p.predictable_step())
+            .and_then(|s| i16::try_from(s).ok())
+            .and_then(core::num::NonZeroI16::new)
+        else {
+            return;
+        };
+        let next = i32::from(session.port()) + i32::from(step.get());
+        let Some(port) = u16::try_from(next)
+            .ok()
+            .and_then(core::num::NonZeroU16::new)
+        else {
+            return;
+        };
+        let msg = NatrixMessage::Predict(PunchPredict {
+            peer,
+            fire_at_ms,
+            port,
+            step,
+        });
+        let (bytes, len) = msg.to_bytes();
+        out.control(to, Channel::Natrix, bytes.get(..len).unwrap_or(&[]));
+        bump(&mut out.stats.predictions_sent);
     }
 
     /// R5: an endpoint `from` refuses the rendezvous with `r.peer` that this

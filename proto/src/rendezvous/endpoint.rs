@@ -14,7 +14,9 @@
 //! once both sides are done, and a duplicate introduce changes nothing),
 //! **R11** (crossing rendezvous converge), **R12** (solicited introduces are
 //! checked against the target's announcement), **R13** (no keep-alive to a
-//! bogus destination), **C9** (one address form).
+//! bogus destination), **C9** (one address form), **N1** (a coordinator's
+//! port prediction widens the train to a window of ports on the
+//! introduced IP, see "Port prediction" below).
 //!
 //! Clock skew: an introduce's `fire_at_ms` is wall-clock time on the
 //! coordinator's clock. The train is scheduled (and the fire time bounded, R3)
@@ -69,6 +71,21 @@
 //! converge (a Net v0.27 peer never adopts); through one natrix coordinator
 //! they converge with any endpoints.
 //!
+//! # Port prediction (N1)
+//!
+//! When the peer maps per destination but allocates ports sequentially, the
+//! coordinator sends a [`PunchPredict`] right before its introduce: the port
+//! the peer's next mapping will most likely get. It is kept like a
+//! [`PunchBind`] and taken only by the train of that coordinator's
+//! rendezvous (same peer, same fire time). Until the peer's keep-alive
+//! arrives, each tick of that train also sends a keep-alive to the
+//! predicted port and the next ones in the peer's step —
+//! [`Config::prediction_window`] ports, skipping the introduced port and
+//! ports outside `1..=65535` — always on the **introduced IP** (the message
+//! carries no address: N3). The window opens this side's filter for the
+//! port the peer's keep-alive will come from; R8 already accepts the peer's
+//! token from any port of that IP.
+//!
 //! # Refusals (R5)
 //!
 //! An introduce this node will not run — a responder budget is spent, the
@@ -94,8 +111,8 @@ use crate::stats::bump;
 use crate::table::WindowTable;
 use crate::time::{Instant, duration_to_millis, peer_wall_to_local};
 use crate::wire::{
-    Keepalive, NatrixMessage, NodeId, PunchAck, PunchBind, PunchIntroduce, PunchRefusal,
-    PunchReject, PunchRequest, RejectReason,
+    Keepalive, NatrixMessage, NodeId, PunchAck, PunchBind, PunchIntroduce, PunchPredict,
+    PunchRefusal, PunchReject, PunchRequest, RejectReason,
 };
 
 /// R8: the keep-alive token both ends derive from what their introduces share
@@ -191,6 +208,27 @@ struct Train {
     /// Keep-alives this train has sent. The peer can only ack after seeing one,
     /// so an ack arriving before any was sent is a late ack of an earlier punch.
     sent: u32,
+    /// N1: the peer's predicted ports, covered until its keep-alive arrives.
+    window: Option<Window>,
+}
+
+/// N1: the ports a train covers besides the introduced one: `len` ports from
+/// `port` on, `step` apart, on the introduced IP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Window {
+    port: u16,
+    step: i16,
+    len: u16,
+}
+
+impl Window {
+    /// The window's ports in `1..=65535` other than `skip`, in order.
+    fn ports(self, skip: u16) -> impl Iterator<Item = u16> {
+        (0..i32::from(self.len))
+            .map(move |j| i32::from(self.port) + j * i32::from(self.step))
+            .filter_map(|p| u16::try_from(p).ok())
+            .filter(move |&p| p != 0 && p != skip)
+    }
 }
 
 impl Train {
@@ -357,6 +395,9 @@ pub struct Endpoint {
     /// R7: punch ids coordinators bound to the introduce they send next,
     /// keyed by (coordinator, peer): (fire time, punch id).
     bindings: WindowTable<(NodeId, NodeId), (u64, u32)>,
+    /// N1: port predictions coordinators sent for the introduce they send
+    /// next, keyed by (coordinator, peer): (fire time, port, step).
+    predictions: WindowTable<(NodeId, NodeId), (u64, u16, i16)>,
     /// R11: the last punch with each peer, for a punch deadline after it
     /// started.
     recent: WindowTable<NodeId, Recent>,
@@ -449,6 +490,7 @@ impl Endpoint {
                 seeds(3),
             ),
             bindings: WindowTable::with_seed(cap, config.punch_deadline(), seeds(4)),
+            predictions: WindowTable::with_seed(cap, config.punch_deadline(), seeds(7)),
             recent: WindowTable::with_seed(
                 pending.saturating_mul(2),
                 config.punch_deadline(),
@@ -669,6 +711,7 @@ impl Endpoint {
             seen: None,
             acked: false,
             sent: 0,
+            window: None,
         }
     }
 
@@ -770,6 +813,60 @@ impl Endpoint {
         };
         if started {
             self.rendezvous.insert(now, key, None);
+            let predicted = self
+                .predictions
+                .get_mut(now, &(from, intro.peer))
+                .copied()
+                .filter(|(fire, ..)| *fire == intro.fire_at_ms);
+            if let Some((_, port, step)) = predicted {
+                self.predictions.remove(&(from, intro.peer));
+                self.take_prediction(cx, from, intro.peer, intro.fire_at_ms, port, step);
+            }
+        }
+    }
+
+    /// N1: the train of `coordinator`'s rendezvous with `peer` at `fire`, if
+    /// one runs here and has not found its path, covers the predicted ports.
+    fn take_prediction(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        coordinator: NodeId,
+        peer: NodeId,
+        fire: u64,
+        port: u16,
+        step: i16,
+    ) -> bool {
+        let len = cx.config.prediction_window();
+        let Some(Phase::Train(t)) = self.punches.get_mut(&peer).map(|p| &mut p.phase) else {
+            return false;
+        };
+        if t.coordinator != coordinator || t.fire_at_ms != fire || len == 0 {
+            return false;
+        }
+        if t.seen.is_none() && t.window.is_none() {
+            t.window = Some(Window { port, step, len });
+            bump(&mut cx.out.stats.predictions_taken);
+        }
+        true
+    }
+
+    /// N1: coordinator `from` predicts `m.peer`'s next port for its introduce
+    /// at `m.fire_at_ms` (sent right before it; taken by a train already
+    /// running for that rendezvous, or kept for the introduce).
+    pub(crate) fn handle_predict(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        now: Instant,
+        from: NodeId,
+        m: PunchPredict,
+    ) {
+        if m.peer == cx.id || m.peer == from {
+            return;
+        }
+        let (port, step) = (m.port.get(), m.step.get());
+        if !self.take_prediction(cx, from, m.peer, m.fire_at_ms, port, step) {
+            self.predictions
+                .insert(now, (from, m.peer), (m.fire_at_ms, port, step));
         }
     }
 
@@ -1134,6 +1231,16 @@ impl Endpoint {
                     out.datagram(bind, t.send_to, &ka.to_bytes());
                     bump(&mut out.stats.keepalives_sent);
                     t.sent = t.sent.saturating_add(1);
+                    // N1: the predicted ports, on the introduced IP only,
+                    // until the peer's keep-alive shows where it really is.
+                    if let (Some(w), None) = (t.window, t.seen) {
+                        let ip = t.introduced.ip();
+                        for port in w.ports(t.introduced.port()) {
+                            out.datagram(bind, SocketAddr::new(ip, port), &ka.to_bytes());
+                            bump(&mut out.stats.keepalives_sent);
+                            bump(&mut out.stats.keepalives_predicted);
+                        }
+                    }
                     // One packet per wakeup: a late wakeup skips the missed slots
                     // rather than bursting them.
                     while t.next_at().is_some_and(|at| at <= now) {

@@ -35,7 +35,7 @@ pub mod stun;
 
 pub use addr::{ADDR_LEN, decode_addr, encode_addr};
 pub use keepalive::{KEEPALIVE_LEN, KEEPALIVE_MAGIC, Keepalive, is_keepalive};
-pub use natrix::{Hello, NATRIX_VERSION, NatrixMessage, PunchBind, PunchRefusal};
+pub use natrix::{Hello, NATRIX_VERSION, NatrixMessage, PunchBind, PunchPredict, PunchRefusal};
 pub use reflex::{ReflexRequest, ReflexResponse};
 pub use rendezvous::{
     PunchAck, PunchIntroduce, PunchReject, PunchRequest, RejectReason, RendezvousMessage,
@@ -97,6 +97,8 @@ pub enum MessageKind {
     PunchRefuse,
     /// natrix refused, kind `0x13`.
     PunchRefused,
+    /// natrix `PunchPredict`, kind `0x14`.
+    PunchPredict,
 }
 
 impl fmt::Display for MessageKind {
@@ -116,6 +118,7 @@ impl fmt::Display for MessageKind {
             MessageKind::PunchBind => "natrix PunchBind",
             MessageKind::PunchRefuse => "natrix refuse",
             MessageKind::PunchRefused => "natrix refused",
+            MessageKind::PunchPredict => "natrix PunchPredict",
         };
         f.write_str(name)
     }
@@ -159,6 +162,9 @@ pub enum DecodeError {
     /// punch id 0.
     #[error("punch id 0 is reserved")]
     ReservedPunchId,
+    /// A natrix `PunchPredict` with port 0 or step 0.
+    #[error("PunchPredict: port and step must not be 0")]
+    ZeroPrediction,
     /// A datagram of keep-alive length that does not start with the `PH` magic.
     #[error("keep-alive: bad magic {0:02x?}")]
     Magic([u8; 2]),

@@ -34,6 +34,18 @@
 //! | 9 | 8 | fire_at_ms: the introduce's `fire_at_ms` (u64) |
 //! | 17 | 4 | punch_id (u32): the requester's punch id; `0` is reserved and rejected |
 //!
+//! `PunchPredict` (21 bytes):
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 1 | `0x14` |
+//! | 1 | 8 | peer: the `peer` of the introduce it belongs to (the predictable endpoint) |
+//! | 9 | 8 | fire_at_ms: the introduce's `fire_at_ms` (u64) |
+//! | 17 | 2 | port (u16): the predicted external port of the peer's next mapping; `0` is rejected |
+//! | 19 | 2 | step (i16): the peer's allocation step; `0` is rejected |
+//!
+//! It carries ports only: the IP stays the introduce's (N3).
+//!
 //! refuse / refused (14 bytes each):
 //!
 //! | offset | size | field |
@@ -75,6 +87,7 @@ const KIND_HELLO: u8 = 0x10;
 const KIND_BIND: u8 = 0x11;
 const KIND_REFUSE: u8 = 0x12;
 const KIND_REFUSED: u8 = 0x13;
+const KIND_PREDICT: u8 = 0x14;
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(field(bytes, at))
@@ -82,6 +95,10 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
     u32::from_be_bytes(field(bytes, at))
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes(field(bytes, at))
 }
 
 fn check_kind(kind: MessageKind, want: u8, bytes: &[u8]) -> Result<(), DecodeError> {
@@ -176,6 +193,67 @@ impl PunchBind {
     }
 }
 
+/// `PunchPredict` (kind `0x14`, 21 bytes), N1: the coordinator tells one end
+/// of a rendezvous where the other end's next mapping will most likely be —
+/// the other end maps per destination but allocates ports sequentially, so
+/// its keep-alives will leave from the port after the one the coordinator
+/// sees. The receiver's keep-alives then cover a window of ports from
+/// `port` on in steps of `step` ([`Config::prediction_window`]), always on
+/// the introduce's IP.
+///
+/// [`Config::prediction_window`]: crate::Config::prediction_window
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PunchPredict {
+    /// The introduce's `peer` (the endpoint whose port is predicted).
+    pub peer: NodeId,
+    /// The introduce's `fire_at_ms`.
+    pub fire_at_ms: u64,
+    /// The predicted port (never 0).
+    pub port: core::num::NonZeroU16,
+    /// The allocation step (never 0).
+    pub step: core::num::NonZeroI16,
+}
+
+impl PunchPredict {
+    /// Encoded length.
+    pub const LEN: usize = 21;
+
+    /// Decodes exactly 21 bytes; a zero port or step is
+    /// [`DecodeError::ZeroPrediction`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        check_kind(MessageKind::PunchPredict, KIND_PREDICT, bytes)?;
+        expect_len(MessageKind::PunchPredict, bytes, Self::LEN, "21")?;
+        let port = core::num::NonZeroU16::new(u16_at(bytes, 17));
+        let step = core::num::NonZeroI16::new(u16_at(bytes, 19) as i16);
+        let (Some(port), Some(step)) = (port, step) else {
+            return Err(DecodeError::ZeroPrediction);
+        };
+        Ok(PunchPredict {
+            peer: NodeId(u64_at(bytes, 1)),
+            fire_at_ms: u64_at(bytes, 9),
+            port,
+            step,
+        })
+    }
+
+    /// Encodes into `buf`, returning the number of bytes written.
+    pub fn encode(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        write_prefix(MessageKind::PunchPredict, &self.to_bytes(), buf)
+    }
+
+    /// The encoding as a fixed-size array.
+    #[must_use]
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[0] = KIND_PREDICT;
+        put(&mut out, 1, &self.peer.0.to_be_bytes());
+        put(&mut out, 9, &self.fire_at_ms.to_be_bytes());
+        put(&mut out, 17, &self.port.get().to_be_bytes());
+        put(&mut out, 19, &self.step.get().to_be_bytes());
+        out
+    }
+}
+
 /// The body of a refusal: which rendezvous, and why it will not run. Sent as
 /// *refuse* by an endpoint to the rendezvous' coordinator, and relayed as
 /// *refused* by the coordinator to the other endpoint.
@@ -225,11 +303,17 @@ pub enum NatrixMessage {
     Refuse(PunchRefusal),
     /// Kind `0x13`: coordinator → the other endpoint.
     Refused(PunchRefusal),
+    /// Kind `0x14`.
+    Predict(PunchPredict),
 }
 
 impl NatrixMessage {
     /// The largest encoding of any natrix message.
-    pub const MAX_LEN: usize = PunchBind::LEN;
+    pub const MAX_LEN: usize = if PunchBind::LEN > PunchPredict::LEN {
+        PunchBind::LEN
+    } else {
+        PunchPredict::LEN
+    };
 
     /// Decodes a natrix payload by its kind byte.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
@@ -241,6 +325,7 @@ impl NatrixMessage {
             }),
             Some(&KIND_HELLO) => Hello::decode(bytes).map(Self::Hello),
             Some(&KIND_BIND) => PunchBind::decode(bytes).map(Self::Bind),
+            Some(&KIND_PREDICT) => PunchPredict::decode(bytes).map(Self::Predict),
             Some(&KIND_REFUSE) => {
                 PunchRefusal::decode_kind(MessageKind::PunchRefuse, KIND_REFUSE, bytes)
                     .map(Self::Refuse)
@@ -266,6 +351,7 @@ impl NatrixMessage {
         match self {
             Self::Hello(m) => m.encode(buf),
             Self::Bind(m) => m.encode(buf),
+            Self::Predict(m) => m.encode(buf),
             Self::Refuse(m) => {
                 write_prefix(MessageKind::PunchRefuse, &m.bytes_kind(KIND_REFUSE), buf)
             }
@@ -281,6 +367,7 @@ impl NatrixMessage {
         match self {
             Self::Hello(_) => Hello::LEN,
             Self::Bind(_) => PunchBind::LEN,
+            Self::Predict(_) => PunchPredict::LEN,
             Self::Refuse(_) | Self::Refused(_) => PunchRefusal::LEN,
         }
     }
@@ -311,6 +398,41 @@ mod tests {
             Err(DecodeError::Length { got: 1, .. })
         ));
         assert!(NatrixMessage::decode(&[0x10, 1, 0]).is_err());
+    }
+
+    #[test]
+    fn n1_predict_layout_and_zero_fields() {
+        let m = PunchPredict {
+            peer: NodeId(0x0102_0304_0506_0708),
+            fire_at_ms: 0x0000_018B_CFE5_6800,
+            port: core::num::NonZeroU16::new(0x9C41).unwrap(),
+            step: core::num::NonZeroI16::new(-2).unwrap(),
+        };
+        let b = enc(NatrixMessage::Predict(m));
+        assert_eq!(
+            b,
+            [
+                0x14, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0x01, 0x8B, 0xCF, 0xE5, 0x68, 0, 0x9C, 0x41,
+                0xFF, 0xFE
+            ]
+        );
+        assert_eq!(NatrixMessage::decode(&b), Ok(NatrixMessage::Predict(m)));
+        let mut zero_port = b.clone();
+        zero_port[17..19].copy_from_slice(&[0, 0]);
+        assert_eq!(
+            NatrixMessage::decode(&zero_port),
+            Err(DecodeError::ZeroPrediction)
+        );
+        let mut zero_step = b.clone();
+        zero_step[19..21].copy_from_slice(&[0, 0]);
+        assert_eq!(
+            NatrixMessage::decode(&zero_step),
+            Err(DecodeError::ZeroPrediction)
+        );
+        assert!(NatrixMessage::decode(&b[..20]).is_err());
+        let mut longer = b.clone();
+        longer.push(0);
+        assert!(NatrixMessage::decode(&longer).is_err());
     }
 
     #[test]
@@ -360,7 +482,7 @@ mod tests {
 
     #[test]
     fn rendezvous_kinds_never_decode_here() {
-        for kind in [0x00, 0x01, 0x02, 0x03, 0x04, 0x0F, 0x14, 0xFF] {
+        for kind in [0x00, 0x01, 0x02, 0x03, 0x04, 0x0F, 0x15, 0xFF] {
             assert_eq!(
                 NatrixMessage::decode(&[kind; 14]),
                 Err(DecodeError::UnknownNatrixKind(kind))
