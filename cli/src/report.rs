@@ -29,7 +29,9 @@
 //! `null` if that never happened. `events` lists every path change, failed
 //! upgrade, relay refusal and end, in order. `stats` holds the node's
 //! punching counters (`natrix_proto::Stats`): requester and responder punch
-//! counts, keep-alives, matrix verdicts and path upgrades. `path` is the
+//! counts, keep-alives, matrix verdicts, birthday attempts (N2) and path
+//! upgrades; `spray` the driver's birthday sockets (opened, failed, pinned
+//! paths now). `path` is the
 //! connection's path when the command ended, `null` if the connection had
 //! already ended (its last `path` event then says where it was).
 
@@ -102,6 +104,7 @@ impl Record {
         path: Option<PathInfo>,
     ) -> CliResult<()> {
         let s = node.stats();
+        let d = node.driver_stats();
         let classification = node.classification().map(|a| {
             json!({
                 "class": class_name(a.class),
@@ -121,6 +124,11 @@ impl Record {
             "datagrams": { "sent": self.sent, "received": self.received },
             "events": self.events,
             "path": path.as_ref().map(path_json),
+            "spray": {
+                "sockets_opened": d.spray_sockets_opened,
+                "socket_failures": d.spray_socket_failures,
+                "pinned_paths": d.pinned_paths,
+            },
             "stats": {
                 "punches_attempted": s.punches_attempted,
                 "punches_succeeded": s.punches_succeeded,
@@ -134,6 +142,10 @@ impl Record {
                 "keepalives_accepted": s.keepalives_accepted,
                 "keepalives_dropped": s.keepalives_dropped,
                 "keepalives_predicted": s.keepalives_predicted,
+                "birthday_attempts": s.birthday_attempts,
+                "birthday_successes": s.birthday_successes,
+                "birthday_refused": s.birthday_refused,
+                "spray_datagrams": s.spray_datagrams,
                 "predictions_taken": s.predictions_taken,
                 "upgrades_attempted": s.upgrades_attempted,
                 "upgrades_succeeded": s.upgrades_succeeded,

@@ -39,6 +39,7 @@ pub mod net;
 pub mod node;
 pub mod portmap;
 pub mod runtime;
+pub mod spray;
 pub mod stun;
 pub mod testkit;
 

@@ -34,11 +34,14 @@ use crate::control::{ControlError, ControlInput, ControlPlane};
 use crate::net::wire::LookupAnswer;
 use crate::portmap::{PortMapConfig, PortMapEvent, PortMapState, PortMapper};
 use crate::runtime::{BoxFuture, RecvBatch, Runtime, UdpSocket};
+use crate::spray::{PinnedSends, SprayIo, SprayRead, SprayRole};
 use crate::stun::{StunConfig, StunRunning, StunService};
 use natrix_proto::wire::stun::msg_type as stun_msg;
 
 /// Decides whether to drop an outgoing datagram (destination, bytes): a test
-/// hook standing in for a filtering middlebox.
+/// hook standing in for a filtering middlebox in front of the node's main
+/// socket. It sees what leaves the main socket only: the sockets of a
+/// birthday attempt (N2), and the paths pinned to one, are not filtered.
 pub type DatagramFilter = Arc<dyn Fn(SocketAddr, &[u8]) -> bool + Send + Sync>;
 
 /// How to start a node.
@@ -454,6 +457,32 @@ pub struct DriverStats {
     /// STUN answers handed to the behaviour discovery running from the
     /// node's socket (C8).
     pub discovery_answers: u64,
+    /// N2: sockets birthday attempts opened (on the main socket's IP, one
+    /// per [`Transmit::Spray`] socket number, the first time it is named).
+    pub spray_sockets_opened: u64,
+    /// N2: birthday sockets that could not be had: a bind that failed
+    /// (`EMFILE`, say) or a socket beyond the caps. The attempt goes on
+    /// without them.
+    pub spray_socket_failures: u64,
+    /// N2: birthday sockets open now (running attempts' and pinned paths').
+    pub spray_sockets_open: u64,
+    /// N2: datagrams the node's task sent from birthday sockets (an
+    /// attempt's, or a pinned path's; the application's own
+    /// [`Node::send_to`] to a pinned path is not counted).
+    pub spray_datagrams_sent: u64,
+    /// N2: datagrams read from birthday sockets. A pinned socket's are
+    /// also counted in [`datagrams_received`](Self::datagrams_received) and
+    /// where they went, like the main socket's.
+    pub spray_datagrams_received: u64,
+    /// N2: datagrams that arrived on a running attempt's socket and were
+    /// not the peer's keep-alive (dropped).
+    pub spray_datagrams_dropped: u64,
+    /// N2: direct paths pinned now to the birthday socket that found them
+    /// (at most [`MAX_PINNED`](crate::spray::MAX_PINNED)).
+    pub pinned_paths: u64,
+    /// N2: pinned paths evicted for a newer one (their socket closed; their
+    /// datagrams leave from the main socket again).
+    pub pinned_evicted: u64,
 }
 
 #[derive(Default)]
@@ -511,6 +540,8 @@ pub struct Node<R: Runtime> {
     stun: Option<StunRunning<R>>,
     /// The behaviour discovery running at start (C8), if any.
     discovery: Mutex<Option<R::Task>>,
+    /// N2: the paths pinned to a birthday socket, for `send_to`.
+    pinned: Arc<PinnedSends<R::Socket>>,
 }
 
 /// A node's port mapper and the tasks that run it.
@@ -571,6 +602,8 @@ impl<R: Runtime> Node<R> {
             }
             None => (None, None),
         };
+        let spray = SprayIo::new(rt.clone(), local_addr.ip(), config.agent.spray());
+        let pinned = spray.shared();
         let task = Task {
             rt: rt.clone(),
             clock: Clock::at(rt.now()),
@@ -596,6 +629,7 @@ impl<R: Runtime> Node<R> {
             stun: stun.as_ref().map(|s| s.service.clone()),
             discovery_inbox,
             stun_out: std::collections::VecDeque::new(),
+            spray,
         };
         let handle = rt.spawn(Box::pin(task.run()));
         let portmap = match &config.port_mapping {
@@ -624,6 +658,7 @@ impl<R: Runtime> Node<R> {
             portmap,
             stun,
             discovery: Mutex::new(discovery),
+            pinned,
         })
     }
 
@@ -814,10 +849,15 @@ impl<R: Runtime> Node<R> {
         let _ = self.commands.try_send(Command::RefreshInterfaces);
     }
 
-    /// Sends an application datagram from the node's socket.
+    /// Sends an application datagram from the node's socket — or, to a
+    /// direct path a birthday attempt found (N2), from the socket pinned to
+    /// it, which the peer's NAT lets through.
     pub async fn send_to(&self, bytes: &[u8], to: SocketAddr) -> Result<usize, NodeError> {
         // Not `poll_send_to`: the node's task polls that (see
         // `UdpSocket::send_to`).
+        if let Some(pinned) = self.pinned.socket_for(to) {
+            return Ok(pinned.send_to(bytes, to).await?);
+        }
         Ok(self.socket.send_to(bytes, to).await?)
     }
 
@@ -1047,6 +1087,10 @@ enum Input {
     /// Where it starts in the receive batch, its length, its source.
     Datagram(usize, usize, SocketAddr),
     SocketError(io::Error),
+    /// N2: a birthday socket's datagram (its id, its length in the spray
+    /// buffer, its source), or its error.
+    Spray(u64, usize, SocketAddr),
+    SprayError(u64, io::Error),
     Timer,
 }
 
@@ -1098,6 +1142,17 @@ struct Task<R: Runtime, C> {
     discovery_inbox: Option<DiscoveryInbox>,
     /// The behaviour discovery's requests, to send from the socket.
     stun_out: std::collections::VecDeque<(Vec<u8>, SocketAddr)>,
+    /// N2: the birthday attempts' sockets and the pinned paths.
+    spray: SprayIo<R>,
+}
+
+impl Input {
+    fn from_spray((id, read): SprayRead) -> Input {
+        match read {
+            Ok((n, src)) => Input::Spray(id, n, src),
+            Err(e) => Input::SprayError(id, e),
+        }
+    }
 }
 
 impl<R: Runtime, C: ControlPlane> Task<R, C> {
@@ -1137,6 +1192,9 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
         // the last input was a datagram.
         let mut stale = false;
         let mut after_datagram = false;
+        // N2: after a datagram of the main socket the birthday sockets are
+        // read first, and the other way round, so neither starves the other.
+        let mut spray_first = false;
         loop {
             if !settled {
                 stale = self.drain(after_datagram).await;
@@ -1187,6 +1245,7 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                 let stale = &mut stale;
                 let batch = &mut batch;
                 let timer = &mut timer;
+                let spray = &mut self.spray;
                 poll_fn(move |cx| {
                     // Commands come first: the cheap check here, the waker
                     // registered below, before waiting.
@@ -1207,6 +1266,11 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                     if let Some((at, n, src)) = batch.next_datagram() {
                         return Poll::Ready(Input::Datagram(at, n, src));
                     }
+                    if spray_first && !spray.is_idle() {
+                        if let Poll::Ready(r) = spray.poll_recv(cx) {
+                            return Poll::Ready(Input::from_spray(r));
+                        }
+                    }
                     match socket.poll_recv_batch(cx, batch) {
                         Poll::Ready(Ok(n)) => {
                             batch.filled(n);
@@ -1218,6 +1282,11 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                         }
                         Poll::Ready(Err(e)) => return Poll::Ready(Input::SocketError(e)),
                         Poll::Pending => {}
+                    }
+                    if !spray_first && !spray.is_idle() {
+                        if let Poll::Ready(r) = spray.poll_recv(cx) {
+                            return Poll::Ready(Input::from_spray(r));
+                        }
                     }
                     if let Some((d, sleep)) = timer.as_mut() {
                         // Read the clock before trusting the timer: a runtime
@@ -1243,7 +1312,8 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
             // Only a datagram for the application leaves the agent and the
             // control plane as they were.
             let was_settled = std::mem::replace(&mut settled, false);
-            after_datagram = matches!(input, Input::Datagram(..));
+            after_datagram = matches!(input, Input::Datagram(..) | Input::Spray(..));
+            spray_first = matches!(input, Input::Datagram(..));
             match input {
                 Input::Command(None) | Input::Command(Some(Command::Shutdown)) => break,
                 Input::Command(Some(cmd)) => self.command(cmd),
@@ -1251,77 +1321,22 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                 Input::Control(Some(c)) => self.control_input(c),
                 Input::Datagram(at, n, src) => {
                     stale = true;
-                    let local = self.agent.bind_addr();
-                    let bytes = batch.bytes(at, n);
-                    let c = &mut self.counters;
-                    c.datagrams_received += 1;
-                    // One socket, one demultiplexer: keep-alives to the agent,
-                    // session packets to the control plane, STUN to the STUN
-                    // service when the node serves it, the rest to the
-                    // application.
-                    let kind = classify(bytes);
-                    let ours = match kind {
-                        DatagramKind::Keepalive => {
-                            c.keepalives += 1;
-                            let now = self.clock.to_agent(self.rt.now());
-                            self.agent.handle_datagram(now, local, src, bytes)
-                                == DatagramVerdict::Consumed
-                        }
-                        DatagramKind::Session(_) => {
-                            let now = self.clock.to_agent(self.rt.now());
-                            let taken =
-                                self.control
-                                    .handle_datagram(now, Clock::wall_ms(), src, bytes);
-                            c.session_datagrams += u64::from(taken);
-                            taken
-                        }
-                        DatagramKind::Stun => {
-                            // A success answer may be a STUN server's
-                            // answer to the agent's sweep (C8); other
-                            // answers go to the behaviour discovery while
-                            // it runs; requests are for the STUN service,
-                            // when it runs.
-                            let ty = bytes.get(..2);
-                            let success = ty == Some(&stun_msg::BINDING_SUCCESS.to_be_bytes()[..]);
-                            let error = ty == Some(&stun_msg::BINDING_ERROR.to_be_bytes()[..]);
-                            let now = self.clock.to_agent(self.rt.now());
-                            if success
-                                && self.agent.handle_datagram(now, local, src, bytes)
-                                    == DatagramVerdict::Consumed
-                            {
-                                true
-                            } else if (success || error)
-                                && self.discovery_inbox.as_ref().is_some_and(|tx| {
-                                    !matches!(
-                                        tx.try_send((bytes.to_vec(), src)),
-                                        Err(async_channel::TrySendError::Closed(_))
-                                    )
-                                })
-                            {
-                                c.discovery_answers += 1;
-                                true
-                            } else if let Some(stun) = &self.stun {
-                                let stun = stun.clone();
-                                stun.handle(stun.primary(), src, bytes).await;
-                                true
-                            } else {
-                                false
-                            }
-                        }
-                        DatagramKind::Unknown => false,
-                    };
-                    if !ours {
-                        // A copy in a buffer of the inbox; a full inbox drops
-                        // it, as a socket buffer would.
-                        if self.app.0.try_push(bytes, src) {
-                            c.app_datagrams += 1;
-                        } else {
-                            c.app_datagrams_dropped += 1;
-                        }
-                    }
+                    let kind = self.datagram(src, batch.bytes(at, n), false).await;
                     if matches!(kind, DatagramKind::Stun | DatagramKind::Unknown) {
                         settled = was_settled;
                     }
+                }
+                Input::Spray(id, n, src) => {
+                    stale = true;
+                    // The buffer is lent out while its datagram is handled
+                    // (nothing reads a birthday socket meanwhile).
+                    let buf = std::mem::take(&mut self.spray.buf);
+                    self.spray_datagram(id, src, buf.get(..n).unwrap_or(&[]))
+                        .await;
+                    self.spray.buf = buf;
+                }
+                Input::SprayError(id, e) => {
+                    debug!(socket = id, error = %e, "birthday socket: receive failed");
                 }
                 Input::SocketError(e) => self.publish(NodeEvent::SocketError {
                     op: "recv",
@@ -1349,6 +1364,104 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
             let _ = reply.try_send(Err(SessionRequestError::Closed));
         }
         lock(&self.shared).subscribers.clear();
+    }
+
+    /// One datagram that arrived on the main socket, or on a socket pinned
+    /// to a direct path (N2, `pinned`): one demultiplexer for both —
+    /// keep-alives to the agent, session packets to the control plane, STUN
+    /// to the STUN service when the node serves it (on the main socket
+    /// only: it answers from there), the rest to the application. Returns
+    /// the datagram's kind.
+    async fn datagram(&mut self, src: SocketAddr, bytes: &[u8], pinned: bool) -> DatagramKind {
+        let local = self.agent.bind_addr();
+        let c = &mut self.counters;
+        c.datagrams_received += 1;
+        let kind = classify(bytes);
+        let ours = match kind {
+            DatagramKind::Keepalive => {
+                c.keepalives += 1;
+                let now = self.clock.to_agent(self.rt.now());
+                self.agent.handle_datagram(now, local, src, bytes) == DatagramVerdict::Consumed
+            }
+            DatagramKind::Session(_) => {
+                let now = self.clock.to_agent(self.rt.now());
+                let taken = self
+                    .control
+                    .handle_datagram(now, Clock::wall_ms(), src, bytes);
+                c.session_datagrams += u64::from(taken);
+                taken
+            }
+            DatagramKind::Stun => {
+                // A success answer may be a STUN server's answer to the
+                // agent's sweep (C8); other answers go to the behaviour
+                // discovery while it runs; requests are for the STUN
+                // service, when it runs.
+                let ty = bytes.get(..2);
+                let success = ty == Some(&stun_msg::BINDING_SUCCESS.to_be_bytes()[..]);
+                let error = ty == Some(&stun_msg::BINDING_ERROR.to_be_bytes()[..]);
+                let now = self.clock.to_agent(self.rt.now());
+                if success
+                    && self.agent.handle_datagram(now, local, src, bytes)
+                        == DatagramVerdict::Consumed
+                {
+                    true
+                } else if (success || error)
+                    && self.discovery_inbox.as_ref().is_some_and(|tx| {
+                        !matches!(
+                            tx.try_send((bytes.to_vec(), src)),
+                            Err(async_channel::TrySendError::Closed(_))
+                        )
+                    })
+                {
+                    c.discovery_answers += 1;
+                    true
+                } else if let Some(stun) = self.stun.as_ref().filter(|_| !pinned) {
+                    let stun = stun.clone();
+                    stun.handle(stun.primary(), src, bytes).await;
+                    true
+                } else {
+                    false
+                }
+            }
+            DatagramKind::Unknown => false,
+        };
+        if !ours {
+            // A copy in a buffer of the inbox; a full inbox drops it, as a
+            // socket buffer would.
+            if self.app.0.try_push(bytes, src) {
+                c.app_datagrams += 1;
+            } else {
+                c.app_datagrams_dropped += 1;
+            }
+        }
+        kind
+    }
+
+    /// N2: a datagram that arrived on birthday socket `id`: a running
+    /// attempt's goes to the agent (its peer's keep-alive can confirm the
+    /// punch there; anything else is dropped), a pinned path's is handled
+    /// like the main socket's.
+    async fn spray_datagram(&mut self, id: u64, src: SocketAddr, bytes: &[u8]) {
+        let Some(role) = self.spray.role(id) else {
+            return;
+        };
+        self.counters.spray_datagrams_received += 1;
+        match role {
+            SprayRole::Pinned => {
+                let _ = self.datagram(src, bytes, true).await;
+            }
+            SprayRole::Attempt { attempt, index } => {
+                let now = self.now();
+                let verdict = self
+                    .agent
+                    .handle_spray_datagram(now, attempt, index, src, bytes);
+                // Rare (a probe that landed, or a stray): worth a line.
+                debug!(attempt, socket = index, %src, len = bytes.len(), ?verdict, "birthday socket: datagram");
+                if verdict == DatagramVerdict::NotOurs {
+                    self.counters.spray_datagrams_dropped += 1;
+                }
+            }
+        }
     }
 
     fn command(&mut self, cmd: Command) {
@@ -1678,19 +1791,40 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
         self.data.0.wake();
     }
 
-    /// Sends one datagram from the node's socket (through the test filter).
+    /// Sends one datagram from the node's socket (through the test filter)
+    /// or, to a path pinned to a birthday socket (N2), from that socket.
     async fn send_datagram(&mut self, to: SocketAddr, bytes: &[u8]) {
-        if self.filter.as_ref().is_some_and(|f| f(to, bytes)) {
+        let pinned = self.spray.pinned_socket(to);
+        if pinned.is_none() && self.filter.as_ref().is_some_and(|f| f(to, bytes)) {
             return;
+        }
+        if pinned.is_some() {
+            self.counters.spray_datagrams_sent += 1;
         }
         // The send may have to wait: the application should not.
         self.wake_application();
-        let socket = &self.socket;
+        let socket = pinned.unwrap_or(&self.socket);
         if let Err(e) = poll_fn(|cx| socket.poll_send_to(cx, bytes, to)).await {
             self.publish(NodeEvent::SocketError {
                 op: "send",
                 kind: e.kind(),
             });
+        }
+    }
+
+    /// N2: sends one datagram from socket `index` of birthday attempt
+    /// `attempt`, opening it the first time it is named. A socket that
+    /// cannot be had (see [`SprayIo::socket_for`]) drops the datagram.
+    async fn send_spray(&mut self, attempt: u64, index: u16, to: SocketAddr, bytes: &[u8]) {
+        let Some(socket) = self.spray.socket_for(attempt, index, &mut self.counters) else {
+            return;
+        };
+        self.wake_application();
+        match poll_fn(|cx| socket.poll_send_to(cx, bytes, to)).await {
+            Ok(_) => self.counters.spray_datagrams_sent += 1,
+            Err(e) => {
+                debug!(attempt, socket = index, %to, error = %e, "birthday socket: send failed");
+            }
         }
     }
 
@@ -1731,6 +1865,15 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                 }
                 Transmit::Datagram { to, payload, .. } => {
                     self.send_datagram(to, payload.as_bytes()).await;
+                }
+                Transmit::Spray {
+                    attempt,
+                    socket,
+                    to,
+                    payload,
+                } => {
+                    self.send_spray(attempt, socket, to, payload.as_bytes())
+                        .await;
                 }
             }
         }
@@ -1846,6 +1989,21 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                     if let Some(reply) = self.probes.remove(&probe_id) {
                         let _ = reply.try_send(result);
                     }
+                }
+                Event::SprayEnded {
+                    peer,
+                    attempt,
+                    outcome,
+                    keep,
+                    sent,
+                } => {
+                    // Before the punch's success that follows: the path is
+                    // pinned by the time anything is sent on it.
+                    self.spray
+                        .end(peer, attempt, outcome, keep, sent, &mut self.counters);
+                    // Whoever the punch's success wakes sees the sockets
+                    // closed and the path pinned.
+                    self.snapshot();
                 }
                 _ => {}
             }

@@ -52,6 +52,9 @@ enum Cmd {
     },
     /// Only the failure scenarios.
     Scenarios,
+    /// Only the STUN interop with coturn and the pairs with NAT profiles
+    /// (C8, and N2's birthday punches): a part of `scenarios`.
+    Stun,
     /// Removes the namespaces an interrupted or killed run left behind.
     Cleanup,
     /// STUN Binding answers per second: a natrix coordinator against coturn,
@@ -196,11 +199,12 @@ fn run(args: &Args) -> Result<bool> {
         verbosity: args.peer_verbosity.clone(),
         peer_flags: Vec::new(),
     };
+    let stun_only = matches!(args.command, Some(Cmd::Stun));
     let (do_matrix, do_scenarios, only) = match &args.command {
         None | Some(Cmd::Run) => (true, true, None),
         Some(Cmd::Matrix { cell }) if !cell.is_empty() => (true, false, Some(parse_cells(cell)?)),
         Some(Cmd::Matrix { .. }) => (true, false, None),
-        Some(Cmd::Scenarios) => (false, true, None),
+        Some(Cmd::Scenarios | Cmd::Stun) => (false, true, None),
         Some(Cmd::Cleanup | Cmd::StunBench { .. }) => unreachable!("handled in main"),
     };
     let t = Instant::now();
@@ -218,7 +222,7 @@ fn run(args: &Args) -> Result<bool> {
     let v4 = matrix::build_sides(&mut lab, &internet, &Kind::V4, 1)?;
     let v6 = matrix::build_sides(&mut lab, &internet, &Kind::V6, 20)?;
     let mut sites = Vec::new();
-    if do_scenarios {
+    if do_scenarios && !stun_only {
         for (n, kind) in [
             Kind::Masquerade,
             Kind::PortRestricted,
@@ -286,7 +290,7 @@ fn run(args: &Args) -> Result<bool> {
         }
     }
     let mut results: Vec<Scenario> = Vec::new();
-    if do_scenarios {
+    if do_scenarios && !stun_only {
         let t = Instant::now();
         let mut restart_coordinators = [
             nx.coordinator(&internet, 3, false)?,
@@ -338,6 +342,8 @@ fn run(args: &Args) -> Result<bool> {
             results.push(sc);
         }
         eprintln!("port mapping: {:.1} s", t.elapsed().as_secs_f64());
+    }
+    if do_scenarios {
         let t = Instant::now();
         println!("## STUN behaviour discovery and coturn interop\n");
         for sc in natrix_lab::stun::interop(&mut lab, &nx, &internet, 60)? {

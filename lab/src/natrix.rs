@@ -224,6 +224,9 @@ pub struct PeerReport {
     pub final_kind: Option<String>,
     /// The punch counters.
     pub stats: Value,
+    /// The driver's birthday sockets (N2): `sockets_opened`,
+    /// `socket_failures`, `pinned_paths` (`null` from an older binary).
+    pub spray: Value,
 }
 
 impl PeerReport {
@@ -251,6 +254,7 @@ impl PeerReport {
                 .and_then(Value::as_str)
                 .map(str::to_owned),
             stats: v.get("stats")?.clone(),
+            spray: v.get("spray").cloned().unwrap_or(Value::Null),
             ..PeerReport::default()
         };
         for e in v.get("events")?.as_array()? {
@@ -281,6 +285,12 @@ impl PeerReport {
     #[must_use]
     pub fn stat(&self, name: &str) -> u64 {
         self.stats.get(name).and_then(Value::as_u64).unwrap_or(0)
+    }
+
+    /// A counter of the driver's birthday sockets (N2).
+    #[must_use]
+    pub fn spray_stat(&self, name: &str) -> u64 {
+        self.spray.get(name).and_then(Value::as_u64).unwrap_or(0)
     }
 
     /// Seconds from opening to the first datagram received.

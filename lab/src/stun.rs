@@ -16,13 +16,18 @@
 //! mappings (or, for the restricted kind, the learned addresses) an earlier
 //! one left.
 //!
-//! Then the pair decision with NAT profiles (C8), on the same sites: peers
-//! (`listen`/`connect` with the natrix coordinator and `--stun-server`
-//! coturn, which also measures their behaviour from the peer's own socket)
-//! announce their mapping and filtering; a port-restricted cone and a
-//! symmetric NAT then skip the punch the baseline runs and loses (the
-//! matrix's relay cell), and a restricted cone with a symmetric NAT still
-//! punches.
+//! Then the pair decision with NAT profiles (C8), on the same sites (and a
+//! cgnat site): peers (`listen`/`connect` with the natrix coordinator and
+//! `--stun-server` coturn, which also measures their behaviour from the
+//! peer's own socket) announce their mapping and filtering. A restricted
+//! cone with a symmetric NAT punches as the class alone says. A
+//! port-restricted cone (either side of the connection) or a cgnat with a
+//! symmetric NAT — the matrix's relay cells, where no rendezvous punch can
+//! work — is punched by a birthday attempt (N2): the symmetric side opens
+//! 256 sockets (256 mappings on random ports), the other side sends up to
+//! [`SPRAY_PROBES`] probes to random ports of its IP. The symmetric
+//! gateway's conntrack table is read after each such pair, to show the range
+//! its mappings really took (the odds below assume 1024–65535).
 
 use std::time::Duration;
 
@@ -71,6 +76,29 @@ const KINDS: [(Kind, &str, &str); 5] = [
         "address-and-port-dependent",
     ),
 ];
+
+/// Kinds built only for the pairs with profiles (not in the interop
+/// checks), with the (mapping, filtering) their peers must announce: the
+/// cgnat's static mappings keep the peer's port 4000 through both layers,
+/// and its home router filters by address and port.
+const PAIR_KINDS: [(Kind, &str, &str); 1] = [(
+    Kind::Cgnat,
+    "endpoint-independent",
+    "address-and-port-dependent",
+)];
+
+/// N2: the probes a birthday attempt's prober sends in the pairs with
+/// profiles. Against the 256 mappings of the symmetric side
+/// (`--spray-sockets`, default), each on a random port of 1024–65535 (64,512
+/// ports: where the kernel's `fully-random` picks for a source port above
+/// 1023), the chance that none of 2,048 distinct probes lands is
+/// `C(64512−256, 2048) / C(64512, 2048) ≈ e^(−256·2048/64512) ≈ 2.6e−4`:
+/// success 99.97 % per pair (the default 512 probes: 87 %).
+pub const SPRAY_PROBES: u32 = 2048;
+/// N2: the birthday attempts' rate in those pairs (datagrams per second,
+/// each side): the 256 openings take 0.25 s, then the 2,048 probes at most
+/// 2 s, within the punch's 5 s deadline.
+pub const SPRAY_RATE: u32 = 1024;
 
 /// `turnutils_natdiscovery`'s verdict lines for a (mapping, filtering).
 fn coturn_words(mapping: &str, filtering: &str) -> [String; 2] {
@@ -121,7 +149,7 @@ pub fn interop(
     coordinator.wait_log("coordinator running", Duration::from_secs(10))?;
     let dial = format!("{key}@{}:3478", NATRIX[0]);
     let mut sites = Vec::new();
-    for (n, (kind, _, _)) in KINDS.iter().enumerate() {
+    for (n, (kind, _, _)) in KINDS.iter().chain(PAIR_KINDS.iter()).enumerate() {
         let i = first_site + u8::try_from(n).unwrap_or(0);
         sites.push(Site::build(lab, internet, *kind, i, &format!("t{i}"))?);
     }
@@ -293,22 +321,43 @@ fn natdiscovery(
     Ok(verdicts)
 }
 
-/// The pairs of [`KINDS`] (by index) checked with profiles, and whether a
-/// punch must run: port-restricted × symmetric (skipped), restricted ×
-/// symmetric (punched).
-const PROFILE_PAIRS: [(usize, usize, bool); 2] = [(2, 4, false), (1, 4, true)];
+/// What a pair with profiles must do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    /// A rendezvous punch opens it (the profiles say one works).
+    Punch,
+    /// No rendezvous punch can: a birthday attempt opens it (N2).
+    Birthday,
+}
 
-/// The C8 pair decision on real NAT: each pair of [`PROFILE_PAIRS`] in
-/// turn (sites are reused), with its NAT state flushed first.
+/// The pairs (connecting side, listening side) checked with profiles.
+const PROFILE_PAIRS: [(Kind, Kind, Expect); 4] = [
+    (Kind::PortRestricted, Kind::Symmetric, Expect::Birthday),
+    (Kind::Symmetric, Kind::PortRestricted, Expect::Birthday),
+    (Kind::Cgnat, Kind::Symmetric, Expect::Birthday),
+    (Kind::Restricted, Kind::Symmetric, Expect::Punch),
+];
+
+/// The C8 pair decision and N2's birthday punch on real NAT: each pair of
+/// [`PROFILE_PAIRS`] in turn (sites are reused), with its NAT state flushed
+/// first.
 fn profile_pairs(lab: &Lab, nx: &Natrix, sites: &[Site], dial: &str) -> Vec<Result<Scenario>> {
+    let mut peer_flags = vec!["--stun-server".into(), format!("{}:3478", COTURN[0])];
+    peer_flags.extend([
+        "--spray-probes".into(),
+        SPRAY_PROBES.to_string(),
+        "--spray-rate".into(),
+        SPRAY_RATE.to_string(),
+    ]);
     let nx = Natrix {
-        peer_flags: vec!["--stun-server".into(), format!("{}:3478", COTURN[0])],
+        peer_flags,
         ..nx.clone()
     };
+    let site = |k: Kind| sites.iter().find(|s| s.kind == k);
     PROFILE_PAIRS
         .iter()
-        .filter_map(|&(a, b, punch)| Some((sites.get(a)?, sites.get(b)?, punch)))
-        .map(|(a, b, punch)| profile_pair(lab, &nx, a, b, dial, punch))
+        .filter_map(|&(a, b, expect)| Some((site(a)?, site(b)?, expect)))
+        .map(|(a, b, expect)| profile_pair(lab, &nx, a, b, dial, expect))
         .collect()
 }
 
@@ -318,12 +367,18 @@ fn profile_pair(
     a: &Site,
     b: &Site,
     dial: &str,
-    punch: bool,
+    expect: Expect,
 ) -> Result<Scenario> {
-    let mut s = Scenario::named(format!(
-        "pair decision with NAT profiles: {} x {} (C8)",
-        a.kind, b.kind
-    ));
+    let mut s = Scenario::named(match expect {
+        Expect::Punch => format!(
+            "pair decision with NAT profiles: {} x {} (C8)",
+            a.kind, b.kind
+        ),
+        Expect::Birthday => format!(
+            "birthday punch with NAT profiles: {} x {} (C8, N2)",
+            a.kind, b.kind
+        ),
+    });
     s.kinds = Some((a.kind, b.kind));
     a.reset_state(lab)?;
     b.reset_state(lab)?;
@@ -349,6 +404,7 @@ fn profile_pair(
     let want = |site: &Site| {
         KINDS
             .iter()
+            .chain(PAIR_KINDS.iter())
             .find(|(k, _, _)| *k == site.kind)
             .map(|(_, m, f)| short(m, f))
     };
@@ -356,27 +412,130 @@ fn profile_pair(
         "both peers measured their NAT from the peer socket and announced its profile",
         ra.profile.is_some() && ra.profile == want(a) && rb.profile == want(b),
     );
-    if punch {
-        s.check(
-            "the profiles say a punch works, and it does",
-            cell.outcome == crate::matrix::Outcome::Punched,
-        );
-    } else {
-        s.check(
-            "the profiles skip the punch: relayed at once, no keep-alive sent",
-            cell.outcome == crate::matrix::Outcome::Relayed
-                && cell.keepalives == (0, 0)
-                && cell
-                    .upgrade_error
-                    .as_deref()
-                    .is_some_and(|e| e.contains("skips")),
-        );
+    match expect {
+        Expect::Punch => {
+            s.check(
+                "the profiles say a punch works, and it does (no birthday attempt)",
+                cell.outcome == crate::matrix::Outcome::Punched
+                    && ra.stat("birthday_attempts") + rb.stat("birthday_attempts") == 0,
+            );
+        }
+        Expect::Birthday => birthday_checks(lab, &mut s, &cell, (a, b), (&ra, &rb))?,
     }
     s.check(
         "data crossed both ways",
         cell.received.0 > 0 && cell.received.1 > 0,
     );
     Ok(s)
+}
+
+/// N2: what a birthday pair must show, and what it measured: the path is
+/// direct (punched), both sides ran their attempt and it found the path,
+/// the symmetric side opened its sockets and kept one, pinned; the spray
+/// datagrams, the time to direct, and the symmetric gateway's mappings
+/// toward the other side (how many, which ports).
+fn birthday_checks(
+    lab: &Lab,
+    s: &mut Scenario,
+    cell: &crate::matrix::Cell,
+    (a, b): (&Site, &Site),
+    (ra, rb): (&crate::natrix::PeerReport, &crate::natrix::PeerReport),
+) -> Result<()> {
+    let (hard, easy, rh, re) = if a.kind == Kind::Symmetric {
+        (a, b, ra, rb)
+    } else {
+        (b, a, rb, ra)
+    };
+    let stat = |r: &crate::natrix::PeerReport, k: &str| r.stat(k);
+    s.measure(format!(
+        "birthday attempts {}+{}, successes {}+{}, refused {}+{}; spray datagrams {} (A) + {} (B); \
+         symmetric side: {} sockets opened, {} failed, {} path(s) pinned at the end; time to direct {}",
+        stat(ra, "birthday_attempts"),
+        stat(rb, "birthday_attempts"),
+        stat(ra, "birthday_successes"),
+        stat(rb, "birthday_successes"),
+        stat(ra, "birthday_refused"),
+        stat(rb, "birthday_refused"),
+        stat(ra, "spray_datagrams"),
+        stat(rb, "spray_datagrams"),
+        rh.spray_stat("sockets_opened"),
+        rh.spray_stat("socket_failures"),
+        rh.spray_stat("pinned_paths"),
+        cell.time_to_direct
+            .map_or_else(|| "never".to_owned(), |t| format!("{t:.2} s")),
+    ));
+    let ports = conntrack_ports(lab, hard.edge(), easy, 1)?;
+    // The other side's gateway next to its peer: the ports its probes went
+    // to (the original direction's destination port).
+    let probed = conntrack_ports(lab, easy.gateways.last(), hard, 0)?;
+    let landed = probed.iter().filter(|p| ports.contains(p)).count();
+    s.measure(format!(
+        "the other side's gateway: {} UDP flows toward {}; {landed} of them on a port the symmetric side had mapped",
+        probed.len(),
+        hard.public_ip,
+    ));
+    match (ports.iter().min(), ports.iter().max()) {
+        (Some(lo), Some(hi)) => s.measure(format!(
+            "symmetric gateway: {} UDP mappings toward {}, on ports {lo}–{hi} ({} below 1024, {} above 60999)",
+            ports.len(),
+            easy.public_ip,
+            ports.iter().filter(|&&p| p < 1024).count(),
+            ports.iter().filter(|&&p| p > 60_999).count(),
+        )),
+        _ => s.measure(format!(
+            "symmetric gateway: no UDP mapping toward {} left",
+            easy.public_ip
+        )),
+    }
+    // The other side's prober starts once the openings are out; in the
+    // rare run where one of the symmetric side's new mappings takes the
+    // very port the other side's keep-alives already go to (its announced
+    // one), the path is found before that and no probe is needed.
+    s.check(
+        "no rendezvous punch can work: the symmetric side's birthday attempt punched the pair",
+        cell.outcome == crate::matrix::Outcome::Punched
+            && stat(rh, "birthday_attempts") >= 1
+            && stat(rh, "birthday_successes") >= 1
+            && (stat(re, "spray_datagrams") >= 1 || stat(re, "birthday_attempts") == 0),
+    );
+    s.check(
+        "the symmetric side opened its birthday sockets (one mapping each) and kept one, pinned to the path",
+        rh.spray_stat("sockets_opened") >= 2 && rh.spray_stat("pinned_paths") == 1,
+    );
+    s.check(
+        "the path was direct within 5 s of opening",
+        cell.time_to_direct.is_some_and(|t| t < 5.0),
+    );
+    Ok(())
+}
+
+/// The `nth` `dport` (0: the original direction's, 1: the reply's) of
+/// each UDP conntrack entry on gateway `gw` whose original destination is
+/// `other`'s public IP. On the outermost NAT the reply's destination port
+/// is the external port the NAT gave the mapping.
+fn conntrack_ports(
+    lab: &Lab,
+    gw: Option<&crate::topo::Gateway>,
+    other: &Site,
+    nth: usize,
+) -> Result<Vec<u16>> {
+    let Some(gw) = gw else {
+        return Ok(Vec::new());
+    };
+    let dst = other.public_ip.to_string();
+    let out = lab.exec(
+        &gw.ns,
+        &["conntrack", "-L", "-p", "udp", "--orig-dst", &dst],
+    )?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .filter_map(|w| w.strip_prefix("dport="))
+                .nth(nth)
+                .and_then(|p| p.parse().ok())
+        })
+        .collect())
 }
 
 /// `EIM/APDF` for a (mapping, filtering) in netcheck's words.

@@ -29,6 +29,7 @@ use core::fmt;
 use core::time::Duration;
 
 use crate::classify::{NatClass, PairAction, pair_action};
+use crate::spray::SpraySide;
 
 /// How a NAT reuses a mapping for one internal address (RFC 4787 §4.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -516,6 +517,47 @@ pub const fn pair_action_with_profiles(
     }
 }
 
+/// N2: which side of a birthday punch this node plays with `remote`, when
+/// the pair needs one: both profiles known, no rendezvous punch can work
+/// (with N1's prediction counted, see [`pair_action_with_profiles`]), and
+/// one side maps endpoint-independently while the other makes a new,
+/// unpredictable mapping per destination and filters by address (or address
+/// and port). The hard side is the
+/// [`SpraySide::Opener`] (many sockets, each a mapping that admits the easy
+/// side's reflex), the easy side the [`SpraySide::Prober`] (random ports of
+/// the hard side's IP, from its one stable mapping). `None` otherwise —
+/// two hard sides included. Swapping the sides swaps the answer, so both
+/// ends agree.
+#[must_use]
+pub const fn birthday_side(
+    local: NatClass,
+    local_profile: Option<NatProfile>,
+    remote: NatClass,
+    remote_profile: Option<NatProfile>,
+) -> Option<SpraySide> {
+    if matches!(pair_action(local, remote), PairAction::Direct) {
+        return None;
+    }
+    let (Some(a), Some(b)) = (side(local, local_profile), side(remote, remote_profile)) else {
+        return None;
+    };
+    let (ta, tb) = (toward(a, b), toward(b, a));
+    if one_way(ta, tb) || one_way(tb, ta) {
+        return None;
+    }
+    // The hard side must filter by address at least: one that lets anyone
+    // in would take the easy side's ordinary keep-alive on its introduced
+    // mapping for the path, and answer from a mapping the easy side's
+    // filter drops (its main socket cannot tell the two apart).
+    match (a.eim, b.eim, a.filtering, b.filtering) {
+        (false, true, FilteringBehaviour::EndpointIndependent, _)
+        | (true, false, _, FilteringBehaviour::EndpointIndependent) => None,
+        (false, true, ..) => Some(SpraySide::Opener),
+        (true, false, ..) => Some(SpraySide::Prober),
+        _ => None,
+    }
+}
+
 /// A compact line with the short forms, e.g. `"NAT, EIM, APDF, ports
 /// preserving, hairpin no, lifetime ?"`; `?` is "not measured".
 impl fmt::Display for Behaviour {
@@ -772,6 +814,70 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn n2_birthday_side_takes_only_the_cells_no_punch_opens() {
+        use crate::spray::SpraySide::{Opener, Prober};
+        let all: alloc::vec::Vec<(NatClass, NatProfile)> = profiles()
+            .flat_map(|p| {
+                [
+                    PortAllocation::Random,
+                    PortAllocation::Sequential { step: 1 },
+                ]
+                .map(|a| {
+                    let class = p.mapping.nat_class();
+                    (class, p.with_allocation(Some(a)))
+                })
+            })
+            .collect();
+        let mut cells = 0;
+        for &(ca, pa) in &all {
+            for &(cb, pb) in &all {
+                let ab = birthday_side(ca, Some(pa), cb, Some(pb));
+                let ba = birthday_side(cb, Some(pb), ca, Some(pa));
+                // Both ends agree on who does what.
+                match ab {
+                    Some(Opener) => assert_eq!(ba, Some(Prober)),
+                    Some(Prober) => assert_eq!(ba, Some(Opener)),
+                    None => assert_eq!(ba, None),
+                }
+                if ab.is_some() {
+                    cells += 1;
+                    // Only where no rendezvous punch can work, and never
+                    // for two hard sides.
+                    assert_eq!(
+                        pair_action_with_profiles(ca, Some(pa), cb, Some(pb)),
+                        PairAction::SkipPunch
+                    );
+                    let hard = |p: NatProfile| {
+                        p.mapping != MappingBehaviour::EndpointIndependent
+                            && p.predictable_step().is_none()
+                    };
+                    assert!(hard(pa) != hard(pb), "{pa:?} {pb:?}");
+                    // The hard side filters (see `birthday_side`).
+                    let hard_one = if hard(pa) { pa } else { pb };
+                    assert_ne!(hard_one.filtering, F::EndpointIndependent);
+                }
+                // Without both profiles there is no birthday.
+                assert_eq!(birthday_side(ca, Some(pa), cb, None), None);
+            }
+        }
+        assert!(cells > 0);
+        // The port-restricted cone and the random symmetric NAT.
+        let pr = NatProfile::new(M::EndpointIndependent, F::AddressAndPortDependent);
+        let sym = NatProfile::new(M::AddressAndPortDependent, F::AddressAndPortDependent)
+            .with_allocation(Some(PortAllocation::Random));
+        assert_eq!(
+            birthday_side(NatClass::Cone, Some(pr), NatClass::Symmetric, Some(sym)),
+            Some(Prober)
+        );
+        // A sequential one is predicted instead (N1).
+        let seq = sym.with_allocation(Some(PortAllocation::Sequential { step: 1 }));
+        assert_eq!(
+            birthday_side(NatClass::Cone, Some(pr), NatClass::Symmetric, Some(seq)),
+            None
+        );
     }
 
     #[test]

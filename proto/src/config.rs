@@ -7,6 +7,8 @@
 
 use core::time::Duration;
 
+use crate::spray::SprayConfig;
+
 /// Whether a responder admits an unsolicited `PunchIntroduce` naming a peer that
 /// has not announced a reflex (requirement R4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -44,6 +46,7 @@ pub struct Config {
     auto_reclassify: bool,
     natrix_extensions: bool,
     prediction_window: u16,
+    spray: SprayConfig,
 }
 
 impl Default for Config {
@@ -70,6 +73,7 @@ impl Default for Config {
             auto_reclassify: true,
             natrix_extensions: true,
             prediction_window: 8,
+            spray: SprayConfig::default(),
         }
     }
 }
@@ -118,6 +122,11 @@ pub enum ConfigError {
     /// a configuration mistake, and the bound keeps all arithmetic in range.
     #[error("{0} exceeds the maximum of one day")]
     TooLong(&'static str),
+    /// N2: a birthday-punch cap beyond its maximum (sockets above
+    /// [`MAX_SPRAY_SOCKETS`], a rate above [`MAX_SPRAY_RATE`] per second, or
+    /// a deadline or cool-down above one day).
+    #[error("spray cap {0} is beyond its maximum")]
+    Spray(&'static str),
     /// N1: a prediction window above [`MAX_PREDICTION_WINDOW`] ports.
     #[error("prediction_window is {0}; it must be at most 64")]
     PredictionWindow(u16),
@@ -125,6 +134,11 @@ pub enum ConfigError {
 
 /// Most destinations one sweep probes.
 pub const MAX_SWEEP_TARGETS: u32 = 16;
+
+/// Most sockets one birthday attempt may open (N2).
+pub const MAX_SPRAY_SOCKETS: u16 = 1024;
+/// Highest datagram rate of one birthday attempt, per second (N2).
+pub const MAX_SPRAY_RATE: u32 = 4096;
 
 /// Most ports one prediction window covers (N1).
 pub const MAX_PREDICTION_WINDOW: u16 = 64;
@@ -264,6 +278,17 @@ impl Config {
     pub fn prediction_window(&self) -> u16 {
         self.prediction_window
     }
+    /// N2: the caps of birthday punching ([`SprayConfig`]): a rendezvous
+    /// that needs one (see [`birthday_side`](crate::behaviour::birthday_side))
+    /// runs one under them. Zero sockets or probes turn it off: such pairs
+    /// are skipped as before. An attempt also ends with its punch: caps whose
+    /// sockets and probes take longer at `rate` than the punch deadline
+    /// leave the rest unsent (the outcome says so). Default
+    /// [`SprayConfig::default`].
+    #[must_use]
+    pub fn spray(&self) -> SprayConfig {
+        self.spray
+    }
     /// R4 policy for introduces naming a peer with no announced reflex.
     #[must_use]
     pub fn unannounced_peer_policy(&self) -> UnannouncedPeerPolicy {
@@ -333,6 +358,8 @@ setters! {
     natrix_extensions: bool;
     /// Sets [`Config::prediction_window`].
     prediction_window: u16;
+    /// Sets [`Config::spray`].
+    spray: SprayConfig;
 }
 
 impl ConfigBuilder {
@@ -379,6 +406,18 @@ impl ConfigBuilder {
         }
         if !(2..=MAX_SWEEP_TARGETS).contains(&c.sweep_targets) {
             return Err(ConfigError::SweepTargets(c.sweep_targets));
+        }
+        if c.spray.sockets > MAX_SPRAY_SOCKETS {
+            return Err(ConfigError::Spray("sockets"));
+        }
+        if c.spray.rate > MAX_SPRAY_RATE {
+            return Err(ConfigError::Spray("rate"));
+        }
+        if c.spray.deadline > MAX_DURATION {
+            return Err(ConfigError::Spray("deadline"));
+        }
+        if c.spray.cooldown > MAX_DURATION {
+            return Err(ConfigError::Spray("cooldown"));
         }
         if c.prediction_window > MAX_PREDICTION_WINDOW {
             return Err(ConfigError::PredictionWindow(c.prediction_window));
@@ -435,6 +474,25 @@ mod tests {
             Err(ConfigError::PredictionWindow(65))
         );
         assert!(Config::builder().prediction_window(0).build().is_ok());
+        let spray = SprayConfig::default();
+        assert_eq!(
+            Config::builder()
+                .spray(SprayConfig {
+                    sockets: 1025,
+                    ..spray
+                })
+                .build(),
+            Err(ConfigError::Spray("sockets"))
+        );
+        assert_eq!(
+            Config::builder()
+                .spray(SprayConfig {
+                    rate: 5000,
+                    ..spray
+                })
+                .build(),
+            Err(ConfigError::Spray("rate"))
+        );
         assert_eq!(
             Config::builder().punch_deadline(Duration::ZERO).build(),
             Err(ConfigError::ZeroDuration("punch_deadline"))

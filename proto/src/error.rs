@@ -2,8 +2,22 @@
 
 use core::time::Duration;
 
+use crate::behaviour::NatProfile;
 use crate::classify::NatClass;
 use crate::wire::{NodeId, RejectReason};
+
+/// Formats a [`TraversalError::Skipped`]'s profiles: nothing, or
+/// `" (profiles EIM/APDF x APDM/APDF)"`.
+struct ProfilePair(Option<(NatProfile, NatProfile)>);
+
+impl core::fmt::Display for ProfilePair {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some((local, remote)) => write!(f, " (profiles {local} x {remote})"),
+            None => Ok(()),
+        }
+    }
+}
 
 /// Where a punch was when its deadline passed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -48,13 +62,17 @@ pub enum TraversalError {
         /// The deadline that passed.
         deadline: Duration,
     },
-    /// The pair matrix says a punch between these classes cannot work.
-    #[error("pair matrix skips {local} x {remote}")]
+    /// The pair decision says no punch between these two can work: the
+    /// class matrix, or — when both announced one — their NAT profiles
+    /// (C8), which then decided and are named in the message.
+    #[error("pair matrix skips {local} x {remote}{}", ProfilePair(*.profiles))]
     Skipped {
         /// The local class.
         local: NatClass,
         /// The remote peer's announced class.
         remote: NatClass,
+        /// Both NAT profiles (local, remote), when the decision read them.
+        profiles: Option<(NatProfile, NatProfile)>,
     },
     /// A newer `request_punch` to the same peer replaced this one.
     #[error("superseded by a newer request to the same peer")]
@@ -75,4 +93,36 @@ pub enum TraversalError {
     /// Too many punches are pending at once.
     #[error("too many pending punches")]
     TooManyPunches,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::behaviour::{FilteringBehaviour as F, MappingBehaviour as M};
+    use alloc::string::ToString;
+
+    #[test]
+    fn a_skip_names_the_profiles_that_decided_it() {
+        let classes = TraversalError::Skipped {
+            local: NatClass::Symmetric,
+            remote: NatClass::Symmetric,
+            profiles: None,
+        };
+        assert_eq!(
+            classes.to_string(),
+            "pair matrix skips nat:symmetric x nat:symmetric"
+        );
+        let profiles = TraversalError::Skipped {
+            local: NatClass::Cone,
+            remote: NatClass::Symmetric,
+            profiles: Some((
+                NatProfile::new(M::EndpointIndependent, F::AddressAndPortDependent),
+                NatProfile::new(M::AddressAndPortDependent, F::AddressAndPortDependent),
+            )),
+        };
+        assert_eq!(
+            profiles.to_string(),
+            "pair matrix skips nat:cone x nat:symmetric (profiles EIM/APDF x APDM/APDF)"
+        );
+    }
 }

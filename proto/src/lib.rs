@@ -68,7 +68,7 @@
 //! | C8 | [`mod@behaviour`] (the RFC 4787 model), [`wire::stun`] (the STUN codec), STUN servers in sweeps ([`discovery`], [`Agent::set_stun_servers`]); discovery against RFC 5780 servers is `natrix-stun` | `c8_*` in `tests/stun_sweep.rs` and `wire::stun` |
 //! | C9 | [`classify::canonical_addr`] at every input | `c9_*` |
 //! | N1 | [`rendezvous::coordinator`] (`predict`), [`rendezvous::endpoint`] (port prediction), [`wire::PunchPredict`], [`NatProfile::predictable_step`] | `n1_*` in `tests/prediction.rs` |
-//! | N2, N3 | [`spray`] (the caps; not yet wired into the rendezvous) | `n2_*`, `n3_*` in `tests/spray.rs` |
+//! | N2, N3 | [`spray`] (the caps), [`behaviour::birthday_side`], [`rendezvous::endpoint`] (the attempt in the rendezvous), [`Transmit::Spray`], [`Event::SprayEnded`] | `n2_*`, `n3_*` in `tests/spray.rs` and `tests/birthday.rs` |
 //!
 //! ## Example
 //!

@@ -24,9 +24,12 @@
 //! - **N2, the volume.** Per attempt: at most [`SprayConfig::max_probes`]
 //!   probes (easy side) or [`SprayConfig::sockets`] openings (hard side),
 //!   each port at most once, paced at [`SprayConfig::rate`] datagrams per
-//!   second, for at most [`SprayConfig::deadline`]. Per peer: one attempt
-//!   at a time, and [`SprayConfig::cooldown`] after one that failed. In all:
-//!   at most [`SprayConfig::max_concurrent`] attempts.
+//!   second, for at most [`SprayConfig::deadline`]. Per peer **and per
+//!   IP**: one attempt at a time, and [`SprayConfig::cooldown`] after one
+//!   that did not succeed (cancelled ones included, once they sent
+//!   anything) — keyed by the IP as well, so that a coordinator inventing
+//!   peer ids cannot aim attempt after attempt at one address. In all: at
+//!   most [`SprayConfig::max_concurrent`] attempts.
 //! - **Typed ends.** A refused start is a [`SprayRefusal`]; a started
 //!   attempt ends exactly once, by its deadline, in a [`SprayOutcome`]
 //!   ([`SprayMachine::poll_event`]).
@@ -97,9 +100,10 @@ pub enum SprayRefusal {
     /// N3: the IP is no unicast destination (unspecified, multicast,
     /// broadcast, `0.0.0.0/8`).
     BogusIp(IpAddr),
-    /// An attempt with this peer is running.
+    /// An attempt with this peer, or toward this IP, is running.
     AlreadyRunning,
-    /// The last attempt with this peer failed; the next may start then.
+    /// The last attempt with this peer, or toward this IP, failed; the next
+    /// may start then.
     CoolingDown {
         /// When the cool-down ends.
         until: Instant,
@@ -238,6 +242,9 @@ pub struct SprayMachine {
     running: BTreeMap<NodeId, Attempt>,
     /// Peers whose last attempt failed, and when they may try again.
     cooling: BTreeMap<NodeId, Instant>,
+    /// IPs the last attempt toward which failed, and when they may be
+    /// sprayed again.
+    cooling_ips: BTreeMap<IpAddr, Instant>,
     events: VecDeque<SprayEvent>,
     stats: SprayStats,
 }
@@ -252,6 +259,7 @@ impl SprayMachine {
             next_id: 1,
             running: BTreeMap::new(),
             cooling: BTreeMap::new(),
+            cooling_ips: BTreeMap::new(),
             events: VecDeque::new(),
             stats: SprayStats::default(),
         }
@@ -316,6 +324,7 @@ impl SprayMachine {
             },
         );
         self.cooling.remove(&peer);
+        self.cooling_ips.remove(&canonical_ip(target.ip()));
         self.stats.started = self.stats.started.saturating_add(1);
         Ok(id)
     }
@@ -357,14 +366,17 @@ impl SprayMachine {
         if asked != session {
             return Err(SprayRefusal::NotThePeersIp { asked, session });
         }
-        if self.running.contains_key(&peer) {
+        if self.running.contains_key(&peer) || self.running.values().any(|a| a.ip == asked) {
             return Err(SprayRefusal::AlreadyRunning);
         }
-        if let Some(&until) = self.cooling.get(&peer) {
-            if now < until {
-                return Err(SprayRefusal::CoolingDown { until });
-            }
-            self.cooling.remove(&peer);
+        let until = [self.cooling.get(&peer), self.cooling_ips.get(&asked)]
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|until| now < *until)
+            .max();
+        if let Some(until) = until {
+            return Err(SprayRefusal::CoolingDown { until });
         }
         if self.running.len() >= c.max_concurrent {
             return Err(SprayRefusal::TooManyAttempts);
@@ -412,14 +424,37 @@ impl SprayMachine {
         matches
     }
 
-    /// Cancels `peer`'s attempt (no cool-down follows). Returns whether one
-    /// was running.
+    /// Cancels `peer`'s attempt. A cool-down follows when it had sent
+    /// anything (a cancel is no way around the cool-down). Returns whether
+    /// one was running.
     pub fn cancel(&mut self, peer: NodeId) -> bool {
         let running = self.running.contains_key(&peer);
         if running {
             self.end(peer, SprayOutcome::Cancelled, None);
         }
         running
+    }
+
+    /// The running attempt with `peer`, if any.
+    #[must_use]
+    pub fn attempt_of(&self, peer: NodeId) -> Option<u64> {
+        self.running.get(&peer).map(|a| a.id)
+    }
+
+    /// Ends `peer`'s attempt as failed now (its punch gave up first): like
+    /// its deadline passing, with the cool-down. Returns whether one was
+    /// running.
+    pub fn fail(&mut self, peer: NodeId, now: Instant) -> bool {
+        let Some(all_sent) = self.running.get(&peer).map(|a| a.sent >= a.budget) else {
+            return false;
+        };
+        let outcome = if all_sent {
+            SprayOutcome::Exhausted
+        } else {
+            SprayOutcome::DeadlinePassed
+        };
+        self.end(peer, outcome, Some(now));
+        true
     }
 
     /// Ends attempts whose deadline has come.
@@ -439,6 +474,7 @@ impl SprayMachine {
             self.end(peer, outcome, Some(now));
         }
         self.cooling.retain(|_, until| *until > now);
+        self.cooling_ips.retain(|_, until| *until > now);
     }
 
     fn end(&mut self, peer: NodeId, outcome: SprayOutcome, now: Option<Instant>) {
@@ -449,12 +485,15 @@ impl SprayMachine {
             SprayOutcome::Succeeded { .. } => {
                 self.stats.succeeded = self.stats.succeeded.saturating_add(1);
             }
-            SprayOutcome::Cancelled => self.stats.failed = self.stats.failed.saturating_add(1),
-            SprayOutcome::Exhausted | SprayOutcome::DeadlinePassed => {
+            SprayOutcome::Cancelled | SprayOutcome::Exhausted | SprayOutcome::DeadlinePassed => {
                 self.stats.failed = self.stats.failed.saturating_add(1);
-                let from = now.unwrap_or(a.deadline);
-                self.cooling
-                    .insert(peer, from.saturating_add(self.config.cooldown));
+                if a.sent > 0 || outcome != SprayOutcome::Cancelled {
+                    let until = now
+                        .unwrap_or(a.deadline)
+                        .saturating_add(self.config.cooldown);
+                    self.cooling.insert(peer, until);
+                    self.cooling_ips.insert(a.ip, until);
+                }
             }
         }
         self.events.push_back(SprayEvent {

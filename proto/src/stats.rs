@@ -76,6 +76,15 @@ pub struct Stats {
     /// N1: keep-alives sent to a predicted port of the peer (a window around
     /// a coordinator's `PunchPredict`).
     pub keepalives_predicted: u64,
+    /// N2: birthday attempts started (by trains whose pair needs one).
+    pub birthday_attempts: u64,
+    /// N2: birthday attempts that found the path.
+    pub birthday_successes: u64,
+    /// N2: birthday attempts a train wanted but the caps refused
+    /// (`SprayRefusal`: cooling down, too many at once, no announced IP…).
+    pub birthday_refused: u64,
+    /// N2: datagrams birthday attempts sent (probes and openings).
+    pub spray_datagrams: u64,
     /// N1 (coordinator): `PunchPredict`s sent.
     pub predictions_sent: u64,
     /// N1: `PunchPredict`s taken (bound to an introduce of the coordinator

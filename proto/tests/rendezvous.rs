@@ -128,7 +128,8 @@ fn direct_pair_needs_no_punch_and_symmetric_pair_is_skipped() {
         net.punch(a, b, r),
         Err(TraversalError::Skipped {
             local: NatClass::Symmetric,
-            remote: NatClass::Symmetric
+            remote: NatClass::Symmetric,
+            profiles: None,
         })
     );
     assert_eq!(net.agent(a).stats().punches_skipped, 1);

@@ -381,3 +381,60 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn n3_one_attempt_per_ip_and_its_cool_down_whatever_the_peer_id() {
+    let mut m = SprayMachine::new(SprayConfig::default(), 8);
+    let victim: SocketAddr = "198.51.100.66:4000".parse().unwrap();
+    m.start(at(0), NodeId(1), SpraySide::Prober, victim, victim.ip())
+        .unwrap();
+    // Another "peer" at the same IP (a coordinator inventing ids) waits.
+    assert_eq!(
+        m.start(at(0), NodeId(2), SpraySide::Prober, victim, victim.ip()),
+        Err(SprayRefusal::AlreadyRunning)
+    );
+    // Cancelling after it sent something is no way around the cool-down.
+    assert!(m.poll_transmit(at(0)).is_some());
+    assert!(m.cancel(NodeId(1)));
+    assert_eq!(
+        m.poll_event().map(|e| e.outcome),
+        Some(SprayOutcome::Cancelled)
+    );
+    for peer in 2..10 {
+        assert!(
+            matches!(
+                m.start(
+                    at(1_000),
+                    NodeId(peer),
+                    SpraySide::Prober,
+                    victim,
+                    victim.ip()
+                ),
+                Err(SprayRefusal::CoolingDown { .. })
+            ),
+            "peer {peer}"
+        );
+    }
+    // The cool-down runs from the attempt's deadline (5 s) for 60 s.
+    assert!(matches!(
+        m.start(
+            at(64_999),
+            NodeId(3),
+            SpraySide::Prober,
+            victim,
+            victim.ip()
+        ),
+        Err(SprayRefusal::CoolingDown { .. })
+    ));
+    m.handle_timeout(at(65_000));
+    assert!(
+        m.start(
+            at(65_000),
+            NodeId(3),
+            SpraySide::Prober,
+            victim,
+            victim.ip()
+        )
+        .is_ok()
+    );
+}

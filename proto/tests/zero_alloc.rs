@@ -75,7 +75,7 @@ fn drain_transmits(a: &mut Agent) -> (usize, usize) {
     while let Some(t) = a.poll_transmit() {
         match t {
             Transmit::Control { .. } => control += 1,
-            Transmit::Datagram { .. } => datagrams += 1,
+            Transmit::Datagram { .. } | Transmit::Spray { .. } => datagrams += 1,
         }
     }
     (control, datagrams)

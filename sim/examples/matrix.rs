@@ -101,7 +101,7 @@ fn main() -> ExitCode {
         );
     }
     runs += profile_table(
-        "old → new: the baseline matrix → with NAT profiles and port prediction (C8, N1; A rows, B columns; seed 1)",
+        "old → new: the baseline matrix → with NAT profiles, port prediction and birthday punching (C8, N1, N2; A rows, B columns; seed 1)",
         &Preset::ALL,
     );
     let mut rfc4787 = vec![Preset::Open, Preset::Firewall];

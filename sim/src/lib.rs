@@ -16,6 +16,8 @@
 //!   demultiplexed), lossy links (session packets included: control messages
 //!   use the sessions' reliable delivery), per-host wall-clock skew measured
 //!   by the sessions, the bounded run loop, the transcript.
+//! * [`sockets`] — a host's extra sockets: the ones its agent's birthday
+//!   attempts open (N2), and the few it keeps, each pinned to a path.
 //! * [`preset`] — named NAT presets (open, full cone, restricted cone,
 //!   port-restricted cone, symmetric, symmetric with sequential ports, double NAT),
 //!   and, outside the pair matrix, a stateful firewall without NAT (the
@@ -36,6 +38,7 @@ pub mod conn;
 pub mod nat;
 pub mod preset;
 pub mod scenario;
+pub mod sockets;
 pub mod world;
 
 pub use world::{HostId, LinkConfig, NatId, Realm, World};

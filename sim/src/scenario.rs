@@ -112,7 +112,9 @@ pub struct PairResult {
     pub classes: (NatClass, NatClass),
     /// Time from `request_punch` to A's success event.
     pub time_to_direct: Option<Duration>,
-    /// Keep-alives A and B sent for this punch.
+    /// Keep-alives A and B sent for this punch: every datagram of their
+    /// agents ([`Host::datagrams_sent`](crate::world::Host::datagrams_sent)),
+    /// N2's probes and one-per-socket openings included.
     pub keepalives: u64,
     /// A's failure, if any.
     pub error: Option<TraversalError>,
@@ -683,6 +685,24 @@ impl ConnectionRun {
 /// failed and relayed datagrams crossed both ways; at most `max`.
 #[must_use]
 pub fn run_connection(a: Preset, b: Preset, seed: u64, max: Duration) -> ConnectionRun {
+    connection_run(a, b, seed, max, false)
+}
+
+/// [`run_connection`] with both peers announcing their preset's
+/// [`Preset::profile`] before the connection opens (C8), so that the
+/// upgrade punch decides with the profiles: N1's prediction and N2's
+/// birthday attempt run where the pair needs them.
+#[must_use]
+pub fn run_connection_with_profiles(
+    a: Preset,
+    b: Preset,
+    seed: u64,
+    max: Duration,
+) -> ConnectionRun {
+    connection_run(a, b, seed, max, true)
+}
+
+fn connection_run(a: Preset, b: Preset, seed: u64, max: Duration, profiles: bool) -> ConnectionRun {
     let config = Config::default();
     let mut t = topology(
         seed,
@@ -694,6 +714,12 @@ pub fn run_connection(a: Preset, b: Preset, seed: u64, max: Duration) -> Connect
     );
     let (ha, hb, r) = (t.a.host, t.b.host, t.r);
     let w = &mut t.world;
+    if profiles {
+        for (h, p) in [(ha, a.profile()), (hb, b.profile())] {
+            w.agent(h).set_local_profile(Some(p));
+            w.drain(h);
+        }
+    }
     let t0 = w.now();
     w.open_connection(ha, hb, r).expect("connection opens");
     let mut traffic = Traffic::new(ha, hb, Duration::from_millis(20));

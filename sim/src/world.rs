@@ -7,8 +7,9 @@
 //! * A **realm** is an address space: the Internet, or the inside of one NAT.
 //!   A NAT sits in its outside realm at its external IP; NATs nest (carrier-grade
 //!   double NAT is a NAT inside another NAT's realm).
-//! * A **host** lives in one realm at one address and has one UDP socket bound
-//!   there. Behind that socket run an [`Agent`] and a
+//! * A **host** lives in one realm at one address and has one main UDP
+//!   socket bound there (and, for birthday attempts, extra sockets: below).
+//!   Behind that socket run an [`Agent`] and a
 //!   [`natrix_session::Endpoint`], exactly as a driver runs them: every
 //!   received datagram goes through [`natrix_session::classify`] — keep-alives
 //!   to the agent, session packets to the endpoint, anything else to the
@@ -16,6 +17,21 @@
 //!   core; a datagram from `a` to `b` takes `lat(a) + lat(b)` (plus jitter on
 //!   an impaired link). A host's NATs sit next to it: outbound translation
 //!   happens when the datagram leaves, inbound filtering when it arrives.
+//! * **Extra sockets** (N2, [`crate::sockets`]): a birthday attempt's
+//!   `Transmit::Spray` opens socket number `socket` of the attempt the first
+//!   time it is named, on the host's IP at a port of its own, so the host's
+//!   NAT makes a new mapping for it; what arrives on it goes to
+//!   `Agent::handle_spray_datagram`, and what the agent does not consume is
+//!   the host's input as on the main socket. `Event::SprayEnded` closes the
+//!   attempt's sockets but the one it keeps, which is pinned to the
+//!   success's path: every datagram the host sends to that address
+//!   (keep-alives, session packets, connection and application datagrams)
+//!   leaves from it. A datagram to a closed socket is dropped
+//!   ([`Drop::ClosedPort`]). At most [`MAX_PINNED`](crate::sockets::MAX_PINNED)
+//!   pinned sockets per host (the oldest closes first); a restart or a new
+//!   identity closes them all. A `Transmit::Spray` counts in
+//!   [`Host::datagrams_sent`] like a `Transmit::Datagram` (and in
+//!   [`Host::spray_datagrams_sent`]).
 //! * **Identity**: every host has an X25519 key derived from the world seed
 //!   and its host index ([`World::add_host`]); its node id — the agent's id —
 //!   is the key's [`node_id`](natrix_session::PublicKey::node_id) (S1).
@@ -84,6 +100,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use blake2::{Blake2s256, Digest};
+use natrix_proto::spray::SprayOutcome;
 use natrix_proto::wire::{NodeId, RendezvousMessage};
 use natrix_proto::{
     Agent, Announcement, Channel, Config, DatagramVerdict, Event, Instant, Rng, Transmit,
@@ -99,6 +116,7 @@ use natrix_session::{
 
 use crate::conn::{CH_DATA, CH_RELAY, ConnDatagram, HostConns, RefusalNotice, kind_of};
 use crate::nat::{Nat, NatConfig};
+use crate::sockets::{SendFrom, SpraySockets};
 
 /// Appends a line to the transcript, formatting only when one is recorded.
 macro_rules! log {
@@ -197,10 +215,27 @@ pub struct Host {
     /// Sources of datagrams the host received.
     pub observed: BTreeSet<SocketAddr>,
     /// Datagrams the agent asked to send to an address it was never
-    /// introduced to and never received anything from.
+    /// introduced to and never received anything from, on an IP no
+    /// introduced address has (see [`spread_sends`](Self::spread_sends)).
     pub unexplained_sends: Vec<SocketAddr>,
-    /// Datagrams the agent sent (keep-alives).
+    /// Datagrams the agent sent to an address it was neither introduced to
+    /// nor received anything from, but on the IP of an address it was
+    /// introduced to: N1's prediction windows and N2's probes, which N3
+    /// confines to the introduced IP (any port). Explained, and counted.
+    pub spread_sends: u64,
+    /// Datagrams the agent sent (keep-alives), from whichever socket: its
+    /// `Transmit::Datagram`s and its `Transmit::Spray`s (N2) alike.
     pub datagrams_sent: u64,
+    /// The agent's datagrams ([`datagrams_sent`](Self::datagrams_sent)) by
+    /// destination IP.
+    pub datagrams_by_ip: BTreeMap<IpAddr, u64>,
+    /// Of [`datagrams_sent`](Self::datagrams_sent), the `Transmit::Spray`s
+    /// (N2: an opener's one datagram per socket, and keep-alives from the
+    /// socket it kept). A prober's probes are `Transmit::Datagram`s.
+    pub spray_datagrams_sent: u64,
+    /// Its extra sockets (N2): the ones its agent's birthday attempts open,
+    /// and those it kept, each pinned to a path. See [`crate::sockets`].
+    pub sockets: SpraySockets,
     /// Datagrams the session endpoint sent (handshakes, sealed control
     /// messages, session keep-alives and clock pings).
     pub session_datagrams_sent: u64,
@@ -212,6 +247,25 @@ pub struct Host {
     restarts: u32,
     /// The agent's seed as given to [`World::add_host`].
     agent_seed: u64,
+}
+
+impl Host {
+    /// Records where the agent sends a datagram (by IP in
+    /// [`datagrams_by_ip`](Self::datagrams_by_ip)): an address it was
+    /// introduced to or heard from is explained; another port of an
+    /// introduced IP too, counted in [`spread_sends`](Self::spread_sends);
+    /// anything else is an [unexplained send](Self::unexplained_sends).
+    fn record_send(&mut self, to: SocketAddr) {
+        *self.datagrams_by_ip.entry(to.ip()).or_default() += 1;
+        if self.introduced.contains(&to) || self.observed.contains(&to) {
+            return;
+        }
+        if self.introduced.iter().any(|i| i.ip() == to.ip()) {
+            self.spread_sends += 1;
+        } else {
+            self.unexplained_sends.push(to);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -240,6 +294,9 @@ pub enum Drop {
     Unroutable,
     /// Hairpinning is off.
     NoHairpin,
+    /// A host has the IP but no socket open on the port (an extra socket
+    /// that closed, N2: [`Host::sockets`]).
+    ClosedPort,
     /// The link between the two hosts is blackholed ([`World::set_blackhole`]).
     Blackhole,
 }
@@ -461,7 +518,11 @@ impl World {
             introduced: BTreeSet::new(),
             observed: BTreeSet::new(),
             unexplained_sends: Vec::new(),
+            spread_sends: 0,
             datagrams_sent: 0,
+            datagrams_by_ip: BTreeMap::new(),
+            spray_datagrams_sent: 0,
+            sockets: SpraySockets::default(),
             session_datagrams_sent: 0,
             conns: HostConns::new(self.path_config),
             generation: 0,
@@ -492,6 +553,8 @@ impl World {
         host.id = id;
         host.endpoint = endpoint;
         host.agent = agent;
+        // A new process: the old one's extra sockets are closed.
+        host.sockets.clear();
         let relay = host.conns.relay.as_ref().map(|r| *r.config());
         host.conns = HostConns::new(self.path_config);
         host.conns.relay = relay.map(RelayServer::new);
@@ -523,6 +586,7 @@ impl World {
         host.restarts = restarts;
         host.endpoint = endpoint;
         host.agent = agent;
+        host.sockets.clear();
         let relay = host.conns.relay.as_ref().map(|r| *r.config());
         host.conns = HostConns::new(self.path_config);
         host.conns.relay = relay.map(RelayServer::new);
@@ -625,10 +689,11 @@ impl World {
     /// The source address a datagram from `h` to `dst` would carry where it
     /// meets `dst`'s realm, following `h`'s live NAT mappings without
     /// creating or refreshing any; `None` when some NAT on the way has no
-    /// live mapping for it (or `dst` is not routable from `h`).
+    /// live mapping for it (or `dst` is not routable from `h`). The datagram
+    /// leaves from the socket [`source_socket`](Self::source_socket) names.
     #[must_use]
     pub fn mapping(&self, h: HostId, dst: SocketAddr) -> Option<SocketAddr> {
-        let (mut realm, mut src) = (self.hosts[h.0].realm, self.hosts[h.0].addr);
+        let (mut realm, mut src) = (self.hosts[h.0].realm, self.source_socket(h, dst));
         for _ in 0..16 {
             if self.holds(realm, dst.ip()) {
                 return Some(src);
@@ -641,6 +706,14 @@ impl World {
             realm = node.outside;
         }
         None
+    }
+
+    /// The local address a datagram of `h` to `dst` leaves from: the socket
+    /// pinned to `dst` (N2: kept by a birthday attempt), else the main one.
+    #[must_use]
+    pub fn source_socket(&self, h: HostId, dst: SocketAddr) -> SocketAddr {
+        let host = &self.hosts[h.0];
+        host.sockets.route(dst).unwrap_or(host.addr)
     }
 
     /// Whether `ip` is a host's or a NAT's external address in `realm`.
@@ -656,20 +729,27 @@ impl World {
 
     /// Follows `dst` down from `realm` through NAT mappings, filtering at
     /// `self.now`. With `filter == false` only looks (for latency estimates).
+    /// Returns the host and the local address reached: its main socket's or
+    /// one of its extra sockets' ([`Host::sockets`]); a host's IP with no
+    /// socket open on the port is a closed port.
     fn route_down(
         &mut self,
         mut realm: Realm,
         src: SocketAddr,
         mut dst: SocketAddr,
         filter: bool,
-    ) -> Result<HostId, Drop> {
+    ) -> Result<(HostId, SocketAddr), Drop> {
         for _ in 0..16 {
+            let on_ip = |h: &Host| h.realm == realm && h.addr.ip() == dst.ip();
             if let Some(h) = self
                 .hosts
                 .iter()
-                .position(|h| h.realm == realm && h.addr == dst)
+                .position(|h| on_ip(h) && (h.addr == dst || h.sockets.get(dst).is_some()))
             {
-                return Ok(HostId(h));
+                return Ok((HostId(h), dst));
+            }
+            if self.hosts.iter().any(on_ip) {
+                return Err(Drop::ClosedPort);
             }
             let Some(n) = self
                 .nats
@@ -727,11 +807,27 @@ impl World {
         self.transmit(from, dst, bytes, impaired, "session ");
     }
 
-    /// Puts a datagram on the wire. Only an impaired datagram draws from the
-    /// world's generator for loss, duplication and jitter (in that order).
+    /// Puts a datagram on the wire from the socket of `from` that
+    /// [`source_socket`](Self::source_socket) names for `dst`.
     fn transmit(
         &mut self,
         from: HostId,
+        dst: SocketAddr,
+        bytes: &[u8],
+        impaired: bool,
+        kind: &str,
+    ) {
+        let local = self.source_socket(from, dst);
+        self.transmit_from(from, local, dst, bytes, impaired, kind);
+    }
+
+    /// Puts a datagram on the wire from `from`'s socket at `local`. Only an
+    /// impaired datagram draws from the world's generator for loss,
+    /// duplication and jitter (in that order).
+    fn transmit_from(
+        &mut self,
+        from: HostId,
+        local: SocketAddr,
         dst: SocketAddr,
         bytes: &[u8],
         impaired: bool,
@@ -742,8 +838,11 @@ impl World {
         if impaired {
             self.loss_pattern.push(lost);
         }
-        let (realm, src0) = (self.hosts[from.0].realm, self.hosts[from.0].addr);
-        let routed = self.route_up(realm, src0, dst);
+        let realm = self.hosts[from.0].realm;
+        if local != self.hosts[from.0].addr {
+            self.hosts[from.0].sockets.count_sent(local);
+        }
+        let routed = self.route_up(realm, local, dst);
         let name = self.hosts[from.0].name.clone();
         let (meet, src) = match routed {
             Ok(x) => x,
@@ -756,7 +855,7 @@ impl World {
             log!(self, "{name} ({src}) -> {dst} {kind}lost");
             return self.count_drop(Drop::Loss);
         }
-        let dst_host = self.route_down(meet, src, dst, false).ok();
+        let dst_host = self.route_down(meet, src, dst, false).ok().map(|(h, _)| h);
         if let Some(to) = dst_host {
             if self.blackholed(from, to) {
                 log!(self, "{name} ({src}) -> {dst} {kind}blackholed");
@@ -1268,11 +1367,15 @@ impl World {
                     Transmit::Datagram { to, payload, .. } => {
                         let host = &mut self.hosts[h.0];
                         host.datagrams_sent += 1;
-                        if !host.introduced.contains(&to) && !host.observed.contains(&to) {
-                            host.unexplained_sends.push(to);
-                        }
+                        host.record_send(to);
                         self.send_datagram(h, to, payload.as_bytes());
                     }
+                    Transmit::Spray {
+                        attempt,
+                        socket,
+                        to,
+                        payload,
+                    } => self.send_spray(h, attempt, socket, to, payload.as_bytes()),
                 }
             }
             while let Some(e) = self.hosts[h.0].agent.poll_event() {
@@ -1290,6 +1393,15 @@ impl World {
                     if let Some(key) = host.endpoint.peer_by_node_id(node) {
                         host.conns.paths.on_punch(now, &key, outcome);
                     }
+                }
+                if let Event::SprayEnded {
+                    attempt,
+                    outcome,
+                    keep,
+                    ..
+                } = e
+                {
+                    self.spray_ended(h, attempt, outcome, keep);
                 }
                 if let Event::ClassificationChanged {
                     class,
@@ -1321,6 +1433,56 @@ impl World {
                 break;
             }
         }
+    }
+
+    /// N2: a `Transmit::Spray` of `h`'s agent: from socket `socket` of
+    /// birthday attempt `attempt`, opened now if it is new (a fresh port on
+    /// the host's IP: its NAT makes a new mapping), or from the socket the
+    /// attempt kept. A socket of an ended attempt that was not kept is
+    /// closed: nothing is sent ([`SpraySockets::late`]); nor beyond
+    /// [`MAX_OPEN`](crate::sockets::MAX_OPEN) open sockets.
+    fn send_spray(&mut self, h: HostId, attempt: u64, socket: u16, to: SocketAddr, bytes: &[u8]) {
+        let host = &mut self.hosts[h.0];
+        let from = host.sockets.send_from(host.addr, attempt, socket);
+        let SendFrom::Socket(local, opened) = from else {
+            log!(
+                self,
+                "{} spray socket {attempt}/{socket} -> {to} not sent: {from:?}",
+                self.hosts[h.0].name
+            );
+            return;
+        };
+        host.datagrams_sent += 1;
+        host.spray_datagrams_sent += 1;
+        host.record_send(to);
+        if opened {
+            log!(
+                self,
+                "{} opens spray socket {attempt}/{socket} at {local}",
+                self.hosts[h.0].name
+            );
+        }
+        self.transmit_from(h, local, to, bytes, true, "spray ");
+    }
+
+    /// N2: `h`'s birthday attempt `attempt` ended: its sockets close, but
+    /// the one it keeps, which is pinned to the success's path.
+    fn spray_ended(&mut self, h: HostId, attempt: u64, outcome: SprayOutcome, keep: Option<u16>) {
+        let sockets = &mut self.hosts[h.0].sockets;
+        let closed = match (keep, outcome) {
+            (Some(socket), SprayOutcome::Succeeded { path }) => {
+                sockets.end(attempt, Some((socket, path)))
+            }
+            (Some(_), _) => sockets.end_bad_keep(attempt),
+            (None, _) => sockets.end(attempt, None),
+        };
+        log!(
+            self,
+            "{} attempt {attempt} ended: {closed} spray sockets closed, {} open, pinned {:?}",
+            self.hosts[h.0].name,
+            self.hosts[h.0].sockets.open(),
+            self.hosts[h.0].sockets.pinned().collect::<Vec<_>>()
+        );
     }
 
     /// Carries out what `h`'s connection manager asks for (path pings and
@@ -1645,21 +1807,34 @@ impl World {
             return self.count_drop(Drop::Unroutable);
         }
         match self.route_down(realm, src, dst, true) {
-            Ok(h) => {
+            Ok((h, local)) => {
                 self.hosts[h.0].observed.insert(src);
-                if let DatagramKind::Session(_) = natrix_session::classify(&bytes) {
-                    self.deliver_session(h, src, &bytes);
-                } else {
-                    // Keep-alives are the agent's; the agent hands back
-                    // anything else for the application.
+                let extra = self.hosts[h.0].sockets.get(local).copied();
+                if let Some(sock) = extra {
+                    self.hosts[h.0].sockets.count_received(local);
+                    // N2: an extra socket's datagrams go to the agent's
+                    // attempt first; what it does not consume is the host's
+                    // input as on the main socket.
                     let now = self.now;
-                    let host = &mut self.hosts[h.0];
-                    let local = host.addr;
-                    let verdict = host.agent.handle_datagram(now, local, src, &bytes);
+                    let verdict = self.hosts[h.0].agent.handle_spray_datagram(
+                        now,
+                        sock.attempt,
+                        sock.socket,
+                        src,
+                        &bytes,
+                    );
+                    log!(
+                        self,
+                        "{} <- {src} on spray socket {}/{} ({local}): {verdict:?}",
+                        self.hosts[h.0].name,
+                        sock.attempt,
+                        sock.socket
+                    );
                     if verdict == DatagramVerdict::NotOurs {
-                        host.app_inbox.push((now, src, bytes));
+                        self.host_input(h, local, src, bytes);
                     }
-                    log!(self, "{} <- {src} {verdict:?}", self.hosts[h.0].name);
+                } else {
+                    self.host_input(h, local, src, bytes);
                 }
                 self.drain(h);
             }
@@ -1668,6 +1843,31 @@ impl World {
                 self.count_drop(why);
             }
         }
+    }
+
+    /// A datagram from `src` reached host `h`'s socket at `local` (its main
+    /// socket, or an extra socket's datagram the agent did not consume):
+    /// session packets to the endpoint, keep-alives to the agent, anything
+    /// else to the application inbox.
+    fn host_input(&mut self, h: HostId, local: SocketAddr, src: SocketAddr, bytes: Vec<u8>) {
+        if let DatagramKind::Session(_) = natrix_session::classify(&bytes) {
+            self.deliver_session(h, src, &bytes);
+            return;
+        }
+        // Keep-alives are the agent's; the agent hands back anything else
+        // for the application. (On an extra socket the agent already saw
+        // the keep-alives: `handle_spray_datagram` consumes them all.)
+        let now = self.now;
+        let host = &mut self.hosts[h.0];
+        let verdict = if local == host.addr {
+            host.agent.handle_datagram(now, local, src, &bytes)
+        } else {
+            DatagramVerdict::NotOurs
+        };
+        if verdict == DatagramVerdict::NotOurs {
+            host.app_inbox.push((now, src, bytes));
+        }
+        log!(self, "{} <- {src} {verdict:?}", self.hosts[h.0].name);
     }
 
     fn next_time(&self) -> Option<Instant> {

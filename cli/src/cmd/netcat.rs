@@ -69,6 +69,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use natrix_proto::spray::SprayConfig;
 use natrix_tokio::{
     ChangeReason, ConnectError, Connection, ConnectionEvent, MAX_DATAGRAM, NatClass, Node,
     PathEvent, PathInfo, PathKind, PublicKey,
@@ -172,6 +173,23 @@ pub(crate) struct PeerArgs {
     /// Do not measure the NAT's behaviour (the NAT class alone decides).
     #[arg(long)]
     pub(crate) no_behaviour: bool,
+    /// Birthday punching (N2), for a pair where one side's NAT gives each
+    /// destination a new random port and the other's mapping is stable
+    /// (both must have measured their NAT behaviour): the sockets this node
+    /// opens per attempt when it is the random-port side, one datagram
+    /// each (at most 1024; 0 turns birthday punching off).
+    #[arg(long, value_name = "N", default_value_t = SprayConfig::default().sockets)]
+    pub(crate) spray_sockets: u16,
+    /// Birthday punching: the probes (to random ports of the peer's IP) this
+    /// node sends per attempt when it is the stable side (0 turns birthday
+    /// punching off).
+    #[arg(long, value_name = "N", default_value_t = SprayConfig::default().max_probes)]
+    pub(crate) spray_probes: u16,
+    /// Birthday punching: datagrams per second per attempt, either side (at
+    /// most 4096). An attempt must be done within the punch's deadline (5
+    /// s), so more probes want a higher rate.
+    #[arg(long, value_name = "N", default_value_t = SprayConfig::default().rate)]
+    pub(crate) spray_rate: u32,
     /// Write a JSON record of the run to FILE when the command ends: the
     /// classification, path changes, first datagram, punch counters (see
     /// docs/cli.md).
@@ -457,7 +475,20 @@ impl Peer {
             (Some(s), false) => Some(resolve_host_port("--behaviour-server", s)?),
             (None, false) => stun_servers.first().copied(),
         };
+        let agent = natrix_proto::Config::builder()
+            .spray(SprayConfig {
+                sockets: args.spray_sockets,
+                max_probes: args.spray_probes,
+                rate: args.spray_rate,
+                ..SprayConfig::default()
+            })
+            .build()
+            .map_err(|e| {
+                CliError::usage(format!("birthday punching: {e}"))
+                    .hint("--spray-sockets is at most 1024, --spray-rate at most 4096")
+            })?;
         let opts = PeerOptions {
+            agent,
             classification: explicit,
             stun_servers: stun_servers.clone(),
             behaviour_server,

@@ -24,6 +24,7 @@ use crate::runtime::Runtime;
 pub mod bench;
 pub mod conn;
 pub mod net;
+pub mod spray;
 
 /// IPv4 loopback.
 pub const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -721,6 +722,12 @@ pub async fn batched_receive_keeps_datagrams_whole<R: Runtime>(rt: R, ip: IpAddr
 #[macro_export]
 macro_rules! e2e_suite {
     ($block_on:path, $rt:expr) => {
+        // 127.0.0.18 is loopback on Linux (all of 127/8), not everywhere.
+        #[cfg(target_os = "linux")]
+        #[test]
+        fn n2_birthday_pins_the_kept_socket_v4() {
+            $block_on($crate::testkit::spray::birthday_pins_the_kept_socket($rt))
+        }
         #[test]
         fn c8_coordinator_serves_rfc5780_stun_v4() {
             $block_on($crate::testkit::net::stun_coordinator_serves_rfc5780($rt))

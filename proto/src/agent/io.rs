@@ -8,6 +8,7 @@ use crate::behaviour::NatProfile;
 use crate::classify::NatClass;
 use crate::discovery::{ProbeError, SweepOutcome};
 use crate::error::TraversalError;
+use crate::spray::SprayOutcome;
 use crate::stats::Stats;
 use crate::wire::NodeId;
 
@@ -126,6 +127,23 @@ pub enum Transmit {
         /// The datagram.
         payload: Payload,
     },
+    /// N2: a datagram from the birthday attempt's local socket number
+    /// `socket` (`0..SprayConfig::sockets`). The driver opens that socket
+    /// the first time it is named — a fresh port on the main socket's IP,
+    /// so the NAT makes a new mapping for it — hands what arrives on it to
+    /// [`Agent::handle_spray_datagram`](crate::Agent::handle_spray_datagram),
+    /// and closes the attempt's sockets when its [`Event::SprayEnded`]
+    /// comes (all but the one it names to keep).
+    Spray {
+        /// The attempt (its id in [`Event::SprayEnded`]).
+        attempt: u64,
+        /// The attempt's socket to send from.
+        socket: u16,
+        /// The destination.
+        to: SocketAddr,
+        /// The datagram.
+        payload: Payload,
+    },
 }
 
 /// Which side of a punch this node played.
@@ -196,6 +214,25 @@ pub enum Event {
         /// How it ended.
         outcome: SweepOutcome,
     },
+    /// N2: a birthday attempt ended (it started with a rendezvous whose pair
+    /// needs one; see [`birthday_side`](crate::behaviour::birthday_side)).
+    /// The driver closes the attempt's sockets now, except `keep`: the
+    /// socket the peer's keep-alive came in on, which from now on carries
+    /// every datagram to `path` (the punch's [`Event::PunchSucceeded`],
+    /// which follows, names the same path). [`Transmit::Spray`] with this
+    /// attempt and `keep` may still follow (the train's last keep-alives).
+    SprayEnded {
+        /// The other end.
+        peer: NodeId,
+        /// The attempt.
+        attempt: u64,
+        /// How it ended.
+        outcome: SprayOutcome,
+        /// The socket to keep, on the hard side of a success.
+        keep: Option<u16>,
+        /// Datagrams the attempt sent.
+        sent: u16,
+    },
     /// A standalone reflex probe ended.
     ReflexProbed {
         /// The id `probe_reflex` returned.
@@ -231,6 +268,15 @@ impl Outbox {
         self.transmits.push_back(Transmit::Control {
             to,
             channel,
+            payload: Payload::new(bytes),
+        });
+    }
+
+    pub(crate) fn spray(&mut self, attempt: u64, socket: u16, to: SocketAddr, bytes: &[u8]) {
+        self.transmits.push_back(Transmit::Spray {
+            attempt,
+            socket,
+            to,
             payload: Payload::new(bytes),
         });
     }

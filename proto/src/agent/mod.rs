@@ -7,8 +7,12 @@
 //! in this order:
 //!
 //! 1. [`poll_transmit`](Agent::poll_transmit) until `None` — send each control
-//!    message on its peer's session and each datagram from its `local` socket;
-//! 2. [`poll_event`](Agent::poll_event) until `None` — deliver to the application;
+//!    message on its peer's session, each datagram from its `local` socket,
+//!    and each birthday datagram from its attempt's socket (N2,
+//!    [`Transmit::Spray`]);
+//! 2. [`poll_event`](Agent::poll_event) until `None` — deliver to the
+//!    application (and act on [`Event::SprayEnded`]: close the attempt's
+//!    sockets but the kept one, which carries the path from then on);
 //! 3. [`poll_timeout`](Agent::poll_timeout) — sleep until that instant (or until
 //!    input arrives), then call [`handle_timeout`](Agent::handle_timeout).
 //!
@@ -25,6 +29,7 @@
 //!     match t {
 //!         Transmit::Control { to, channel, payload } => { /* session send */ }
 //!         Transmit::Datagram { local, to, payload } => { /* socket send */ }
+//!         Transmit::Spray { attempt, socket, to, payload } => { /* that attempt's socket */ }
 //!     }
 //! }
 //! while let Some(_event) = agent.poll_event() { /* application */ }
@@ -38,7 +43,7 @@ use core::net::{IpAddr, SocketAddr};
 use core::num::NonZeroU32;
 use core::time::Duration;
 
-use crate::behaviour::{NatProfile, pair_action_with_profiles};
+use crate::behaviour::{NatProfile, birthday_side, pair_action_with_profiles};
 use crate::classify::{NatClass, PairAction, canonical_addr, is_bogus_destination};
 use crate::config::Config;
 use crate::discovery::{Discovery, DiscoveryCtx, ProbeError, ReclassifyOutcome};
@@ -224,11 +229,14 @@ impl Agent {
 
     fn ctx(&mut self) -> (Ctx<'_>, &mut Endpoint) {
         let local_reflex = self.local_reflex();
+        let (local_class, local_profile) = (self.nat_class(), self.local_profile());
         (
             Ctx {
                 id: self.id,
                 bind: self.bind,
                 local_reflex,
+                local_class,
+                local_profile,
                 config: &self.config,
                 peers: &self.peers,
                 out: &mut self.out,
@@ -382,7 +390,35 @@ impl Agent {
         match Keepalive::decode(datagram) {
             Ok(k) if k.sender != self.id => {
                 let (mut cx, ep) = self.ctx();
-                ep.handle_keepalive(&mut cx, now, src, k);
+                ep.handle_keepalive(&mut cx, now, src, k, None);
+            }
+            _ => bump(&mut self.out.stats.keepalives_dropped),
+        }
+        DatagramVerdict::Consumed
+    }
+
+    /// N2: a datagram that arrived from `src` on socket `socket` of birthday
+    /// attempt `attempt` (a [`Transmit::Spray`] opened it). A keep-alive of
+    /// the peer whose attempt that is can confirm its punch there (R8 as on
+    /// the main socket); the path then stays on that socket
+    /// ([`Event::SprayEnded`] names it to keep). Anything else is
+    /// [`DatagramVerdict::NotOurs`].
+    pub fn handle_spray_datagram(
+        &mut self,
+        now: Instant,
+        attempt: u64,
+        socket: u16,
+        src: SocketAddr,
+        datagram: &[u8],
+    ) -> DatagramVerdict {
+        if !is_keepalive(datagram) {
+            return DatagramVerdict::NotOurs;
+        }
+        let src = canonical_addr(src);
+        match Keepalive::decode(datagram) {
+            Ok(k) if k.sender != self.id => {
+                let (mut cx, ep) = self.ctx();
+                ep.handle_keepalive(&mut cx, now, src, k, Some((attempt, socket)));
             }
             _ => bump(&mut self.out.stats.keepalives_dropped),
         }
@@ -603,18 +639,31 @@ impl Agent {
         let announced = self.peers.announced(target);
         let local = self.nat_class();
         let remote = announced.map_or(NatClass::Unknown, |a| a.class);
-        let action = pair_action_with_profiles(
-            local,
-            self.local_profile(),
-            remote,
-            announced.and_then(|a| a.profile),
-        );
+        let remote_profile = announced.and_then(|a| a.profile);
+        let mut action =
+            pair_action_with_profiles(local, self.local_profile(), remote, remote_profile);
+        // N2: a pair no rendezvous punch can open may still be opened by a
+        // birthday attempt, when the caps allow one.
+        let caps = self.config.spray();
+        let birthday = birthday_side(local, self.local_profile(), remote, remote_profile);
+        if action == PairAction::SkipPunch
+            && birthday.is_some()
+            && caps.sockets > 0
+            && caps.max_probes > 0
+        {
+            action = PairAction::SinglePunch;
+        }
         let punch_id = self.mint_punch_id();
         match (action, announced) {
             (PairAction::SkipPunch, _) => {
                 bump(&mut self.out.stats.punches_skipped);
                 bump(&mut self.out.stats.relay_fallbacks);
-                return Err(TraversalError::Skipped { local, remote });
+                let profiles = self.local_profile().zip(remote_profile);
+                return Err(TraversalError::Skipped {
+                    local,
+                    remote,
+                    profiles,
+                });
             }
             (PairAction::Direct, Some(a)) => {
                 bump(&mut self.out.stats.direct_paths);

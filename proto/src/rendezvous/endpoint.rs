@@ -102,11 +102,14 @@ use super::punches::{Pending, Punches};
 
 use crate::agent::io::{Channel, Event, Outbox, PathMethod, Role};
 use crate::agent::peers::Peers;
+use crate::behaviour::{NatProfile, birthday_side};
+use crate::classify::NatClass;
 use crate::classify::{canonical_addr, canonical_ip, is_bogus_destination};
 use crate::config::{Config, UnannouncedPeerPolicy};
 use crate::error::{PunchStage, TraversalError};
 use crate::rng::mix64;
 use crate::schedule::KeepaliveTrain;
+use crate::spray::{SprayMachine, SprayOutcome, SpraySide};
 use crate::stats::bump;
 use crate::table::WindowTable;
 use crate::time::{Instant, duration_to_millis, peer_wall_to_local};
@@ -137,6 +140,10 @@ pub(crate) struct Ctx<'a> {
     /// This node's public address, when known (R13: never a keep-alive to
     /// ourselves).
     pub(crate) local_reflex: Option<SocketAddr>,
+    /// This node's class and profile in force (N2: which side of a birthday
+    /// punch it plays).
+    pub(crate) local_class: NatClass,
+    pub(crate) local_profile: Option<NatProfile>,
     pub(crate) config: &'a Config,
     pub(crate) peers: &'a Peers,
     pub(crate) out: &'a mut Outbox,
@@ -210,6 +217,73 @@ struct Train {
     sent: u32,
     /// N1: the peer's predicted ports, covered until its keep-alive arrives.
     window: Option<Window>,
+    /// N2: this train's birthday attempt, when its pair needs one.
+    birthday: Option<Birthday>,
+    /// N2, hard side: the attempt socket the peer's keep-alive came in on;
+    /// keep-alives to the path leave from it.
+    via: Option<(u64, u16)>,
+}
+
+/// N2: a train's birthday attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Birthday {
+    side: SpraySide,
+    state: BirthdayState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BirthdayState {
+    /// Starts at this time: the opener at the fire time, the prober once
+    /// the opener's sockets are all open.
+    Pending(Instant),
+    /// Running (or ended) under this attempt id.
+    Started(u64),
+    /// The caps refused it.
+    Refused,
+}
+
+impl Birthday {
+    fn due(&self) -> Option<Instant> {
+        match self.state {
+            BirthdayState::Pending(at) => Some(at),
+            _ => None,
+        }
+    }
+}
+
+/// Sends a keep-alive from wherever the train's path is: the attempt
+/// socket it came in on (N2, hard side), else the main socket.
+fn send_keepalive(
+    out: &mut Outbox,
+    bind: SocketAddr,
+    via: Option<(u64, u16)>,
+    to: SocketAddr,
+    ka: &[u8],
+) {
+    match via {
+        Some((attempt, socket)) => out.spray(attempt, socket, to, ka),
+        None => out.datagram(bind, to, ka),
+    }
+}
+
+/// N2: turns the spray machine's ended attempts into events; `keep` is the
+/// (attempt, socket) a success came in on.
+fn drain_spray(spray: &mut SprayMachine, out: &mut Outbox, keep: Option<(u64, u16)>) {
+    while let Some(e) = spray.poll_event() {
+        let won = matches!(e.outcome, SprayOutcome::Succeeded { .. });
+        if won {
+            bump(&mut out.stats.birthday_successes);
+        }
+        out.events.push_back(Event::SprayEnded {
+            peer: e.peer,
+            attempt: e.attempt,
+            outcome: e.outcome,
+            keep: keep
+                .filter(|(attempt, _)| won && *attempt == e.attempt)
+                .map(|(_, socket)| socket),
+            sent: e.sent,
+        });
+    }
 }
 
 /// N1: the ports a train covers besides the introduced one: `len` ports from
@@ -289,7 +363,7 @@ impl Punch {
 impl Pending for Punch {
     fn wake(&self) -> Instant {
         let train = match &self.phase {
-            Phase::Train(t) => t.next_at(),
+            Phase::Train(t) => crate::time::earliest(t.next_at(), t.birthday.and_then(|b| b.due())),
             Phase::AwaitIntroduce => None,
         };
         train.map_or(self.deadline, |t| t.min(self.deadline))
@@ -398,6 +472,8 @@ pub struct Endpoint {
     /// N1: port predictions coordinators sent for the introduce they send
     /// next, keyed by (coordinator, peer): (fire time, port, step).
     predictions: WindowTable<(NodeId, NodeId), (u64, u16, i16)>,
+    /// N2: the birthday attempts, under the caps of `Config::spray`.
+    spray: SprayMachine,
     /// R11: the last punch with each peer, for a punch deadline after it
     /// started.
     recent: WindowTable<NodeId, Recent>,
@@ -491,6 +567,7 @@ impl Endpoint {
             ),
             bindings: WindowTable::with_seed(cap, config.punch_deadline(), seeds(4)),
             predictions: WindowTable::with_seed(cap, config.punch_deadline(), seeds(7)),
+            spray: SprayMachine::new(config.spray(), seeds(8)),
             recent: WindowTable::with_seed(
                 pending.saturating_mul(2),
                 config.punch_deadline(),
@@ -658,6 +735,8 @@ impl Endpoint {
     ) -> bool {
         match self.punches.remove(&peer) {
             Some(mut p) => {
+                self.spray.cancel(peer);
+                drain_spray(&mut self.spray, cx.out, None);
                 report(cx.out, peer, &mut p, now, Err(error));
                 true
             }
@@ -712,6 +791,8 @@ impl Endpoint {
             acked: false,
             sent: 0,
             window: None,
+            birthday: None,
+            via: None,
         }
     }
 
@@ -822,7 +903,47 @@ impl Endpoint {
                 self.predictions.remove(&(from, intro.peer));
                 self.take_prediction(cx, from, intro.peer, intro.fire_at_ms, port, step);
             }
+            self.plan_birthday(cx, intro.peer);
         }
+    }
+
+    /// N2: a new train with `peer` whose pair needs a birthday punch gets
+    /// one: the opener starts at the fire time, the prober once the
+    /// opener's sockets are open (its own caps' `sockets / rate` later).
+    /// An attempt still running with the peer (an earlier train's) ends.
+    fn plan_birthday(&mut self, cx: &mut Ctx<'_>, peer: NodeId) {
+        if self.spray.cancel(peer) {
+            drain_spray(&mut self.spray, cx.out, None);
+        }
+        let remote = cx.peers.announced(peer);
+        let side = birthday_side(
+            cx.local_class,
+            cx.local_profile,
+            remote.map_or(NatClass::Unknown, |a| a.class),
+            remote.and_then(|a| a.profile),
+        );
+        let (Some(side), Some(Phase::Train(t))) =
+            (side, self.punches.get_mut(&peer).map(|p| &mut p.phase))
+        else {
+            return;
+        };
+        let Some(fire) = t.next_at() else {
+            return;
+        };
+        let caps = cx.config.spray();
+        let start = match side {
+            SpraySide::Opener => fire,
+            SpraySide::Prober => {
+                let nanos = u64::from(caps.sockets).saturating_mul(1_000_000_000)
+                    / u64::from(caps.rate.max(1));
+                fire.saturating_add(core::time::Duration::from_nanos(nanos))
+            }
+        };
+        t.birthday = Some(Birthday {
+            side,
+            state: BirthdayState::Pending(start),
+        });
+        self.punches.resync(&peer);
     }
 
     /// N1: the train of `coordinator`'s rendezvous with `peer` at `fire`, if
@@ -1148,13 +1269,17 @@ impl Endpoint {
         }
     }
 
-    /// A keep-alive datagram from `src` (R2, R8).
+    /// A keep-alive datagram from `src` (R2, R8), on the main socket or —
+    /// `via` (N2) — on socket `via.1` of birthday attempt `via.0`: one the
+    /// driver has open, for a running attempt or kept for a path. R8 holds
+    /// either way; a confirmed path stays on the socket it came in on.
     pub(crate) fn handle_keepalive(
         &mut self,
         cx: &mut Ctx<'_>,
         now: Instant,
         src: SocketAddr,
         k: Keepalive,
+        via: Option<(u64, u16)>,
     ) {
         // R2: only the punch expecting this sender can be touched, and only a
         // keep-alive that passes R8 consumes it.
@@ -1175,6 +1300,15 @@ impl Endpoint {
         // R8: the address it really came from is the path (peer-reflexive).
         t.seen = Some(src);
         t.send_to = src;
+        if via.is_some() {
+            t.via = via;
+        }
+        // N2: a running birthday attempt with the peer found its path (or
+        // the plain train did first): it ends now, before the punch's
+        // success, so that a driver pins the kept socket first.
+        if self.spray.handle_success(k.sender, src) {
+            drain_spray(&mut self.spray, cx.out, via);
+        }
         let ack = PunchAck {
             from_peer: cx.id,
             to_peer: k.sender,
@@ -1189,7 +1323,7 @@ impl Endpoint {
                 sender: cx.id,
                 punch_id: t.token,
             };
-            cx.out.datagram(cx.bind, src, &reply.to_bytes());
+            send_keepalive(cx.out, cx.bind, t.via, src, &reply.to_bytes());
             bump(&mut cx.out.stats.keepalives_sent);
             t.sent = t.sent.saturating_add(1);
         }
@@ -1211,6 +1345,7 @@ impl Endpoint {
     /// first, ties by node id), each once.
     pub(crate) fn handle_timeout(&mut self, cx: &mut Ctx<'_>, now: Instant) {
         let (id, bind, config) = (cx.id, cx.bind, cx.config);
+        let peers = cx.peers;
         let out = &mut *cx.out;
         while let Some(peer) = self.punches.due(now) {
             let Some(p) = self.punches.get_mut(&peer) else {
@@ -1218,6 +1353,10 @@ impl Endpoint {
             };
             if now >= p.deadline {
                 let err = deadline_error(config, p);
+                // N2: the punch gave up; so does its attempt (cool-down).
+                if self.spray.fail(peer, now) {
+                    drain_spray(&mut self.spray, out, None);
+                }
                 report(out, peer, p, now, Err(err));
                 self.punches.remove(&peer);
                 continue;
@@ -1228,7 +1367,7 @@ impl Endpoint {
                         sender: id,
                         punch_id: t.token,
                     };
-                    out.datagram(bind, t.send_to, &ka.to_bytes());
+                    send_keepalive(out, bind, t.via, t.send_to, &ka.to_bytes());
                     bump(&mut out.stats.keepalives_sent);
                     t.sent = t.sent.saturating_add(1);
                     // N1: the predicted ports, on the introduced IP only,
@@ -1247,15 +1386,65 @@ impl Endpoint {
                         t.next_index = t.next_index.saturating_add(1);
                     }
                 }
+                // N2: the attempt starts when due, under the caps, toward the
+                // introduced address — whose IP must be the one the peer
+                // announced itself over an authenticated session (N3).
+                if let Some(b) = &mut t.birthday {
+                    if b.due().is_some_and(|at| at <= now) {
+                        let announced = peers.announced(peer).map(|a| canonical_ip(a.reflex.ip()));
+                        let started = match (announced, t.seen) {
+                            (Some(ip), None) => {
+                                self.spray.start(now, peer, b.side, t.introduced, ip).ok()
+                            }
+                            _ => None,
+                        };
+                        b.state = match started {
+                            Some(attempt) => {
+                                bump(&mut out.stats.birthday_attempts);
+                                BirthdayState::Started(attempt)
+                            }
+                            None if t.seen.is_some() => BirthdayState::Refused,
+                            None => {
+                                bump(&mut out.stats.birthday_refused);
+                                BirthdayState::Refused
+                            }
+                        };
+                    }
+                }
             }
             // Its next wake-up is now later than `now` (the deadline, or the
             // train's next slot): it is not visited again in this call.
             self.punches.resync(&peer);
         }
+        // N2: the attempts' due datagrams, each a keep-alive of its train.
+        while let Some(tx) = self.spray.poll_transmit(now) {
+            let Some(Phase::Train(t)) = self.punches.get(&tx.peer).map(|p| &p.phase) else {
+                continue;
+            };
+            let ka = Keepalive {
+                sender: id,
+                punch_id: t.token,
+            }
+            .to_bytes();
+            match t.birthday.map(|b| b.side) {
+                Some(SpraySide::Opener) => out.spray(tx.attempt, tx.socket, tx.to, &ka),
+                _ => out.datagram(bind, tx.to, &ka),
+            }
+            bump(&mut out.stats.spray_datagrams);
+        }
+        self.spray.handle_timeout(now);
+        drain_spray(&mut self.spray, out, None);
     }
 
-    /// The earliest time a pending punch needs `handle_timeout`.
+    /// The earliest time a pending punch (or a birthday attempt) needs
+    /// `handle_timeout`.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.punches.poll_timeout()
+        crate::time::earliest(self.punches.poll_timeout(), self.spray.poll_timeout())
+    }
+
+    /// N2: the birthday attempts' counters.
+    #[must_use]
+    pub fn spray_stats(&self) -> crate::spray::SprayStats {
+        self.spray.stats()
     }
 }

@@ -286,6 +286,9 @@ impl Net {
                         },
                     );
                 }
+                Transmit::Spray { .. } => {
+                    panic!("the harness has no NATs and runs no birthday punch: {t:?}")
+                }
                 Transmit::Datagram { local, to, payload } => {
                     self.sent.push(Sent {
                         at: now,
