@@ -46,8 +46,11 @@ fn drain(
     now: Instant,
 ) {
     while let Some(t) = a.poll_transmit() {
-        if let Transmit::Datagram { to, payload, .. } = t {
-            assert!(allowed(to), "datagram to {to} ({payload:?})");
+        match t {
+            Transmit::Datagram { to, payload, .. } | Transmit::Spray { to, payload, .. } => {
+                assert!(allowed(to), "datagram to {to} ({payload:?})");
+            }
+            Transmit::Control { .. } => {}
         }
     }
     while let Some(e) = a.poll_event() {
@@ -255,6 +258,9 @@ pub enum Op {
     Control(u8, u8, u8, Vec<u8>),
     /// A datagram (source IP selector, port, bytes).
     Datagram(u8, u16, Vec<u8>),
+    /// A datagram on a birthday attempt's socket (attempt id, socket,
+    /// source IP selector, port, bytes): N2.
+    SprayDatagram(u8, u16, u8, u16, Vec<u8>),
     /// `request_punch(target, coordinator)`.
     Punch(u8, u8),
     /// `cancel_punch(target)`.
@@ -333,6 +339,15 @@ pub fn run_ops(ops: &[Op]) {
                 let _ = a.handle_datagram(
                     now,
                     SocketAddr::new(ip(1), 4001),
+                    SocketAddr::new(ip(*i), *port),
+                    bytes,
+                );
+            }
+            Op::SprayDatagram(attempt, socket, i, port, bytes) => {
+                let _ = a.handle_spray_datagram(
+                    now,
+                    u64::from(*attempt),
+                    *socket,
                     SocketAddr::new(ip(*i), *port),
                     bytes,
                 );
