@@ -435,12 +435,6 @@ impl SprayMachine {
         running
     }
 
-    /// The running attempt with `peer`, if any.
-    #[must_use]
-    pub fn attempt_of(&self, peer: NodeId) -> Option<u64> {
-        self.running.get(&peer).map(|a| a.id)
-    }
-
     /// Ends `peer`'s attempt as failed now (its punch gave up first): like
     /// its deadline passing, with the cool-down. Returns whether one was
     /// running.
@@ -459,19 +453,14 @@ impl SprayMachine {
 
     /// Ends attempts whose deadline has come.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: alloc::vec::Vec<(NodeId, bool)> = self
+        let due: alloc::vec::Vec<NodeId> = self
             .running
             .iter()
             .filter(|(_, a)| a.deadline <= now)
-            .map(|(p, a)| (*p, a.sent >= a.budget))
+            .map(|(p, _)| *p)
             .collect();
-        for (peer, all_sent) in due {
-            let outcome = if all_sent {
-                SprayOutcome::Exhausted
-            } else {
-                SprayOutcome::DeadlinePassed
-            };
-            self.end(peer, outcome, Some(now));
+        for peer in due {
+            self.fail(peer, now);
         }
         self.cooling.retain(|_, until| *until > now);
         self.cooling_ips.retain(|_, until| *until > now);
