@@ -18,6 +18,7 @@
 //!   "datagrams": { "sent": 12, "received": 11 },
 //!   "events": [ { "t": 0.41, "event": "path", "kind": "relayed", "reason": "opened", … } ],
 //!   "path": { "kind": "direct", "remote": "203.0.113.9:4000", … },
+//!   "port_mapping": { "active": true, "external": "203.0.113.7:4000", "renewals": 3 },
 //!   "stats": { "keepalives_sent": 2, "punches_attempted": 1, … }
 //! }
 //! ```
@@ -30,7 +31,9 @@
 //! upgrade, relay refusal and end, in order. `stats` holds the node's
 //! punching counters (`natrix_proto::Stats`): requester and responder punch
 //! counts, keep-alives, matrix verdicts, birthday attempts (N2) and path
-//! upgrades; `spray` the driver's birthday sockets (opened, failed, pinned
+//! upgrades; `port_mapping` the port mapping's part of the same `Stats`
+//! (P7: installed now, its external address, renewals since install;
+//! inactive without `--port-mapping`); `spray` the driver's birthday sockets (opened, failed, pinned
 //! paths now). `path` is the
 //! connection's path when the command ended, `null` if the connection had
 //! already ended (its last `path` event then says where it was).
@@ -124,6 +127,11 @@ impl Record {
             "datagrams": { "sent": self.sent, "received": self.received },
             "events": self.events,
             "path": path.as_ref().map(path_json),
+            "port_mapping": {
+                "active": s.port_mapping_active,
+                "external": s.port_mapping_external.map(|a| a.to_string()),
+                "renewals": s.port_mapping_renewals,
+            },
             "spray": {
                 "sockets_opened": d.spray_sockets_opened,
                 "socket_failures": d.spray_socket_failures,

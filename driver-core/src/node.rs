@@ -197,9 +197,10 @@ fn start_port_mapping<R: Runtime>(
             let commands = commands.clone();
             let glue = rt.spawn(Box::pin(async move {
                 while let Some(ev) = m.next_event().await {
-                    let reflex = m.state().reflex_override();
+                    let state = m.state();
+                    let (reflex, stats) = (state.reflex_override(), PortMapStats::of(&state));
                     if commands
-                        .send(Command::PortMapping(ev, reflex))
+                        .send(Command::PortMapping(ev, reflex, stats))
                         .await
                         .is_err()
                     {
@@ -345,8 +346,9 @@ pub enum ConnectError {
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub(crate) enum Command {
-    /// A port-mapping event, and the reflex override it leaves (P7).
-    PortMapping(SupervisorEvent, Option<SocketAddr>),
+    /// A port-mapping event, the reflex override it leaves and the
+    /// mapping's part of the node's `Stats` (P7).
+    PortMapping(SupervisorEvent, Option<SocketAddr>, PortMapStats),
     /// Port mapping could not start.
     PortMappingFailed(String),
     /// C8: this node's NAT behaviour, measured.
@@ -494,7 +496,38 @@ struct Shared {
     relay_stats: Option<RelayStats>,
     session_stats: Option<SessionStats>,
     driver: DriverStats,
+    port_mapping: PortMapStats,
     subscribers: Vec<async_channel::Sender<NodeEvent>>,
+}
+
+/// The port mapper's part of the node's [`Stats`] (P7: the spec's active
+/// flag, external address and renewals since install), kept apart because
+/// the agent's counters replace `Stats` at every snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PortMapStats {
+    external: Option<SocketAddr>,
+    renewals: u64,
+}
+
+impl PortMapStats {
+    fn of(state: &PortMapState) -> Self {
+        let external = state.mapping.map(|m| m.external);
+        PortMapStats {
+            external,
+            // No mapping, no install to count renewals since.
+            renewals: if external.is_some() {
+                state.renewals
+            } else {
+                0
+            },
+        }
+    }
+
+    fn apply(self, stats: &mut Stats) {
+        stats.port_mapping_active = self.external.is_some();
+        stats.port_mapping_external = self.external;
+        stats.port_mapping_renewals = self.renewals;
+    }
 }
 
 type SharedRef = Arc<Mutex<Shared>>;
@@ -1522,7 +1555,13 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
                 let _ = reply.try_send(self.agent.select_coordinator(target, &candidates));
             }
             Command::Override(r) => self.agent.set_reflex_override(r),
-            Command::PortMapping(ev, reflex) => {
+            Command::PortMapping(ev, reflex, stats) => {
+                // P7: the mapping's state is part of the node's `Stats`.
+                {
+                    let mut shared = lock(&self.shared);
+                    shared.port_mapping = stats;
+                    stats.apply(&mut shared.stats);
+                }
                 if matches!(
                     ev,
                     SupervisorEvent::Installed { .. }
@@ -2024,20 +2063,79 @@ impl<R: Runtime, C: ControlPlane> Task<R, C> {
 fn snapshot<C: ControlPlane>(shared: &SharedRef, agent: &Agent, control: &C, driver: DriverStats) {
     let mut s = lock(shared);
     s.classification = agent.classification();
-    s.stats = agent.stats();
     s.session_stats = control.session_stats();
     s.path_stats = control.path_stats();
     s.relay_stats = control.relay_stats();
-    if let Some(p) = s.path_stats {
-        s.stats.upgrades_attempted = p.upgrades_attempted;
-        s.stats.upgrades_succeeded = p.upgrades_succeeded;
-    }
+    s.stats = node_stats(agent.stats(), s.path_stats, s.port_mapping);
     s.driver = driver;
+}
+
+/// The node's [`Stats`]: the agent's counters, with the driver-maintained
+/// upgrade counters (S4) and port-mapping state (P7) filled in.
+fn node_stats(agent: Stats, paths: Option<PathStats>, port_mapping: PortMapStats) -> Stats {
+    let mut stats = agent;
+    if let Some(p) = paths {
+        stats.upgrades_attempted = p.upgrades_attempted;
+        stats.upgrades_succeeded = p.upgrades_succeeded;
+    }
+    port_mapping.apply(&mut stats);
+    stats
 }
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use natrix_portmap::{Instant, Mapping, Protocol};
+
+    fn state(mapping: Option<SocketAddr>, renewals: u64) -> PortMapState {
+        PortMapState {
+            mapping: mapping.map(|external| Mapping {
+                protocol: Protocol::Pcp,
+                internal: "192.168.1.2:4000".parse().unwrap(),
+                external,
+                lifetime: Duration::from_secs(3600),
+                granted_at: Instant::ZERO,
+            }),
+            renewals,
+            ..PortMapState::default()
+        }
+    }
+
+    /// P7: the port mapper's state shows in the node's `Stats`, and a
+    /// snapshot of the agent's counters does not wipe it.
+    #[test]
+    fn p7_the_mapping_shows_in_stats_and_survives_a_snapshot() {
+        let external: SocketAddr = "203.0.113.7:4000".parse().unwrap();
+        let mut stats = Stats::default();
+        stats.punches_attempted = 3;
+        PortMapStats::of(&state(Some(external), 2)).apply(&mut stats);
+        assert!(stats.port_mapping_active);
+        assert_eq!(stats.port_mapping_external, Some(external));
+        assert_eq!(stats.port_mapping_renewals, 2);
+        assert_eq!(stats.punches_attempted, 3, "the counters are untouched");
+
+        // Every snapshot starts again from the agent's counters, which know
+        // nothing of the mapping: it is applied again.
+        let s = node_stats(
+            Stats::default(),
+            None,
+            PortMapStats::of(&state(Some(external), 2)),
+        );
+        assert_eq!(s.port_mapping_external, Some(external));
+        assert!(s.port_mapping_active);
+        assert_eq!(s.port_mapping_renewals, 2);
+
+        // Lost: inactive, no address, no renewals since an install.
+        PortMapStats::of(&state(None, 2)).apply(&mut stats);
+        assert!(!stats.port_mapping_active);
+        assert_eq!(stats.port_mapping_external, None);
+        assert_eq!(stats.port_mapping_renewals, 0);
     }
 }

@@ -490,7 +490,7 @@ impl<R: Runtime> Task<R> {
                         st.renewals = 0;
                     }
                     SupervisorEvent::Renewed { mapping } => {
-                        debug!(external = %mapping.external, "port mapping renewed");
+                        info!(external = %mapping.external, renewals = st.renewals + 1, "port mapping renewed");
                         st.mapping = Some(*mapping);
                         st.renewals += 1;
                     }
@@ -564,7 +564,94 @@ fn http_exchange(
                 out.extend_from_slice(&chunk[..n]);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // The read timeout is what is left of the deadline.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(format!("no complete answer within {timeout:?}"));
+            }
             Err(e) => return Err(format!("receive: {e}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A gateway on loopback that answers every connection with `serve`.
+    fn gateway(serve: impl Fn(TcpStream) + Send + 'static) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let at = l.local_addr().expect("address");
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                serve(s);
+            }
+        });
+        at
+    }
+
+    fn read_request(s: &mut TcpStream) {
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf);
+    }
+
+    #[test]
+    fn a_complete_answer_is_read_to_the_close() {
+        let gw = gateway(|mut s| {
+            read_request(&mut s);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        });
+        let r = http_exchange(gw, b"GET / HTTP/1.1\r\n\r\n", 1024, Duration::from_secs(5));
+        assert_eq!(
+            r.as_deref(),
+            Ok(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..])
+        );
+    }
+
+    /// Bad input: a gateway that drips a byte at a time and never closes is
+    /// cut off at the total deadline, whatever it keeps sending.
+    #[test]
+    fn a_slow_drip_is_cut_off_at_the_deadline() {
+        let gw = gateway(|mut s| {
+            read_request(&mut s);
+            std::thread::spawn(move || {
+                for _ in 0..600 {
+                    if s.write_all(b"x").is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        });
+        let r = http_exchange(
+            gw,
+            b"GET / HTTP/1.1\r\n\r\n",
+            1 << 20,
+            Duration::from_millis(300),
+        );
+        let e = r.expect_err("a drip never completes");
+        assert!(e.starts_with("no complete answer within"), "{e}");
+    }
+
+    /// Bad input: an answer beyond the cap is refused, not buffered.
+    #[test]
+    fn an_oversized_answer_is_refused() {
+        let gw = gateway(|mut s| {
+            read_request(&mut s);
+            let _ = s.write_all(&[b'y'; 64 * 1024]);
+        });
+        let r = http_exchange(
+            gw,
+            b"GET / HTTP/1.1\r\n\r\n",
+            16 * 1024,
+            Duration::from_secs(5),
+        );
+        let e = r.expect_err("over the cap");
+        assert_eq!(e, "answer larger than 16384 bytes");
     }
 }

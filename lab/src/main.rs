@@ -55,6 +55,9 @@ enum Cmd {
     /// Only the STUN interop with coturn and the pairs with NAT profiles
     /// (C8, and N2's birthday punches): a part of `scenarios`.
     Stun,
+    /// Only the port mapping against miniupnpd (P1–P7, D1): a part of
+    /// `scenarios`.
+    Portmap,
     /// Removes the namespaces an interrupted or killed run left behind.
     Cleanup,
     /// STUN Binding answers per second: a natrix coordinator against coturn,
@@ -200,11 +203,12 @@ fn run(args: &Args) -> Result<bool> {
         peer_flags: Vec::new(),
     };
     let stun_only = matches!(args.command, Some(Cmd::Stun));
+    let portmap_only = matches!(args.command, Some(Cmd::Portmap));
     let (do_matrix, do_scenarios, only) = match &args.command {
         None | Some(Cmd::Run) => (true, true, None),
         Some(Cmd::Matrix { cell }) if !cell.is_empty() => (true, false, Some(parse_cells(cell)?)),
         Some(Cmd::Matrix { .. }) => (true, false, None),
-        Some(Cmd::Scenarios | Cmd::Stun) => (false, true, None),
+        Some(Cmd::Scenarios | Cmd::Stun | Cmd::Portmap) => (false, true, None),
         Some(Cmd::Cleanup | Cmd::StunBench { .. }) => unreachable!("handled in main"),
     };
     let t = Instant::now();
@@ -222,7 +226,8 @@ fn run(args: &Args) -> Result<bool> {
     let v4 = matrix::build_sides(&mut lab, &internet, &Kind::V4, 1)?;
     let v6 = matrix::build_sides(&mut lab, &internet, &Kind::V6, 20)?;
     let mut sites = Vec::new();
-    if do_scenarios && !stun_only {
+    let failure_scenarios = do_scenarios && !stun_only && !portmap_only;
+    if failure_scenarios {
         for (n, kind) in [
             Kind::Masquerade,
             Kind::PortRestricted,
@@ -290,7 +295,7 @@ fn run(args: &Args) -> Result<bool> {
         }
     }
     let mut results: Vec<Scenario> = Vec::new();
-    if do_scenarios && !stun_only {
+    if failure_scenarios {
         let t = Instant::now();
         let mut restart_coordinators = [
             nx.coordinator(&internet, 3, false)?,
@@ -328,6 +333,8 @@ fn run(args: &Args) -> Result<bool> {
             results.push(sc);
         }
         eprintln!("scenarios: {:.1} s", t.elapsed().as_secs_f64());
+    }
+    if do_scenarios && !stun_only {
         let t = Instant::now();
         println!("## Port mapping against miniupnpd\n");
         let smol_map = binary(
@@ -343,7 +350,7 @@ fn run(args: &Args) -> Result<bool> {
         }
         eprintln!("port mapping: {:.1} s", t.elapsed().as_secs_f64());
     }
-    if do_scenarios {
+    if do_scenarios && !portmap_only {
         let t = Instant::now();
         println!("## STUN behaviour discovery and coturn interop\n");
         for sc in natrix_lab::stun::interop(&mut lab, &nx, &internet, 60)? {

@@ -224,6 +224,9 @@ pub struct PeerReport {
     pub final_kind: Option<String>,
     /// The punch counters.
     pub stats: Value,
+    /// The node's port mapping (P7): `active`, `external`, `renewals`
+    /// (`null` from an older binary).
+    pub port_mapping: Value,
     /// The driver's birthday sockets (N2): `sockets_opened`,
     /// `socket_failures`, `pinned_paths` (`null` from an older binary).
     pub spray: Value,
@@ -255,6 +258,7 @@ impl PeerReport {
                 .map(str::to_owned),
             stats: v.get("stats")?.clone(),
             spray: v.get("spray").cloned().unwrap_or(Value::Null),
+            port_mapping: v.get("port_mapping").cloned().unwrap_or(Value::Null),
             ..PeerReport::default()
         };
         for e in v.get("events")?.as_array()? {

@@ -13,6 +13,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use crate::natrix::Natrix;
 use crate::netns::Lab;
 use crate::proc::Proc;
@@ -248,8 +250,10 @@ pub fn miniupnpd(
 }
 
 /// P7 on a node: `natrix listen --port-mapping` behind miniupnpd announces
-/// the mapping's public address as Open; when the gateway loses the mapping
-/// (miniupnpd gone, its rules flushed), the node measures its class again.
+/// the mapping's public address as Open, and its `Stats` show the mapping
+/// (active, external address, renewals); when the gateway loses the mapping
+/// (miniupnpd gone, its rules flushed), the node measures its class again
+/// and the mapping leaves its `Stats`.
 fn node_override(
     lab: &Lab,
     nx: &Natrix,
@@ -257,49 +261,80 @@ fn node_override(
     coordinators: &[&str],
 ) -> Result<Scenario> {
     let mut s = Scenario::named("a node's port mapping becomes its public address (P7)");
-    let (key, _) = nx.keygen("p7-listen")?;
-    let mut args: Vec<String> = vec!["listen".into()];
-    for c in coordinators {
-        args.push("-c".into());
-        args.push((*c).to_owned());
-    }
-    for a in [
-        "--key",
-        &key.to_string_lossy(),
-        "--bind",
-        "0.0.0.0:4000",
-        "--port-mapping",
-        "--port-mapping-lifetime",
-        "6",
-        "--report",
-        &nx.report_path("p7-listen").to_string_lossy(),
-        "-v",
-    ] {
-        args.push(a.to_owned());
-    }
-    let mut p = Proc::spawn(&site.peer, "p7-listen", &nx.dir, &nx.bin, &args, None)?;
     let want = format!("{}:{PORT}", site.wan);
-    let mapped = p
-        .wait_log(
-            &format!("port mapping: {want} via PCP"),
-            Duration::from_secs(15),
-        )
-        .is_ok();
-    let open = p
-        .wait_log(
-            &format!("NAT class: Open, public address {want}"),
-            Duration::from_secs(15),
-        )
-        .is_ok();
+    let listen = |name: &str| -> Result<Proc> {
+        let (key, _) = nx.keygen(name)?;
+        let mut args: Vec<String> = vec!["listen".into()];
+        for c in coordinators {
+            args.push("-c".into());
+            args.push((*c).to_owned());
+        }
+        for a in [
+            "--key",
+            &key.to_string_lossy(),
+            "--bind",
+            "0.0.0.0:4000",
+            "--port-mapping",
+            "--port-mapping-lifetime",
+            "6",
+            "--report",
+            &nx.report_path(name).to_string_lossy(),
+            "-v",
+        ] {
+            args.push(a.to_owned());
+        }
+        Proc::spawn(&site.peer, name, &nx.dir, &nx.bin, &args, None)
+    };
+    let mapped_and_open = |p: &mut Proc| {
+        let mapped = p
+            .wait_log(
+                &format!("port mapping: {want} via PCP"),
+                Duration::from_secs(15),
+            )
+            .is_ok();
+        mapped
+            && p.wait_log(
+                &format!("NAT class: Open, public address {want}"),
+                Duration::from_secs(15),
+            )
+            .is_ok()
+    };
+
+    // First run: the mapping, one renewal (at half the 6 s lease), then the
+    // report the node writes on the way out, before its shutdown deletes
+    // the mapping.
+    let mut p = listen("p7-listen")?;
+    let first = mapped_and_open(&mut p);
+    let renewed = first
+        && p.wait_log("port mapping renewed", Duration::from_secs(10))
+            .is_ok();
+    p.terminate();
+    p.wait_exit(Duration::from_secs(10))?;
+    let report = nx.report("p7-listen")?;
+    let pm = &report.port_mapping;
+    s.measure(format!("its Stats while mapped: {pm}"));
     s.check(
-        format!("the node got the mapping {want} via PCP (the first in the probe order)"),
-        mapped,
+        format!(
+            "the node got the mapping {want} via PCP (the first in the probe order) and announced itself Open there (the reflex override, C6)"
+        ),
+        first,
     );
     s.check(
-        format!("and announced itself Open at {want} (the reflex override, C6)"),
-        open,
+        format!("its Stats show the mapping: active, external {want}, renewed at least once"),
+        renewed
+            && pm.get("active").and_then(Value::as_bool) == Some(true)
+            && pm.get("external").and_then(Value::as_str) == Some(want.as_str())
+            && pm.get("renewals").and_then(Value::as_u64) >= Some(1),
     );
-    // The gateway loses the mapping: miniupnpd stops and its rules go.
+    s.check(
+        "its shutdown deleted the mapping: the gateway's rule is gone (P4)",
+        site.rules(lab, PORT)? == 0,
+    );
+
+    // Second run: the gateway loses the mapping (miniupnpd stops and its
+    // rules go).
+    let mut p = listen("p7-lost")?;
+    let second = mapped_and_open(&mut p);
     site.stop_daemon()?;
     site.forget_mappings(lab)?;
     let lost = p
@@ -315,16 +350,26 @@ fn node_override(
     }
     p.terminate();
     p.wait_exit(Duration::from_secs(10))?;
-    let report = nx.report("p7-listen")?;
+    let report = nx.report("p7-lost")?;
     s.measure(format!(
-        "after the loss: class {} at {}",
+        "after the loss: class {} at {}; Stats {}",
         report.class.as_deref().unwrap_or("?"),
-        report.reflex.as_deref().unwrap_or("?")
+        report.reflex.as_deref().unwrap_or("?"),
+        report.port_mapping
     ));
+    s.check("mapped again in a second run", second);
     s.check("the renewal failed and the mapping was reported lost", lost);
     s.check(
         "losing it restored classification: the node measured itself again (cone behind the gateway's masquerade)",
         lost && report.class.as_deref() == Some("cone"),
+    );
+    s.check(
+        "and the mapping left its Stats (inactive, no external address)",
+        report.port_mapping.get("active").and_then(Value::as_bool) == Some(false)
+            && report
+                .port_mapping
+                .get("external")
+                .is_some_and(Value::is_null),
     );
     Ok(s)
 }

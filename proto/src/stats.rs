@@ -1,5 +1,7 @@
 //! Counters maintained by the machines (`behaviour.md`, "Statistics").
 
+use core::net::SocketAddr;
+
 /// Monotonic counters. Every requester punch that started a rendezvous is
 /// counted once in `punches_attempted` and, when it ends, in exactly one of
 /// `punches_succeeded`, `punch_timeouts`, `punch_rejections` or
@@ -32,6 +34,20 @@ pub struct Stats {
     pub upgrades_attempted: u64,
     /// Path upgrades that succeeded (S4; driver-maintained).
     pub upgrades_succeeded: u64,
+
+    /// Port mapping (P7; driver-maintained): a mapping is installed at the
+    /// gateway now. Not a counter: it clears when the mapping is lost or
+    /// deleted.
+    pub port_mapping_active: bool,
+    /// Port mapping (P3; driver-maintained): the installed mapping's
+    /// external address and port as the gateway granted them, `None`
+    /// without one. A double-NAT address (P6) shows here too, but is never
+    /// the node's reflex.
+    pub port_mapping_external: Option<SocketAddr>,
+    /// Port mapping (P4; driver-maintained): renewals since the mapping was
+    /// installed (back to 0 at each install, a re-install after a gateway
+    /// restart included).
+    pub port_mapping_renewals: u64,
 
     /// Coordinator: requests mediated (two introduces sent).
     pub requests_mediated: u64,
