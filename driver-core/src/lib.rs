@@ -88,6 +88,7 @@ pub mod api {
     pub use crate::os_seed;
     pub use crate::portmap::{
         PortMapConfig, PortMapError, PortMapEvent, PortMapState, PortMapper, default_gateway,
+        gateway_for,
     };
     pub use crate::stun::{StunConfig, discover_behaviour};
     pub use natrix_portmap::{MapError, Mapping, Protocol as PortMapProtocol};

@@ -185,12 +185,12 @@ pub enum NodeEvent {
 /// the task that turns its events into the reflex override.
 fn start_port_mapping<R: Runtime>(
     rt: &R,
-    port: u16,
+    local: SocketAddr,
     config: &PortMapConfig,
     seed: u64,
     commands: &async_channel::Sender<Command>,
 ) -> PortMapping<R> {
-    match PortMapper::spawn(rt, port, config, seed) {
+    match PortMapper::spawn(rt, local, config, seed) {
         Ok((mapper, task)) => {
             let mapper = Arc::new(mapper);
             let m = mapper.clone();
@@ -668,7 +668,7 @@ impl<R: Runtime> Node<R> {
         let portmap = match &config.port_mapping {
             Some(cfg) => Some(start_port_mapping(
                 &rt,
-                local_addr.port(),
+                local_addr,
                 cfg,
                 config.seed,
                 &commands,

@@ -73,6 +73,10 @@ pub enum PortMapError {
     /// The mapping request itself is invalid (P2).
     #[error(transparent)]
     Map(#[from] MapError),
+    /// The one protocol asked for does not run over IPv6 (NAT-PMP and
+    /// UPnP-IGD are IPv4 only; PCP maps both).
+    #[error("{0} maps IPv4 only; over IPv6 only PCP does")]
+    NotOverIpv6(Protocol),
 }
 
 /// The routing table's default gateways (IPv4 and IPv6), read through the
@@ -107,23 +111,44 @@ pub fn local_ip_toward(to: IpAddr) -> io::Result<IpAddr> {
     Ok(s.local_addr()?.ip())
 }
 
-/// The clients for `gateway`, in the spec's order: PCP, NAT-PMP, UPnP-IGD
-/// (NAT-PMP and UPnP only over IPv4). `port` is the node's bound port.
+/// The gateway to ask for a mapping of `local`, the node's bound address:
+/// one of its own family. A socket bound to a specific IPv6 address gets an
+/// IPv6 mapping (PCP, a firewall pinhole); one bound to `::` (dual-stack)
+/// or to an IPv4 address maps over IPv4, and `::` falls back to IPv6 when
+/// there is no IPv4 default route.
+#[must_use]
+pub fn gateway_for(gateway: Gateway, local: SocketAddr) -> Option<IpAddr> {
+    let (v4, v6) = (gateway.v4.map(IpAddr::V4), gateway.v6.map(IpAddr::V6));
+    match local.ip().to_canonical() {
+        IpAddr::V4(_) if local.is_ipv6() => v4, // an IPv4-mapped address
+        IpAddr::V4(_) => v4,
+        IpAddr::V6(ip) if ip.is_unspecified() => v4.or(v6),
+        IpAddr::V6(_) => v6,
+    }
+}
+
+/// The clients for `local` (the node's bound address) behind `gateway`, in
+/// the spec's order: PCP, NAT-PMP, UPnP-IGD (NAT-PMP and UPnP only over
+/// IPv4). The internal address is `local`'s IP when it is bound to one,
+/// otherwise the IP the system uses toward the gateway.
 ///
 /// # Errors
-/// No gateway; the local address toward it is unusable (P2).
+/// No gateway of `local`'s family; the local address toward it is unusable
+/// (P2).
 pub fn clients(
     gateway: Gateway,
-    port: u16,
+    local: SocketAddr,
     config: &PortMapConfig,
     seed: u64,
 ) -> Result<Vec<Box<dyn Client + Send>>, PortMapError> {
-    let gw: IpAddr = match (gateway.v4, gateway.v6) {
-        (Some(v4), _) => v4.into(),
-        (None, Some(v6)) => v6.into(),
-        (None, None) => return Err(PortMapError::NoGateway),
+    let gw = gateway_for(gateway, local).ok_or(PortMapError::NoGateway)?;
+    let bound = local.ip().to_canonical();
+    let ip = if bound.is_unspecified() {
+        local_ip_toward(gw)?
+    } else {
+        bound
     };
-    let internal = SocketAddr::new(local_ip_toward(gw)?, port);
+    let internal = SocketAddr::new(ip, local.port());
     let mut request = MappingRequest::new(internal)?;
     request.lifetime = config.lifetime;
     let mut out: Vec<Box<dyn Client + Send>> = vec![Box::new(PcpClient::new(
@@ -143,6 +168,9 @@ pub fn clients(
     }
     if let Some(p) = config.only {
         out.retain(|c| c.protocol() == p);
+        if out.is_empty() {
+            return Err(PortMapError::NotOverIpv6(p));
+        }
     }
     Ok(out)
 }
@@ -238,24 +266,22 @@ pub struct PortMapper {
 }
 
 impl PortMapper {
-    /// Starts a port mapper for the node's UDP `port` on `rt`, against the
-    /// routing table's default gateway; the task is returned for the caller
-    /// to keep (dropping a smol task cancels it).
+    /// Starts a port mapper for the node's UDP socket bound at `local` on
+    /// `rt`, against the routing table's default gateway of its family
+    /// ([`gateway_for`]); the task is returned for the caller to keep
+    /// (dropping a smol task cancels it).
     ///
     /// # Errors
     /// No gateway, no socket, or a bad local address (P2).
     pub fn spawn<R: Runtime>(
         rt: &R,
-        port: u16,
+        local: SocketAddr,
         config: &PortMapConfig,
         seed: u64,
     ) -> Result<(PortMapper, R::Task), PortMapError> {
         let gateway = default_gateway();
-        let clients = clients(gateway, port, config, seed)?;
-        let gw_ip: Option<IpAddr> = gateway
-            .v4
-            .map(IpAddr::from)
-            .or(gateway.v6.map(IpAddr::from));
+        let clients = clients(gateway, local, config, seed)?;
+        let gw_ip = gateway_for(gateway, local);
         let bind: SocketAddr = match gw_ip {
             Some(IpAddr::V6(_)) => (Ipv6Addr::UNSPECIFIED, 0).into(),
             _ => (Ipv4Addr::UNSPECIFIED, 0).into(),
@@ -275,7 +301,7 @@ impl PortMapper {
             gateway: gw_ip,
             ..PortMapState::default()
         }));
-        info!(gateway = ?gw_ip, port, "port mapping: probing PCP, NAT-PMP, UPnP-IGD");
+        info!(gateway = ?gw_ip, %local, "port mapping: probing PCP, NAT-PMP, UPnP-IGD");
         let task = Task {
             rt: rt.clone(),
             socket,
@@ -582,6 +608,81 @@ fn http_exchange(
 mod tests {
     use super::*;
     use std::net::TcpListener;
+
+    const V4: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
+    const V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().expect("literal")
+    }
+
+    /// The gateway's family follows the node's bound address: an IPv6
+    /// socket never gets an IPv4 mapping, nor an IPv4 socket an IPv6 one.
+    #[test]
+    fn p1_the_gateway_is_the_routing_tables_of_the_bound_family() {
+        let both = Gateway {
+            v4: Some(V4),
+            v6: Some(V6),
+        };
+        let v4_only = Gateway {
+            v4: Some(V4),
+            v6: None,
+        };
+        let v6_only = Gateway {
+            v4: None,
+            v6: Some(V6),
+        };
+        let (g4, g6) = (Some(IpAddr::V4(V4)), Some(IpAddr::V6(V6)));
+        assert_eq!(gateway_for(both, sa("0.0.0.0:4000")), g4);
+        assert_eq!(gateway_for(both, sa("192.168.1.2:4000")), g4);
+        assert_eq!(gateway_for(both, sa("[::ffff:192.168.1.2]:4000")), g4);
+        assert_eq!(
+            gateway_for(both, sa("[::]:4000")),
+            g4,
+            "dual-stack: IPv4 first"
+        );
+        assert_eq!(gateway_for(v6_only, sa("[::]:4000")), g6);
+        assert_eq!(gateway_for(both, sa("[2001:db8::2]:4000")), g6);
+        assert_eq!(gateway_for(v4_only, sa("[2001:db8::2]:4000")), None);
+        assert_eq!(gateway_for(v6_only, sa("0.0.0.0:4000")), None);
+    }
+
+    /// A socket bound to an IPv6 address gets PCP alone, for that address;
+    /// asking for NAT-PMP or UPnP-IGD there is a typed error; a bound IPv4
+    /// address is the mapping's internal address as it is.
+    #[test]
+    fn clients_follow_the_family_and_the_bound_address() {
+        let both = Gateway {
+            v4: Some(V4),
+            v6: Some(V6),
+        };
+        let c = clients(both, sa("[2001:db8::2]:4000"), &PortMapConfig::default(), 1).unwrap();
+        let names: Vec<Protocol> = c.iter().map(|c| c.protocol()).collect();
+        assert_eq!(names, [Protocol::Pcp]);
+        let c = clients(both, sa("192.168.1.2:4000"), &PortMapConfig::default(), 1).unwrap();
+        let names: Vec<Protocol> = c.iter().map(|c| c.protocol()).collect();
+        assert_eq!(names, [Protocol::Pcp, Protocol::NatPmp, Protocol::UpnpIgd]);
+        for only in [Protocol::NatPmp, Protocol::UpnpIgd] {
+            let config = PortMapConfig {
+                only: Some(only),
+                ..PortMapConfig::default()
+            };
+            let e = clients(both, sa("[2001:db8::2]:4000"), &config, 1).map(|_| ());
+            assert!(
+                matches!(e, Err(PortMapError::NotOverIpv6(p)) if p == only),
+                "{e:?}"
+            );
+        }
+        let none = Gateway { v4: None, v6: None };
+        let e = clients(none, sa("0.0.0.0:4000"), &PortMapConfig::default(), 1).map(|_| ());
+        assert!(matches!(e, Err(PortMapError::NoGateway)), "{e:?}");
+        // P2 still holds for a bound address.
+        let e = clients(both, sa("127.0.0.1:4000"), &PortMapConfig::default(), 1).map(|_| ());
+        assert!(
+            matches!(e, Err(PortMapError::Map(MapError::BadInternalAddress(_)))),
+            "{e:?}"
+        );
+    }
 
     /// A gateway on loopback that answers every connection with `serve`.
     fn gateway(serve: impl Fn(TcpStream) + Send + 'static) -> SocketAddr {

@@ -72,7 +72,8 @@ fn main() {
 async fn run(args: &Args) -> Result<(), Error> {
     // Bind the port first and hold it: the mapping points at it.
     let socket = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.port)))?;
-    let port = socket.local_addr()?.port();
+    let local = socket.local_addr()?;
+    let port = local.port();
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
         while let Ok((n, from)) = socket.recv_from(&mut buf) {
@@ -88,7 +89,7 @@ async fn run(args: &Args) -> Result<(), Error> {
         ..PortMapConfig::default()
     };
     let seed = u64::from_le_bytes(os_seed()[..8].try_into()?);
-    let (mapper, _task) = PortMapper::spawn(&Smol, port, &config, seed)?;
+    let (mapper, _task) = PortMapper::spawn(&Smol, local, &config, seed)?;
     // [map]
 
     // Stop at end of stdin (or after --run-for).

@@ -28,9 +28,11 @@
 //!   [`Event::GatewayRestarted`] and an immediate re-install. An announcement
 //!   of a different external address re-installs too (without the event).
 //! - [`Client::delete`] sends the mapping request with lifetime 0 and
-//!   suggested external port 0 (RFC 6886 §3.4); any answer gives
-//!   [`Event::Deleted`]; no answer within `timeout` gives `Deleted` too (the
-//!   gateway drops the mapping when its lifetime runs out). With nothing
+//!   suggested external port 0 (RFC 6886 §3.4); a successful answer gives
+//!   [`Event::Deleted`]. A refusal gives [`Event::Failed`] with
+//!   [`MapError::Refused`], and no answer within `timeout` gives
+//!   [`MapError::Timeout`] (P4: the mapping may stay at the gateway until its
+//!   lifetime runs out; the client holds nothing either way). With nothing
 //!   installed and nothing in flight `Deleted` comes at once.
 //!
 //! # Lengths
@@ -1177,14 +1179,19 @@ mod tests {
     }
 
     #[test]
-    fn delete_without_an_answer_reports_deleted_after_the_timeout() {
+    fn p4_a_deletion_without_an_answer_fails_with_a_timeout() {
         let mut c = client();
         installed(&mut c, at(0), 100);
         c.delete(at(1000));
         c.handle_timeout(at(1250));
         assert_eq!(sent(&mut c).len(), 2, "the deletion, retransmitted");
         c.handle_timeout(at(2000));
-        assert_eq!(events(&mut c), vec![Event::Deleted(Protocol::NatPmp)]);
+        assert_eq!(
+            events(&mut c),
+            vec![Event::Failed(MapError::Timeout(Protocol::NatPmp))]
+        );
+        assert_eq!(c.mapping(), None);
+        assert_eq!(c.poll_timeout(), None);
     }
 
     proptest! {

@@ -33,12 +33,13 @@
 //!   or is less than `previous + 7/8 × elapsed − 2 s`. With a mapping held,
 //!   that gives [`Event::GatewayRestarted`] and an immediate re-install.
 //! - [`Client::delete`] sends MAP with lifetime 0 (same nonce) and reports
-//!   [`Event::Deleted`] on the answer, whatever its result code. With nothing
-//!   installed and nothing in flight it reports `Deleted` at once; with an
-//!   install in flight it deletes anyway (the server may already hold the
-//!   mapping). If the gateway does not answer within `timeout`, `Deleted` is
-//!   still reported: the client holds nothing and the gateway drops the
-//!   mapping when its lifetime runs out.
+//!   [`Event::Deleted`] on a successful answer. A refusal (say
+//!   `NOT_AUTHORIZED`) gives [`Event::Failed`] with [`MapError::Refused`], and
+//!   no answer within `timeout` gives [`MapError::Timeout`] (P4: the gateway
+//!   may hold the mapping until its lifetime runs out; the client holds
+//!   nothing either way). With nothing installed and nothing in flight it
+//!   reports `Deleted` at once; with an install in flight it deletes anyway
+//!   (the server may already hold the mapping).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -1459,14 +1460,43 @@ mod tests {
     }
 
     #[test]
-    fn delete_without_an_answer_reports_deleted_after_the_timeout() {
+    fn p4_a_deletion_without_an_answer_fails_with_a_timeout() {
         let mut c = client();
         installed(&mut c, at(0), 100);
         c.delete(at(1000));
         c.delete(at(1001));
         assert_eq!(sent(&mut c).len(), 1, "a second delete is no new exchange");
         c.handle_timeout(at(2000));
-        assert_eq!(events(&mut c), vec![Event::Deleted(Protocol::Pcp)]);
+        assert_eq!(
+            events(&mut c),
+            vec![Event::Failed(MapError::Timeout(Protocol::Pcp))]
+        );
+        assert_eq!(c.poll_timeout(), None);
+    }
+
+    /// P4: a gateway that refuses the deletion has not deleted the mapping
+    /// (miniupnpd 2.3.1 refuses to delete an IPv6 pinhole it renewed, with
+    /// `NOT_AUTHORIZED`): that is a failure, not `Deleted`.
+    #[test]
+    fn p4_a_refused_deletion_is_a_failure_not_deleted() {
+        let mut c = client();
+        installed(&mut c, at(0), 100);
+        c.delete(at(5000));
+        let del = sent(&mut c).pop().expect("delete");
+        c.handle_udp(
+            at(5020),
+            gw_addr(),
+            &answer(&del, ResultCode::NotAuthorized, 0, 105, ext()),
+        );
+        assert_eq!(
+            events(&mut c),
+            vec![Event::Failed(MapError::Refused {
+                protocol: Protocol::Pcp,
+                reason: "NOT_AUTHORIZED (2)".to_owned()
+            })]
+        );
+        assert_eq!(c.mapping(), None);
+        assert_eq!(c.poll_timeout(), None, "nothing held, nothing renewed");
     }
 
     #[test]

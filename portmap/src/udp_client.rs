@@ -6,8 +6,8 @@
 //! sample, and makes the transitions both protocols make alike: begin an
 //! install, a renewal (at half the granted lifetime, P4) or a deletion;
 //! retransmit ([`Retransmit`]: 250 ms, doubling, capped at 64 s) until the
-//! exchange's deadline; give up ([`MapError::Timeout`]) or report `Deleted`
-//! when it passes; re-install when the epoch rule ([`gateway_restarted`])
+//! exchange's deadline; give up ([`MapError::Timeout`]) when it passes;
+//! re-install when the epoch rule ([`gateway_restarted`])
 //! says the gateway lost its state. What differs, which requests an exchange
 //! sends, is the [`Requests`] the client plugs in; reading the answers stays
 //! in `pcp` and `natpmp`.
@@ -334,8 +334,10 @@ impl<R: Requests> Lifecycle<R> {
         self.events.push_back(Event::Deleted(R::PROTOCOL));
     }
 
-    /// The answer to the deletion came: `Deleted`, whatever `refusal` says
-    /// (a refused deletion expires on its own). Records the epoch.
+    /// The answer to the deletion came: `Deleted`, or `Failed` with the
+    /// gateway's `refusal` (P4: only a gateway that said so deleted the
+    /// mapping; a refused one stays until its lifetime runs out). Either
+    /// way nothing is held any more. Records the epoch.
     pub(crate) fn deletion_answered(
         &mut self,
         now: Instant,
@@ -343,10 +345,13 @@ impl<R: Requests> Lifecycle<R> {
         refusal: Option<impl std::fmt::Display>,
     ) {
         self.observe_epoch(epoch, now);
-        if let Some(result) = refusal {
-            tracing::debug!(%result, protocol = %R::PROTOCOL, "deletion refused; the mapping expires on its own");
+        match refusal {
+            None => self.deleted(),
+            Some(result) => {
+                tracing::debug!(%result, protocol = %R::PROTOCOL, "deletion refused; the mapping stays until its lifetime runs out");
+                self.refused(result);
+            }
         }
-        self.deleted();
     }
 
     /// The gateway lost its state (P4): `GatewayRestarted`, and re-install
@@ -367,8 +372,8 @@ impl<R: Requests> Lifecycle<R> {
     }
 
     /// Time passed: renew when due, retransmit, or give up at the deadline
-    /// (a deletion then reports `Deleted`: the gateway drops the mapping
-    /// when its lifetime runs out).
+    /// (`Failed` with [`MapError::Timeout`], a deletion too: nothing says the
+    /// gateway dropped the mapping before its lifetime runs out).
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         match self.state {
             State::Idle => {}
@@ -379,12 +384,7 @@ impl<R: Requests> Lifecycle<R> {
             }
             State::Requesting(mut exchange) => {
                 if exchange.retransmit.expired(now) {
-                    match exchange.purpose {
-                        Purpose::Install | Purpose::Renew => {
-                            self.fail(MapError::Timeout(R::PROTOCOL));
-                        }
-                        Purpose::Delete => self.deleted(),
-                    }
+                    self.fail(MapError::Timeout(R::PROTOCOL));
                 } else if exchange.retransmit.fire(now) {
                     self.send_outstanding(&exchange);
                     self.state = State::Requesting(exchange);

@@ -6,7 +6,7 @@
 //! `--echo` it prints what arrives there, so the mapping can be tested from
 //! outside (`echo hi | nc -u EXTERNAL_IP EXTERNAL_PORT`).
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use natrix_tokio::{PortMapConfig, PortMapEvent, PortMapProtocol, PortMapper, Tokio};
@@ -38,7 +38,8 @@ impl From<ProtoArg> for PortMapProtocol {
 /// `natrix map` options.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  natrix map --port 4000\n  \
-natrix map --port 4000 --protocol natpmp --echo\n\
+natrix map --port 4000 --protocol natpmp --echo\n  \
+natrix map --bind 2001:db8::2 --port 4000   (IPv6: a PCP pinhole)\n\
 stdout: the external address and port, one line, once installed.\n\
 Exit codes: 0 ok (deleted on exit), 1 no gateway, no mapping granted, or the deletion not confirmed, 2 bad arguments.")]
 pub(crate) struct Args {
@@ -46,6 +47,11 @@ pub(crate) struct Args {
     /// 0 picks a free one.
     #[arg(long, default_value_t = 0)]
     port: u16,
+    /// The local IP to bind. Its family chooses the gateway: an IPv6
+    /// address maps over IPv6 (PCP only: a pinhole in the gateway's
+    /// firewall); `0.0.0.0` (the default) or an IPv4 address over IPv4.
+    #[arg(long, value_name = "IP", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    bind: IpAddr,
     /// Use only this protocol. Default: PCP, then NAT-PMP, then UPnP-IGD.
     #[arg(long, value_enum)]
     protocol: Option<ProtoArg>,
@@ -79,9 +85,16 @@ pub(crate) async fn run(args: &Args, quiet: bool) -> CliResult<Exit> {
         Some(s) => Some(Duration::from_secs_f64(s)),
         None => None,
     };
-    let socket = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.port)))
-        .map_err(|e| CliError::failure(format!("cannot bind UDP port {}: {e}", args.port)))?;
-    let port = socket.local_addr().map(|a| a.port()).unwrap_or(args.port);
+    let socket = UdpSocket::bind(SocketAddr::new(args.bind, args.port)).map_err(|e| {
+        CliError::failure(format!(
+            "cannot bind UDP {}: {e}",
+            SocketAddr::new(args.bind, args.port)
+        ))
+    })?;
+    let local = socket
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::new(args.bind, args.port));
+    let port = local.port();
     if args.echo {
         std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
@@ -103,7 +116,7 @@ pub(crate) async fn run(args: &Args, quiet: bool) -> CliResult<Exit> {
     };
     let (mapper, task) = PortMapper::spawn(
         &Tokio,
-        port,
+        local,
         &config,
         u64::from_le_bytes(natrix_tokio::os_seed()[..8].try_into().unwrap_or_default()),
     )
