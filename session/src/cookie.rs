@@ -226,9 +226,109 @@ impl RateMeter {
     }
 }
 
+/// S5: under load, a handshake init that echoes a valid cookie (mac2) has
+/// proved it receives at its source address, but may still come at any
+/// rate. Each source IP (an IPv6 source by its /64, the block one host
+/// usually holds) gets its own token bucket of `per_second` handshakes per
+/// second, bursts of up to `per_second`. At most `capacity` IPs are
+/// tracked; a new one beyond that forgets the one tracked longest (its
+/// bucket starts full again if it comes back). Memory stays bounded, and
+/// nothing here reads a clock.
+#[derive(Debug)]
+pub(crate) struct IpLimiter {
+    per_second: u32,
+    capacity: usize,
+    buckets: std::collections::BTreeMap<u128, RateMeter>,
+    order: std::collections::VecDeque<u128>,
+}
+
+impl IpLimiter {
+    /// `per_second` validated handshakes per second and source IP; at
+    /// most `capacity` IPs tracked.
+    pub(crate) fn new(per_second: u32, capacity: usize) -> Self {
+        IpLimiter {
+            per_second,
+            capacity: capacity.max(1),
+            buckets: std::collections::BTreeMap::new(),
+            order: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The IPv4 address, or the IPv6 /64, as one key.
+    fn key(ip: IpAddr) -> u128 {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => u128::from(u32::from(v4)),
+            IpAddr::V6(v6) => (u128::from(v6) & !((1u128 << 64) - 1)) | (1 << 32),
+        }
+    }
+
+    /// Whether one more handshake from `ip` may proceed at `now`; charges
+    /// it if so.
+    pub(crate) fn allow(&mut self, now: Instant, ip: IpAddr) -> bool {
+        let key = Self::key(ip);
+        if !self.buckets.contains_key(&key) {
+            if self.buckets.len() >= self.capacity {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.buckets.remove(&oldest);
+                }
+            }
+            self.buckets
+                .insert(key, RateMeter::new(self.per_second, now));
+            self.order.push_back(key);
+        }
+        let Some(bucket) = self.buckets.get_mut(&key) else {
+            return false;
+        };
+        if bucket.has_credit(now) {
+            bucket.charge(now);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// IPs tracked now.
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> usize {
+        self.buckets.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn s5_the_ip_limiter_keeps_a_bucket_per_ip_and_a_bounded_table() {
+        let t0 = Instant::from_millis(1_000);
+        let mut l = IpLimiter::new(3, 4);
+        let a: IpAddr = "203.0.113.9".parse().unwrap();
+        for _ in 0..3 {
+            assert!(l.allow(t0, a));
+        }
+        assert!(!l.allow(t0, a), "the burst is spent");
+        // Another IP has its own bucket; an IPv6 host's /64 is one key.
+        assert!(l.allow(t0, "203.0.113.10".parse().unwrap()));
+        let v6a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let v6b: IpAddr = "2001:db8:1:2:ffff::7".parse().unwrap();
+        for _ in 0..3 {
+            assert!(l.allow(t0, v6a));
+        }
+        assert!(!l.allow(t0, v6b), "same /64, same bucket");
+        // An IPv4-mapped source is its IPv4 address.
+        assert!(!l.allow(t0, "::ffff:203.0.113.9".parse().unwrap()));
+        // A third of a second later, one more.
+        let t1 = t0 + Duration::from_millis(334);
+        assert!(l.allow(t1, a));
+        assert!(!l.allow(t1, a));
+        // Bounded: many IPs never grow the table past its capacity; the
+        // oldest is forgotten (and starts full when it comes back).
+        for i in 0..100u8 {
+            let _ = l.allow(t1, IpAddr::from([198, 51, 100, i]));
+            assert!(l.tracked() <= 4);
+        }
+        assert!(l.allow(t1, a), "forgotten, so a fresh bucket");
+    }
 
     #[test]
     fn cookie_seal_open_round_trip_and_aad_binding() {

@@ -366,6 +366,52 @@ fn s7_rekey_before_limit_without_dropping_in_flight_packets() {
     }
 }
 
+/// S5: under load a valid cookie proves an address, not a fair rate. Many
+/// initiators at one source IP that all echo their cookies get that IP's
+/// budget of DH work (`handshakes_per_ip`), the rest are dropped before any
+/// DH; an initiator at another IP still gets through.
+#[test]
+fn s5_cookie_holders_at_one_ip_get_that_ips_budget_under_load() {
+    let config = SessionConfig {
+        cookie_threshold: 4,
+        handshakes_per_ip: 3,
+        ..SessionConfig::default()
+    };
+    let mut net = Net::new();
+    let b = net.add(2, "198.51.100.2:5000", config.clone(), 22);
+    // Twenty real initiators on one IP, one port each.
+    let flood: Vec<usize> = (0..20u8)
+        .map(|k| {
+            net.add(
+                100 + k,
+                &format!("203.0.113.9:{}", 4000 + u16::from(k)),
+                config.clone(),
+                k,
+            )
+        })
+        .collect();
+    let legit = net.add(1, "192.0.2.1:4000", config.clone(), 11);
+    for &x in &flood {
+        net.connect(x, b);
+    }
+    net.connect(legit, b);
+    net.run_for(Duration::from_millis(100));
+    let s = net.nodes[b].ep.stats();
+    // The meter's burst (4) went to the first inits, without cookies; the
+    // other 17 got cookies and came back at once with mac2. The flooding
+    // IP's 16 then got its budget of 3, the other IP its own.
+    assert_eq!(s.cookies_sent, 17);
+    assert_eq!(s.handshakes_rate_limited, 13);
+    assert_eq!(s.handshakes_accepted, 4 + 3 + 1);
+    assert!(net.up(legit, b) && net.up(b, legit));
+    let limited = net.nodes[b]
+        .drops
+        .iter()
+        .filter(|d| **d == DropReason::RateLimited)
+        .count();
+    assert_eq!(limited, 13);
+}
+
 #[test]
 fn s5_rate_meter_demands_cookies_above_the_threshold_then_recovers() {
     let config = SessionConfig {

@@ -35,6 +35,11 @@ pub struct SessionConfig {
     /// Handshakes per second (DH work as a responder) before cookies are
     /// demanded from initiators (S5).
     pub cookie_threshold: u32,
+    /// Under load (above `cookie_threshold`, or half-open full), handshakes
+    /// per second and source IP (an IPv6 source by its /64) that echo a
+    /// valid cookie; beyond it their inits are dropped before any DH work
+    /// (S5). Bursts of up to this many. Default 8.
+    pub handshakes_per_ip: u32,
     /// Payloads queued per peer by `send` while its handshake is in progress;
     /// the oldest is dropped (and counted) when full.
     pub queue_len: usize,
@@ -66,6 +71,7 @@ impl Default for SessionConfig {
             max_sessions: 4096,
             max_half_open: 256,
             cookie_threshold: 64,
+            handshakes_per_ip: 8,
             queue_len: 32,
             reliable_timeout: Duration::from_secs(5),
             reliable_window: 256,
@@ -133,7 +139,7 @@ impl SessionConfig {
     /// # Errors
     /// The first problem found, as a [`ConfigError`].
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, bool); 11] = [
+        let positive: [(&'static str, bool); 12] = [
             ("handshake_retry", self.handshake_retry.is_zero()),
             ("handshake_timeout", self.handshake_timeout.is_zero()),
             ("keepalive_interval", self.keepalive_interval.is_zero()),
@@ -142,6 +148,7 @@ impl SessionConfig {
             ("max_sessions", self.max_sessions == 0),
             ("max_half_open", self.max_half_open == 0),
             ("cookie_threshold", self.cookie_threshold == 0),
+            ("handshakes_per_ip", self.handshakes_per_ip == 0),
             ("queue_len", self.queue_len == 0),
             ("reliable_timeout", self.reliable_timeout.is_zero()),
             ("reliable_window", self.reliable_window == 0),

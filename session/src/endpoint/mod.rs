@@ -33,7 +33,7 @@ use rand_core::{Rng, SeedableRng};
 use snow::params::NoiseParams;
 use tracing::{debug, trace};
 
-use crate::cookie::{self, CookieSecret, Mac, RateMeter};
+use crate::cookie::{self, CookieSecret, IpLimiter, Mac, RateMeter};
 use crate::demux::PacketType;
 use crate::identity::{Keypair, PublicKey};
 use crate::path::RelayRoute;
@@ -96,6 +96,8 @@ pub struct Endpoint {
     cookie_key: [u8; 32],
     cookie_secret: Option<CookieSecret>,
     meter: Option<RateMeter>,
+    /// S5: validated handshakes under load, per source IP.
+    per_ip: IpLimiter,
     peers: Vec<Option<Peer>>,
     free: Vec<usize>,
     by_key: BTreeMap<PublicKey, usize>,
@@ -142,6 +144,10 @@ fn clamp_i64(v: i128) -> i64 {
 /// How long an offset estimate stands against samples with a longer round
 /// trip.
 const OFFSET_SAMPLE_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// S5: source IPs whose handshake rate under load is tracked at once (a
+/// new one beyond forgets the one tracked longest): about 200 KiB at most.
+const TRACKED_IPS: usize = 4096;
 
 /// Whether a clock sample over `rtt` taken at `now` should replace the
 /// estimate taken from `current` = (its round trip, when).
@@ -192,6 +198,7 @@ impl Endpoint {
             panic!("invalid SessionConfig: {e}");
         }
         let public = keypair.public();
+        let per_ip = IpLimiter::new(config.handshakes_per_ip, TRACKED_IPS);
         Endpoint {
             node: public.node_id(),
             mac1_key: cookie::derive_key(cookie::MAC1_DOMAIN, &public),
@@ -203,6 +210,7 @@ impl Endpoint {
             rng: ChaCha20Rng::from_seed(seed),
             cookie_secret: None,
             meter: None,
+            per_ip,
             peers: Vec::new(),
             free: Vec::new(),
             by_key: BTreeMap::new(),
@@ -979,6 +987,13 @@ impl Endpoint {
         if under_load && !mac2_ok {
             self.send_cookie_reply(now, from, d);
             return Outcome::Consumed;
+        }
+        // S5: a valid cookie proves the address, not a fair rate: under
+        // load each source IP gets its own budget of DH work.
+        if under_load && !self.per_ip.allow(now, from.ip()) {
+            self.stats.handshakes_rate_limited += 1;
+            trace!(%from, "handshake init over its source IP's rate under load (S5)");
+            return Outcome::Dropped(DropReason::RateLimited);
         }
         meter.charge(now);
 

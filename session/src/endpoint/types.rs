@@ -54,6 +54,9 @@ pub enum DropReason {
     TooManySessions,
     /// A handshake that claims to come from our own key.
     OwnKey,
+    /// Under load, a handshake init with a valid cookie from a source IP
+    /// over its `handshakes_per_ip` rate (S5): dropped before any DH work.
+    RateLimited,
 }
 
 /// Why a session ended.
@@ -227,6 +230,9 @@ pub struct SessionStats {
     pub handshakes_failed: u64,
     /// Cookie replies sent (S5).
     pub cookies_sent: u64,
+    /// Inits with a valid cookie dropped under load because their source
+    /// IP was over `handshakes_per_ip` (S5).
+    pub handshakes_rate_limited: u64,
     /// Valid cookie replies received.
     pub cookies_received: u64,
     /// Authenticated-decryption failures (transport, handshake, cookie).
