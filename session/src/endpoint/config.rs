@@ -38,7 +38,8 @@ pub struct SessionConfig {
     /// Under load (above `cookie_threshold`, or half-open full), handshakes
     /// per second and source IP (an IPv6 source by its /64) that echo a
     /// valid cookie; beyond it their inits are dropped before any DH work
-    /// (S5). Bursts of up to this many. Default 8.
+    /// (S5). Bursts of up to this many. Default 20 (WireGuard's per-IP
+    /// rate): peers behind one carrier-grade NAT share an IP.
     pub handshakes_per_ip: u32,
     /// Payloads queued per peer by `send` while its handshake is in progress;
     /// the oldest is dropped (and counted) when full.
@@ -71,7 +72,7 @@ impl Default for SessionConfig {
             max_sessions: 4096,
             max_half_open: 256,
             cookie_threshold: 64,
-            handshakes_per_ip: 8,
+            handshakes_per_ip: 20,
             queue_len: 32,
             reliable_timeout: Duration::from_secs(5),
             reliable_window: 256,
