@@ -427,10 +427,10 @@ impl SprayMachine {
     /// Cancels `peer`'s attempt. A cool-down follows when it had sent
     /// anything (a cancel is no way around the cool-down). Returns whether
     /// one was running.
-    pub fn cancel(&mut self, peer: NodeId) -> bool {
+    pub fn cancel(&mut self, peer: NodeId, now: Instant) -> bool {
         let running = self.running.contains_key(&peer);
         if running {
-            self.end(peer, SprayOutcome::Cancelled, None);
+            self.end(peer, SprayOutcome::Cancelled, Some(now));
         }
         running
     }
@@ -466,7 +466,10 @@ impl SprayMachine {
         self.cooling_ips.retain(|_, until| *until > now);
     }
 
-    fn end(&mut self, peer: NodeId, outcome: SprayOutcome, now: Option<Instant>) {
+    /// Ends `peer`'s attempt with `outcome`. A failure, or a cancel that
+    /// sent anything, cools the peer and the IP down from `ended` (when it
+    /// happened); a success (`ended` is `None`) cools nothing.
+    fn end(&mut self, peer: NodeId, outcome: SprayOutcome, ended: Option<Instant>) {
         let Some(a) = self.running.remove(&peer) else {
             return;
         };
@@ -476,10 +479,10 @@ impl SprayMachine {
             }
             SprayOutcome::Cancelled | SprayOutcome::Exhausted | SprayOutcome::DeadlinePassed => {
                 self.stats.failed = self.stats.failed.saturating_add(1);
-                if a.sent > 0 || outcome != SprayOutcome::Cancelled {
-                    let until = now
-                        .unwrap_or(a.deadline)
-                        .saturating_add(self.config.cooldown);
+                if let Some(ended) =
+                    ended.filter(|_| a.sent > 0 || outcome != SprayOutcome::Cancelled)
+                {
+                    let until = ended.saturating_add(self.config.cooldown);
                     self.cooling.insert(peer, until);
                     self.cooling_ips.insert(a.ip, until);
                 }

@@ -195,7 +195,7 @@ fn n2_one_attempt_per_peer_and_a_global_cap() {
         Err(SprayRefusal::TooManyAttempts)
     );
     // A cancelled attempt frees its slot without a cool-down.
-    assert!(m.cancel(NodeId(1)));
+    assert!(m.cancel(NodeId(1), at(0)));
     assert_eq!(
         m.poll_event().map(|e| e.outcome),
         Some(SprayOutcome::Cancelled)
@@ -359,7 +359,7 @@ proptest! {
                     let _ = m.handle_success(NodeId(u64::from(p)), SocketAddr::new(peer_ip(i), 9));
                 }
                 Op::Cancel(p) => {
-                    let _ = m.cancel(NodeId(u64::from(p)));
+                    let _ = m.cancel(NodeId(u64::from(p)), at(now_ms));
                 }
                 Op::Advance(ms) => {
                     for _ in 0..ms {
@@ -395,7 +395,7 @@ fn n3_one_attempt_per_ip_and_its_cool_down_whatever_the_peer_id() {
     );
     // Cancelling after it sent something is no way around the cool-down.
     assert!(m.poll_transmit(at(0)).is_some());
-    assert!(m.cancel(NodeId(1)));
+    assert!(m.cancel(NodeId(1), at(200)));
     assert_eq!(
         m.poll_event().map(|e| e.outcome),
         Some(SprayOutcome::Cancelled)
@@ -415,10 +415,10 @@ fn n3_one_attempt_per_ip_and_its_cool_down_whatever_the_peer_id() {
             "peer {peer}"
         );
     }
-    // The cool-down runs from the attempt's deadline (5 s) for 60 s.
+    // The cool-down runs from the cancel (at 0.2 s) for 60 s.
     assert!(matches!(
         m.start(
-            at(64_999),
+            at(60_199),
             NodeId(3),
             SpraySide::Prober,
             victim,
@@ -426,10 +426,10 @@ fn n3_one_attempt_per_ip_and_its_cool_down_whatever_the_peer_id() {
         ),
         Err(SprayRefusal::CoolingDown { .. })
     ));
-    m.handle_timeout(at(65_000));
+    m.handle_timeout(at(60_200));
     assert!(
         m.start(
-            at(65_000),
+            at(60_200),
             NodeId(3),
             SpraySide::Prober,
             victim,

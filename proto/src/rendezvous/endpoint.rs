@@ -735,7 +735,7 @@ impl Endpoint {
     ) -> bool {
         match self.punches.remove(&peer) {
             Some(mut p) => {
-                self.spray.cancel(peer);
+                self.spray.cancel(peer, now);
                 drain_spray(&mut self.spray, cx.out, None);
                 report(cx.out, peer, &mut p, now, Err(error));
                 true
@@ -903,7 +903,7 @@ impl Endpoint {
                 self.predictions.remove(&(from, intro.peer));
                 self.take_prediction(cx, from, intro.peer, intro.fire_at_ms, port, step);
             }
-            self.plan_birthday(cx, intro.peer);
+            self.plan_birthday(cx, now, intro.peer);
         }
     }
 
@@ -911,8 +911,8 @@ impl Endpoint {
     /// one: the opener starts at the fire time, the prober once the
     /// opener's sockets are open (its own caps' `sockets / rate` later).
     /// An attempt still running with the peer (an earlier train's) ends.
-    fn plan_birthday(&mut self, cx: &mut Ctx<'_>, peer: NodeId) {
-        if self.spray.cancel(peer) {
+    fn plan_birthday(&mut self, cx: &mut Ctx<'_>, now: Instant, peer: NodeId) {
+        if self.spray.cancel(peer, now) {
             drain_spray(&mut self.spray, cx.out, None);
         }
         let remote = cx.peers.announced(peer);
