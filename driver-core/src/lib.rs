@@ -52,9 +52,9 @@ pub use control::{
 pub use coordinator::{Coordinator, CoordinatorConfig};
 pub use net::{SessionControl, SessionControlConfig};
 pub use node::{
-    ConnectError, DatagramFilter, DriverStats, EventStream, LOOKUP_TIMEOUT, Node, NodeConfig,
-    NodeError, NodeEvent, PunchOutcome, QUEUE_CAPACITY, Reclassified, SessionRequestError,
-    interface_addrs,
+    ConnectError, DEFAULT_RECV_BUFFER, DatagramFilter, DriverStats, EventStream, LOOKUP_TIMEOUT,
+    Node, NodeConfig, NodeError, NodeEvent, PunchOutcome, QUEUE_CAPACITY, Reclassified,
+    SessionRequestError, interface_addrs,
 };
 
 /// 32 bytes from the operating system's RNG: the seed drivers give the
@@ -82,8 +82,8 @@ pub mod api {
     pub use crate::coordinator::CoordinatorConfig;
     pub use crate::net::{SessionControl, SessionControlConfig};
     pub use crate::node::{
-        ConnectError, DriverStats, EventStream, NodeConfig, NodeError, NodeEvent, PunchOutcome,
-        Reclassified, SessionRequestError,
+        ConnectError, DEFAULT_RECV_BUFFER, DriverStats, EventStream, NodeConfig, NodeError,
+        NodeEvent, PunchOutcome, Reclassified, SessionRequestError,
     };
     pub use crate::os_seed;
     pub use crate::portmap::{

@@ -44,6 +44,9 @@ use natrix_proto::wire::stun::msg_type as stun_msg;
 /// birthday attempt (N2), and the paths pinned to one, are not filtered.
 pub type DatagramFilter = Arc<dyn Fn(SocketAddr, &[u8]) -> bool + Send + Sync>;
 
+/// The node socket's receive buffer asked for by default: 4 MiB.
+pub const DEFAULT_RECV_BUFFER: usize = 4 << 20;
+
 /// How to start a node.
 #[derive(Clone)]
 pub struct NodeConfig {
@@ -57,6 +60,13 @@ pub struct NodeConfig {
     pub seed: u64,
     /// Drops matching outgoing datagrams (tests only).
     pub datagram_filter: Option<DatagramFilter>,
+    /// The receive buffer (`SO_RCVBUF`) to ask the OS for on the node's
+    /// socket: [`DEFAULT_RECV_BUFFER`] by default, so that a burst (a
+    /// coordinator's many peers, a birthday attempt's probes) waits in the
+    /// kernel rather than being dropped; the OS may grant less (Linux caps
+    /// it at `net.core.rmem_max`). `None` keeps the OS default.
+    /// [`Node::recv_buffer`] says what was granted.
+    pub recv_buffer: Option<usize>,
     /// Port mapping (PCP, NAT-PMP, UPnP-IGD against the routing table's
     /// default gateway): off (`None`) by default. When on, an installed
     /// mapping that is not double NAT becomes the reflex override (C6, P7).
@@ -91,6 +101,7 @@ impl fmt::Debug for NodeConfig {
             .field("agent", &self.agent)
             .field("seed", &self.seed)
             .field("datagram_filter", &self.datagram_filter.is_some())
+            .field("recv_buffer", &self.recv_buffer)
             .field("port_mapping", &self.port_mapping)
             .field("stun", &self.stun)
             .field("stun_servers", &self.stun_servers)
@@ -109,6 +120,7 @@ impl NodeConfig {
             agent: Config::default(),
             seed: id.0 ^ 0x6e61_7472_6978,
             datagram_filter: None,
+            recv_buffer: Some(DEFAULT_RECV_BUFFER),
             port_mapping: None,
             stun: None,
             stun_servers: Vec::new(),
@@ -575,6 +587,8 @@ pub struct Node<R: Runtime> {
     discovery: Mutex<Option<R::Task>>,
     /// N2: the paths pinned to a birthday socket, for `send_to`.
     pinned: Arc<PinnedSends<R::Socket>>,
+    /// The receive buffer the OS granted the socket, when one was asked for.
+    recv_buffer: Option<usize>,
 }
 
 /// A node's port mapper and the tasks that run it.
@@ -615,6 +629,18 @@ impl<R: Runtime> Node<R> {
         }
         let socket = Arc::new(rt.bind(config.bind)?);
         let local_addr = socket.local_addr()?;
+        let recv_buffer = config
+            .recv_buffer
+            .and_then(|asked| match socket.set_recv_buffer(asked) {
+                Ok(granted) => {
+                    debug!(%local_addr, asked, granted, "socket receive buffer");
+                    Some(granted)
+                }
+                Err(e) => {
+                    debug!(%local_addr, asked, error = %e, "socket receive buffer left at the OS default");
+                    None
+                }
+            });
         let stun = match &config.stun {
             Some(cfg) => Some(StunService::start(&rt, cfg, local_addr, socket.clone())?),
             None => None,
@@ -676,6 +702,7 @@ impl<R: Runtime> Node<R> {
             None => None,
         };
         Ok(Node {
+            recv_buffer,
             rt,
             id: config.id,
             key,
@@ -723,6 +750,15 @@ impl<R: Runtime> Node<R> {
     #[must_use]
     pub fn port_mapping(&self) -> Option<PortMapState> {
         self.portmap.as_ref().map(|(m, _)| m.state())
+    }
+
+    /// The receive buffer (`SO_RCVBUF`) the OS granted the node's socket
+    /// ([`NodeConfig::recv_buffer`]; Linux reports double what it keeps
+    /// for data), or `None` when none was asked for or the runtime or OS
+    /// could not set it.
+    #[must_use]
+    pub fn recv_buffer(&self) -> Option<usize> {
+        self.recv_buffer
     }
 
     /// This node's id.

@@ -67,6 +67,32 @@ pub trait UdpSocket: Send + Sync + 'static {
     }
     /// The bound address.
     fn local_addr(&self) -> io::Result<SocketAddr>;
+    /// Asks the OS for a receive buffer (`SO_RCVBUF`) of `bytes` and
+    /// returns the size it granted (Linux caps the request at
+    /// `net.core.rmem_max` and reports double what it keeps). The default
+    /// says the runtime cannot.
+    ///
+    /// # Errors
+    /// The runtime's sockets have no such option, or the OS refused.
+    fn set_recv_buffer(&self, bytes: usize) -> io::Result<usize> {
+        let _ = bytes;
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// [`UdpSocket::set_recv_buffer`] for any socket `socket2` can reach (the
+/// drivers' tokio and async-io sockets): sets `SO_RCVBUF` and reads back
+/// what the OS granted.
+///
+/// # Errors
+/// The OS refused.
+pub fn set_recv_buffer<S>(socket: &S, bytes: usize) -> io::Result<usize>
+where
+    for<'s> socket2::SockRef<'s>: From<&'s S>,
+{
+    let s = socket2::SockRef::from(socket);
+    s.set_recv_buffer_size(bytes)?;
+    s.recv_buffer_size()
 }
 
 /// What one slot of a [`RecvBatch`] received.

@@ -98,6 +98,10 @@ impl UdpSocket for SmolSocket {
         self.0.get_ref().local_addr()
     }
 
+    fn set_recv_buffer(&self, bytes: usize) -> io::Result<usize> {
+        natrix_driver_core::runtime::set_recv_buffer(self.0.get_ref(), bytes)
+    }
+
     #[cfg(any(target_os = "linux", target_os = "android"))]
     fn recv_batch_slots(&self) -> usize {
         if self.1.is_some() {

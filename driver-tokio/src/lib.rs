@@ -88,6 +88,10 @@ impl UdpSocket for TokioSocket {
         self.sock.local_addr()
     }
 
+    fn set_recv_buffer(&self, bytes: usize) -> io::Result<usize> {
+        natrix_driver_core::runtime::set_recv_buffer(&self.sock, bytes)
+    }
+
     #[cfg(any(target_os = "linux", target_os = "android"))]
     fn recv_batch_slots(&self) -> usize {
         if self.state.is_some() {

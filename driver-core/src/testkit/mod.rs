@@ -376,6 +376,35 @@ pub async fn shutdown_with_punch_in_flight<R: Runtime>(rt: R, ip: IpAddr) {
     t.r.shutdown().await;
 }
 
+/// The node asks the OS for its receive buffer: a small request is granted
+/// about as asked (far below any OS default), the default request at least
+/// the OS default, and `None` leaves the socket alone.
+pub async fn recv_buffer_is_asked_for<R: Runtime>(rt: R, ip: IpAddr) {
+    let hub = InProcessHub::new();
+    let start = |n: u64, recv_buffer: Option<usize>| {
+        let mut cfg = NodeConfig::new(NodeId(n), SocketAddr::new(ip, 0));
+        cfg.recv_buffer = recv_buffer;
+        Node::spawn(rt.clone(), cfg, hub.join(NodeId(n))).expect("bind")
+    };
+    let fresh = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind");
+    let default_size = socket2::SockRef::from(&fresh)
+        .recv_buffer_size()
+        .expect("SO_RCVBUF");
+    let small = start(1, Some(8 * 1024));
+    let granted = small.recv_buffer().expect("the runtime sets SO_RCVBUF");
+    assert!(
+        (8 * 1024..default_size).contains(&granted),
+        "asked 8 KiB, granted {granted} (OS default {default_size})"
+    );
+    let big = start(2, Some(crate::DEFAULT_RECV_BUFFER));
+    assert!(big.recv_buffer().expect("set") >= default_size);
+    let untouched = start(3, None);
+    assert_eq!(untouched.recv_buffer(), None);
+    for n in [small, big, untouched] {
+        n.shutdown().await;
+    }
+}
+
 /// A socket fed random garbage keeps working: garbage that is not a
 /// keep-alive reaches the application untouched, and a punch still succeeds.
 pub async fn garbage_on_the_socket<R: Runtime>(rt: R, ip: IpAddr) {
@@ -991,6 +1020,20 @@ macro_rules! e2e_suite {
                     $crate::testkit::V6,
                 ),
             )
+        }
+        #[test]
+        fn recv_buffer_v4() {
+            $block_on($crate::testkit::recv_buffer_is_asked_for(
+                $rt,
+                $crate::testkit::V4,
+            ))
+        }
+        #[test]
+        fn recv_buffer_v6() {
+            $block_on($crate::testkit::recv_buffer_is_asked_for(
+                $rt,
+                $crate::testkit::V6,
+            ))
         }
         #[test]
         fn garbage_v4() {
