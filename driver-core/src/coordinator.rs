@@ -39,6 +39,11 @@ pub struct CoordinatorConfig {
     /// alternate address it serves the RFC 5780 tests (C8). `None` turns it
     /// off.
     pub stun: Option<crate::stun::StunConfig>,
+    /// The socket's receive buffer to ask for
+    /// ([`NodeConfig::recv_buffer`]; default
+    /// [`DEFAULT_RECV_BUFFER`](crate::node::DEFAULT_RECV_BUFFER)): a
+    /// coordinator takes bursts from many peers at once.
+    pub recv_buffer: Option<usize>,
 }
 
 impl CoordinatorConfig {
@@ -53,6 +58,7 @@ impl CoordinatorConfig {
             agent_seed: 0x0063_6f6f_7264,
             relay: Some(natrix_session::relay::RelayConfig::default()),
             stun: Some(crate::stun::StunConfig::default()),
+            recv_buffer: Some(crate::node::DEFAULT_RECV_BUFFER),
         }
     }
 }
@@ -97,6 +103,7 @@ impl<R: Runtime> Coordinator<R> {
         let mut node_config = NodeConfig::for_key(&key, config.bind);
         node_config.agent = config.agent;
         node_config.seed = config.agent_seed;
+        node_config.recv_buffer = config.recv_buffer;
         node_config.stun = config.stun.map(|mut s| {
             s.primary = s.primary.or(config.public_addr);
             s

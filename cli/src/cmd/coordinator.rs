@@ -49,6 +49,11 @@ pub(crate) struct Args {
     /// Relay quota: seconds a circuit may live (none by default).
     #[arg(long)]
     pub relay_max_secs: Option<u64>,
+    /// The receive buffer (SO_RCVBUF) to ask the OS for on the socket, in
+    /// bytes; 0 keeps the OS default. The OS may grant less (Linux:
+    /// net.core.rmem_max).
+    #[arg(long, value_name = "BYTES", default_value_t = natrix_tokio::DEFAULT_RECV_BUFFER)]
+    pub recv_buffer: usize,
     /// Do not answer STUN Binding requests (by default the coordinator
     /// answers them on its socket, rate-limited per source).
     #[arg(long)]
@@ -138,6 +143,7 @@ pub(crate) async fn run(args: &Args, quiet: bool) -> CliResult<Exit> {
     config.public_addr = args.public_addr;
     config.relay = args.relay()?;
     config.stun = args.stun()?;
+    config.recv_buffer = Some(args.recv_buffer).filter(|&b| b > 0);
     let config_stun = config.stun;
     let coordinator = Coordinator::spawn(Tokio, keypair, config, os_seed()).map_err(|e| {
         CliError::failure(format!("cannot listen on {}: {e}", args.listen))
