@@ -119,8 +119,8 @@ pub fn local_ip_toward(to: IpAddr) -> io::Result<IpAddr> {
 #[must_use]
 pub fn gateway_for(gateway: Gateway, local: SocketAddr) -> Option<IpAddr> {
     let (v4, v6) = (gateway.v4.map(IpAddr::V4), gateway.v6.map(IpAddr::V6));
+    // An IPv4-mapped IPv6 address is its IPv4 address.
     match local.ip().to_canonical() {
-        IpAddr::V4(_) if local.is_ipv6() => v4, // an IPv4-mapped address
         IpAddr::V4(_) => v4,
         IpAddr::V6(ip) if ip.is_unspecified() => v4.or(v6),
         IpAddr::V6(_) => v6,

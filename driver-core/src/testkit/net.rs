@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_lite::future;
-use natrix_proto::{Instant, NatClass, PathMethod};
+use natrix_proto::{Config, Instant, NatClass, PathMethod};
 use natrix_session::path::PathConfig;
 use natrix_session::{Endpoint, HandshakeError, Keypair, PublicKey, SessionConfig};
 
@@ -84,6 +84,19 @@ pub fn net_peer_with<R: Runtime>(
     filter: Option<DatagramFilter>,
     paths: PathConfig,
 ) -> Node<R> {
+    net_peer_configured(rt, ip, n, r, filter, paths, test_config())
+}
+
+/// [`net_peer_with`] with the agent's configuration `agent`.
+pub fn net_peer_configured<R: Runtime>(
+    rt: &R,
+    ip: IpAddr,
+    n: u8,
+    r: &Coordinator<R>,
+    filter: Option<DatagramFilter>,
+    paths: PathConfig,
+    agent: Config,
+) -> Node<R> {
     let kp = test_keypair(n);
     let key = kp.public();
     let control = SessionControl::new(
@@ -98,7 +111,7 @@ pub fn net_peer_with<R: Runtime>(
         seed(n),
     );
     let mut cfg = NodeConfig::for_key(&key, SocketAddr::new(ip, 0));
-    cfg.agent = test_config();
+    cfg.agent = agent;
     cfg.datagram_filter = filter;
     let node = Node::spawn(rt.clone(), cfg, control).expect("bind");
     node.set_local_classification(NatClass::Cone, node.local_addr());

@@ -12,7 +12,7 @@
 //! A's IP for the first 400 ms, so that A has opened several sockets before
 //! one of them hears from B.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -21,12 +21,14 @@ use futures_lite::future;
 use natrix_proto::{
     Behaviour, Config, FilteringBehaviour, MappingBehaviour, NatClass, PathMethod, PortAllocation,
 };
+use natrix_session::path::PathConfig;
 
-use super::net::{net_coordinator, test_keypair, test_session_config, wait_session};
+use super::net::{
+    net_coordinator, net_peer_configured, test_keypair, test_session_config, wait_session,
+};
 use super::{sleep, within};
 use crate::coordinator::Coordinator;
-use crate::net::{SessionControl, SessionControlConfig};
-use crate::node::{DatagramFilter, Node, NodeConfig};
+use crate::node::{DatagramFilter, Node};
 use crate::runtime::Runtime;
 
 /// The hard side's own loopback address.
@@ -62,22 +64,7 @@ fn peer<R: Runtime>(
     class: NatClass,
     mapping: MappingBehaviour,
 ) -> Node<R> {
-    let kp = test_keypair(n);
-    let key = kp.public();
-    let control = SessionControl::new(
-        kp,
-        SessionControlConfig {
-            session: test_session_config(),
-            coordinators: vec![(r.public_key(), r.public_addr())],
-            serve: false,
-            ..SessionControlConfig::default()
-        },
-        [n ^ 0x5a; 32],
-    );
-    let mut cfg = NodeConfig::for_key(&key, SocketAddr::new(ip, 0));
-    cfg.agent = config();
-    cfg.datagram_filter = Some(filter);
-    let node = Node::spawn(rt.clone(), cfg, control).expect("bind");
+    let node = net_peer_configured(rt, ip, n, r, Some(filter), PathConfig::default(), config());
     node.set_local_classification(class, node.local_addr());
     node.set_behaviour(behaviour(mapping, PortAllocation::Random));
     node
