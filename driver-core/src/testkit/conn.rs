@@ -57,7 +57,15 @@ fn peer<R: Runtime>(
     let coordinator = r.public_addr();
     let filter: DatagramFilter =
         Arc::new(move |to, _| to != coordinator && blocked.load(Ordering::Relaxed));
-    net_peer_with(rt, ip, n, r, Some(filter), test_path_config())
+    net_peer_with(
+        rt,
+        ip,
+        n,
+        r,
+        Some(filter),
+        test_path_config(),
+        super::test_config(),
+    )
 }
 
 struct Setup<R: Runtime> {

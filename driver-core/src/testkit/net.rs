@@ -72,23 +72,12 @@ pub fn net_peer<R: Runtime>(
     r: &Coordinator<R>,
     filter: Option<DatagramFilter>,
 ) -> Node<R> {
-    net_peer_with(rt, ip, n, r, filter, PathConfig::default())
+    net_peer_with(rt, ip, n, r, filter, PathConfig::default(), test_config())
 }
 
-/// [`net_peer`] with connections' path timers `paths`.
+/// [`net_peer`] with connections' path timers `paths` and the agent's
+/// configuration `agent`.
 pub fn net_peer_with<R: Runtime>(
-    rt: &R,
-    ip: IpAddr,
-    n: u8,
-    r: &Coordinator<R>,
-    filter: Option<DatagramFilter>,
-    paths: PathConfig,
-) -> Node<R> {
-    net_peer_configured(rt, ip, n, r, filter, paths, test_config())
-}
-
-/// [`net_peer_with`] with the agent's configuration `agent`.
-pub fn net_peer_configured<R: Runtime>(
     rt: &R,
     ip: IpAddr,
     n: u8,

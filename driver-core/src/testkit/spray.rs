@@ -23,9 +23,7 @@ use natrix_proto::{
 };
 use natrix_session::path::PathConfig;
 
-use super::net::{
-    net_coordinator, net_peer_configured, test_keypair, test_session_config, wait_session,
-};
+use super::net::{net_coordinator, net_peer_with, test_keypair, test_session_config, wait_session};
 use super::{sleep, within};
 use crate::coordinator::Coordinator;
 use crate::node::{DatagramFilter, Node};
@@ -64,7 +62,7 @@ fn peer<R: Runtime>(
     class: NatClass,
     mapping: MappingBehaviour,
 ) -> Node<R> {
-    let node = net_peer_configured(rt, ip, n, r, Some(filter), PathConfig::default(), config());
+    let node = net_peer_with(rt, ip, n, r, Some(filter), PathConfig::default(), config());
     node.set_local_classification(class, node.local_addr());
     node.set_behaviour(behaviour(mapping, PortAllocation::Random));
     node
