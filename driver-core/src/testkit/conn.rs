@@ -64,7 +64,7 @@ fn peer<R: Runtime>(
         r,
         Some(filter),
         test_path_config(),
-        super::test_config(),
+        test_config(),
     )
 }
 
