@@ -298,13 +298,9 @@ impl SprayMachine {
         target: SocketAddr,
         session_ip: IpAddr,
     ) -> Result<u64, SprayRefusal> {
-        let result = self.check(now, peer, side, target, session_ip);
-        match result {
-            Ok(()) => {}
-            Err(e) => {
-                self.stats.refused = self.stats.refused.saturating_add(1);
-                return Err(e);
-            }
+        if let Err(e) = self.check(now, peer, side, target, session_ip) {
+            self.stats.refused = self.stats.refused.saturating_add(1);
+            return Err(e);
         }
         let id = self.next_id;
         self.next_id = self.next_id.saturating_add(1);
@@ -342,7 +338,7 @@ impl SprayMachine {
     }
 
     fn check(
-        &mut self,
+        &self,
         now: Instant,
         peer: NodeId,
         side: SpraySide,
