@@ -104,6 +104,21 @@ impl Log {
     }
 }
 
+/// Introduces `peer` at `reflex` to `a` at time zero (fire time `fire`)
+/// and runs it for `span`: the log, and the time reached.
+fn introduce_and_run(
+    a: &mut Agent,
+    reflex: SocketAddr,
+    fire: u64,
+    span: Duration,
+) -> (Log, Instant) {
+    let mut now = Instant::ZERO;
+    introduce(a, now, PEER, reflex, fire);
+    let mut log = Log::default();
+    run(a, &mut now, Instant::ZERO + span, &mut log);
+    (log, now)
+}
+
 /// Runs `a` until `end`, logging everything.
 fn run(a: &mut Agent, now: &mut Instant, end: Instant, log: &mut Log) {
     loop {
@@ -129,15 +144,7 @@ fn n2_n3_the_prober_sprays_only_the_introduced_ip_within_its_caps() {
     let mut a = agent(NatClass::Cone, easy());
     let b_reflex = addr("203.0.113.3:40000");
     announce(&mut a, PEER, b_reflex, NatClass::Symmetric, hard());
-    let mut now = Instant::ZERO;
-    introduce(&mut a, now, PEER, b_reflex, WALL + 100);
-    let mut log = Log::default();
-    run(
-        &mut a,
-        &mut now,
-        Instant::ZERO + Duration::from_secs(8),
-        &mut log,
-    );
+    let (log, _) = introduce_and_run(&mut a, b_reflex, WALL + 100, Duration::from_secs(8));
     let caps = SprayConfig::default();
     let datagrams: Vec<_> = log.datagrams().collect();
     assert!(
@@ -234,15 +241,7 @@ fn n2_the_opener_keeps_the_socket_the_peer_came_in_on() {
     let a_reflex = addr("198.51.100.9:4000");
     announce(&mut b, PEER, a_reflex, NatClass::Cone, easy());
     let fire = WALL + 100;
-    let mut now = Instant::ZERO;
-    introduce(&mut b, now, PEER, a_reflex, fire);
-    let mut log = Log::default();
-    run(
-        &mut b,
-        &mut now,
-        Instant::ZERO + Duration::from_secs(2),
-        &mut log,
-    );
+    let (log, mut now) = introduce_and_run(&mut b, a_reflex, fire, Duration::from_secs(2));
     // One datagram per socket, all to the easy side's reflex.
     let mut attempt = None;
     let mut sockets = BTreeSet::new();
@@ -332,15 +331,7 @@ fn n2_no_birthday_without_both_profiles_or_with_the_caps_off() {
         },
     )
     .unwrap();
-    let mut now = Instant::ZERO;
-    introduce(&mut a, now, PEER, b_reflex, WALL + 100);
-    let mut log = Log::default();
-    run(
-        &mut a,
-        &mut now,
-        Instant::ZERO + Duration::from_secs(8),
-        &mut log,
-    );
+    let (log, _) = introduce_and_run(&mut a, b_reflex, WALL + 100, Duration::from_secs(8));
     assert_eq!(a.stats().birthday_attempts, 0);
     assert!(log.datagrams().all(|(_, to)| to == b_reflex));
 
